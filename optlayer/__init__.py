@@ -1,0 +1,27 @@
+"""optlayer: declared optimization problems as differentiable PyTorch layers.
+
+The public names of DESIGN.md section 2 are re-exported here.
+"""
+
+from optlayer.errors import (
+    BindingError,
+    NonConvexError,
+    OptError,
+    OptSyntaxError,
+    OptTypeError,
+    SolverError,
+)
+from optlayer.status import OptimizationWarning, Status
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "OptError",
+    "OptSyntaxError",
+    "OptTypeError",
+    "NonConvexError",
+    "BindingError",
+    "SolverError",
+    "OptimizationWarning",
+    "Status",
+]

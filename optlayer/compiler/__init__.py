@@ -1,0 +1,1 @@
+"""optlayer.compiler (see DESIGN.md section 4)."""

@@ -1,0 +1,1 @@
+"""optlayer.conditions (see DESIGN.md section 4)."""

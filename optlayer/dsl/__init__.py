@@ -1,0 +1,1 @@
+"""optlayer.dsl (see DESIGN.md section 4)."""

@@ -1,0 +1,1 @@
+"""optlayer.implicit (see DESIGN.md section 4)."""

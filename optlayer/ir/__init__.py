@@ -1,0 +1,1 @@
+"""optlayer.ir (see DESIGN.md section 4)."""

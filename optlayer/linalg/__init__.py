@@ -1,0 +1,1 @@
+"""optlayer.linalg (see DESIGN.md section 4)."""

@@ -1,0 +1,1 @@
+"""optlayer.solvers (see DESIGN.md section 4)."""
