@@ -3,6 +3,7 @@
 The public names of DESIGN.md section 2 are re-exported here.
 """
 
+from optlayer import linalg  # subpackage attribute: ol.linalg.solve_cg
 from optlayer.errors import (
     BindingError,
     NonConvexError,
@@ -11,6 +12,7 @@ from optlayer.errors import (
     OptTypeError,
     SolverError,
 )
+from optlayer.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
 from optlayer.status import OptimizationWarning, Status
 
 __version__ = "0.1.0.dev0"
@@ -24,4 +26,9 @@ __all__ = [
     "SolverError",
     "OptimizationWarning",
     "Status",
+    "custom_fixed_point",
+    "custom_root",
+    "linalg",
+    "root_jvp",
+    "root_vjp",
 ]
