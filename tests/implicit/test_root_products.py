@@ -72,3 +72,24 @@ def test_jacrev_and_vmap_at_n200():
     thetas = torch.randn(3, m, generator=g, dtype=DT)
     Js = torch.func.vmap(torch.func.jacrev(solver, argnums=1), in_dims=(None, 0))(None, thetas)
     torch.testing.assert_close(Js, want.expand(3, n, m), rtol=0, atol=1e-8)
+
+
+def test_default_solve_switches_to_gmres_above_dense_max(monkeypatch):
+    """Above defaults.IMPLICIT_DENSE_MAX unknowns the default backward solve is GMRES."""
+    from optlayer import defaults
+    from optlayer.implicit import _function
+
+    calls = []
+    real = _function.solve_gmres
+    monkeypatch.setattr(_function, "solve_gmres", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(defaults, "IMPLICIT_DENSE_MAX", 3)
+    A = torch.tensor([[3.0, 1.0, 0, 0], [0, 2.0, 1.0, 0], [0, 0, 4.0, 1.0], [1.0, 0, 0, 5.0]],
+                     dtype=DT)
+
+    @ol.custom_root(lambda x, b: A @ x - b)
+    def solver(init, b):
+        return torch.linalg.solve(A, b)
+
+    J = torch.func.jacrev(solver, argnums=1)(None, torch.ones(4, dtype=DT))
+    assert calls, "GMRES was not used"
+    torch.testing.assert_close(J, torch.linalg.inv(A), rtol=0, atol=1e-8)
