@@ -233,19 +233,27 @@ def vjp_core(spec: RootSpec, sol_leaves, arg_tensors, cot_leaves, needed=None) -
                 out[i] = g
         return out
 
-    _, vjp_x = torch.func.vjp(lambda xv: spec.F(xv, arg_tensors), x)
-    u = _solve(spec, lambda w: vjp_x(w)[0], v, system)
-    if diff:
+    dargs = [arg_tensors[i] for i in diff]
 
-        def fa(*dargs):
-            full = list(arg_tensors)
-            for i, a in zip(diff, dargs, strict=True):
-                full[i] = a
-            return spec.F(x, full)
+    def fxa(xv, *d):
+        full = list(arg_tensors)
+        for i, a in zip(diff, d, strict=True):
+            full[i] = a
+        return spec.F(xv, full)
 
-        _, vjp_a = torch.func.vjp(fa, *[arg_tensors[i] for i in diff])
-        for i, g in zip(diff, vjp_a(-u), strict=True):
-            out[i] = g
+    if sum(a.numel() for a in dargs) <= x.numel():
+        # Small arguments (hyperparameters): one joint linearisation in (x, θ);
+        # the θ-part of each matvec costs no more than the x-part.
+        _, vjp_all = torch.func.vjp(fxa, x, *dargs)
+        u = _solve(spec, lambda w: vjp_all(w)[0], v, system)
+        grads = vjp_all(-u)[1:]
+    else:
+        # Large arguments (data): linearise in x alone for the matvecs.
+        _, vjp_x = torch.func.vjp(lambda xv: fxa(xv, *dargs), x)
+        u = _solve(spec, lambda w: vjp_x(w)[0], v, system)
+        grads = torch.func.vjp(lambda *d: fxa(x, *d), *dargs)[1](-u) if diff else ()
+    for i, g in zip(diff, grads, strict=True):
+        out[i] = g
     return out
 
 
