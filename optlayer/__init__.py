@@ -3,7 +3,7 @@
 The public names of DESIGN.md section 2 are re-exported here.
 """
 
-from optlayer import linalg  # subpackage attribute: ol.linalg.solve_cg
+from optlayer import linalg, projections, prox  # subpackages: ol.linalg.solve_cg, ...
 from optlayer.errors import (
     BindingError,
     NonConvexError,
@@ -29,6 +29,8 @@ __all__ = [
     "custom_fixed_point",
     "custom_root",
     "linalg",
+    "projections",
+    "prox",
     "root_jvp",
     "root_vjp",
 ]
