@@ -20,13 +20,22 @@ from optlayer.ir.build import (
     member,
     minimize,
     mul,
-    neg,
+    negate,
     power,
     sub,
     transpose,
 )
 from optlayer.ir.enums import Curvature, Domain, Mono, Sign
 from optlayer.ir.equality import constraint_equal, equal, set_equal
+from optlayer.ir.graph import (
+    dependency_graph,
+    let_uses,
+    objective_terms,
+    order_definitions,
+    param_reach,
+    summary,
+    variable_blocks,
+)
 from optlayer.ir.nodes import (
     ATTRIBUTES,
     Apply,
@@ -59,7 +68,9 @@ __all__ = [
     "add", "apply", "as_expr", "atom_names", "constraint", "constraint_equal",
     "did_you_mean", "dim_add", "dim_equal", "dim_mul", "dim_sub", "dim_symbol", "div",
     "equal", "expr_text", "format_shape", "functions", "get_atom", "get_set", "index", "let",
-    "make_set", "matmul", "maximize", "member", "minimize", "mul", "neg", "postorder",
+    "make_set", "matmul", "maximize", "member", "minimize", "mul", "negate", "postorder",
     "power", "problem_text", "constraint_text", "set_equal", "set_names", "shape_equal",
     "sub", "transpose",
+    "dependency_graph", "let_uses", "objective_terms", "order_definitions", "param_reach",
+    "summary", "variable_blocks",
 ]

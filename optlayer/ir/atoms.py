@@ -530,6 +530,15 @@ def _nonneg_or_pos(args, st):
     return Sign.POSITIVE if args[0].sign.is_positive else Sign.NONNEG
 
 
+def _diag_sign(args, st):
+    s = args[0].sign  # diag(vector) has zeros off the diagonal: positive becomes nonneg
+    return Sign.NONNEG if s is Sign.POSITIVE and args[0].ndim == 1 else s
+
+
+def _trace_sign(args, st):
+    return args[0].sign  # a sum of diagonal entries keeps their common sign
+
+
 def _sum_sign(args, st):
     s = args[0].sign
     return Sign.NONNEG if s is Sign.POSITIVE else s
@@ -556,9 +565,8 @@ _register(Atom("mul", (2, 2), _broadcast, _bilinear, _signs_mul, _mono_mul, True
 _register(Atom("div", (2, 2), _broadcast, _div_curv, _div_sign, _mono_div, True,
                _ew(torch.div), "a / c for a variable-free c (a constant or a parameter)",
                symbol="/", const_args=(1,), why_unknown=lambda a, st: _div_why(a, st)))
-_register(Atom("matmul", (2, 2), _matmul_shape, _bilinear, lambda a, st: Sign.UNKNOWN
-               if not (a[0].sign.is_nonneg and a[1].sign.is_nonneg) else Sign.NONNEG,
-               _mono_mul, True, _matmul_impl,
+_register(Atom("matmul", (2, 2), _matmul_shape, _bilinear, _signs_mul, _mono_mul, True,
+               _matmul_impl,
                "A @ x, matrix-matrix / matrix-vector / vector-vector product", symbol="@",
                why_unknown=_bilinear_why("`@`")))
 _register(Atom("power", (1, 1), _same, _power_curv, _power_sign, _power_mono, True,
@@ -640,8 +648,8 @@ _register(Atom("min", (1, 2), _maxmin_shape, CCV, lambda a, st: (
     lambda ts, nds, st: _red(ts[0], nds[0], "amin") if len(ts) == 1
     else torch.minimum(*_align(ts, nds)),
     "min(x) = min_i x_i; min(a, b) = elementwise minimum"))
-_register(Atom("trace", (1, 1), _square_matrix, AFF, _s(Sign.UNKNOWN), (I,), True,
+_register(Atom("trace", (1, 1), _square_matrix, AFF, _trace_sign, (I,), True,
                lambda ts, nds, st: torch.diagonal(ts[0], dim1=-2, dim2=-1).sum(-1),
                "trace(X) = sum_i X_ii"))
-_register(Atom("diag", (1, 1), _diag_shape, AFF, _sign_of(), (I,), True, _diag_impl,
+_register(Atom("diag", (1, 1), _diag_shape, AFF, _diag_sign, (I,), True, _diag_impl,
                "diag(x) = the diagonal matrix of vector x; diag(X) = the diagonal of X"))

@@ -25,7 +25,7 @@ __all__ = [
     "mul",
     "div",
     "matmul",
-    "neg",
+    "negate",
     "power",
     "transpose",
     "index",
@@ -87,6 +87,8 @@ def apply(name: str, args, *, span: Span | None = None, **static) -> Apply:
                 f"{what} must not depend on variables: {expr_text(exprs[i])}",
                 span=exprs[i].span or span,
                 hint="use a number or a parameter here")
+    if atom.name == "div":
+        _check_divisor(exprs[1], span)
     if atom.name == "power":
         st = (_number(static.pop("p"), span),)
     elif atom.name == "index":
@@ -97,6 +99,22 @@ def apply(name: str, args, *, span: Span | None = None, **static) -> Apply:
         raise OptTypeError(f"{atom.display} got unexpected argument(s) {sorted(static)}",
                            span=span)
     return Apply(atom, exprs, st, span=span)
+
+
+def _check_divisor(d: Expr, span) -> None:
+    """``/`` divides by a nonzero constant or a positive parameter expression (DESIGN.md §3)."""
+    from optlayer.ir.printer import expr_text
+
+    if isinstance(d, Constant):
+        zero = d.value == 0 if d.is_scalar_number else bool((d.value == 0).any())
+        if zero:
+            raise OptTypeError("division by zero", span=d.span or span)
+        return
+    if not d.sign.is_positive:
+        raise OptTypeError(
+            f"the divisor {expr_text(d)} is not known to be positive (its sign is {d.sign})",
+            span=d.span or span,
+            hint="declare the parameter pos (param c pos), or divide by a number")
 
 
 def _number(p, span):
@@ -134,7 +152,7 @@ def matmul(a, b, *, span: Span | None = None) -> Apply:
     return apply("matmul", [a, b], span=span)
 
 
-def neg(a, *, span: Span | None = None) -> Expr:
+def negate(a, *, span: Span | None = None) -> Expr:
     """Unary ``-a``; the negation of a number literal is folded into the constant."""
     if isinstance(a, Constant) and a.is_scalar_number:
         return Constant(-a.value, span=span)

@@ -158,7 +158,7 @@ class Expr:
         return _build().matmul(other, self)
 
     def __neg__(self):
-        return _build().neg(self)
+        return _build().negate(self)
 
     def __pos__(self):
         return self

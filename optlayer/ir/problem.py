@@ -182,6 +182,11 @@ class Problem:
             if not isinstance(c, (Constraint, Membership)):
                 raise OptTypeError(f"{c!r} is not a constraint",
                                    hint="build constraints with ==, <=, >= or x.within(set)")
+        labels = [c.label for c in cons if c.label]
+        for c in cons:
+            if c.label and labels.count(c.label) > 1:
+                raise OptTypeError(f"constraint label {c.label!r} is used more than once",
+                                   span=c.span, hint="labels name constraints; make them unique")
         self.objective = objective
         self.constraints = cons
         self.span = span
@@ -328,7 +333,8 @@ class Problem:
                                hint=e.hint) from None
 
         def pick(d):
-            return {k: memo.get(id(v)) or _rebuild(v, [], values) for k, v in d.items()}
+            return {k: memo[id(v)] if id(v) in memo else _rebuild(v, [], values)
+                    for k, v in d.items()}
         return Problem(obj, cons, dims=values, params=pick(self.params), vars=pick(self.vars),
                        lets={k: memo[id(v)] for k, v in self.lets.items()}, check=False,
                        span=self.span)
