@@ -11,6 +11,46 @@ from optlayer.errors import (
     OptTypeError,
     SolverError,
 )
+
+# Python expression API (optlayer.ir): leaves, objective, constraints, and every
+# atom and set of the registries (generated in optlayer.ir.functions).
+from optlayer.ir import Constant, Parameter, Problem, Variable, let, maximize, member, minimize
+from optlayer.ir.functions import (
+    abs,
+    ball1,
+    ball2,
+    ballinf,
+    box,
+    diag,
+    dim,
+    dot,
+    entropy,
+    exp,
+    huber,
+    kl_div,
+    log,
+    logistic,
+    logsumexp,
+    max,
+    mean,
+    min,
+    neg,
+    nonneg,
+    norm1,
+    norm2,
+    norm_inf,
+    pos,
+    psd,
+    quad_form,
+    simplex,
+    soc,
+    softplus,
+    sqrt,
+    square,
+    sum,
+    sum_squares,
+    trace,
+)
 from optlayer.status import OptimizationWarning, Status
 
 __version__ = "0.1.0.dev0"
@@ -24,4 +64,10 @@ __all__ = [
     "SolverError",
     "OptimizationWarning",
     "Status",
+    # Python expression API
+    "Constant", "Parameter", "Problem", "Variable", "let", "maximize", "member", "minimize",
+    "abs", "ball1", "ball2", "ballinf", "box", "diag", "dim", "dot", "entropy", "exp",
+    "huber", "kl_div", "log", "logistic", "logsumexp", "max", "mean", "min", "neg",
+    "nonneg", "norm1", "norm2", "norm_inf", "pos", "psd", "quad_form", "simplex", "soc",
+    "softplus", "sqrt", "square", "sum", "sum_squares", "trace",
 ]
