@@ -65,7 +65,7 @@ class Expr:
     """
 
     __slots__ = ("shape", "curvature", "sign", "smooth", "span", "args", "__weakref__")
-    __array_priority__ = 1000  # numpy defers to our reflected operators
+    __array_ufunc__ = None  # numpy arrays defer to our reflected operators
 
     kind = "expr"
 
@@ -215,12 +215,13 @@ class Expr:
         from optlayer.ir.printer import expr_text
 
         shape = format_shape(self.shape)
-        return f"<{type(self).__name__} {expr_text(self)} {shape} {self.curvature}>"
+        text = expr_text(self, strict=False)
+        return f"<{type(self).__name__} {text} {shape} {self.curvature}>"
 
     def __str__(self) -> str:
         from optlayer.ir.printer import expr_text
 
-        return expr_text(self)
+        return expr_text(self, strict=False)
 
 
 def _like(env: Mapping[str, Any]) -> torch.Tensor | None:

@@ -45,28 +45,35 @@ def _wrap(text: str, cond: bool) -> str:
     return f"({text})" if cond else text
 
 
-def expr_text(root: Expr) -> str:
+def expr_text(root: Expr, *, strict: bool = False) -> str:
     """The ``.opt`` text of an expression (lets by name).
 
+    Args:
+        root: the expression.
+        strict: raise for tensor constants, which have no ``.opt`` spelling
+            (used by :func:`problem_text`); otherwise they print as ``<const[3]>``.
+
     Raises:
-        OptTypeError: for constants that have no ``.opt`` spelling (tensors).
+        OptTypeError: for tensor constants when ``strict``.
     """
     out: dict[int, str] = {}
     for node in postorder(root):
         if isinstance(node, Let) and node is not root:
             out[id(node)] = node.name
             continue
-        out[id(node)] = _node_text(node, [out[id(a)] for a in node.args])
+        out[id(node)] = _node_text(node, [out[id(a)] for a in node.args], strict)
     return out[id(root)]
 
 
-def _node_text(node: Expr, kids: list[str]) -> str:
+def _node_text(node: Expr, kids: list[str], strict: bool = True) -> str:
     if isinstance(node, Leaf):
         return node.name
     if isinstance(node, Let):
         return kids[0]
     if isinstance(node, Constant):
         if not node.is_scalar_number:
+            if not strict:
+                return f"<const{format_shape(node.shape)}>"
             raise OptTypeError(
                 f"a tensor constant of shape {format_shape(node.shape)} has no .opt spelling",
                 hint="make it a parameter (ol.Parameter) and pass its value when calling")
@@ -109,20 +116,20 @@ def _key_text(k) -> str:
     return format_dim(k)
 
 
-def set_text(s) -> str:
+def set_text(s, *, strict: bool = False) -> str:
     """``simplex(1)``, ``box(lo, hi)``, ``nonneg``."""
     if not s.args:
         return s.kind.name
-    return f"{s.kind.name}({', '.join(expr_text(a) for a in s.args)})"
+    return f"{s.kind.name}({', '.join(expr_text(a, strict=strict) for a in s.args)})"
 
 
-def constraint_text(c) -> str:
+def constraint_text(c, *, strict: bool = False) -> str:
     """One constraint line without its label."""
     from optlayer.ir.problem import Membership
 
     if isinstance(c, Membership):
-        return f"{expr_text(c.expr)} in {set_text(c.set)}"
-    return f"{expr_text(c.lhs)} {c.op} {expr_text(c.rhs)}"
+        return f"{expr_text(c.expr, strict=strict)} in {set_text(c.set, strict=strict)}"
+    return f"{expr_text(c.lhs, strict=strict)} {c.op} {expr_text(c.rhs, strict=strict)}"
 
 
 def _decl(leaf: Leaf) -> str:
@@ -138,12 +145,13 @@ def problem_text(problem) -> str:
         lines.append(f"dim {name}" if default is None else f"dim {name} = {default}")
     lines += [_decl(p) for p in problem.params.values()]
     lines += [_decl(v) for v in problem.vars.values()]
-    lines += [f"let {lt.name} = {expr_text(lt.body)}" for lt in problem.lets.values()]
+    lines += [f"let {lt.name} = {expr_text(lt.body, strict=True)}"
+              for lt in problem.lets.values()]
     obj = problem.objective
-    lines.append(f"{obj.sense} {expr_text(obj.expr)}")
+    lines.append(f"{obj.sense} {expr_text(obj.expr, strict=True)}")
     if problem.constraints:
         lines.append("subject to")
         for c in problem.constraints:
             label = f"{c.label}: " if c.label else ""
-            lines.append(f"    {label}{constraint_text(c)}")
+            lines.append(f"    {label}{constraint_text(c, strict=True)}")
     return "\n".join(lines) + "\n"
