@@ -246,7 +246,10 @@ def summary(problem) -> str:
         lines.append("constraints:")
         for i, c in enumerate(problem.constraints):
             label = c.label or f"constraint {i + 1}"
-            curv = " ".join(str(a.curvature) for a in c.args[:2])
+            if isinstance(c, Expr) or not hasattr(c, "op"):
+                curv = f"{c.expr.curvature} in {c.set.name}"
+            else:
+                curv = f"{c.lhs.curvature} {c.op} {c.rhs.curvature}"
             lines.append(f"  {label}: {constraint_text(c)}  [{curv}; params: "
                          f"{', '.join(reach[label]) or '-'}]")
     blocks = variable_blocks(problem)

@@ -111,6 +111,8 @@ def dim_equal(a, b) -> bool:
     """True when the two dimensions are provably equal for every binding."""
     if isinstance(a, int) and isinstance(b, int):
         return a == b
+    if a == b:  # structural (sympy canonical form): the common case, no expand
+        return True
     diff = _sympy().expand(a - b)
     return bool(diff == 0)
 
