@@ -82,6 +82,11 @@ class Atom:
     const_args: tuple[int, ...] = ()
     hint: str | None = None
     why_unknown: Callable | None = field(default=None)
+    domain_rule: Callable | None = None
+
+    def domain_of(self, static=()) -> tuple[Domain, ...]:
+        """Per-argument domain; ``domain_rule(static)`` refines it (``x ^ p`` depends on p)."""
+        return self.domain_rule(static) if self.domain_rule else self.domain
 
     @property
     def display(self) -> str:
@@ -325,14 +330,16 @@ def _matmul_impl(ts, nds, st):
     out = a @ b
     if nb == 1:
         out = out.squeeze(-1)
-    if na == 1:
-        out = out.squeeze(-2)
+    if na == 1:  # the row dim of a is -2, or -1 once b's column dim is gone
+        out = out.squeeze(-1 if nb == 1 else -2)
     return out
 
 
 def _index_impl(ts, nds, st):
     t = ts[0]
     key = tuple(slice(k.start, k.stop) if isinstance(k, Slice) else k for k in st)
+    # the key addresses the leading *declared* dims: pad it to all declared dims
+    key = key + (slice(None),) * (nds[0] - len(key))
     return t[(Ellipsis,) + key]
 
 
@@ -522,6 +529,14 @@ def _power_sign(args, st):
     return Sign.POSITIVE if args[0].sign.is_positive else Sign.NONNEG
 
 
+def _power_domain(st) -> tuple[Domain, ...]:
+    """x ^ p: real x for p in {0, 1} and even p, x > 0 for p < 0, else x >= 0 (as cvxpy)."""
+    (p,) = st
+    if p in (0, 1) or (p > 0 and _even(p)):
+        return (Domain.REAL,)
+    return (Domain.POSITIVE,) if p < 0 else (Domain.NONNEG,)
+
+
 def _even(p) -> bool:
     return float(p).is_integer() and int(p) % 2 == 0
 
@@ -571,7 +586,7 @@ _register(Atom("matmul", (2, 2), _matmul_shape, _bilinear, _signs_mul, _mono_mul
                why_unknown=_bilinear_why("`@`")))
 _register(Atom("power", (1, 1), _same, _power_curv, _power_sign, _power_mono, True,
                _power_impl, "x ^ p, elementwise, p a constant number", symbol="^",
-               domain=(NN,)))
+               domain=(NN,), domain_rule=_power_domain))
 _register(Atom("transpose", (1, 1), _transpose_shape, AFF, _sign_of(), (I,), True,
                _transpose_impl, "A', the transpose of a matrix (vectors unchanged)",
                symbol="'"))
