@@ -159,7 +159,7 @@ IDS = [c.id for c in CASES]
 
 
 def _domain(case: Case, i: int) -> Domain:
-    d = case.atom.domain
+    d = case.atom.domain_of(case.static)
     return d[min(i, len(d) - 1)]
 
 
