@@ -80,7 +80,7 @@ def apply(name: str, args, *, span: Span | None = None, **static) -> Apply:
     exprs = [as_expr(a, span=span) for a in args]
     for i in atom.const_args:
         if i < len(exprs) and not exprs[i].is_constant:
-            from optlayer.ir.printer import expr_text
+            from optlayer.ir.dcp import brief as expr_text
 
             what = "the divisor" if atom.name == "div" else f"argument {i + 1} of {atom.display}"
             raise OptTypeError(
@@ -103,7 +103,7 @@ def apply(name: str, args, *, span: Span | None = None, **static) -> Apply:
 
 def _check_divisor(d: Expr, span) -> None:
     """``/`` divides by a nonzero constant or a positive parameter expression (DESIGN.md §3)."""
-    from optlayer.ir.printer import expr_text
+    from optlayer.ir.dcp import brief as expr_text
 
     if isinstance(d, Constant):
         zero = d.value == 0 if d.is_scalar_number else bool((d.value == 0).any())
@@ -177,7 +177,7 @@ def index(a, key, *, span: Span | None = None) -> Apply:
     Entries may be ints (negative counts from the end), dim expressions
     (``n - 1``) or slices ``start:stop`` (step 1 only).
     """
-    if not isinstance(key, tuple):
+    if not isinstance(key, tuple) or isinstance(key, Slice):  # a Slice is a NamedTuple
         key = (key,)
     norm = []
     for k in key:
