@@ -418,7 +418,7 @@ def _bilinear(args, st):
 
 def _bilinear_why(name):
     def why(args, st):
-        from optlayer.ir.printer import expr_text
+        from optlayer.ir.dcp import brief as expr_text
 
         a, b = args[0], args[1]
         return (f"both factors of {name} depend on variables ({expr_text(a)} is {a.curvature}, "
@@ -432,7 +432,7 @@ def _div_curv(args, st):
 
 
 def _div_why(args, st):
-    from optlayer.ir.printer import expr_text
+    from optlayer.ir.dcp import brief as expr_text
 
     return (f"the divisor {expr_text(args[1])} depends on variables; `/` divides only by a "
             "constant or a parameter.")
@@ -470,7 +470,7 @@ def _definiteness(P) -> str | None:
 
 
 def _quad_why(args, st):
-    from optlayer.ir.printer import expr_text
+    from optlayer.ir.dcp import brief as expr_text
 
     P = args[1]
     if not P.is_constant:

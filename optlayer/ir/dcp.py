@@ -108,6 +108,17 @@ def find_offender(expr, want: Curvature):
         node, want = nxt
 
 
+def brief(node, limit: int = 80) -> str:
+    """The ``.opt`` text of ``node`` for a message, elided in the middle past ``limit`` chars."""
+    from optlayer.ir.printer import expr_text
+
+    text = expr_text(node)
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def _failing_arg(node, want: Curvature):
     """A monotone argument of ``node`` that fails its requirement (the composition is fine)."""
     monos = node.atom.monotonicity(node.args, node.static)
@@ -121,9 +132,8 @@ def _failing_arg(node, want: Curvature):
 def explain(node, want: Curvature) -> tuple[str, str | None]:
     """(why, hint) for an offending node found by :func:`find_offender`."""
     from optlayer.ir.nodes import Apply
-    from optlayer.ir.printer import expr_text
 
-    text = expr_text(node)
+    text = brief(node)
     if not isinstance(node, Apply):
         return f"{text} is {node.curvature}, but {want} is needed here.", None
     atom = node.atom
@@ -141,7 +151,7 @@ def explain(node, want: Curvature) -> tuple[str, str | None]:
         if (f.is_convex and not _ok(m, a.curvature, True)) or (
                 f.is_concave and not _ok(m, a.curvature, False)):
             where = " in this argument" if len(node.args) > 1 else ""
-            why = (f"{atom.display} is {f} and {m}{where}; its argument {expr_text(a)} is "
+            why = (f"{atom.display} is {f} and {m}{where}; its argument {brief(a)} is "
                    f"{a.curvature}, so the composition has unknown curvature.")
             return why, _hint(node)
     return f"{text} has unknown curvature.", _hint(node)  # pragma: no cover
@@ -150,27 +160,26 @@ def explain(node, want: Curvature) -> tuple[str, str | None]:
 def _hint(node) -> str | None:
     """Known rewrites of non-DCP spellings."""
     from optlayer.ir.nodes import Apply
-    from optlayer.ir.printer import expr_text
 
     name = node.atom.name
     a = node.args[0] if node.args else None
     inner = a.atom.name if isinstance(a, Apply) else None
     if name == "sqrt" and inner == "sum_squares":
-        e = expr_text(a.args[0])
+        e = brief(a.args[0])
         return f"norm2({e}) is convex and equals sqrt(sum_squares({e}))."
     if name == "log" and inner == "sum" and isinstance(a.args[0], Apply) and \
             a.args[0].atom.name == "exp":
-        e = expr_text(a.args[0].args[0])
+        e = brief(a.args[0].args[0])
         return f"logsumexp({e}) is convex and equals log(sum(exp({e})))."
     if name == "sqrt" and inner in ("square", "power"):
-        return f"abs({expr_text(a.args[0])}) is convex and equals sqrt of its square."
+        return f"abs({brief(a.args[0])}) is convex and equals sqrt of its square."
     if name in ("mul", "matmul", "dot", "div") and all(not x.is_constant for x in node.args):
         return ("multiply a variable expression only by parameters or constants; "
                 "write a product of variables with quad_form or sum_squares where possible.")
     if name in ("mul", "matmul", "dot", "div"):
         for x in node.args:
             if x.is_constant and x.sign.value == "unknown":
-                return (f"the sign of {expr_text(x)} is unknown; give it a sign attribute "
+                return (f"the sign of {brief(x)} is unknown; give it a sign attribute "
                         "(param ... nonneg or nonpos) so the product's curvature is known.")
     if name == "power":
         return "use square(...) / sum_squares(...) for even powers, sqrt for p = 0.5."

@@ -27,7 +27,7 @@ from optlayer.ir.shapes import (
     subs_shape,
 )
 
-__all__ = ["Objective", "Constraint", "Membership", "Problem"]
+__all__ = ["Objective", "Constraint", "Membership", "Problem", "set_layer_factory"]
 
 _OPS = ("==", "<=", ">=")
 
@@ -346,6 +346,22 @@ class Problem:
 
         return problem_text(self)
 
+    def layer(self, **options):
+        """The problem as a differentiable ``torch.nn.Module`` (``ol.OptLayer``).
+
+        The layer module sits above the IR (DESIGN.md section 4), so it
+        registers its builder here with :func:`set_layer_factory` when
+        ``optlayer`` is imported; ``options`` are those of ``ol.compile``.
+
+        Raises:
+            OptError: when no layer builder has been registered.
+        """
+        if _LAYER_FACTORY is None:
+            raise OptError("no layer builder is registered",
+                           hint="import optlayer (which loads optlayer.layer) before "
+                                "calling Problem.layer()")
+        return _LAYER_FACTORY(self, **options)
+
     def summary(self) -> str:
         """Readable summary: curvature of each term, which parameters reach what."""
         from optlayer.ir.graph import summary
@@ -375,6 +391,18 @@ class Problem:
     def __repr__(self) -> str:
         return (f"<Problem {self.objective.sense}: {len(self.vars)} var(s), "
                 f"{len(self.params)} param(s), {len(self.constraints)} constraint(s)>")
+
+
+_LAYER_FACTORY = None
+
+
+def set_layer_factory(factory) -> None:
+    """Register ``factory(problem, **options) -> nn.Module`` for :meth:`Problem.layer`.
+
+    Called by the layer module (above the IR in the layering) at import time.
+    """
+    global _LAYER_FACTORY
+    _LAYER_FACTORY = factory
 
 
 def _require(expr: Expr, want: Curvature, template: str) -> None:

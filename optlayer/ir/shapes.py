@@ -136,7 +136,7 @@ def _format_sym(e) -> str:
     if e.is_Symbol:
         return e.name
     if e.is_Add:
-        terms = sorted(e.args, key=lambda t: (t.is_Number, sp.default_sort_key(t)))
+        terms = e.as_ordered_terms()  # sympy's printing order: n + 1, m * n + n
         out = _format_sym(terms[0])
         for t in terms[1:]:
             if t.could_extract_minus_sign():
