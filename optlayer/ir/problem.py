@@ -177,6 +177,8 @@ class Problem:
         if not isinstance(objective, Objective):
             raise OptTypeError("the first argument of Problem must be ol.minimize(...) or "
                                "ol.maximize(...)")
+        if isinstance(constraints, (Constraint, Membership)):
+            constraints = [constraints]
         cons = list(constraints or [])
         for c in cons:
             if not isinstance(c, (Constraint, Membership)):
@@ -232,6 +234,9 @@ class Problem:
                                    hint=f"declare it: dim {d}")
             self.dims[d] = None
         for d, v in self.dims.items():
+            if d in names:
+                raise OptTypeError(f"name {d!r} is both a dim and a {found[d].kind}",
+                                   span=found[d].span, hint="rename one of them")
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise OptTypeError(f"the default of dim {d} must be a positive integer, got {v!r}")
         if check:
