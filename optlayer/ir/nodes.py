@@ -40,6 +40,8 @@ __all__ = [
     "Apply",
     "ATTRIBUTES",
     "postorder",
+    "check_name",
+    "KEYWORDS",
 ]
 
 #: Attributes a variable or parameter may carry.
@@ -278,6 +280,34 @@ def _check_attrs(attrs, shape, what: str, span: Span | None) -> tuple[str, ...]:
     return tuple(a for a in ATTRIBUTES if a in s)  # canonical order
 
 
+#: Words of the ``.opt`` language that cannot name a dim, param, var or let.
+KEYWORDS = frozenset({"dim", "param", "var", "let", "minimize", "maximize", "subject", "to",
+                      "in"})
+
+
+def check_name(name, kind: str, span: Span | None = None) -> str:
+    """Check that ``name`` can name a ``kind`` (dim, param, var, let, label) in ``.opt`` text.
+
+    A name must be an identifier that is not a keyword, an attribute, an atom
+    or a set (the text ``sum(x)`` must mean the atom), so every problem prints
+    as text that parses back.
+
+    Raises:
+        OptTypeError: naming the clash.
+    """
+    from optlayer.ir.atoms import ATOMS
+    from optlayer.ir.sets import SETS
+
+    if not isinstance(name, str) or not name.isidentifier():
+        raise OptTypeError(f"a {kind} name must be an identifier, got {name!r}", span=span)
+    what = ("a keyword" if name in KEYWORDS else "an attribute" if name in ATTRIBUTES
+            else "an atom" if name in ATOMS else "a set" if name in SETS else None)
+    if what:
+        raise OptTypeError(f"{name!r} is {what} of the language and cannot name a {kind}",
+                           span=span, hint=f"rename it, e.g. {name}_")
+    return name
+
+
 def _parse_shape(shape) -> tuple:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
@@ -314,8 +344,7 @@ class Leaf(Expr):
         if name is None:
             name = f"{self._prefix}{type(self)._counter}"
             type(self)._counter += 1
-        if not isinstance(name, str) or not name.isidentifier():
-            raise OptTypeError(f"a {self.kind} name must be an identifier, got {name!r}", span=span)
+        check_name(name, self.kind, span)
         flags = dict(nonneg=nonneg, nonpos=nonpos, pos=pos, symmetric=symmetric, psd=psd)
         attrs = tuple(attrs) + tuple(k for k, v in flags.items() if v and k not in attrs)
         self.name = name
@@ -540,8 +569,7 @@ class Let(Expr):
     kind = "let"
 
     def __init__(self, name: str, body: Expr, *, span: Span | None = None) -> None:
-        if not isinstance(name, str) or not name.isidentifier():
-            raise OptTypeError(f"a let name must be an identifier, got {name!r}", span=span)
+        check_name(name, "let", span)
         if not isinstance(body, Expr):
             body = _build().as_expr(body, span=span)
         self.name = name

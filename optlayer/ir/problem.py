@@ -128,8 +128,10 @@ class Membership:
 
 
 def _check_label(label, span):
-    if label is not None and (not isinstance(label, str) or not label.isidentifier()):
-        raise OptTypeError(f"a constraint label must be an identifier, got {label!r}", span=span)
+    if label is not None:
+        from optlayer.ir.nodes import check_name
+
+        check_name(label, "constraint label", span)
 
 
 def _as_dict(items, what: str) -> dict | None:

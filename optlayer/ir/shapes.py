@@ -43,14 +43,19 @@ def _sympy():
     return sympy
 
 
-def dim_symbol(name: str):
+def dim_symbol(name: str, *, span=None):
     """The sympy symbol of dimension ``name`` (a positive integer).
 
     Every symbol of the IR is made here so that two dims named alike compare
     equal (sympy symbols compare by name and assumptions).
+
+    Raises:
+        OptTypeError: ``name`` is not an identifier, or is a keyword, attribute,
+            atom or set name of the language (with ``span``).
     """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"a dimension name must be an identifier, got {name!r}")
+    from optlayer.ir.nodes import check_name
+
+    check_name(name, "dim", span)
     return _sympy().Symbol(name, integer=True, positive=True)
 
 
