@@ -82,6 +82,19 @@ class Constraint:
     def args(self) -> tuple[Expr, Expr]:
         return (self.lhs, self.rhs)
 
+    def residual(self) -> Expr:
+        """The expression ``g`` with the constraint as ``g <= 0`` (or ``g == 0`` for ``==``).
+
+        ``lhs - rhs`` for ``<=`` and ``==``, ``rhs - lhs`` for ``>=``; convex
+        for a DCP inequality, affine for a DCP equality. Evaluate it with
+        ``residual().evaluate(env)`` (shape: the broadcast shape of both sides).
+        """
+        from optlayer.ir.build import sub
+
+        if self.op == ">=":
+            return sub(self.rhs, self.lhs, span=self.span)
+        return sub(self.lhs, self.rhs, span=self.span)
+
     def labelled(self, label: str) -> Constraint:
         """The same constraint with a label (Python API; ``label: ...`` in ``.opt``)."""
         return Constraint(self.op, self.lhs, self.rhs, label=label, span=self.span)
