@@ -250,8 +250,9 @@ class Problem:
             self.dims[d] = None
         for d, v in self.dims.items():
             if d in names:
-                raise OptTypeError(f"name {d!r} is both a dim and a {found[d].kind}",
-                                   span=found[d].span, hint="rename one of them")
+                clash = {**self.params, **self.vars, **self.lets}[d]
+                raise OptTypeError(f"name {d!r} is both a dim and a {clash.kind}",
+                                   span=clash.span, hint="rename one of them")
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise OptTypeError(f"the default of dim {d} must be a positive integer, got {v!r}")
         if check:
