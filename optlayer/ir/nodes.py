@@ -171,6 +171,13 @@ class Expr:
     def __xor__(self, p):
         return _build().power(self, p)
 
+    def __rpow__(self, base):
+        raise OptTypeError("a variable exponent (c ** x) is not supported",
+                           hint="write exp(x * log(c)) with c > 0")
+
+    def __abs__(self):
+        return _build().apply("abs", [self])
+
     @property
     def T(self):
         """Transpose (``expr'`` in the language)."""

@@ -218,8 +218,10 @@ class Problem:
                         found[node.name] = node
                         order[node.kind].append(node)
                     elif prev is not node:
+                        what = (f"{node.kind}s" if node.kind == prev.kind
+                                else f"declarations ({prev.kind} and {node.kind})")
                         raise OptTypeError(
-                            f"two different {node.kind}s are named {node.name!r}",
+                            f"two different {what} are named {node.name!r}",
                             span=node.span or prev.span, hint="give each a distinct name")
         self.params = self._declared(_as_dict(params, "param"), order["param"], "param")
         self.vars = self._declared(_as_dict(vars, "var"), order["var"], "var")
