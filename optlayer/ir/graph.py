@@ -218,7 +218,7 @@ def let_uses(problem) -> dict[str, int]:
 
 def summary(problem) -> str:
     """The readable summary of ``Problem.summary()``: sizes, terms, constraints, blocks."""
-    from optlayer.ir.printer import constraint_text, expr_text
+    from optlayer.ir.printer import constraint_text, decl_text, expr_text
     from optlayer.ir.shapes import format_dim
 
     reach = param_reach(problem)
@@ -230,7 +230,8 @@ def summary(problem) -> str:
             n if d is None else f"{n} = {format_dim(d)}" for n, d in problem.dims.items()))
     for kind, table in (("params", problem.params), ("vars", problem.vars)):
         if table:
-            lines.append(f"{kind}: " + ", ".join(_decl(x) for x in table.values()))
+            lines.append(f"{kind}: " + ", ".join(decl_text(x, keyword=False)
+                                                 for x in table.values()))
     uses = let_uses(problem)
     for name, lt in problem.lets.items():
         lines.append(f"let {name} = {expr_text(lt.body)}  [{lt.curvature}, used "
@@ -255,10 +256,3 @@ def summary(problem) -> str:
     blocks = variable_blocks(problem)
     lines.append("variable blocks: " + " | ".join("{" + ", ".join(b) + "}" for b in blocks))
     return "\n".join(lines)
-
-
-def _decl(leaf) -> str:
-    from optlayer.ir.shapes import format_shape
-
-    shape = "" if not leaf.shape else format_shape(leaf.shape)
-    return leaf.name + shape + "".join(" " + a for a in leaf.attrs)

@@ -16,7 +16,8 @@ from optlayer.ir.atoms import Slice
 from optlayer.ir.nodes import Apply, Constant, Expr, Leaf, Let, postorder
 from optlayer.ir.shapes import format_dim, format_shape
 
-__all__ = ["expr_text", "set_text", "constraint_text", "problem_text", "format_number"]
+__all__ = ["expr_text", "set_text", "constraint_text", "decl_text", "problem_text",
+           "format_number"]
 
 _PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "matmul": 2, "negate": 3, "power": 4,
          "transpose": 5, "index": 5}
@@ -132,10 +133,12 @@ def constraint_text(c, *, strict: bool = False) -> str:
     return f"{expr_text(c.lhs, strict=strict)} {c.op} {expr_text(c.rhs, strict=strict)}"
 
 
-def _decl(leaf: Leaf) -> str:
+def decl_text(leaf: Leaf, *, keyword: bool = True) -> str:
+    """``param L[n, n] psd`` (or ``L[n, n] psd`` without the keyword)."""
     shape = "" if not leaf.shape else "[" + ", ".join(format_dim(d) for d in leaf.shape) + "]"
     attrs = "".join(" " + a for a in leaf.attrs)
-    return f"{leaf.kind} {leaf.name}{shape}{attrs}"
+    head = f"{leaf.kind} " if keyword else ""
+    return f"{head}{leaf.name}{shape}{attrs}"
 
 
 def problem_text(problem) -> str:
@@ -143,8 +146,8 @@ def problem_text(problem) -> str:
     lines = []
     for name, default in problem.dims.items():
         lines.append(f"dim {name}" if default is None else f"dim {name} = {default}")
-    lines += [_decl(p) for p in problem.params.values()]
-    lines += [_decl(v) for v in problem.vars.values()]
+    lines += [decl_text(p) for p in problem.params.values()]
+    lines += [decl_text(v) for v in problem.vars.values()]
     lines += [f"let {lt.name} = {expr_text(lt.body, strict=True)}"
               for lt in problem.lets.values()]
     obj = problem.objective
