@@ -225,7 +225,7 @@ def _exprs(vector: bool, depth: int):
     if vector:
         options += [
             sub_v.map(ir.transpose),
-            st.just(A).map(lambda a: a) .flatmap(lambda a: sub_v.map(lambda v: ir.matmul(a, v))),
+            sub_v.map(lambda v: ir.matmul(A, v)),
             st.tuples(sub_v, sub_v).map(lambda t: ir.apply("max", list(t))),
             sub_v.map(lambda v: ir.index(v, ir.Slice(0, 3))),
         ]
