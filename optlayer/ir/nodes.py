@@ -522,6 +522,8 @@ class Constant(Expr):
     def __init__(self, value, *, span: Span | None = None) -> None:
         if isinstance(value, bool):
             value = int(value)
+        if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.requires_grad:
+            value = value.item() if value.is_floating_point() else int(value)
         if isinstance(value, (int, float)):
             self.shape = ()
             self.sign = Sign.of_value(value)
