@@ -39,3 +39,11 @@ def tol(dtype: torch.dtype) -> float:
 def eps(dtype: torch.dtype) -> float:
     """Machine epsilon of ``dtype``."""
     return torch.finfo(dtype).eps
+
+
+# .opt language limits (optlayer.dsl): inputs beyond them end in an OptSyntaxError
+# instead of a RecursionError or a long hang.
+#: Longest accepted source text, in characters.
+DSL_MAX_SOURCE_CHARS = 200_000
+#: Deepest accepted expression nesting (operators, calls, brackets' contents).
+DSL_MAX_DEPTH = 200
