@@ -3,6 +3,8 @@
 The public names of DESIGN.md section 2 are re-exported here.
 """
 
+# The .opt language (optlayer.api -> optlayer.dsl, loaded on first call).
+from optlayer.api import check, parse
 from optlayer.errors import (
     BindingError,
     NonConvexError,
@@ -64,6 +66,8 @@ __all__ = [
     "SolverError",
     "OptimizationWarning",
     "Status",
+    # .opt language
+    "check", "parse",
     # Python expression API
     "Constant", "Parameter", "Problem", "Variable", "let", "maximize", "member", "minimize",
     "abs", "ball1", "ball2", "ballinf", "box", "diag", "dim", "dot", "entropy", "exp",
