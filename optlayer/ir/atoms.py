@@ -488,23 +488,12 @@ def _quad_sign(args, st):
     return Sign.NONNEG if d == "psd" else Sign.NONPOS if d == "nsd" else Sign.UNKNOWN
 
 
-def _power_facts(p):
-    """(curvature, mono-for-nonneg-domain, domain, sign) of x^p."""
-    if p == 0:
-        return Curvature.CONSTANT
-    if p == 1:
-        return Curvature.AFFINE
-    if p > 1 or p < 0:
-        return Curvature.CONVEX
-    return Curvature.CONCAVE
-
-
 def _power_curv(args, st):
+    """x ^ p: affine for p in {0, 1}, convex for p > 1 or p < 0, concave for 0 < p < 1."""
     (p,) = st
-    c = _power_facts(p)
-    if c is Curvature.CONSTANT:
+    if p in (0, 1):
         return Curvature.AFFINE
-    return c
+    return Curvature.CONVEX if p > 1 or p < 0 else Curvature.CONCAVE
 
 
 def _power_mono(args, st):
@@ -524,9 +513,8 @@ def _power_sign(args, st):
         return Sign.POSITIVE
     if p == 1:
         return args[0].sign
-    if _even(p):
-        return Sign.POSITIVE if args[0].sign.is_positive else Sign.NONNEG
-    return Sign.POSITIVE if args[0].sign.is_positive else Sign.NONNEG
+    # even p: a square; other p: the domain is x >= 0 (x > 0 for p < 0)
+    return Sign.POSITIVE if args[0].sign.is_positive or p < 0 else Sign.NONNEG
 
 
 def _power_domain(st) -> tuple[Domain, ...]:
