@@ -112,11 +112,7 @@ def brief(node, limit: int = 80) -> str:
     """The ``.opt`` text of ``node`` for a message, elided in the middle past ``limit`` chars."""
     from optlayer.ir.printer import expr_text
 
-    text = expr_text(node)
-    if len(text) <= limit:
-        return text
-    half = (limit - 5) // 2
-    return f"{text[:half]} ... {text[-half:]}"
+    return expr_text(node, limit=limit)  # bounded per node: shared DAGs stay cheap
 
 
 def _failing_arg(node, want: Curvature):

@@ -224,7 +224,7 @@ class Expr:
         from optlayer.ir.printer import expr_text
 
         shape = format_shape(self.shape)
-        text = expr_text(self, strict=False)
+        text = expr_text(self, strict=False, limit=200)
         return f"<{type(self).__name__} {text} {shape} {self.curvature}>"
 
     def __str__(self) -> str:

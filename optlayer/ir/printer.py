@@ -46,13 +46,17 @@ def _wrap(text: str, cond: bool) -> str:
     return f"({text})" if cond else text
 
 
-def expr_text(root: Expr, *, strict: bool = False) -> str:
+def expr_text(root: Expr, *, strict: bool = False, limit: int | None = None) -> str:
     """The ``.opt`` text of an expression (lets by name).
 
     Args:
         root: the expression.
         strict: raise for tensor constants, which have no ``.opt`` spelling
             (used by :func:`problem_text`); otherwise they print as ``<const[3]>``.
+        limit: elide the middle of every subexpression's text longer than
+            this many characters (for messages and ``repr``). A DAG that
+            shares subexpressions without lets has text exponential in its
+            size; with a limit the cost stays O(nodes * limit).
 
     Raises:
         OptTypeError: for tensor constants when ``strict``.
@@ -62,7 +66,11 @@ def expr_text(root: Expr, *, strict: bool = False) -> str:
         if isinstance(node, Let) and node is not root:
             out[id(node)] = node.name
             continue
-        out[id(node)] = _node_text(node, [out[id(a)] for a in node.args], strict)
+        text = _node_text(node, [out[id(a)] for a in node.args], strict)
+        if limit is not None and len(text) > limit:
+            half = max(1, (limit - 5) // 2)
+            text = f"{text[:half]} ... {text[-half:]}"
+        out[id(node)] = text
     return out[id(root)]
 
 
