@@ -212,7 +212,7 @@ def _convex(depth: int):
         st.tuples(st.sampled_from([0.5, 2.0]), sub).map(lambda t: ir.mul(t[0], t[1])),
         st.tuples(sub, sub).map(lambda t: ir.apply("max", list(t))),
         st.tuples(sub, aff).map(lambda t: ir.sub(*t)),
-        sub.map(lambda e: ir.apply("exp", [e])),  # convex nondecreasing of convex
+        sub.map(lambda e: ir.apply("logistic", [e])),  # convex nondecreasing of convex
         sub.map(lambda e: ir.apply("square", [ir.apply("pos", [e])])),  # sign-dependent
         sub.map(lambda e: ir.apply("abs", [ir.apply("neg", [ir.negate(e)])])),
         sub.map(lambda e: ir.negate(ir.apply("min", [ir.negate(e), ir.negate(e)]))),
