@@ -337,3 +337,22 @@ def test_printed_problem_reads_back_with_the_same_declarations():
     assert ir.equal(read(objective[len("minimize "):], names), prob.objective.expr)
     let_line = next(ln for ln in lines if ln.startswith("let risk = "))
     assert ir.equal(read(let_line[len("let risk = "):], names), prob.lets["risk"].body)
+
+
+# ------------------------------------------------------- through the real .opt parser
+
+_HEAD = "param p[3]\nparam c pos\nparam A[3, 3]\nvar x[3]\nvar y[3]\nvar s\n"
+
+
+@pytest.mark.parametrize("build", [c[1] for c in PRINTED], ids=[c[0] for c in PRINTED])
+def test_printed_text_parses_back_with_the_opt_parser(build):
+    e = build()
+    prob = ol.parse(_HEAD + f"let e = {ir.expr_text(e)}\nminimize sum(x)\n")
+    assert ir.equal(prob.lets["e"].body, e)
+
+
+def test_printed_problem_parses_back_equal():
+    prob = _portfolio()
+    assert ol.parse(prob.to_opt()) == prob
+    bound = prob.bind({"n": 4})
+    assert ol.parse(bound.to_opt()) == bound
