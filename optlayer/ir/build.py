@@ -13,7 +13,7 @@ import difflib
 import numbers
 
 from optlayer.errors import OptTypeError, Span
-from optlayer.ir.atoms import ATOMS, OPERATORS, Slice, get_atom
+from optlayer.ir.atoms import ATOMS, Slice, get_atom
 from optlayer.ir.nodes import Apply, Constant, Expr, Let
 from optlayer.ir.shapes import as_dim
 
@@ -250,5 +250,3 @@ def maximize(expr, *, span: Span | None = None):
 
     return Objective("maximize", as_expr(expr, span=span), span=span)
 
-
-_ = OPERATORS
