@@ -114,14 +114,30 @@ class Atom:
         """The prox function from :mod:`optlayer.prox` (imported now, not at registration)."""
         if self.prox is None:
             return None
-        import importlib
-
-        return getattr(importlib.import_module("optlayer.prox"), self.prox)
+        return resolve("optlayer.prox", self.prox, f"the prox of atom {self.name}")
 
     def __call__(self, *args, span=None, **static):
         from optlayer.ir.build import apply
 
         return apply(self.name, list(args), span=span, **static)
+
+
+def resolve(module: str, name: str, what: str) -> Callable:
+    """``module.name`` imported now; an :class:`OptError` naming ``what`` if it is missing.
+
+    Registries refer to catalog functions by name so that the IR imports no
+    catalog module (and the catalogs can be written independently).
+    """
+    import importlib
+
+    from optlayer.errors import OptError
+
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise OptError(f"{what} is {module}.{name}, which is not available",
+                       hint=f"check that {module} defines {name}") from None
+    return fn
 
 
 ATOMS: dict[str, Atom] = {}

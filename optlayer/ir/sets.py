@@ -55,16 +55,20 @@ class SetKind:
     kl_projection: str | None = None
 
     def projection_fn(self) -> Callable:
-        import importlib
+        """The Euclidean projection from :mod:`optlayer.projections` (imported now)."""
+        from optlayer.ir.atoms import resolve
 
-        return getattr(importlib.import_module("optlayer.projections"), self.projection)
+        return resolve("optlayer.projections", self.projection,
+                       f"the projection onto set {self.name}")
 
     def kl_projection_fn(self) -> Callable | None:
+        """The KL projection from :mod:`optlayer.projections`, or ``None`` if there is none."""
         if self.kl_projection is None:
             return None
-        import importlib
+        from optlayer.ir.atoms import resolve
 
-        return getattr(importlib.import_module("optlayer.projections"), self.kl_projection)
+        return resolve("optlayer.projections", self.kl_projection,
+                       f"the KL projection onto set {self.name}")
 
     def __call__(self, *args, span: Span | None = None):
         return SetExpr(self, args, span=span)
