@@ -44,6 +44,6 @@ def eps(dtype: torch.dtype) -> float:
 # .opt language limits (optlayer.dsl): inputs beyond them end in an OptSyntaxError
 # instead of a RecursionError or a long hang.
 #: Longest accepted source text, in characters.
-DSL_MAX_SOURCE_CHARS = 200_000
+DSL_MAX_SOURCE_CHARS = 100_000
 #: Deepest accepted expression nesting (operators, calls, brackets' contents).
-DSL_MAX_DEPTH = 200
+DSL_MAX_DEPTH = 1000

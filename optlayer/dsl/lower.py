@@ -24,6 +24,7 @@ from optlayer import ir
 from optlayer.dsl import ast
 from optlayer.dsl.syntax import KEYWORDS
 from optlayer.errors import OptError, OptSyntaxError, OptTypeError, Span
+from optlayer.ir.nodes import check_name
 
 __all__ = ["lower_program"]
 
@@ -48,6 +49,7 @@ class _Scope:
         if name in KEYWORDS:
             raise OptSyntaxError(f"{name!r} is a keyword and cannot name a {kind}", span=span,
                                  hint=f"rename it, e.g. {name}_")
+        check_name(name, kind, span)
         prev = self.decl_span.get(name)
         if prev is not None:
             raise OptTypeError(

@@ -202,15 +202,17 @@ def _hint(text: str, found, expected: set, span: Span) -> str | None:
         return "powers are written x ^ 2"
     if kind == "LPAR" and "LSQB" in expected and before.split()[:1] in (["param"], ["var"]):
         return "shapes are written in brackets: param x[n]"
+    opened = _BRACKETS.opened
+    if opened and kind in ("$END", "SUBJECT", "_NL", "DIM", "PARAM", "VAR", "LET",
+                           "MINIMIZE", "MAXIMIZE"):
+        tok = opened[-1]
+        return f"the {str(tok)!r} at line {tok.line}, column {tok.column} is never closed"
     if kind == "SUBJECT":
         return "put `subject to` on its own line (or after ;)"
-    if kind in ("RPAR", "RSQB") and not _BRACKETS.opened:
+    if kind in ("RPAR", "RSQB") and not opened:
         return f"this {value!r} closes no bracket"
-    if kind in ("$END", "SUBJECT") or (kind == "_NL" and _BRACKETS.opened):
-        opened = _BRACKETS.opened
-        if opened:
-            tok = opened[-1]
-            return f"the {str(tok)!r} at line {tok.line}, column {tok.column} is never closed"
+    if kind == "$END" and expected == {"NAME"} and before.endswith(" in"):
+        return "name a set: " + ", ".join(_set_names())
     if kind == "NAME" and before.endswith("subject"):
         return "write `subject to`"
     return None
@@ -225,6 +227,12 @@ def _acceptable(exc, fallback) -> set:
         except Exception:  # pragma: no cover - lark internals; fall back to its own set
             pass
     return set(fallback or ())
+
+
+def _set_names() -> list[str]:
+    from optlayer.ir import set_names
+
+    return list(set_names())
 
 
 def _translate(exc, text: str) -> OptSyntaxError:
@@ -349,14 +357,18 @@ def _build(data: str, tree, kids: list, span: Span | None, program_span: Span):
                                       str(op), lhs, rhs, body_span)
         return ast.MembershipStmt(span, None if label is None else str(label), lspan, lhs,
                                   rhs.name, rhs.name_span, rhs.args, rhs.span, body_span)
-    if data == "start":
+    if data == "program":
         stmts: list = []
         for k in kids:
-            if isinstance(k, tuple):
+            if isinstance(k, list):
+                stmts = k  # the statements so far (reused: linear time)
+            elif isinstance(k, tuple):
                 stmts.extend(k)
             elif isinstance(k, ast.Stmt):
                 stmts.append(k)
-        return ast.Program(program_span, tuple(stmts))
+        return stmts
+    if data == "start":
+        return ast.Program(program_span, tuple(kids[0]))
     raise OptSyntaxError(f"internal: unknown grammar rule {data!r}", span=span)  # pragma: no cover
 
 
