@@ -139,7 +139,11 @@ def explain(node, want: Curvature) -> tuple[str, str | None]:
             f"{atom.name} has unknown curvature for these arguments.")
         return why, _hint(node)
     if node.curvature is not Curvature.UNKNOWN:
-        return f"{text} is {node.curvature}, but {want} is needed here.", _hint(node)
+        hint = _hint(node)
+        if hint is None and want is Curvature.AFFINE:
+            hint = ("== and set membership need affine expressions; a convex function "
+                    "bounded above (f(x) <= c) is a convex constraint.")
+        return f"{text} is {node.curvature}, but {want} is needed here.", hint
     monos = atom.monotonicity(node.args, node.static)
     for a, m in zip(node.args, monos, strict=True):
         if a.curvature.is_affine:
@@ -169,6 +173,11 @@ def _hint(node) -> str | None:
         return f"logsumexp({e}) is convex and equals log(sum(exp({e})))."
     if name == "sqrt" and inner in ("square", "power"):
         return f"abs({brief(a.args[0])}) is convex and equals sqrt of its square."
+    if name == "matmul" and isinstance(a, Apply) and a.atom.name == "matmul" and \
+            isinstance(a.args[0], Apply) and a.args[0].atom.name == "transpose" and \
+            a.args[1].is_constant and node.args[1] is a.args[0].args[0]:
+        x, P = brief(node.args[1]), brief(a.args[1])
+        return f"quad_form({x}, {P}) is convex for a psd {P} and equals {x}' @ {P} @ {x}."
     if name in ("mul", "matmul", "dot", "div") and all(not x.is_constant for x in node.args):
         return ("multiply a variable expression only by parameters or constants; "
                 "write a product of variables with quad_form or sum_squares where possible.")
