@@ -44,6 +44,9 @@ class SetKind:
         projection: function name in :mod:`optlayer.projections`.
         kl_projection: name of the KL projection, if one exists.
         doc: one line of math.
+        adapt: ``(fn, x, args) -> tensor`` when the catalog function's calling
+            convention differs from the member layout (``soc``: the member is
+            ``(t, z)`` with ``t`` first; the catalog takes ``(z, t)``), else ``None``.
     """
 
     name: str
@@ -53,6 +56,18 @@ class SetKind:
     projection: str
     doc: str
     kl_projection: str | None = None
+    adapt: Callable | None = None
+
+    def project(self, x, *args):
+        """Euclidean projection of ``x`` (member layout, batched over leading dims).
+
+        Args:
+            x: tensor whose trailing dims are the member's shape.
+            *args: the set's arguments as tensors or numbers (``value``,
+                ``lower, upper``, ``radius``), in the order of :attr:`params`.
+        """
+        fn = self.projection_fn()
+        return self.adapt(fn, x, args) if self.adapt else fn(x, *args)
 
     def projection_fn(self) -> Callable:
         """The Euclidean projection from :mod:`optlayer.projections` (imported now)."""
@@ -90,6 +105,13 @@ def _soc(shape):
     return None
 
 
+def _soc_adapt(fn, x, args):
+    import torch
+
+    z, t = fn(x[..., 1:], x[..., 0])
+    return torch.cat([t.unsqueeze(-1), z], dim=-1)
+
+
 def _psd(shape):
     if len(shape) == 2 and dim_equal(shape[0], shape[1]):
         return None
@@ -112,7 +134,7 @@ _register(SetKind("ball1", ("radius",), (1,), _any, "l1_ball", "{x : norm1(x) <=
 _register(SetKind("ball2", ("radius",), (1,), _any, "l2_ball", "{x : norm2(x) <= radius}"))
 _register(SetKind("ballinf", ("radius",), (1,), _any, "linf_ball",
                   "{x : norm_inf(x) <= radius}"))
-_register(SetKind("soc", (), (), _soc, "soc", "{(t, x) : norm2(x) <= t}"))
+_register(SetKind("soc", (), (), _soc, "soc", "{(t, x) : norm2(x) <= t}", adapt=_soc_adapt))
 _register(SetKind("psd", (), (), _psd, "psd", "{X : X = X', eigenvalues(X) >= 0}"))
 
 
