@@ -33,6 +33,7 @@ from optlayer.ir.graph import (
     objective_terms,
     order_definitions,
     param_reach,
+    prox_term,
     summary,
     variable_blocks,
 )
@@ -72,5 +73,5 @@ __all__ = [
     "power", "problem_text", "constraint_text", "set_equal", "set_names", "shape_equal",
     "sub", "transpose",
     "dependency_graph", "let_uses", "objective_terms", "order_definitions", "param_reach",
-    "summary", "variable_blocks",
+    "prox_term", "summary", "variable_blocks",
 ]

@@ -26,6 +26,8 @@ from optlayer.ir.nodes import Apply, Expr, Let, Parameter, Variable, postorder
 
 __all__ = [
     "Term",
+    "ProxTerm",
+    "prox_term",
     "order_definitions",
     "objective_terms",
     "dependency_graph",
@@ -117,6 +119,42 @@ def objective_terms(problem) -> list[Term]:
         else:
             out.append(Term(c, e))
     return out
+
+
+class ProxTerm(NamedTuple):
+    """``weight * atom(variable)`` where the atom has a closed-form prox."""
+
+    weight: Expr | None  # a variable-free scalar factor, or None for weight 1
+    atom: object  # the Atom record (its .prox names the function in optlayer.prox)
+    variable: Variable
+
+
+def prox_term(expr: Expr) -> ProxTerm | None:
+    """Recognise ``atom(x)``, ``c * atom(x)`` or ``atom(x) * c`` with a prox-able atom.
+
+    ``x`` must be a variable itself and ``c`` a variable-free scalar (a
+    number or parameter expression); the term's prox is then
+    ``prox(x, c * atom.prox_hyper, scaling)`` (for ``c >= 0``).
+
+    Example:
+        >>> import optlayer as ol
+        >>> x = ol.Variable(3, name="x"); lam = ol.Parameter(name="lam", nonneg=True)
+        >>> prox_term(lam * ol.norm1(x)).atom.prox
+        'lasso'
+    """
+    weight = None
+    if isinstance(expr, Apply) and expr.atom.name == "mul":
+        a, b = expr.args
+        if a.is_constant and a.ndim == 0:
+            weight, expr = a, b
+        elif b.is_constant and b.ndim == 0:
+            weight, expr = b, a
+        else:
+            return None
+    if isinstance(expr, Apply) and expr.atom.prox and isinstance(expr.args[0], Variable) \
+            and len(expr.args) == 1:
+        return ProxTerm(weight, expr.atom, expr.args[0])
+    return None
 
 
 def _labels(problem) -> list[tuple[str, Expr | tuple]]:
@@ -241,6 +279,9 @@ def summary(problem) -> str:
         label = f"term {i + 1}"
         sign = "+" if t.coeff > 0 else "-"
         smooth = "smooth" if t.expr.smooth else "non-smooth"
+        px = prox_term(t.expr)
+        if px is not None and t.coeff > 0:
+            smooth += f", prox {px.atom.prox}"
         lines.append(f"  {label}: {sign} {expr_text(t.expr)}  [{t.expr.curvature}, {smooth}; "
                      f"params: {', '.join(reach[label]) or '-'}]")
     if problem.constraints:
