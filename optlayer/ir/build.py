@@ -89,6 +89,9 @@ def apply(name: str, args, *, span: Span | None = None, **static) -> Apply:
                 hint="use a number or a parameter here")
     if atom.name == "div":
         _check_divisor(exprs[1], span)
+    need = {"power": "p", "index": "key"}.get(atom.name)
+    if need and need not in static:
+        raise OptTypeError(f"{atom.display} needs its static argument {need}=", span=span)
     if atom.name == "power":
         st = (_number(static.pop("p"), span),)
     elif atom.name == "index":
@@ -124,6 +127,8 @@ def _number(p, span):
         raise OptTypeError("the exponent of ^ must be a number", span=span,
                            hint="write x ^ 2, or use square/sqrt/exp")
     p = float(p)
+    if p != p or p in (float("inf"), float("-inf")):
+        raise OptTypeError(f"the exponent of ^ must be finite, got {p}", span=span)
     return int(p) if p.is_integer() else p
 
 
