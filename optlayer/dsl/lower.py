@@ -132,8 +132,38 @@ def _lower_expr(root: ast.Expr, scope: _Scope, lower_let) -> ir.Expr:
             stack.append((node, True))
             stack.extend((c, False) for c in reversed(_value_children(node)))
             continue
-        vals[id(node)] = _lower_node(node, vals, scope, lower_let)
+        try:
+            vals[id(node)] = _lower_node(node, vals, scope, lower_let)
+        except OptError as e:
+            _relocate(e, node, [(vals.get(id(c)), c) for c in _value_children(node)])
+            raise
     return vals[id(root)]
+
+
+def _inside(a: Span, b: Span) -> bool:
+    return ((a.line, a.column) >= (b.line, b.column)
+            and (a.end_line, a.end_column) <= (b.end_line, b.end_column))
+
+
+def _relocate(err: OptError, node, pairs) -> None:
+    """Point an IR error at the text being lowered, not at a declaration.
+
+    A name lowers to its shared declared node, whose span is the declaration;
+    an IR error about such an operand is moved to the operand's use. Errors
+    already inside ``node`` (or inside a let body) keep their span.
+    """
+    if err.span is None:
+        err.span = node.span
+        return
+    if _inside(err.span, node.span):
+        return
+    for value, child in pairs:
+        if value is not None and getattr(value, "span", None) == err.span:
+            err.span = child.span
+            return
+    if isinstance(node, ast.Name):
+        return  # errors from inside a let body keep their span
+    err.span = node.span
 
 
 def _lower_node(node, vals, scope: _Scope, lower_let):
@@ -309,7 +339,8 @@ def lower_program(program: ast.Program) -> ir.Problem:
 
     obj_expr = _lower_expr(objective.expr, scope, lower_let)
     make = ir.minimize if objective.sense == "minimize" else ir.maximize
-    obj = _with_span(lambda: make(obj_expr, span=objective.span), objective.span)
+    obj = _with_span(lambda: make(obj_expr, span=objective.span), objective.span,
+                     [(obj_expr, objective.expr)])
 
     labels: dict[str, Span] = {}
     cons = []
@@ -324,7 +355,8 @@ def lower_program(program: ast.Program) -> ir.Problem:
             lhs = _lower_expr(st.lhs, scope, lower_let)
             rhs = _lower_expr(st.rhs, scope, lower_let)
             cons.append(_with_span(lambda st=st, lhs=lhs, rhs=rhs: ir.constraint(
-                st.op, lhs, rhs, label=st.label, span=st.body_span), st.body_span))
+                st.op, lhs, rhs, label=st.label, span=st.body_span), st.body_span,
+                [(lhs, st.lhs), (rhs, st.rhs)]))
         else:
             member = _lower_expr(st.expr, scope, lower_let)
             args = [_lower_expr(a, scope, lower_let) for a in st.set_args]
@@ -332,9 +364,12 @@ def lower_program(program: ast.Program) -> ir.Problem:
                 raise OptTypeError(f"unknown set {st.set_name!r}", span=st.set_name_span,
                                    hint=_did_you_mean(st.set_name, ir.set_names())
                                    or "sets are: " + ", ".join(ir.set_names()))
-            set_ = ir.make_set(st.set_name, args, span=st.set_span)
+            set_ = _with_span(lambda st=st, args=args: ir.make_set(
+                st.set_name, args, span=st.set_span), st.set_span,
+                list(zip(args, st.set_args, strict=True)))
             cons.append(_with_span(lambda st=st, member=member, set_=set_: ir.member(
-                member, set_, label=st.label, span=st.body_span), st.body_span))
+                member, set_, label=st.label, span=st.body_span), st.body_span,
+                [(member, st.expr), *zip(args, st.set_args, strict=True)]))
 
     return _with_span(lambda: ir.Problem(
         obj, cons, dims=dict(scope.dim_defaults),
@@ -344,11 +379,20 @@ def lower_program(program: ast.Program) -> ir.Problem:
         program.span)
 
 
-def _with_span(build, span: Span):
-    """Run an IR constructor; an error without a span gets ``span``."""
+def _with_span(build, span: Span, pairs=()):
+    """Run an IR constructor; an error without a span gets ``span``.
+
+    An error at the declaration of an operand in ``pairs`` (value, AST node)
+    moves to that operand's text.
+    """
     try:
         return build()
     except OptError as e:
         if e.span is None:
             e.span = span
+        else:
+            for value, child in pairs:
+                if getattr(value, "span", None) == e.span and not _inside(e.span, span):
+                    e.span = child.span
+                    break
         raise

@@ -151,7 +151,7 @@ def describe_expected(expected) -> str:
     if _STMT_START <= left:
         words.append("a statement (dim, param, var, let, minimize, maximize, subject to) "
                      "or a constraint")
-        left -= _STMT_START | _EXPR_START | {"IN"}
+        left -= _STMT_START | _EXPR_START | _STMT_END | {"IN"}
     if _EXPR_START <= left:
         words.append("an expression")
         left -= _EXPR_START
