@@ -35,9 +35,14 @@ _PARSER = None
 _BRACKETS = None
 
 
+def _checkout_grammar() -> Path:
+    """Where the grammar sits in a source checkout: ``<repo>/grammar/optlayer.lark``."""
+    return Path(__file__).resolve().parents[2] / "grammar" / "optlayer.lark"
+
+
 def grammar_text() -> str:
     """The text of ``optlayer.lark`` (source checkout first, then the installed resource)."""
-    here = Path(__file__).resolve().parents[2] / "grammar" / "optlayer.lark"
+    here = _checkout_grammar()
     if here.is_file():
         return here.read_text(encoding="utf-8")
     from importlib.resources import files
