@@ -174,12 +174,11 @@ class Mono(enum.Enum):
 
     @staticmethod
     def scaled_by(sign: Sign) -> Mono:
-        """Monotonicity of ``c * x`` in ``x`` for a constant ``c`` of the given sign."""
-        if sign.is_nonneg:
-            return Mono.INCREASING
-        if sign.is_nonpos:
-            return Mono.DECREASING
-        return Mono.NONMONOTONE
+        """Monotonicity of ``c * x`` in ``x`` for a constant ``c`` of the given sign.
+
+        The same table as :meth:`by_sign`, read the other way round.
+        """
+        return Mono.by_sign(sign)
 
 
 class Domain(enum.Enum):
