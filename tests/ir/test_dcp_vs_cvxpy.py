@@ -2,7 +2,8 @@
 
 The same random expression is built twice, in the IR and in cvxpy, from
 atoms both know (elementwise, reductions, maximum/minimum, power, products
-with constants, matrix products with a constant matrix); the curvature
+with constants and signed parameters, matrix products with a constant matrix,
+quad_form with a psd parameter); the curvature
 classes must be identical: the composition rule, the sign-dependent
 monotonicities and the sign rules are neither weaker nor stronger than cvxpy's.
 """
@@ -34,6 +35,14 @@ REDUCTIONS = {"sum": cp.sum, "norm1": cp.norm1, "norm2": lambda e: cp.norm(e, 2)
               "entropy": lambda e: cp.sum(cp.entr(e))}
 
 
+# parameters: signs from attributes; a psd matrix for quad_form
+PARAMS = [(ir.Parameter(name="g", nonneg=True), cp.Parameter(nonneg=True)),
+          (ir.Parameter(name="h", nonpos=True), cp.Parameter(nonpos=True)),
+          (ir.Parameter(name="c"), cp.Parameter())]
+P_IR, P_CP = ir.Parameter(3, 3, name="P", psd=True), cp.Parameter((3, 3), PSD=True)
+V_IR, V_CP = ir.Parameter(3, name="v"), cp.Parameter(3)
+
+
 def _pairs(depth: int):
     """(IR expression, cvxpy expression) pairs of shape [3]."""
     leaf = st.sampled_from([(X, CX), (Y, CY)])
@@ -46,6 +55,9 @@ def _pairs(depth: int):
         st.tuples(s, s).map(lambda t: (ir.add(t[0][0], t[1][0]), t[0][1] + t[1][1])),
         st.tuples(s, s).map(lambda t: (ir.sub(t[0][0], t[1][0]), t[0][1] - t[1][1])),
         st.tuples(c, s).map(lambda t: (ir.mul(t[0], t[1][0]), t[0] * t[1][1])),
+        st.tuples(st.sampled_from(PARAMS), s).map(
+            lambda t: (ir.mul(t[0][0], t[1][0]), cp.multiply(t[0][1], t[1][1]))),
+        s.map(lambda t: (ir.mul(V_IR, t[0]), cp.multiply(V_CP, t[1]))),
         s.map(lambda t: (ir.matmul(ir.Constant(torch.tensor(M)), t[0]), M @ t[1])),
         s.map(lambda t: (ir.negate(t[0]), -t[1])),
         st.tuples(st.sampled_from(sorted(ELEMENTWISE)), s).map(
@@ -59,8 +71,12 @@ def _pairs(depth: int):
     )
 
 
-_SCALARS = st.tuples(st.sampled_from(sorted(REDUCTIONS)), _pairs(3)).map(
-    lambda t: (ir.apply(t[0], [t[1][0]]), REDUCTIONS[t[0]](t[1][1])))
+_SCALARS = st.one_of(
+    st.tuples(st.sampled_from(sorted(REDUCTIONS)), _pairs(3)).map(
+        lambda t: (ir.apply(t[0], [t[1][0]]), REDUCTIONS[t[0]](t[1][1]))),
+    _pairs(2).map(lambda t: (ir.apply("quad_form", [t[0], P_IR]), cp.quad_form(t[1], P_CP))),
+    _pairs(3).map(lambda t: (ir.apply("dot", [V_IR, t[0]]), V_CP @ t[1])),
+)
 
 
 def _ours(e) -> str:
