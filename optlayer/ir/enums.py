@@ -56,20 +56,6 @@ class Curvature(enum.Enum):
             return Curvature.CONVEX
         return self
 
-    def join(self, other: Curvature) -> Curvature:
-        """Curvature of ``a + b`` given those of ``a`` and ``b``."""
-        if self.is_constant:
-            return other
-        if other.is_constant:
-            return self
-        if self.is_affine and other.is_affine:
-            return Curvature.AFFINE
-        if self.is_convex and other.is_convex:
-            return Curvature.CONVEX
-        if self.is_concave and other.is_concave:
-            return Curvature.CONCAVE
-        return Curvature.UNKNOWN
-
     @staticmethod
     def from_flags(convex: bool, concave: bool) -> Curvature:
         if convex and concave:
