@@ -149,20 +149,24 @@ def decl_text(leaf: Leaf, *, keyword: bool = True) -> str:
     return f"{head}{leaf.name}{shape}{attrs}"
 
 
-def problem_text(problem) -> str:
-    """The whole problem as ``.opt`` text (declarations in the problem's order)."""
+def problem_text(problem, *, strict: bool = True) -> str:
+    """The whole problem as ``.opt`` text (declarations in the problem's order).
+
+    With ``strict=False`` tensor constants print as ``<const[3]>`` instead of
+    raising (for ``str(problem)``); such text does not parse.
+    """
     lines = []
     for name, default in problem.dims.items():
         lines.append(f"dim {name}" if default is None else f"dim {name} = {default}")
     lines += [decl_text(p) for p in problem.params.values()]
     lines += [decl_text(v) for v in problem.vars.values()]
-    lines += [f"let {lt.name} = {expr_text(lt.body, strict=True)}"
+    lines += [f"let {lt.name} = {expr_text(lt.body, strict=strict)}"
               for lt in problem.lets.values()]
     obj = problem.objective
-    lines.append(f"{obj.sense} {expr_text(obj.expr, strict=True)}")
+    lines.append(f"{obj.sense} {expr_text(obj.expr, strict=strict)}")
     if problem.constraints:
         lines.append("subject to")
         for c in problem.constraints:
             label = f"{c.label}: " if c.label else ""
-            lines.append(f"    {label}{constraint_text(c, strict=True)}")
+            lines.append(f"    {label}{constraint_text(c, strict=strict)}")
     return "\n".join(lines) + "\n"

@@ -411,6 +411,11 @@ class Problem:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __str__(self) -> str:
+        from optlayer.ir.printer import problem_text
+
+        return problem_text(self, strict=False)
+
     def __repr__(self) -> str:
         return (f"<Problem {self.objective.sense}: {len(self.vars)} var(s), "
                 f"{len(self.params)} param(s), {len(self.constraints)} constraint(s)>")
