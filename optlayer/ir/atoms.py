@@ -377,6 +377,14 @@ def _kl_impl(ts, nds, st):
     return _red(torch.special.xlogy(x, x) - torch.special.xlogy(x, y) - x + y, max(nds))
 
 
+def _norm2_impl(ts, nds, st):
+    # vector_norm's backward gives the subgradient 0 at x = 0 (sqrt(sum x^2) gives NaN)
+    x = ts[0]
+    if nds[0] == 0:
+        return x.abs()
+    return torch.linalg.vector_norm(x, dim=tuple(range(-nds[0], 0)))
+
+
 def _huber_impl(ts, nds, st):
     x = ts[0]
     M = ts[1] if len(ts) > 1 else torch.ones((), dtype=x.dtype, device=x.device)
@@ -622,8 +630,8 @@ _register(Atom("abs", (1, 1), _same, CVX, _s(Sign.NONNEG), _mono_abs, False,
 _register(Atom("norm1", (1, 1), _scalar, CVX, _s(Sign.NONNEG), _mono_abs, False,
                _reduce(torch.abs), "norm1(x) = sum_i |x_i|", prox="lasso"))
 _register(Atom("norm2", (1, 1), _scalar, CVX, _s(Sign.NONNEG), _mono_abs, False,
-               lambda ts, nds, st: torch.sqrt(_red(ts[0] * ts[0], nds[0])),
-               "norm2(x) = sqrt(sum_i x_i^2) (Frobenius for matrices)", prox="group_lasso"))
+               _norm2_impl, "norm2(x) = sqrt(sum_i x_i^2) (Frobenius for matrices)",
+               prox="group_lasso"))
 _register(Atom("norm_inf", (1, 1), _scalar, CVX, _s(Sign.NONNEG), _mono_abs, False,
                _reduce(torch.abs, "amax"), "norm_inf(x) = max_i |x_i|", prox="linf"))
 _register(Atom("exp", (1, 1), _same, CVX, _s(Sign.POSITIVE), (I,), True, _unary(torch.exp),
