@@ -216,3 +216,34 @@ def test_problem_layer_goes_through_the_registered_builder(monkeypatch):
     problem_module.set_layer_factory(lambda pr, **opts: seen.append((pr, opts)) or "layer")
     assert prob.layer(method="kkt") == "layer"
     assert seen == [(prob, {"method": "kkt"})]
+
+
+@pytest.mark.parametrize(
+    ("build", "words"),
+    [(lambda: ol.Variable(3, name="sum"), "'sum' is an atom"),
+     (lambda: ol.Parameter(name="simplex"), "'simplex' is a set"),
+     (lambda: ol.Parameter(name="nonneg"), "'nonneg' is an attribute"),
+     (lambda: ol.Variable(name="minimize"), "'minimize' is a keyword"),
+     (lambda: ol.let("norm1", ol.Variable(2, name="x")), "'norm1' is an atom"),
+     (lambda: (ol.sum(ol.Variable(2, name="x")) == 1).labelled("subject"), "keyword"),
+     (lambda: ol.dim("param"), "'param' is a keyword")],
+    ids=["var-atom", "param-set", "param-attribute", "var-keyword", "let-atom", "label-keyword",
+         "dim-keyword"],
+)
+def test_reserved_names(build, words):
+    with pytest.raises(OptTypeError) as info:
+        build()
+    assert words in info.value.message and "rename it" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [("nrom2", "norm2"), ("sum_square", "sum_squares"), ("logsumexpp", "logsumexp"),
+     ("qaud_form", "quad_form")],
+    ids=["nrom2", "sum_square", "logsumexpp", "qaud_form"],
+)
+def test_unknown_atom_gets_did_you_mean(name, suggestion):
+    with pytest.raises(OptTypeError) as info:
+        ir.apply(name, [ol.Variable(2, name="x")])
+    assert f"unknown function {name!r}" in info.value.message
+    assert f"did you mean {suggestion!r}" in info.value.hint
