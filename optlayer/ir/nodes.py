@@ -186,6 +186,11 @@ class Expr:
     def __getitem__(self, key):
         return _build().index(self, key)
 
+    def __iter__(self):
+        # without this, Python would iterate through __getitem__ forever on symbolic dims
+        raise OptTypeError("an optlayer expression is not iterable",
+                           hint="index it (x[0], x[1:]) or use sum(...)")
+
     def __eq__(self, other):  # type: ignore[override]
         return _build().constraint("==", self, other)
 
