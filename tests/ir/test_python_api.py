@@ -247,3 +247,20 @@ def test_unknown_atom_gets_did_you_mean(name, suggestion):
         ir.apply(name, [ol.Variable(2, name="x")])
     assert f"unknown function {name!r}" in info.value.message
     assert f"did you mean {suggestion!r}" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("make", "want"),
+    [(lambda x: x <= 2, [-1.0, 0.0, -1.5]),
+     (lambda x: x >= 2, [1.0, 0.0, 1.5]),
+     (lambda x: 1 <= ol.sum(x), -2.5),
+     (lambda x: ol.sum(x) == 1, 2.5)],
+    ids=["le", "ge", "reflected-ge", "eq"],
+)
+def test_constraint_residual_is_g_le_zero(make, want):
+    """residual() = lhs - rhs for <= and ==, rhs - lhs for >=, evaluated at x = [1, 2, 0.5]."""
+    x = ol.Variable(3, name="x")
+    g = make(x).residual()
+    got = g.evaluate({"x": torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)})
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+    assert g.curvature.is_affine
