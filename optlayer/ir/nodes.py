@@ -105,8 +105,10 @@ class Expr:
             env: name -> tensor for every variable and parameter that occurs.
                 A tensor's trailing dims are the declared shape; any leading
                 dims are batch dims and broadcast against each other.
-            cache: optional dict reused across calls (keys are node ids), so
-                shared subexpressions and lets are computed once.
+            cache: optional dict shared by calls *with the same env* (keys
+                are node ids), so subexpressions and lets shared by the
+                objective and the constraints are computed once. A cache must
+                not outlive its env: values are never recomputed.
 
         Returns:
             A tensor of shape ``batch + self.shape``.

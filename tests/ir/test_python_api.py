@@ -264,3 +264,15 @@ def test_constraint_residual_is_g_le_zero(make, want):
     got = g.evaluate({"x": torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)})
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
     assert g.curvature.is_affine
+
+
+def test_evaluate_cache_shares_lets_between_roots():
+    x = ol.Variable(2, name="x")
+    r = ol.let("r", ol.exp(x))
+    obj, con = ol.sum(r), r - 1
+    env = {"x": torch.zeros(2, dtype=torch.float64)}
+    cache: dict = {}
+    a = obj.evaluate(env, cache)
+    b = con.evaluate(env, cache)
+    assert float(a) == 2.0 and b.tolist() == [0.0, 0.0]
+    assert cache[id(r)] is cache[id(r.body)]  # the let's value is its body's, computed once
