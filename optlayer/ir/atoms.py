@@ -116,6 +116,16 @@ class Atom:
             return None
         return resolve("optlayer.prox", self.prox, f"the prox of atom {self.name}")
 
+    # registry records are singletons: copies and pickles refer to the record by name
+    def __reduce__(self):
+        return (get_atom, (self.name,))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
     def __call__(self, *args, span=None, **static):
         from optlayer.ir.build import apply
 

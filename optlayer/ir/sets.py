@@ -85,6 +85,16 @@ class SetKind:
         return resolve("optlayer.projections", self.kl_projection,
                        f"the KL projection onto set {self.name}")
 
+    # registry records are singletons: copies and pickles refer to the record by name
+    def __reduce__(self):
+        return (get_set, (self.name,))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
     def __call__(self, *args, span: Span | None = None):
         return SetExpr(self, args, span=span)
 
