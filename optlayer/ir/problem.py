@@ -362,6 +362,52 @@ class Problem:
                        lets={k: memo[id(v)] for k, v in self.lets.items()}, check=False,
                        span=self.span)
 
+    def check_params(self, values: Mapping[str, object], *, tol: float | None = None) -> dict:
+        """Check a full set of parameter values against the declarations.
+
+        Every declared parameter must be given and nothing else; each value is
+        checked with :meth:`optlayer.ir.nodes.Leaf.check_value` (trailing
+        shape, floating dtype, finiteness, attributes). Dims must be bound
+        (see :meth:`bind`). All values must share one dtype and one device.
+
+        Args:
+            values: parameter name -> tensor (leading dims are batch dims).
+            tol: tolerance for ``symmetric`` / ``psd`` (default from the dtype).
+
+        Returns:
+            A dict name -> tensor in declaration order.
+
+        Raises:
+            BindingError: a missing or unknown parameter (with did-you-mean),
+                or a value that does not fit its declaration; the error's
+                ``parameter`` names it.
+        """
+        from optlayer.ir.build import did_you_mean
+
+        for name in values:
+            if name not in self.params:
+                raise BindingError(f"unknown parameter {name!r}", parameter=name,
+                                   hint=did_you_mean(name, self.params) or
+                                   f"parameters are: {', '.join(self.params) or 'none'}")
+        out = {}
+        first = None
+        for name, leaf in self.params.items():
+            if name not in values:
+                raise BindingError(f"missing value for parameter {name!r}", parameter=name,
+                                   hint=f"pass {name}=<a tensor of shape "
+                                        f"{format_shape(leaf.shape)}>" if leaf.shape
+                                   else f"pass {name}=<a scalar tensor>")
+            t = leaf.check_value(values[name], tol=tol)
+            if first is None:
+                first = (name, t)
+            elif t.dtype != first[1].dtype or t.device != first[1].device:
+                raise BindingError(
+                    f"parameter {name!r} is {t.dtype} on {t.device} but {first[0]!r} is "
+                    f"{first[1].dtype} on {first[1].device}", parameter=name,
+                    hint="give all parameters one dtype and device")
+            out[name] = t
+        return out
+
     # ------------------------------------------------------------------- printing
     def to_opt(self) -> str:
         """``.opt`` text that parses back to an equal problem."""
