@@ -276,6 +276,32 @@ class Problem:
             out.extend(c.args)
         return out
 
+    def attribute_constraints(self) -> list:
+        """The constraints that variable attributes imply, in declaration order.
+
+        ``nonneg`` and ``pos``: ``x >= 0`` (``pos`` is relaxed to ``>=``: a
+        closed feasible set); ``nonpos``: ``x <= 0``; ``symmetric``:
+        ``X == X'``; ``psd``: ``X in psd``. Spans are the declarations'.
+        Parameter attributes are checks on values instead
+        (:meth:`check_params`).
+        """
+        from optlayer.ir.sets import SetExpr
+
+        out: list = []
+        for v in self.vars.values():
+            for a in v.attrs:
+                if a in ("nonneg", "pos"):
+                    out.append(Constraint(">=", v, Constant(0), span=v.span))
+                elif a == "nonpos":
+                    out.append(Constraint("<=", v, Constant(0), span=v.span))
+                elif a == "symmetric":
+                    from optlayer.ir.build import transpose
+
+                    out.append(Constraint("==", v, transpose(v, span=v.span), span=v.span))
+                elif a == "psd":
+                    out.append(Membership(v, SetExpr("psd", (), span=v.span), span=v.span))
+        return out
+
     @property
     def variables(self) -> list[Variable]:
         return list(self.vars.values())
