@@ -147,7 +147,7 @@ def _check_label(label, span):
         check_name(label, "constraint label", span)
 
 
-def _as_dict(items, what: str) -> dict | None:
+def _as_dict(items) -> dict | None:
     if items is None:
         return None
     if isinstance(items, Mapping):
@@ -223,9 +223,9 @@ class Problem:
                         raise OptTypeError(
                             f"two different {what} are named {node.name!r}",
                             span=node.span or prev.span, hint="give each a distinct name")
-        self.params = self._declared(_as_dict(params, "param"), order["param"], "param")
-        self.vars = self._declared(_as_dict(vars, "var"), order["var"], "var")
-        self.lets = self._declared(_as_dict(lets, "let"), order["let"], "let")
+        self.params = self._declared(_as_dict(params), order["param"], "param")
+        self.vars = self._declared(_as_dict(vars), order["var"], "var")
+        self.lets = self._declared(_as_dict(lets), order["let"], "let")
         names = list(self.params) + list(self.vars) + list(self.lets)
         dup = {n for n in names if names.count(n) > 1}
         if dup:
