@@ -48,3 +48,10 @@ GMRES_RESTART = 30
 #: custom_root's default backward solve is dense (materialise, LU) up to this
 #: many unknowns, and matrix-free GMRES above it (see docs/implicit.md).
 IMPLICIT_DENSE_MAX = 2000
+
+# .opt language limits (optlayer.dsl): inputs beyond them end in an OptSyntaxError
+# instead of a RecursionError or a long hang.
+#: Longest accepted source text, in characters.
+DSL_MAX_SOURCE_CHARS = 100_000
+#: Deepest accepted expression nesting (operators, calls, brackets' contents).
+DSL_MAX_DEPTH = 1000
