@@ -66,9 +66,20 @@ def _attach(fun, solve, sol, args, kwargs, what, checked: set | None = None):
         tuple((tuple(a.shape), a.dtype) for a in arg_tensors),
     )
     if checked is None or key not in checked:
-        with torch.no_grad():
-            spec.F(spec.pack([s.detach() for s in sol_leaves]),
-                   [a.detach() for a in arg_tensors])
+        # Run under enable_grad on detached inputs: an output that still requires
+        # grad means F closes over a tensor that requires grad (an nn.Parameter,
+        # say), which would silently get no gradient.
+        with torch.enable_grad():
+            res = spec.F(spec.pack([s.detach() for s in sol_leaves]),
+                         [a.detach() for a in arg_tensors])
+        if res.requires_grad:
+            raise OptTypeError(
+                f"{what}: the optimality function uses a tensor that requires grad but is "
+                "not an argument of the solver (a closure or module parameter); it would "
+                "silently receive no gradient",
+                hint="pass that tensor to the decorated solver as an argument (F receives "
+                "the same arguments), or .detach() it if it is meant to be a constant",
+            )
         if checked is not None:
             checked.add(key)
     outs = ImplicitRoot.apply(spec, *[s.detach() for s in sol_leaves], *arg_tensors)

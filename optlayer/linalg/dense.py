@@ -74,8 +74,29 @@ def _residual(A: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return torch.where(bn > 0, r / torch.where(bn > 0, bn, 1), r)
 
 
+def _lu_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``A⁻¹ b`` by LU with partial pivoting, as ``lu_factor_ex`` + ``lu_unpack`` + two
+    triangular solves.
+
+    Not ``torch.linalg.solve``/``lu_solve``: in torch 2.13 (CPU) forward-mode AD
+    through those under an enclosing ``vmap`` silently returns wrong numbers
+    (so ``vmap(hessian(...))`` of an implicit layer was wrong), and ``jacrev``
+    through ``lu_solve`` can fail with "Pivots given to lu_solve must all be
+    greater or equal to 1". Triangular solves batch and differentiate correctly
+    (``tests/implicit/test_review_vmap_hessian.py``). A zero pivot gives
+    Inf/NaN, which the residual check reports.
+    """
+    LU, piv, _info = torch.linalg.lu_factor_ex(A)
+    P, L, U = torch.lu_unpack(LU, piv)
+    y = torch.linalg.solve_triangular(
+        L, (P.mT @ b.unsqueeze(-1)), upper=False, unitriangular=True
+    )
+    return torch.linalg.solve_triangular(U, y, upper=True).squeeze(-1)
+
+
 def solve_lu(matvec, b, *, init=None, ridge=None, tol=None, maxiter=None, on_failure="warn"):
-    """Solve ``(A + ridge I) x = b`` by LU with partial pivoting (``torch.linalg.solve_ex``).
+    """Solve ``(A + ridge I) x = b`` by LU with partial pivoting (``lu_factor_ex``, then
+    two triangular solves; see :func:`_lu_solve` for why not ``torch.linalg.solve``).
 
     Args:
         matvec: linear map ``x -> A x`` (same structure as ``b``), or a tensor ``A``.
@@ -103,7 +124,7 @@ def solve_lu(matvec, b, *, init=None, ridge=None, tol=None, maxiter=None, on_fai
     packed = Packed(b, what)
     bv = packed.pack(b)
     A = _matrix(matvec, packed, ridge, what)
-    x, _info = torch.linalg.solve_ex(A, bv)
+    x = _lu_solve(A, bv)
     report(what, _residual(A, x, bv), _tol(tol, bv.dtype), on_failure,
            failure=Status.NUMERICAL_ERROR)
     return packed.unpack(x)
@@ -130,20 +151,24 @@ def solve_cholesky(
     bv = packed.pack(b)
     A = _matrix(matvec, packed, ridge, what)
     tol_ = _tol(tol, bv.dtype)
+    L, info = torch.linalg.cholesky_ex(A)
+    x = torch.cholesky_solve(bv.unsqueeze(-1), L).squeeze(-1)
     if on_failure != "ignore":
+        # One report per call: asymmetry first (Cholesky read only one triangle,
+        # so the result solves a different system), else the residual check.
         Ap = physical(A).detach()
         asym = torch.linalg.matrix_norm(Ap - Ap.mT) / torch.linalg.matrix_norm(Ap).clamp_min(
             torch.finfo(Ap.dtype).tiny
         )
         if bool((asym > tol_).any()):
             report(
-                what + " (the matrix is not symmetric: use solve_lu or solve_gmres)",
+                what + " (the matrix is not symmetric: use solve_lu or solve_gmres); the "
+                "'residual' below is the relative asymmetry ||A - Aᵀ|| / ||A||",
                 asym, tol_, on_failure, failure=Status.NUMERICAL_ERROR,
             )
-    L, info = torch.linalg.cholesky_ex(A)
-    x = torch.cholesky_solve(bv.unsqueeze(-1), L).squeeze(-1)
-    if on_failure != "ignore" and bool((physical(info) != 0).any()):
-        what += " (the matrix is not positive definite: use solve_lu or solve_gmres)"
+            return packed.unpack(x)
+        if bool((physical(info) != 0).any()):
+            what += " (the matrix is not positive definite: use solve_lu or solve_gmres)"
     report(what, _residual(A, x, bv), tol_, on_failure, failure=Status.NUMERICAL_ERROR)
     return packed.unpack(x)
 

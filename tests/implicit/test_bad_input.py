@@ -136,3 +136,24 @@ def test_root_vjp_cotangent_shape():
 def test_root_jvp_tangent_shape():
     with pytest.raises(ol.OptTypeError, match="tangent must be shaped like its argument"):
         ol.root_jvp(F_ok, torch.ones(2), (torch.ones(2),), (torch.ones(3),))
+
+
+def test_closure_tensor_requiring_grad_is_an_error():
+    """A tensor F closes over that requires grad would silently get no gradient."""
+    w = torch.ones(2, dtype=DT, requires_grad=True)
+
+    @ol.custom_root(lambda x, theta: x - w * theta)
+    def solver(init, theta):
+        return w.detach() * theta
+
+    with pytest.raises(ol.OptTypeError, match="requires grad but is not an argument") as e:
+        solver(None, torch.ones(2, dtype=DT))
+    assert "pass that tensor to the decorated solver as an argument" in str(e.value)
+
+    @ol.custom_root(lambda x, theta, w: x - w * theta)
+    def fixed(init, theta, w):
+        return w * theta
+
+    out = fixed(None, torch.ones(2, dtype=DT), w)
+    out.sum().backward()
+    torch.testing.assert_close(w.grad, torch.ones(2, dtype=DT))
