@@ -16,9 +16,11 @@ A failed factorisation, a non-finite result or a relative residual
 ill-conditioned matrix) gives an :class:`optlayer.OptimizationWarning` naming
 the residual (``on_failure="raise"`` raises :class:`optlayer.SolverError`).
 
-Note on torch 2.13 + MKL: ``torch.func.jacrev`` through ``torch.linalg.solve``
-has been seen to fail in ``lu_solve`` at n≈200; :func:`solve_cholesky` avoids
-LU altogether for symmetric positive definite systems.
+Note on torch 2.13: :func:`solve_lu` factorises with ``lu_factor_ex`` and
+finishes with two triangular solves instead of calling ``torch.linalg.solve``
+or ``lu_solve``: forward-mode AD through those under an enclosing ``vmap`` is
+silently wrong (``vmap(hessian(...))`` of an implicit layer), and ``jacrev``
+through ``lu_solve`` has been seen to fail in MKL at n≈200.
 """
 
 from __future__ import annotations
