@@ -242,8 +242,12 @@ def solve_gmres(
             basis.append(safe_div(w, hn.unsqueeze(-1)))
         it += m
         H = torch.stack(cols, dim=-1)  # (*batch, m + 1, m)
+        # A non-finite item (NaN in its b or matvec) must not break the SVD of the
+        # whole batch: zero it here; it keeps a non-finite residual and is reported.
+        H = torch.where(torch.isfinite(H), H, torch.zeros_like(H))
+        beta_f = torch.where(torch.isfinite(beta), beta, torch.zeros_like(beta))
         g = torch.zeros(H.shape[:-1], dtype=H.dtype, device=H.device)
-        g = torch.cat([beta.unsqueeze(-1).to(H.dtype), g[..., 1:]], dim=-1)
+        g = torch.cat([beta_f.unsqueeze(-1).to(H.dtype), g[..., 1:]], dim=-1)
         y = (torch.linalg.pinv(H) @ g.unsqueeze(-1)).squeeze(-1)  # (*batch, m)
         V = torch.stack(basis[:m], dim=-1)  # (*batch, n, m)
         dx = (V @ y.unsqueeze(-1)).squeeze(-1)

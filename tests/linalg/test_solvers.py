@@ -184,3 +184,16 @@ def test_plugs_into_custom_root(entry):
     b = torch.ones(6, dtype=DT)
     J = torch.func.jacrev(solver, argnums=1)(None, b)
     torch.testing.assert_close(J, torch.linalg.inv(A), rtol=0, atol=entry.tol)
+
+
+@pytest.mark.parametrize("entry", SOLVERS, ids=[e.name for e in SOLVERS])
+def test_nan_in_one_item_is_reported_per_item(entry):
+    """A NaN right-hand side in one batch item: the others are solved, the bad one is
+    reported as NUMERICAL_ERROR or MAX_ITER at its index -- no crash of the whole batch."""
+    A = _spd((3,), 6, 19)
+    b = torch.randn(3, 6, generator=torch.Generator().manual_seed(20), dtype=DT)
+    b[1, 2] = float("nan")
+    with pytest.warns(ol.OptimizationWarning, match=r"at batch index 1 \(1 of 3\)"):
+        x = entry.solve(_mv(A), b)
+    good = torch.linalg.solve(A[[0, 2]], b[[0, 2]])
+    torch.testing.assert_close(x[[0, 2]], good, rtol=0, atol=entry.tol)
