@@ -1,0 +1,20 @@
+"""The docstring examples of the implicit core, the linear solvers and tree helpers run."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "optlayer.tree",
+    "optlayer.implicit.root",
+    "optlayer.linalg.krylov",
+    "optlayer.linalg.dense",
+]
+
+
+@pytest.mark.parametrize("name", MODULES, ids=MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), verbose=False)
+    assert result.attempted > 0
+    assert result.failed == 0
