@@ -67,7 +67,7 @@ def ridge_data_problem() -> Problem:
     """Ridge with the data as arguments: (X, y) a tuple, l2reg a keyword tensor,
     plus non-tensor arguments (a float scale and a callable) passed through."""
     r = _gen(1)
-    m, n = 10, 4
+    m, n = 8, 3
     X0, y0 = r(m, n), r(m)
 
     def f(x, data, scale, link, *, l2reg):
