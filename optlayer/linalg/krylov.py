@@ -43,7 +43,7 @@ __all__ = ["solve_cg", "solve_normal_cg", "solve_gmres", "solve_bicgstab"]
 
 
 def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (x.conj() * y).sum(-1) if x.is_complex() else (x * y).sum(-1)
+    return torch.linalg.vecdot(x, y)  # conjugates x when complex
 
 
 def _norm(x: torch.Tensor) -> torch.Tensor:
@@ -121,8 +121,9 @@ def solve_cg(matvec, b, *, init=None, ridge=None, tol=None, maxiter=None, on_fai
             alpha = torch.where(active, safe_div(rs, _dot(p, Ap).real), torch.zeros_like(rs))
         else:
             alpha = rs / _dot(p, Ap).real
-        x = x + alpha.unsqueeze(-1) * p
-        r = r - alpha.unsqueeze(-1) * Ap
+        a = alpha.unsqueeze(-1)
+        x = torch.addcmul(x, a, p)
+        r = torch.addcmul(r, a, Ap, value=-1)
         rs_new = _dot(r, r).real
         if masked:
             beta = safe_div(rs_new, rs)
@@ -130,7 +131,7 @@ def solve_cg(matvec, b, *, init=None, ridge=None, tol=None, maxiter=None, on_fai
             rs = torch.where(active, rs_new, rs)
             active = active & (rs > thresh)
         else:
-            p = r + (rs_new / rs).unsqueeze(-1) * p
+            p = torch.addcmul(r, (rs_new / rs).unsqueeze(-1), p)
             rs = rs_new
             active = rs > thresh
     return _finish(what, packed, op, bv, x, tol, on_failure, it)
