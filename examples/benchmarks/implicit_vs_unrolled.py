@@ -15,22 +15,17 @@ The *same* solver -- gradient descent x ← T(x, λ) = x − η ∇f(x, λ) run 
   default dense LU is timed too).
 
 Memory method. ``tracemalloc`` does not see torch's allocator, and the CPU
-build has no ``max_memory_allocated``. Two measures:
-
-* "saved for bwd" (exact): what backward needs is what autograd keeps from
-  the forward; ``saved_tensors_hooks`` see every tensor saved for backward
-  and we add the bytes of their distinct storages (``X``, saved by every
-  unrolled step, is counted once). Measured around the solver call only
-  (the outer loss saves the same for both methods).
-* "peak RSS" (coarse): the growth of the process's resident set size during
-  one forward + backward of the solve, sampled by a thread from
-  /proc/self/statm (Linux). It includes the solver's forward, the
-  backward's own workspace (for the default dense solve the materialised
-  n x n matrix) and allocator effects at page granularity -- supporting
-  evidence, not the bar. (The script re-executes itself with
-  ``MALLOC_MMAP_THRESHOLD_=65536`` so glibc returns freed tensor memory.)
-
-The bar uses "saved for bwd" (the memory that scales with iterations).
+build has no ``max_memory_allocated``. What backward needs is what autograd
+keeps from the forward, so we count it exactly: ``saved_tensors_hooks`` see
+every tensor saved for backward, and we add the bytes of the distinct
+storages among them (``X``, saved by every unrolled step, is counted once),
+around the solver call only (the outer loss saves the same for both
+methods). Not included: the implicit backward's own short-lived workspace,
+which does not depend on ``maxiter`` either -- a few n-vectors for CG, and
+for the default dense solve the materialised n x n matrix with its LU
+factors (about 4 x 2 MB at n = 500). (A sampled peak-RSS column and a
+torch.profiler self-memory sum were tried and dropped: allocator reuse and
+nested profiler events made both unreliable at this scale.)
 
 Timing: median of several repeats after a warm-up, single-threaded
 (``torch.set_num_threads(1)``), as process CPU time on CPU (``time.process_time``:
@@ -48,9 +43,7 @@ Run: ``python examples/benchmarks/implicit_vs_unrolled.py`` (1-2 minutes).
 from __future__ import annotations
 
 import functools
-import os
 import statistics
-import sys
 import time
 
 import torch
@@ -104,40 +97,6 @@ class SavedBytes:
     @property
     def total(self) -> int:
         return sum(self.storages.values())
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_growth_kib(fn) -> float:
-    """Peak growth of the resident set size while ``fn`` runs, sampled every ~0.2 ms by a
-    thread reading /proc/self/statm (Linux; NaN elsewhere). Tensors of more than
-    128 KiB are mmap-ed and returned to the OS on free, so RSS follows them."""
-    import threading
-
-    try:
-        base = _rss_bytes()
-    except (OSError, ValueError):
-        return float("nan")
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.0002)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        th.join()
-    peak[0] = max(peak[0], _rss_bytes())
-    return (peak[0] - base) / 1024
 
 
 def _solver(P, maxiter, method, solve):
@@ -206,14 +165,7 @@ def run_case(P, maxiter, method, solve=None):
     with SavedBytes() as sb:  # the solver only: the outer loss saves the same for both
         x = solver(torch.zeros(n, dtype=DT, device=DEVICE), lam)
     outer(x).backward()
-    x0 = torch.zeros(n, dtype=DT, device=DEVICE)
-
-    def fwd_bwd():
-        lam_ = torch.tensor(P["lam0"], dtype=DT, device=DEVICE, requires_grad=True)
-        outer(solver(x0, lam_)).backward()
-
-    rss = peak_rss_growth_kib(fwd_bwd)
-    return t_fwd, t_bwd, sb.total, float(state["grad"]), rss
+    return t_fwd, t_bwd, sb.total, float(state["grad"])
 
 
 def seed_ridge_bar():
@@ -253,12 +205,6 @@ def seed_ridge_bar():
 
 
 def main():
-    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        # Fix glibc's mmap threshold (it otherwise grows after large frees) so every
-        # block >= 64 KiB is mmap-ed and returned to the OS on free: RSS then tracks
-        # tensor memory. glibc reads it at start-up, hence the re-exec.
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     print(f"device: {DEVICE}, torch {torch.__version__}, threads: {torch.get_num_threads()}, "
           f"clock: {'wall (synchronised)' if DEVICE == 'cuda' else 'process CPU time'}")
     P = make_problem()
@@ -266,7 +212,7 @@ def main():
     rows = {}
     print("\nridge hyperparameter gradient dL/dλ, m=100, n=500 (times: median, ms)")
     header = (f"{'maxiter':>8} {'method':>16} {'fwd ms':>9} {'bwd ms':>9} "
-              f"{'saved for bwd':>14} {'peak RSS':>13} {'dL/dλ':>16}")
+              f"{'saved for bwd':>14} {'dL/dλ':>16}")
     print(header)
     for maxiter in (100, 1000, 10000):
         for method, solve in (("unrolled", None), ("implicit_cg", cg), ("implicit_default", None)):
@@ -274,14 +220,13 @@ def main():
             r = run_case(P, maxiter, kind, solve)
             rows[(maxiter, method)] = r
             print(f"{maxiter:>8} {method:>16} {r[0] * 1e3:>9.2f} {r[1] * 1e3:>9.2f} "
-                  f"{r[2] / 1024:>10.1f} KiB {r[4]:>9.0f} KiB {r[3]:>16.8e}")
+                  f"{r[2] / 1024:>10.1f} KiB {r[3]:>16.8e}")
 
     print("\nratios (unrolled / implicit_cg):")
     for maxiter in (100, 1000, 10000):
         u, i = rows[(maxiter, "unrolled")], rows[(maxiter, "implicit_cg")]
-        rss = f"{u[4] / i[4]:8.1f}x" if i[4] > 0 else "  (implicit below RSS resolution)"
         print(f"  maxiter={maxiter:>5}: backward time {u[1] / i[1]:7.1f}x, "
-              f"saved memory {u[2] / i[2]:8.1f}x, peak RSS {rss}, "
+              f"saved memory {u[2] / i[2]:8.1f}x, "
               f"forward time {u[0] / i[0]:5.2f}x")
     g_u, g_i = rows[(10000, "unrolled")][3], rows[(10000, "implicit_cg")][3]
     print(f"  gradient agreement at maxiter=10000: |implicit - unrolled| / |unrolled| = "

@@ -29,6 +29,7 @@ JAXopt); implicit differentiation only ever calls F.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -66,24 +67,56 @@ def _attach(fun, solve, sol, args, kwargs, what, checked: set | None = None):
         tuple((tuple(a.shape), a.dtype) for a in arg_tensors),
     )
     if checked is None or key not in checked:
-        # Run under enable_grad on detached inputs: an output that still requires
-        # grad means F closes over a tensor that requires grad (an nn.Parameter,
-        # say), which would silently get no gradient.
-        with torch.enable_grad():
-            res = spec.F(spec.pack([s.detach() for s in sol_leaves]),
-                         [a.detach() for a in arg_tensors])
-        if res.requires_grad:
-            raise OptTypeError(
-                f"{what}: the optimality function uses a tensor that requires grad but is "
-                "not an argument of the solver (a closure or module parameter); it would "
-                "silently receive no gradient",
-                hint="pass that tensor to the decorated solver as an argument (F receives "
-                "the same arguments), or .detach() it if it is meant to be a constant",
-            )
+        x_d = spec.pack([s.detach() for s in sol_leaves])
+        a_d = [a.detach() for a in arg_tensors]
+        if _functorch_active():
+            with torch.no_grad():  # shape/structure check only
+                spec.F(x_d, a_d)
+        else:
+            # Also look for tensors F captures that require grad (an nn.Parameter used
+            # in F but not passed to the solver): they would get no gradient.
+            with torch.enable_grad():
+                res = spec.F(x_d, a_d)
+            foreign = _foreign_leaves(res, [x_d, *a_d])
+            if foreign:
+                shapes = ", ".join(str(tuple(t.shape)) for t in foreign[:3])
+                warnings.warn(
+                    f"{what}: the optimality function uses {len(foreign)} tensor(s) that "
+                    f"require grad but are not arguments of the solver (shapes {shapes}); "
+                    "they receive no gradient from the implicit layer. Pass them to the "
+                    "decorated solver as arguments (F receives the same arguments), or "
+                    ".detach() them if they are constants.",
+                    UserWarning,
+                    stacklevel=4,
+                )
         if checked is not None:
             checked.add(key)
     outs = ImplicitRoot.apply(spec, *[s.detach() for s in sol_leaves], *arg_tensors)
     return spec.sol_tree(outs)
+
+
+def _functorch_active() -> bool:
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
+
+
+def _foreign_leaves(out: torch.Tensor, inputs) -> list:
+    """Leaf tensors requiring grad that ``out`` depends on and that share storage with
+    none of ``inputs`` (``x.detach().requires_grad_()`` inside F shares its input's)."""
+    if out.grad_fn is None:
+        return []
+    own = {t.untyped_storage().data_ptr() for t in inputs}
+    found, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if isinstance(var, torch.Tensor) and var.untyped_storage().data_ptr() not in own:
+            found.append(var)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return found
 
 
 def _wrap(solver, fun, solve, has_aux, what):
