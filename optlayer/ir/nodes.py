@@ -413,51 +413,9 @@ class Leaf(Expr):
             BindingError: naming the leaf, what is wrong, and the first
                 offending batch index (``batch_index``) when batched.
         """
-        if not isinstance(value, torch.Tensor):
-            raise BindingError(f"{self.kind} {self.name} must be a torch.Tensor, got "
-                               f"{type(value).__name__}", parameter=self.name)
-        t = self._eval((), {self.name: value}, None)
-        if not t.is_floating_point():
-            raise BindingError(f"{self.kind} {self.name} must be a floating-point tensor, "
-                               f"got {t.dtype}", parameter=self.name,
-                               hint="convert it with .double() or .float()")
-        k = len(self.shape)
+        from optlayer.ir.binding import check_value
 
-        def fail(bad: torch.Tensor, what: str, hint: str | None = None):
-            flat = bad.reshape(-1) if bad.ndim else bad.reshape(1)
-            if bool(flat.any()):
-                idx = int(torch.nonzero(flat)[0])
-                batch = t.shape[: t.ndim - k]
-                at = None
-                if len(batch):
-                    at = tuple(int(i) for i in torch.unravel_index(torch.tensor(idx), batch))
-                where = f" at batch index {at}" if at is not None else ""
-                raise BindingError(f"{self.kind} {self.name} {what}{where}",
-                                   parameter=self.name, batch_index=at, hint=hint)
-
-        def per_item(mask: torch.Tensor) -> torch.Tensor:
-            return mask.reshape(mask.shape[: mask.ndim - k] + (-1,)).any(-1) if k else mask
-
-        fail(per_item(~torch.isfinite(t)), "has non-finite entries")
-        if "pos" in self.attrs:
-            fail(per_item(t <= 0), "is declared pos but has entries <= 0")
-        if "nonneg" in self.attrs:
-            fail(per_item(t < 0), "is declared nonneg but has negative entries")
-        if "nonpos" in self.attrs:
-            fail(per_item(t > 0), "is declared nonpos but has positive entries")
-        if {"symmetric", "psd"} & set(self.attrs):
-            from optlayer.defaults import tol as default_tol
-
-            rtol = default_tol(t.dtype) ** 0.5 if tol is None else tol
-            scale = 1 + t.abs().amax(dim=(-2, -1))
-            asym = (t - t.transpose(-1, -2)).abs().amax(dim=(-2, -1))
-            fail(asym > rtol * scale, "is declared symmetric but is not",
-                 hint="symmetrize it: 0.5 * (A + A.mT)")
-            if "psd" in self.attrs:
-                low = torch.linalg.eigvalsh(0.5 * (t + t.transpose(-1, -2)))[..., 0]
-                fail(low < -rtol * scale, "is declared psd but has a negative eigenvalue",
-                     hint="pass L @ L.mT, or declare the matrix without psd")
-        return value
+        return check_value(self, value, tol=tol)
 
 
 def _attr_sign(attrs) -> Sign:

@@ -408,31 +408,9 @@ class Problem:
                 or a value that does not fit its declaration; the error's
                 ``parameter`` names it.
         """
-        from optlayer.ir.build import did_you_mean
+        from optlayer.ir.binding import check_params
 
-        for name in values:
-            if name not in self.params:
-                raise BindingError(f"unknown parameter {name!r}", parameter=name,
-                                   hint=did_you_mean(name, self.params) or
-                                   f"parameters are: {', '.join(self.params) or 'none'}")
-        out = {}
-        first = None
-        for name, leaf in self.params.items():
-            if name not in values:
-                raise BindingError(f"missing value for parameter {name!r}", parameter=name,
-                                   hint=f"pass {name}=<a tensor of shape "
-                                        f"{format_shape(leaf.shape)}>" if leaf.shape
-                                   else f"pass {name}=<a scalar tensor>")
-            t = leaf.check_value(values[name], tol=tol)
-            if first is None:
-                first = (name, t)
-            elif t.dtype != first[1].dtype or t.device != first[1].device:
-                raise BindingError(
-                    f"parameter {name!r} is {t.dtype} on {t.device} but {first[0]!r} is "
-                    f"{first[1].dtype} on {first[1].device}", parameter=name,
-                    hint="give all parameters one dtype and device")
-            out[name] = t
-        return out
+        return check_params(self, values, tol=tol)
 
     # ------------------------------------------------------------------- printing
     def to_opt(self) -> str:
