@@ -353,8 +353,8 @@ class Leaf(Expr):
             raise OptTypeError(str(e), span=span) from None
         for d in dims:
             if isinstance(d, int) and d < 1:
-                raise OptTypeError(f"dimension {d} of {name or self._prefix} must be positive",
-                                   span=span)
+                who = name if isinstance(name, str) else self._prefix
+                raise OptTypeError(f"dimension {d} of {who} must be positive", span=span)
         if name is None:
             name = f"{self._prefix}{type(self)._counter}"
             type(self)._counter += 1

@@ -194,7 +194,13 @@ class Problem:
                                "ol.maximize(...)")
         if isinstance(constraints, (Constraint, Membership)):
             constraints = [constraints]
-        cons = list(constraints or [])
+        if constraints is None:
+            constraints = []
+        if not isinstance(constraints, (list, tuple)):
+            raise OptTypeError(
+                f"constraints must be a list, got {type(constraints).__name__}",
+                hint="ol.Problem(ol.minimize(...), [x >= 0, ol.sum(x) == 1])")
+        cons = list(constraints)
         for c in cons:
             if not isinstance(c, (Constraint, Membership)):
                 raise OptTypeError(f"{c!r} is not a constraint",
