@@ -107,7 +107,7 @@ CASES = [
      "'to' is a keyword and cannot name a param",
      'to_'),
     ('nesting-too-deep', "var x\nminimize " + "-" * 1100 + "x", None,
-     OptSyntaxError, 2, 109, 1002,
+     OptSyntaxError, 2, 110, 1001,
      'expression nested too deeply (more than 1000 levels)',
      'let'),
     ('input-too-large', "var x\nminimize x\n" + "#" * 100_000, None,
