@@ -124,7 +124,18 @@ class Expr:
             if key in cache:
                 continue
             vals = [cache[id(a)] for a in node.args]
-            cache[key] = node._eval(vals, env, like)
+            try:
+                cache[key] = node._eval(vals, env, like)
+            except (RuntimeError, TypeError, ValueError) as e:
+                # torch refused the values (batch dims that do not broadcast, mixed dtypes)
+                from optlayer.ir.printer import expr_text
+
+                shapes = ", ".join(str(list(v.shape)) for v in vals)
+                raise BindingError(
+                    f"cannot evaluate {expr_text(node, limit=60)} on values of shapes "
+                    f"[{shapes}]: {str(e).splitlines()[0]}", span=node.span,
+                    hint="leading (batch) dims must broadcast and all values share one dtype",
+                ) from e
         return cache[id(self)]
 
     def _eval(self, vals, env, like):  # pragma: no cover - abstract
@@ -376,7 +387,12 @@ class Leaf(Expr):
             raise BindingError(f"no value for {self.kind} {self.name!r}",
                                parameter=self.name, span=self.span) from None
         if not isinstance(t, torch.Tensor):
-            t = torch.as_tensor(t, dtype=like.dtype if like is not None else None)
+            try:
+                t = torch.as_tensor(t, dtype=like.dtype if like is not None else None)
+            except (TypeError, ValueError, RuntimeError):
+                raise BindingError(f"the value of {self.kind} {self.name} must be a tensor, "
+                                   f"got {type(t).__name__}", parameter=self.name,
+                                   span=self.span) from None
         if not is_concrete(self.shape):
             raise BindingError(
                 f"{self.kind} {self.name} has symbolic shape {format_shape(self.shape)}",
