@@ -93,4 +93,23 @@ def check_params(problem, values: Mapping[str, object], *, tol: float | None = N
                 f"{first[1].dtype} on {first[1].device}", parameter=name,
                 hint="give all parameters one dtype and device")
         out[name] = t
+    _check_batch_dims(problem, out)
     return out
+
+
+def _check_batch_dims(problem, values: Mapping[str, torch.Tensor]) -> None:
+    """Leading (batch) dims of all parameters must broadcast against each other."""
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    for name, t in values.items():
+        k = len(problem.params[name].shape)
+        batch = tuple(t.shape[: t.ndim - k])
+        for other, ob in seen:
+            try:
+                torch.broadcast_shapes(batch, ob)
+            except RuntimeError:
+                raise BindingError(
+                    f"parameter {name!r} has batch dims {list(batch)} but {other!r} has "
+                    f"{list(ob)}; they do not broadcast", parameter=name,
+                    hint="give every batched parameter the same leading dims (or none)",
+                ) from None
+        seen.append((name, batch))
