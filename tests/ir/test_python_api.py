@@ -293,3 +293,18 @@ def test_evaluate_reports_bad_values_as_binding_errors(env, words):
     with pytest.raises(BindingError) as info:
         ol.sum_squares(A @ x).evaluate(env)
     assert words in info.value.message
+
+
+def test_variable_attributes_imply_constraints():
+    x = ol.Variable(3, name="x", nonneg=True)
+    z = ol.Variable(3, name="z", nonpos=True)
+    t = ol.Variable(name="t", pos=True)
+    S = ol.Variable(2, 2, name="S", symmetric=True)
+    X = ol.Variable(2, 2, name="X", psd=True)
+    prob = ol.Problem(ol.minimize(ol.sum(x) - ol.sum(z) + t + ol.trace(S) + ol.trace(X)))
+    assert [str(c) for c in prob.attribute_constraints()] == [
+        "x >= 0", "z <= 0", "t >= 0", "S == S'", "X in psd"]
+    # parameters' attributes are value checks, not constraints
+    p = ol.Parameter(3, name="p", nonneg=True)
+    assert ol.Problem(ol.minimize(ol.sum(p * ol.Variable(3, name="y")))) \
+        .attribute_constraints() == []
