@@ -62,11 +62,15 @@ class Expr:
         curvature: :class:`Curvature` in the variables.
         sign: :class:`Sign` of every entry.
         smooth: True when the expression is differentiable everywhere in its domain.
+        degree: polynomial degree in the variables: 0 (constant), 1 (affine),
+            2 (quadratic), or ``None`` (anything else). A QP has an objective of
+            degree <= 2 and constraints of degree <= 1.
         span: source location or ``None``.
         args: child nodes.
     """
 
-    __slots__ = ("shape", "curvature", "sign", "smooth", "span", "args", "__weakref__")
+    __slots__ = ("shape", "curvature", "sign", "smooth", "degree", "span", "args",
+                 "__weakref__")
     __array_ufunc__ = None  # numpy arrays defer to our reflected operators
 
     kind = "expr"
@@ -469,6 +473,7 @@ class Variable(Leaf):
     def __init__(self, *shape, **kw) -> None:
         super().__init__(*shape, **kw)
         self.curvature = Curvature.AFFINE
+        self.degree = 1
 
 
 class Parameter(Leaf):
@@ -487,6 +492,7 @@ class Parameter(Leaf):
     def __init__(self, *shape, **kw) -> None:
         super().__init__(*shape, **kw)
         self.curvature = Curvature.CONSTANT
+        self.degree = 0
 
 
 class Constant(Expr):
@@ -532,6 +538,7 @@ class Constant(Expr):
                 self.sign = Sign.UNKNOWN
         self.value = value
         self.curvature = Curvature.CONSTANT
+        self.degree = 0
         self.smooth = True
         self.span = span
         self.args = ()
@@ -568,6 +575,7 @@ class Let(Expr):
         self.curvature = body.curvature
         self.sign = body.sign
         self.smooth = body.smooth
+        self.degree = body.degree
         self.span = span
 
     @property
@@ -629,6 +637,7 @@ class Apply(Expr):
         self.curvature = compose(atom, args, self.static)
         self.sign = atom.sign(args, self.static)
         self.smooth = atom.smooth and all(a.smooth for a in args)
+        self.degree = atom.degree_of([a.degree for a in args], self.static)
 
     @property
     def name(self) -> str:
