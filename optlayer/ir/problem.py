@@ -308,6 +308,35 @@ class Problem:
                     out.append(Membership(v, SetExpr("psd", (), span=v.span), span=v.span))
         return out
 
+    def domain_constraints(self) -> list:
+        """Constraints ``arg >= 0`` implied by atom domains (``log``, ``sqrt``, ``entropy``, ...).
+
+        For every atom argument that depends on variables, lies in a
+        ``nonneg`` or ``positive`` domain (:meth:`Atom.domain_of`) and is not
+        already known to have that sign, one constraint ``arg >= 0`` (a
+        positive domain is relaxed to its closure), each argument once, with
+        the atom's span. Solvers that leave the domain (interior point, line
+        searches) add these.
+        """
+        from optlayer.ir.enums import Domain
+
+        out: list = []
+        seen: set[int] = set()
+        for root in self.roots():
+            for node in postorder(root):
+                if not isinstance(node, Apply):
+                    continue
+                doms = node.atom.domain_of(node.static)
+                for i, arg in enumerate(node.args):
+                    dom = doms[min(i, len(doms) - 1)]
+                    if dom is Domain.REAL or arg.is_constant or id(arg) in seen:
+                        continue
+                    known = arg.sign.is_positive if dom is Domain.POSITIVE else arg.sign.is_nonneg
+                    if not known:
+                        seen.add(id(arg))
+                        out.append(Constraint(">=", arg, Constant(0), span=node.span))
+        return out
+
     @property
     def variables(self) -> list[Variable]:
         return list(self.vars.values())
