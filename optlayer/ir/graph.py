@@ -254,6 +254,19 @@ def let_uses(problem) -> dict[str, int]:
     return {name: g.out_degree(("let", name)) for name in problem.lets}
 
 
+def _degrees(problem) -> str:
+    """``objective 2, constraints 1`` (``none`` for non-polynomial, memberships left out)."""
+    def word(d):
+        return "non-polynomial" if d is None else str(d)
+
+    cons = [a.degree for c in problem.constraints if hasattr(c, "op") for a in c.args]
+    text = f"objective {word(problem.objective.expr.degree)}"
+    if cons:
+        worst = None if None in cons else max(cons)
+        text += f", constraints {word(worst)}"
+    return text
+
+
 def summary(problem) -> str:
     """The readable summary of ``Problem.summary()``: sizes, terms, constraints, blocks."""
     from optlayer.ir.printer import constraint_text, decl_text, expr_text
@@ -295,5 +308,6 @@ def summary(problem) -> str:
             lines.append(f"  {label}: {constraint_text(c)}  [{curv}; params: "
                          f"{', '.join(reach[label]) or '-'}]")
     blocks = variable_blocks(problem)
+    lines.append("polynomial degree: " + _degrees(problem))
     lines.append("variable blocks: " + " | ".join("{" + ", ".join(b) + "}" for b in blocks))
     return "\n".join(lines)
