@@ -259,7 +259,9 @@ def _degrees(problem) -> str:
     def word(d):
         return "non-polynomial" if d is None else str(d)
 
-    cons = [a.degree for c in problem.constraints if hasattr(c, "op") for a in c.args]
+    from optlayer.ir.problem import Constraint
+
+    cons = [a.degree for c in problem.constraints if isinstance(c, Constraint) for a in c.args]
     text = f"objective {word(problem.objective.expr.degree)}"
     if cons:
         worst = None if None in cons else max(cons)
@@ -270,6 +272,7 @@ def _degrees(problem) -> str:
 def summary(problem) -> str:
     """The readable summary of ``Problem.summary()``: sizes, terms, constraints, blocks."""
     from optlayer.ir.printer import constraint_text, decl_text, expr_text
+    from optlayer.ir.problem import Membership
     from optlayer.ir.shapes import format_dim
 
     reach = param_reach(problem)
@@ -301,7 +304,7 @@ def summary(problem) -> str:
         lines.append("constraints:")
         for i, c in enumerate(problem.constraints):
             label = c.label or f"constraint {i + 1}"
-            if isinstance(c, Expr) or not hasattr(c, "op"):
+            if isinstance(c, Membership):
                 curv = f"{c.expr.curvature} in {c.set.name}"
             else:
                 curv = f"{c.lhs.curvature} {c.op} {c.rhs.curvature}"
