@@ -71,3 +71,18 @@ def test_error_carries_filename_and_source():
     err = info.value
     assert err.filename == "f.opt" and err.source.endswith("sum(z)")
     assert str(err).startswith("f.opt:2:14: unknown name 'z'")
+
+
+def test_import_optlayer_does_not_load_the_parser():
+    # the .opt front end (lark, the grammar) loads on the first parse, keeping import fast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, optlayer; "
+            "print(sorted(m for m in ('lark', 'optlayer.dsl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
