@@ -3,6 +3,8 @@
 The public names of DESIGN.md section 2 are re-exported here.
 """
 
+from optlayer import linalg, projections, prox  # subpackages: ol.linalg.solve_cg, ...
+
 # The .opt language (optlayer.api -> optlayer.dsl, loaded on first call).
 from optlayer.api import check, parse
 from optlayer.errors import (
@@ -13,6 +15,7 @@ from optlayer.errors import (
     OptTypeError,
     SolverError,
 )
+from optlayer.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
 
 # Python expression API (optlayer.ir): leaves, objective, constraints, and every
 # atom and set of the registries (generated in optlayer.ir.functions).
@@ -66,6 +69,9 @@ __all__ = [
     "SolverError",
     "OptimizationWarning",
     "Status",
+    # implicit differentiation and catalogs
+    "custom_fixed_point", "custom_root", "root_jvp", "root_vjp",
+    "linalg", "projections", "prox",
     # .opt language
     "check", "parse",
     # Python expression API

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["tol", "eps", "MAXITER"]
+__all__ = ["tol", "eps", "MAXITER", "LINEAR_ITERS_PER_DIM", "GMRES_RESTART", "IMPLICIT_DENSE_MAX"]
 
 _TOL = {
     torch.float64: 1e-10,
@@ -40,6 +40,14 @@ def eps(dtype: torch.dtype) -> float:
     """Machine epsilon of ``dtype``."""
     return torch.finfo(dtype).eps
 
+
+#: Linear solvers: default ``maxiter`` is ``min(MAXITER["linear"], LINEAR_ITERS_PER_DIM * n)``.
+LINEAR_ITERS_PER_DIM = 10
+#: Restart length of GMRES (Krylov vectors kept per cycle).
+GMRES_RESTART = 30
+#: custom_root's default backward solve is dense (materialise, LU) up to this
+#: many unknowns, and matrix-free GMRES above it (see docs/implicit.md).
+IMPLICIT_DENSE_MAX = 2000
 
 # .opt language limits (optlayer.dsl): inputs beyond them end in an OptSyntaxError
 # instead of a RecursionError or a long hang.

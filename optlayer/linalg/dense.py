@@ -1,0 +1,177 @@
+"""Dense linear solvers: LU, Cholesky and least squares (pseudo-inverse).
+
+Same protocol as the Krylov solvers (``solve(matvec, b, *, ridge=None, ...)``,
+see :mod:`optlayer.linalg._common`): the operator is materialised from
+``matvec`` with one ``torch.func.vmap`` over the ``n`` basis vectors (or taken
+as given when ``matvec`` is a tensor), then factorised by torch.linalg. They
+are exact up to rounding, differentiable to any order, and vmappable, so they
+are the right choice for small and medium systems (up to a few thousand
+unknowns) and for second-order differentiation. ``init``, ``tol`` and
+``maxiter`` are accepted for protocol compatibility; ``tol`` is the relative
+residual above which a result is reported (default ``sqrt(eps)`` of the dtype,
+since a direct solve of a well-posed system lands near ``eps``).
+
+A failed factorisation, a non-finite result or a relative residual
+``||A x - b|| / ||b||`` above ``tol`` (the signature of a singular or
+ill-conditioned matrix) gives an :class:`optlayer.OptimizationWarning` naming
+the residual (``on_failure="raise"`` raises :class:`optlayer.SolverError`).
+
+Note on torch 2.13 + MKL: ``torch.func.jacrev`` through ``torch.linalg.solve``
+has been seen to fail in ``lu_solve`` at n≈200; :func:`solve_cholesky` avoids
+LU altogether for symmetric positive definite systems.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from optlayer.linalg._common import (
+    Packed,
+    as_matvec,
+    check_common,
+    materialize,
+    physical,
+    report,
+)
+from optlayer.status import Status
+
+__all__ = ["solve_lu", "solve_cholesky", "solve_lstsq", "dense_operator"]
+
+
+def dense_operator(matvec, b, *, ridge=None) -> torch.Tensor:
+    """The matrix ``A + ridge I`` of shape ``(*batch, n, n)`` of ``matvec`` (for a pytree
+    ``b``, the blocks in the order of its flattened leaves).
+
+    Example:
+        >>> import torch
+        >>> dense_operator(lambda v: 2 * v, torch.zeros(2))
+        tensor([[2., 0.],
+                [0., 2.]])
+    """
+    packed = Packed(b, "dense_operator")
+    return _matrix(matvec, packed, ridge, "dense_operator")
+
+
+def _matrix(matvec, packed: Packed, ridge, what: str) -> torch.Tensor:
+    if isinstance(matvec, torch.Tensor):
+        as_matvec(matvec, packed, None, what)  # shape check
+        A = matvec.to(dtype=packed.dtype)
+        if ridge is not None:
+            A = A + ridge * torch.eye(packed.n, dtype=A.dtype, device=A.device)
+        return A
+    return materialize(as_matvec(matvec, packed, ridge, what), packed)
+
+
+def _tol(tol, dtype) -> float:
+    return math.sqrt(torch.finfo(dtype).eps) if tol is None else float(tol)
+
+
+def _residual(A: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r = torch.linalg.vector_norm((A @ x.unsqueeze(-1)).squeeze(-1) - b, dim=-1)
+    bn = torch.linalg.vector_norm(b, dim=-1)
+    return torch.where(bn > 0, r / torch.where(bn > 0, bn, 1), r)
+
+
+def solve_lu(matvec, b, *, init=None, ridge=None, tol=None, maxiter=None, on_failure="warn"):
+    """Solve ``(A + ridge I) x = b`` by LU with partial pivoting (``torch.linalg.solve_ex``).
+
+    Args:
+        matvec: linear map ``x -> A x`` (same structure as ``b``), or a tensor ``A``.
+        b: right-hand side, ``(*batch, n)`` or a pytree of ``(*batch, n_i)``.
+        init, maxiter: ignored (protocol compatibility).
+        ridge: optional scalar added to the diagonal.
+        tol: relative residual above which the result is reported (default sqrt(eps)).
+        on_failure: ``"warn"``, ``"raise"`` or ``"ignore"``.
+
+    Returns:
+        ``x`` with the structure of ``b``.
+
+    Raises:
+        OptTypeError: bad ``matvec`` or ``b``.
+        SolverError: singular system with ``on_failure="raise"``.
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[2.0, 1.0], [-1.0, 3.0]], dtype=torch.float64)
+        >>> solve_lu(lambda v: A @ v, torch.tensor([3.0, 2.0], dtype=torch.float64))
+        tensor([1., 1.], dtype=torch.float64)
+    """
+    what = "solve_lu"
+    check_common(maxiter, on_failure, what)
+    packed = Packed(b, what)
+    bv = packed.pack(b)
+    A = _matrix(matvec, packed, ridge, what)
+    x, _info = torch.linalg.solve_ex(A, bv)
+    report(what, _residual(A, x, bv), _tol(tol, bv.dtype), on_failure,
+           failure=Status.NUMERICAL_ERROR)
+    return packed.unpack(x)
+
+
+def solve_cholesky(
+    matvec, b, *, init=None, ridge=None, tol=None, maxiter=None, on_failure="warn"
+):
+    """Solve ``(A + ridge I) x = b`` for symmetric positive definite ``A`` by Cholesky.
+
+    Reads only the lower triangle, so it checks symmetry (relative asymmetry
+    above ``tol``) and positive definiteness (the factorisation's ``info``) and
+    reports either failure. Arguments as :func:`solve_lu`.
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> solve_cholesky(A, torch.tensor([5.0, 4.0], dtype=torch.float64))
+        tensor([1., 1.], dtype=torch.float64)
+    """
+    what = "solve_cholesky"
+    check_common(maxiter, on_failure, what)
+    packed = Packed(b, what)
+    bv = packed.pack(b)
+    A = _matrix(matvec, packed, ridge, what)
+    tol_ = _tol(tol, bv.dtype)
+    if on_failure != "ignore":
+        Ap = physical(A).detach()
+        asym = torch.linalg.matrix_norm(Ap - Ap.mT) / torch.linalg.matrix_norm(Ap).clamp_min(
+            torch.finfo(Ap.dtype).tiny
+        )
+        if bool((asym > tol_).any()):
+            report(
+                what + " (the matrix is not symmetric: use solve_lu or solve_gmres)",
+                asym, tol_, on_failure, failure=Status.NUMERICAL_ERROR,
+            )
+    L, info = torch.linalg.cholesky_ex(A)
+    x = torch.cholesky_solve(bv.unsqueeze(-1), L).squeeze(-1)
+    if on_failure != "ignore" and bool((physical(info) != 0).any()):
+        what += " (the matrix is not positive definite: use solve_lu or solve_gmres)"
+    report(what, _residual(A, x, bv), tol_, on_failure, failure=Status.NUMERICAL_ERROR)
+    return packed.unpack(x)
+
+
+def solve_lstsq(
+    matvec, b, *, init=None, ridge=None, tol=None, maxiter=None, on_failure="warn"
+):
+    """Minimum-norm least-squares solution of ``(A + ridge I) x ≈ b`` (``pinv(A) @ b``).
+
+    For singular or rank-deficient systems (where :func:`solve_lu` reports a
+    failure) this returns the minimum-norm minimiser of ``||A x - b||``; the
+    residual is *not* required to vanish, so only a non-finite result is
+    reported. Arguments as :func:`solve_lu` (``tol`` is unused).
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+        >>> x = solve_lstsq(A, torch.tensor([2.0, 2.0], dtype=torch.float64))
+        >>> [round(float(v), 8) for v in x]
+        [1.0, 1.0]
+    """
+    what = "solve_lstsq"
+    check_common(maxiter, on_failure, what)
+    packed = Packed(b, what)
+    bv = packed.pack(b)
+    A = _matrix(matvec, packed, ridge, what)
+    x = (torch.linalg.pinv(A) @ bv.unsqueeze(-1)).squeeze(-1)
+    finite = torch.isfinite(x).all(-1)
+    flag = torch.where(finite, 0.0, math.inf)  # only a non-finite result is a failure
+    report(what, flag, 1.0, on_failure, failure=Status.NUMERICAL_ERROR)
+    return packed.unpack(x)
