@@ -12,7 +12,7 @@ exclusive), so any error about a node can draw a caret under its text.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from optlayer.errors import Span
 
@@ -59,7 +59,9 @@ class Node:
 # ---------------------------------------------------------------- expressions
 @dataclass(frozen=True, slots=True)
 class Expr(Node):
-    """Base of expression nodes."""
+    """Base of expression nodes; ``depth`` is the nesting depth (a leaf has depth 1)."""
+
+    depth: int = field(default=1, kw_only=True, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

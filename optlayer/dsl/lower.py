@@ -49,7 +49,8 @@ class _Scope:
         if name in KEYWORDS:
             raise OptSyntaxError(f"{name!r} is a keyword and cannot name a {kind}", span=span,
                                  hint=f"rename it, e.g. {name}_")
-        check_name(name, kind, span)
+        if kind == "let":  # dims and leaves are checked by their IR constructors
+            check_name(name, kind, span)
         prev = self.decl_span.get(name)
         if prev is not None:
             raise OptTypeError(
@@ -306,9 +307,16 @@ def lower_program(program: ast.Program) -> ir.Problem:
             seen[a.name] = a.span
         shape = () if st.shape is None else tuple(
             _lower_size(e, scope, "a size") for e in st.shape)
+        for a in st.attrs:
+            if a.name in ("symmetric", "psd") and not (
+                    len(shape) == 2 and ir.dim_equal(shape[0], shape[1])):
+                raise OptTypeError(
+                    f"{a.name} needs a square matrix, but {st.kind} {st.name} is "
+                    f"{ir.format_shape(shape)}", span=a.span,
+                    hint=f"declare it as {st.kind} {st.name}[k, k] {a.name}")
         cls = ir.Parameter if st.kind == "param" else ir.Variable
         scope.leaves[st.name] = cls(*shape, name=st.name, attrs=tuple(a.name for a in st.attrs),
-                                    span=st.span)
+                                    span=st.name_span)
 
     lowering: list[str] = []  # lets being lowered (a cycle check without networkx)
 

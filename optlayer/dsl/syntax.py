@@ -5,9 +5,9 @@ an installed wheel the same file is the resource package ``optlayer.grammar``.
 It is read and the LALR parser built once per process, on first use (no cache
 files, no pickle).
 
-lark builds its tree while it reduces (no recursion), and the tree is turned
-into :mod:`optlayer.dsl.ast` nodes with an explicit stack, so deep nesting
-cannot overflow Python's stack: an expression nested more than
+The AST is built by parse actions that lark calls as it reduces (no parse
+tree, no recursion), so deep nesting cannot overflow Python's stack; spans
+come from the first and last token of each rule. An expression nested more than
 :data:`optlayer.defaults.DSL_MAX_DEPTH` levels, or a source longer than
 :data:`optlayer.defaults.DSL_MAX_SOURCE_CHARS` characters, is an
 :class:`~optlayer.errors.OptSyntaxError`. Lark's errors are translated into
@@ -91,8 +91,8 @@ def get_parser():
 
                 brackets = _Brackets()
                 _PARSER = lark.Lark(grammar_text(), parser="lalr", lexer="contextual",
-                                    propagate_positions=True, maybe_placeholders=True,
-                                    postlex=brackets, cache=False)
+                                    keep_all_tokens=True, maybe_placeholders=True,
+                                    postlex=brackets, transformer=_Actions(), cache=False)
                 _BRACKETS = brackets
     return _PARSER
 
@@ -277,16 +277,26 @@ def _translate(exc, text: str) -> OptSyntaxError:
     return OptSyntaxError(f"cannot parse: {exc}")
 
 
-# ----------------------------------------------------------------- tree -> AST
+# ------------------------------------------------------ parse actions -> AST
 def _tok_span(tok) -> Span:
     return Span(tok.line, tok.column, tok.end_line, tok.end_column)
 
 
-def _meta_span(tree) -> Span | None:
-    m = tree.meta
-    if getattr(m, "empty", True):
-        return None
-    return Span(m.line, m.column, m.end_line, m.end_column)
+def _start_of(x) -> tuple[int, int]:
+    if isinstance(x, ast.Node):
+        return x.span.line, x.span.column
+    return x.line, x.column
+
+
+def _end_of(x) -> tuple[int, int]:
+    if isinstance(x, ast.Node):
+        return x.span.end_line, x.span.end_column
+    return x.end_line, x.end_column
+
+
+def _span(first, last) -> Span:
+    """From the start of ``first`` to the end of ``last`` (tokens or nodes)."""
+    return Span(*_start_of(first), *_end_of(last))
 
 
 def _number(tok) -> ast.Number:
@@ -298,71 +308,170 @@ def _number(tok) -> ast.Number:
     return ast.Number(_tok_span(tok), value, text)
 
 
-def _expr_args(kids) -> tuple:
-    return tuple(k for k in kids if isinstance(k, ast.Node))
+def _depth(span: Span, *parts) -> int:
+    """Depth of a node spanning ``span`` over ``parts``; too deep is an OptSyntaxError there."""
+    d = 1 + max((p.depth for p in parts if isinstance(p, ast.Expr)), default=0)
+    if d > defaults.DSL_MAX_DEPTH:
+        raise OptSyntaxError(
+            f"expression nested too deeply (more than {defaults.DSL_MAX_DEPTH} levels)",
+            span=span, hint="split it into named parts with let")
+    return d
 
 
-def _build(data: str, tree, kids: list, span: Span | None, program_span: Span):
-    """One lark tree node (children already converted) -> AST node(s)."""
-    if data == "number":
+def _nodes(kids) -> list:
+    """The AST nodes among ``kids`` (punctuation tokens and placeholders dropped)."""
+    return [k for k in kids if isinstance(k, ast.Node)]
+
+
+class _Shape:
+    """``[d1, d2]`` of a declaration: the size expressions and the closing bracket."""
+
+    __slots__ = ("items", "close")
+
+    def __init__(self, items, close):
+        self.items, self.close = items, close
+
+
+_OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
+
+
+class _Actions:
+    """lark parse actions (called as rules reduce): build AST nodes, nothing else.
+
+    The parser keeps every token (``keep_all_tokens``), so spans are taken from
+    the first and last child, brackets and keywords included. The only check
+    made here is structural: the nesting depth bound. Names, shapes and
+    statement order are checked after parsing (:mod:`optlayer.dsl.lower`).
+    """
+
+    # expressions
+    def number(self, kids):
         return _number(kids[0])
-    if data == "name":
+
+    def name(self, kids):
         return ast.Name(_tok_span(kids[0]), str(kids[0]))
-    if data in ("add", "sub", "mul", "div", "matmul"):
-        op = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}[data]
-        return ast.BinOp(span, op, kids[0], kids[1])
-    if data == "negate":
-        return ast.Neg(span, kids[0])
-    if data == "power":
-        return ast.Power(span, kids[0], kids[1])
-    if data == "transpose":
-        return ast.Transpose(span, kids[0])
-    if data == "slice":
-        return ast.SliceItem(span, kids[0], kids[1])
-    if data == "index":
-        items = tuple(it if not (isinstance(it, ast.SliceItem) and it.span is None)
-                      else ast.SliceItem(span, it.start, it.stop) for it in kids[1:])
-        return ast.Index(span, kids[0], items)
-    if data == "call" or data == "set_ref":
-        name = kids[0]
-        return ast.Call(span, str(name), _tok_span(name), _expr_args(kids[1:]))
-    if data == "shape":
-        return tuple(kids)
-    if data == "attribute":
+
+    def _binop(self, kids, data):
+        left, _op, right = kids
+        span = _span(left, right)
+        return ast.BinOp(span, _OPS[data], left, right, depth=_depth(span, left, right))
+
+    def add(self, kids):
+        return self._binop(kids, "add")
+
+    def sub(self, kids):
+        return self._binop(kids, "sub")
+
+    def mul(self, kids):
+        return self._binop(kids, "mul")
+
+    def div(self, kids):
+        return self._binop(kids, "div")
+
+    def matmul(self, kids):
+        return self._binop(kids, "matmul")
+
+    def negate(self, kids):
+        span = _span(kids[0], kids[1])
+        return ast.Neg(span, kids[1], depth=_depth(span, kids[1]))
+
+    def power(self, kids):
+        base, _hat, exponent = kids
+        span = _span(base, exponent)
+        return ast.Power(span, base, exponent, depth=_depth(span, base, exponent))
+
+    def transpose(self, kids):
+        span = _span(kids[0], kids[1])
+        return ast.Transpose(span, kids[0], depth=_depth(span, kids[0]))
+
+    def slice(self, kids):
+        start, colon, stop = kids
+        return ast.SliceItem(_span(start if start is not None else colon,
+                                   stop if stop is not None else colon), start, stop)
+
+    def index(self, kids):
+        base, items = kids[0], _nodes(kids[2:-1])
+        parts = [base] + [e for it in items
+                          for e in ((it.start, it.stop) if isinstance(it, ast.SliceItem)
+                                    else (it,))]
+        span = _span(base, kids[-1])
+        return ast.Index(span, base, tuple(items), depth=_depth(span, *parts))
+
+    def call(self, kids):
+        args = _nodes(kids[2:-1])
+        span = _span(kids[0], kids[-1])
+        return ast.Call(span, str(kids[0]), _tok_span(kids[0]), tuple(args),
+                        depth=_depth(span, *args))
+
+    def set_ref(self, kids):  # a bare set name has no brackets
+        if len(kids) == 1:
+            return ast.Call(_tok_span(kids[0]), str(kids[0]), _tok_span(kids[0]), ())
+        return self.call(kids)
+
+    def primary(self, kids):  # "(" expr ")": the parentheses make no node
+        return kids[1]
+
+    # declarations
+    def shape(self, kids):
+        return _Shape(tuple(_nodes(kids)), kids[-1])
+
+    def attribute(self, kids):
         return ast.Attribute(_tok_span(kids[0]), str(kids[0]))
-    if data == "label":
-        return kids[0]
-    if data == "dim_item":
-        name, default = kids[0], kids[1] if len(kids) > 1 else None
-        num = _number(default) if default is not None else None
-        end = num.span if num is not None else _tok_span(name)
-        return ast.DimDecl(ast.join(_tok_span(name), end), str(name), _tok_span(name), num)
-    if data == "dim_decl":
-        return tuple(kids[1:])
-    if data in ("param_decl", "var_decl"):
-        name = kids[1]
-        rest = kids[2:]
-        shape = rest[0] if rest and isinstance(rest[0], tuple) else None
+
+    def dim_item(self, kids):
+        name = kids[0]
+        num = _number(kids[2]) if len(kids) == 3 else None
+        return ast.DimDecl(_span(name, kids[-1]), str(name), _tok_span(name), num)
+
+    def dim_decl(self, kids):
+        return tuple(k for k in kids if isinstance(k, ast.DimDecl))
+
+    def _leaf(self, kids, kind):
+        name, rest = kids[1], kids[2:]
+        shape = rest[0].items if rest and isinstance(rest[0], _Shape) else None
         attrs = tuple(a for a in rest if isinstance(a, ast.Attribute))
-        return ast.LeafDecl(span, data[:-5], str(name), _tok_span(name), shape, attrs)
-    if data == "let_decl":
-        return ast.LetDecl(span, str(kids[1]), _tok_span(kids[1]), kids[2])
-    if data == "objective":
-        return ast.ObjectiveStmt(span, str(kids[0]), kids[1])
-    if data == "subject_to":
-        return ast.SubjectTo(span)
-    if data in ("constraint", "membership"):
-        label = kids[0] if len(kids) == 4 else None
-        body = kids[1:] if label is not None else kids
-        lhs, op, rhs = body
-        body_span = ast.join(lhs.span, rhs.span)
-        lspan = _tok_span(label) if label is not None else None
-        if data == "constraint":
-            return ast.ConstraintStmt(span, None if label is None else str(label), lspan,
-                                      str(op), lhs, rhs, body_span)
-        return ast.MembershipStmt(span, None if label is None else str(label), lspan, lhs,
-                                  rhs.name, rhs.name_span, rhs.args, rhs.span, body_span)
-    if data == "program":
+        last = kids[-1].close if isinstance(kids[-1], _Shape) else kids[-1]
+        return ast.LeafDecl(_span(kids[0], last), kind, str(name), _tok_span(name), shape,
+                            attrs)
+
+    def param_decl(self, kids):
+        return self._leaf(kids, "param")
+
+    def var_decl(self, kids):
+        return self._leaf(kids, "var")
+
+    def let_decl(self, kids):
+        return ast.LetDecl(_span(kids[0], kids[3]), str(kids[1]), _tok_span(kids[1]), kids[3])
+
+    def objective(self, kids):
+        return ast.ObjectiveStmt(_span(kids[0], kids[1]), str(kids[0]), kids[1])
+
+    def subject_to(self, kids):
+        return ast.SubjectTo(_span(kids[0], kids[1]))
+
+    def label(self, kids):
+        return kids[0]
+
+    def _labelled(self, kids):
+        if len(kids) == 4:
+            label, lhs, op, rhs = kids
+            return label, _tok_span(label), lhs, op, rhs
+        lhs, op, rhs = kids
+        return None, None, lhs, op, rhs
+
+    def constraint(self, kids):
+        label, lspan, lhs, op, rhs = self._labelled(kids)
+        body = _span(lhs, rhs)
+        return ast.ConstraintStmt(_span(kids[0], rhs), None if label is None else str(label),
+                                  lspan, str(op), lhs, rhs, body)
+
+    def membership(self, kids):
+        label, lspan, lhs, _in, ref = self._labelled(kids)
+        return ast.MembershipStmt(_span(kids[0], ref), None if label is None else str(label),
+                                  lspan, lhs, ref.name, ref.name_span, ref.args, ref.span,
+                                  _span(lhs, ref))
+
+    def program(self, kids):
         stmts: list = []
         for k in kids:
             if isinstance(k, list):
@@ -372,50 +481,9 @@ def _build(data: str, tree, kids: list, span: Span | None, program_span: Span):
             elif isinstance(k, ast.Stmt):
                 stmts.append(k)
         return stmts
-    if data == "start":
-        return ast.Program(program_span, tuple(kids[0]))
-    raise OptSyntaxError(f"internal: unknown grammar rule {data!r}", span=span)  # pragma: no cover
 
-
-_EXPR_RULES = frozenset({"add", "sub", "mul", "div", "matmul", "negate", "power", "transpose",
-                         "index", "call", "set_ref", "slice"})
-
-
-def _to_ast(tree, program_span: Span) -> ast.Program:
-    """Convert lark's tree bottom-up with an explicit stack, bounding expression depth."""
-    from lark import Tree
-
-    limit = defaults.DSL_MAX_DEPTH
-    out: dict[int, object] = {}
-    depth: dict[int, int] = {}
-    stack = [(tree, False)]
-    while stack:
-        node, done = stack.pop()
-        if not done:
-            stack.append((node, True))
-            for c in node.children:
-                if isinstance(c, Tree):
-                    stack.append((c, False))
-            continue
-        kids = []
-        d = 0
-        for c in node.children:
-            if isinstance(c, Tree):
-                kids.append(out.pop(id(c)))
-                d = max(d, depth.pop(id(c)))
-            else:
-                kids.append(c)
-        data = str(node.data)
-        if data in _EXPR_RULES:
-            d += 1
-        span = _meta_span(node)
-        if d > limit:
-            raise OptSyntaxError(
-                f"expression nested too deeply (more than {limit} levels)", span=span,
-                hint="split it into named parts with let")
-        out[id(node)] = _build(data, node, kids, span, program_span)
-        depth[id(node)] = d
-    return out[id(tree)]
+    def start(self, kids):
+        return kids[0]
 
 
 def parse_program(text: str) -> ast.Program:
@@ -438,10 +506,9 @@ def parse_program(text: str) -> ast.Program:
 
     parser = get_parser()
     try:
-        tree = parser.parse(text)
+        statements = parser.parse(text)
     except lark.exceptions.UnexpectedInput as exc:
         raise _translate(exc, text) from None
-    stripped = text.rstrip()
     end = _end_of_input(text)
-    whole = Span(1, 1, end.line, end.column) if stripped else Span(1, 1, 1, 1)
-    return _to_ast(tree, whole)
+    whole = Span(1, 1, end.line, end.column) if text.strip() else Span(1, 1, 1, 1)
+    return ast.Program(whole, tuple(statements))

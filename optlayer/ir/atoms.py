@@ -83,6 +83,20 @@ class Atom:
     hint: str | None = None
     why_unknown: Callable | None = field(default=None)
     domain_rule: Callable | None = None
+    degree: Callable | None = None
+
+    def degree_of(self, degrees, static=()) -> int | None:
+        """Polynomial degree in the variables (0, 1, 2) or ``None`` (not a quadratic).
+
+        ``degrees`` are the arguments' degrees. Atoms without a ``degree``
+        rule are constant on constant arguments and not polynomial otherwise.
+        """
+        if all(d == 0 for d in degrees):
+            return 0
+        if self.degree is None or any(d is None for d in degrees):
+            return None
+        d = self.degree(degrees, static)
+        return d if d is not None and d <= 2 else None
 
     def domain_of(self, static=()) -> tuple[Domain, ...]:
         """Per-argument domain; ``domain_rule(static)`` refines it (``x ^ p`` depends on p)."""
@@ -581,6 +595,35 @@ def _sum_sign(args, st):
     return Sign.NONNEG if s is Sign.POSITIVE else s
 
 
+def _deg_linear(ds, st):
+    return max(ds)
+
+
+def _deg_product(ds, st):
+    return sum(ds)
+
+
+def _deg_div(ds, st):
+    return ds[0] if ds[1] == 0 else None
+
+
+def _deg_square(ds, st):
+    return 2 * ds[0]
+
+
+def _deg_quad(ds, st):
+    return 2 * ds[0] if ds[1] == 0 else None
+
+
+def _deg_power(ds, st):
+    (p,) = st
+    if p == 0:
+        return 0
+    if float(p).is_integer() and p > 0:
+        return int(p) * ds[0]
+    return None
+
+
 I = Mono.INCREASING
 D = Mono.DECREASING
 N = Mono.NONMONOTONE
@@ -590,51 +633,66 @@ R, NN, P = Domain.REAL, Domain.NONNEG, Domain.POSITIVE
 # ------------------------------------------------------------------------ operators
 
 _register(Atom("add", (2, 2), _broadcast, AFF, _signs_add, (I, I), True,
-               _ew(torch.add), "a + b, elementwise with scalar broadcasting", symbol="+"))
+               _ew(torch.add), "a + b, elementwise with scalar broadcasting", symbol="+",
+               degree=_deg_linear))
 _register(Atom("sub", (2, 2), _broadcast, AFF,
                lambda a, st: a[0].sign.add(a[1].sign.negate()), (I, D), True,
-               _ew(torch.sub), "a - b, elementwise with scalar broadcasting", symbol="-"))
+               _ew(torch.sub), "a - b, elementwise with scalar broadcasting", symbol="-",
+               degree=_deg_linear))
 _register(Atom("negate", (1, 1), _same, AFF, lambda a, st: a[0].sign.negate(), (D,), True,
-               _unary(torch.neg), "-a", symbol="-u"))
+               _unary(torch.neg), "-a", symbol="-u",
+               degree=_deg_linear))
 _register(Atom("mul", (2, 2), _broadcast, _bilinear, _signs_mul, _mono_mul, True,
                _ew(torch.mul), "a * b, elementwise; one factor must be variable-free",
-               symbol="*", why_unknown=_bilinear_why("`*`")))
+               symbol="*", why_unknown=_bilinear_why("`*`"),
+               degree=_deg_product))
 _register(Atom("div", (2, 2), _broadcast, _div_curv, _div_sign, _mono_div, True,
                _ew(torch.div), "a / c for a variable-free c (a constant or a parameter)",
-               symbol="/", const_args=(1,), why_unknown=lambda a, st: _div_why(a, st)))
+               symbol="/", const_args=(1,), why_unknown=lambda a, st: _div_why(a, st),
+               degree=_deg_div))
 _register(Atom("matmul", (2, 2), _matmul_shape, _bilinear, _signs_mul, _mono_mul, True,
                _matmul_impl,
                "A @ x, matrix-matrix / matrix-vector / vector-vector product", symbol="@",
-               why_unknown=_bilinear_why("`@`")))
+               why_unknown=_bilinear_why("`@`"),
+               degree=_deg_product))
 _register(Atom("power", (1, 1), _same, _power_curv, _power_sign, _power_mono, True,
                _power_impl, "x ^ p, elementwise, p a constant number", symbol="^",
-               domain=(NN,), domain_rule=_power_domain))
+               domain=(NN,), domain_rule=_power_domain,
+               degree=_deg_power))
 _register(Atom("transpose", (1, 1), _transpose_shape, AFF, _sign_of(), (I,), True,
                _transpose_impl, "A', the transpose of a matrix (vectors unchanged)",
-               symbol="'"))
+               symbol="'",
+               degree=_deg_linear))
 _register(Atom("index", (1, 1), _index_shape, AFF, _sign_of(), (I,), True, _index_impl,
                "x[i], x[a:b], X[i, j]: indexing and slicing (0-based, end exclusive)",
-               symbol="[]"))
+               symbol="[]",
+               degree=_deg_linear))
 
 # ---------------------------------------------------------------------------- atoms
 
 _register(Atom("sum", (1, 1), _scalar, AFF, _sum_sign, (I,), True, _reduce(lambda x: x),
-               "sum(x) = sum_i x_i"))
+               "sum(x) = sum_i x_i",
+               degree=_deg_linear))
 _register(Atom("mean", (1, 1), _scalar, AFF, _sum_sign, (I,), True,
                lambda ts, nds, st: _red(ts[0], nds[0]) / max(1, math.prod(ts[0].shape[
-                   ts[0].ndim - nds[0]:])), "mean(x) = sum_i x_i / size(x)"))
+                   ts[0].ndim - nds[0]:])), "mean(x) = sum_i x_i / size(x)",
+               degree=_deg_linear))
 _register(Atom("dot", (2, 2), _dot_shape, _bilinear, _signs_mul, _mono_mul, True,
                lambda ts, nds, st: (ts[0] * ts[1]).sum(-1), "dot(x, y) = sum_i x_i y_i",
-               why_unknown=_bilinear_why("dot")))
+               why_unknown=_bilinear_why("dot"),
+               degree=_deg_product))
 _register(Atom("quad_form", (2, 2), _quad_shape, _quad_curv, _quad_sign, (N, N), True,
                lambda ts, nds, st: torch.einsum("...i,...ij,...j->...", ts[0], ts[1], ts[0]),
                "quad_form(x, P) = x' P x, convex for a psd P", const_args=(1,),
-               why_unknown=_quad_why, hint=_quad_hint()))
+               why_unknown=_quad_why, hint=_quad_hint(),
+               degree=_deg_quad))
 _register(Atom("sum_squares", (1, 1), _scalar, CVX, _s(Sign.NONNEG), _mono_abs, True,
                _reduce(lambda x: x * x), "sum_squares(x) = sum_i x_i^2",
-               prox="ridge", prox_hyper=2.0))
+               prox="ridge", prox_hyper=2.0,
+               degree=_deg_square))
 _register(Atom("square", (1, 1), _same, CVX, _nonneg_or_pos, _mono_abs, True,
-               _unary(lambda x: x * x), "square(x) = x^2, elementwise"))
+               _unary(lambda x: x * x), "square(x) = x^2, elementwise",
+               degree=_deg_square))
 _register(Atom("abs", (1, 1), _same, CVX, _s(Sign.NONNEG), _mono_abs, False,
                _unary(torch.abs), "abs(x) = |x|, elementwise"))
 _register(Atom("norm1", (1, 1), _scalar, CVX, _s(Sign.NONNEG), _mono_abs, False,
@@ -687,6 +745,8 @@ _register(Atom("min", (1, 2), _maxmin_shape, CCV, lambda a, st: (
     "min(x) = min_i x_i; min(a, b) = elementwise minimum"))
 _register(Atom("trace", (1, 1), _square_matrix, AFF, _trace_sign, (I,), True,
                lambda ts, nds, st: torch.diagonal(ts[0], dim1=-2, dim2=-1).sum(-1),
-               "trace(X) = sum_i X_ii"))
+               "trace(X) = sum_i X_ii",
+               degree=_deg_linear))
 _register(Atom("diag", (1, 1), _diag_shape, AFF, _diag_sign, (I,), True, _diag_impl,
-               "diag(x) = the diagonal matrix of vector x; diag(X) = the diagonal of X"))
+               "diag(x) = the diagonal matrix of vector x; diag(X) = the diagonal of X",
+               degree=_deg_linear))

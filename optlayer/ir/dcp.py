@@ -188,4 +188,32 @@ def _hint(node) -> str | None:
                         "(param ... nonneg or nonpos) so the product's curvature is known.")
     if name == "power":
         return "use square(...) / sum_squares(...) for even powers, sqrt for p = 0.5."
+    signed = _sign_dependent_hint(node)
+    if signed:
+        return signed
     return node.atom.hint or None
+
+
+def _sign_dependent_hint(node) -> str | None:
+    """``square(e)`` with a convex ``e`` of unknown sign: monotone only for a known sign."""
+    from types import SimpleNamespace
+
+    from optlayer.ir.enums import Sign
+
+    if len(node.args) != 1 or node.atom.is_operator:
+        return None
+    a = node.args[0]
+    if a.curvature.is_affine or a.sign is not Sign.UNKNOWN:
+        return None
+    probe = SimpleNamespace(sign=Sign.NONNEG, is_constant=False, curvature=a.curvature,
+                            ndim=a.ndim, shape=a.shape)
+    try:
+        mono = node.atom.monotonicity([probe], node.static)[0]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if mono is Mono.INCREASING and a.curvature.is_convex:
+        e = brief(a)
+        return (f"{node.atom.name} is nondecreasing only where its argument is nonnegative, "
+                f"and the sign of {e} is unknown; if {e} >= 0 holds, write "
+                f"{node.atom.name}(pos({e})), which is convex.")
+    return None

@@ -254,9 +254,25 @@ def let_uses(problem) -> dict[str, int]:
     return {name: g.out_degree(("let", name)) for name in problem.lets}
 
 
+def _degrees(problem) -> str:
+    """``objective 2, constraints 1`` (``none`` for non-polynomial, memberships left out)."""
+    def word(d):
+        return "non-polynomial" if d is None else str(d)
+
+    from optlayer.ir.problem import Constraint
+
+    cons = [a.degree for c in problem.constraints if isinstance(c, Constraint) for a in c.args]
+    text = f"objective {word(problem.objective.expr.degree)}"
+    if cons:
+        worst = None if None in cons else max(cons)
+        text += f", constraints {word(worst)}"
+    return text
+
+
 def summary(problem) -> str:
     """The readable summary of ``Problem.summary()``: sizes, terms, constraints, blocks."""
     from optlayer.ir.printer import constraint_text, decl_text, expr_text
+    from optlayer.ir.problem import Membership
     from optlayer.ir.shapes import format_dim
 
     reach = param_reach(problem)
@@ -288,12 +304,13 @@ def summary(problem) -> str:
         lines.append("constraints:")
         for i, c in enumerate(problem.constraints):
             label = c.label or f"constraint {i + 1}"
-            if isinstance(c, Expr) or not hasattr(c, "op"):
+            if isinstance(c, Membership):
                 curv = f"{c.expr.curvature} in {c.set.name}"
             else:
                 curv = f"{c.lhs.curvature} {c.op} {c.rhs.curvature}"
             lines.append(f"  {label}: {constraint_text(c)}  [{curv}; params: "
                          f"{', '.join(reach[label]) or '-'}]")
     blocks = variable_blocks(problem)
+    lines.append("polynomial degree: " + _degrees(problem))
     lines.append("variable blocks: " + " | ".join("{" + ", ".join(b) + "}" for b in blocks))
     return "\n".join(lines)

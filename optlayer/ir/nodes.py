@@ -62,11 +62,15 @@ class Expr:
         curvature: :class:`Curvature` in the variables.
         sign: :class:`Sign` of every entry.
         smooth: True when the expression is differentiable everywhere in its domain.
+        degree: polynomial degree in the variables: 0 (constant), 1 (affine),
+            2 (quadratic), or ``None`` (anything else). A QP has an objective of
+            degree <= 2 and constraints of degree <= 1.
         span: source location or ``None``.
         args: child nodes.
     """
 
-    __slots__ = ("shape", "curvature", "sign", "smooth", "span", "args", "__weakref__")
+    __slots__ = ("shape", "curvature", "sign", "smooth", "degree", "span", "args",
+                 "__weakref__")
     __array_ufunc__ = None  # numpy arrays defer to our reflected operators
 
     kind = "expr"
@@ -124,7 +128,18 @@ class Expr:
             if key in cache:
                 continue
             vals = [cache[id(a)] for a in node.args]
-            cache[key] = node._eval(vals, env, like)
+            try:
+                cache[key] = node._eval(vals, env, like)
+            except (RuntimeError, TypeError, ValueError) as e:
+                # torch refused the values (batch dims that do not broadcast, mixed dtypes)
+                from optlayer.ir.printer import expr_text
+
+                shapes = ", ".join(str(list(v.shape)) for v in vals)
+                raise BindingError(
+                    f"cannot evaluate {expr_text(node, limit=60)} on values of shapes "
+                    f"[{shapes}]: {str(e).splitlines()[0]}", span=node.span,
+                    hint="leading (batch) dims must broadcast and all values share one dtype",
+                ) from e
         return cache[id(self)]
 
     def _eval(self, vals, env, like):  # pragma: no cover - abstract
@@ -353,8 +368,8 @@ class Leaf(Expr):
             raise OptTypeError(str(e), span=span) from None
         for d in dims:
             if isinstance(d, int) and d < 1:
-                raise OptTypeError(f"dimension {d} of {name or self._prefix} must be positive",
-                                   span=span)
+                who = name if isinstance(name, str) else self._prefix
+                raise OptTypeError(f"dimension {d} of {who} must be positive", span=span)
         if name is None:
             name = f"{self._prefix}{type(self)._counter}"
             type(self)._counter += 1
@@ -376,7 +391,12 @@ class Leaf(Expr):
             raise BindingError(f"no value for {self.kind} {self.name!r}",
                                parameter=self.name, span=self.span) from None
         if not isinstance(t, torch.Tensor):
-            t = torch.as_tensor(t, dtype=like.dtype if like is not None else None)
+            try:
+                t = torch.as_tensor(t, dtype=like.dtype if like is not None else None)
+            except (TypeError, ValueError, RuntimeError):
+                raise BindingError(f"the value of {self.kind} {self.name} must be a tensor, "
+                                   f"got {type(t).__name__}", parameter=self.name,
+                                   span=self.span) from None
         if not is_concrete(self.shape):
             raise BindingError(
                 f"{self.kind} {self.name} has symbolic shape {format_shape(self.shape)}",
@@ -413,51 +433,9 @@ class Leaf(Expr):
             BindingError: naming the leaf, what is wrong, and the first
                 offending batch index (``batch_index``) when batched.
         """
-        if not isinstance(value, torch.Tensor):
-            raise BindingError(f"{self.kind} {self.name} must be a torch.Tensor, got "
-                               f"{type(value).__name__}", parameter=self.name)
-        t = self._eval((), {self.name: value}, None)
-        if not t.is_floating_point():
-            raise BindingError(f"{self.kind} {self.name} must be a floating-point tensor, "
-                               f"got {t.dtype}", parameter=self.name,
-                               hint="convert it with .double() or .float()")
-        k = len(self.shape)
+        from optlayer.ir.binding import check_value
 
-        def fail(bad: torch.Tensor, what: str, hint: str | None = None):
-            flat = bad.reshape(-1) if bad.ndim else bad.reshape(1)
-            if bool(flat.any()):
-                idx = int(torch.nonzero(flat)[0])
-                batch = t.shape[: t.ndim - k]
-                at = None
-                if len(batch):
-                    at = tuple(int(i) for i in torch.unravel_index(torch.tensor(idx), batch))
-                where = f" at batch index {at}" if at is not None else ""
-                raise BindingError(f"{self.kind} {self.name} {what}{where}",
-                                   parameter=self.name, batch_index=at, hint=hint)
-
-        def per_item(mask: torch.Tensor) -> torch.Tensor:
-            return mask.reshape(mask.shape[: mask.ndim - k] + (-1,)).any(-1) if k else mask
-
-        fail(per_item(~torch.isfinite(t)), "has non-finite entries")
-        if "pos" in self.attrs:
-            fail(per_item(t <= 0), "is declared pos but has entries <= 0")
-        if "nonneg" in self.attrs:
-            fail(per_item(t < 0), "is declared nonneg but has negative entries")
-        if "nonpos" in self.attrs:
-            fail(per_item(t > 0), "is declared nonpos but has positive entries")
-        if {"symmetric", "psd"} & set(self.attrs):
-            from optlayer.defaults import tol as default_tol
-
-            rtol = default_tol(t.dtype) ** 0.5 if tol is None else tol
-            scale = 1 + t.abs().amax(dim=(-2, -1))
-            asym = (t - t.transpose(-1, -2)).abs().amax(dim=(-2, -1))
-            fail(asym > rtol * scale, "is declared symmetric but is not",
-                 hint="symmetrize it: 0.5 * (A + A.mT)")
-            if "psd" in self.attrs:
-                low = torch.linalg.eigvalsh(0.5 * (t + t.transpose(-1, -2)))[..., 0]
-                fail(low < -rtol * scale, "is declared psd but has a negative eigenvalue",
-                     hint="pass L @ L.mT, or declare the matrix without psd")
-        return value
+        return check_value(self, value, tol=tol)
 
 
 def _attr_sign(attrs) -> Sign:
@@ -495,6 +473,7 @@ class Variable(Leaf):
     def __init__(self, *shape, **kw) -> None:
         super().__init__(*shape, **kw)
         self.curvature = Curvature.AFFINE
+        self.degree = 1
 
 
 class Parameter(Leaf):
@@ -513,6 +492,7 @@ class Parameter(Leaf):
     def __init__(self, *shape, **kw) -> None:
         super().__init__(*shape, **kw)
         self.curvature = Curvature.CONSTANT
+        self.degree = 0
 
 
 class Constant(Expr):
@@ -558,6 +538,7 @@ class Constant(Expr):
                 self.sign = Sign.UNKNOWN
         self.value = value
         self.curvature = Curvature.CONSTANT
+        self.degree = 0
         self.smooth = True
         self.span = span
         self.args = ()
@@ -594,6 +575,7 @@ class Let(Expr):
         self.curvature = body.curvature
         self.sign = body.sign
         self.smooth = body.smooth
+        self.degree = body.degree
         self.span = span
 
     @property
@@ -655,6 +637,7 @@ class Apply(Expr):
         self.curvature = compose(atom, args, self.static)
         self.sign = atom.sign(args, self.static)
         self.smooth = atom.smooth and all(a.smooth for a in args)
+        self.degree = atom.degree_of([a.degree for a in args], self.static)
 
     @property
     def name(self) -> str:

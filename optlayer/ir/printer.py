@@ -22,6 +22,7 @@ __all__ = ["expr_text", "set_text", "constraint_text", "decl_text", "problem_tex
 _PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "matmul": 2, "negate": 3, "power": 4,
          "transpose": 5, "index": 5}
 _PRIMARY = 6
+_DISPLAY_LIMIT = 10_000  # non-strict text (messages, str, summary) elides past this
 
 
 def format_number(v) -> str:
@@ -54,13 +55,22 @@ def expr_text(root: Expr, *, strict: bool = False, limit: int | None = None) -> 
         strict: raise for tensor constants, which have no ``.opt`` spelling
             (used by :func:`problem_text`); otherwise they print as ``<const[3]>``.
         limit: elide the middle of every subexpression's text longer than
-            this many characters (for messages and ``repr``). A DAG that
-            shares subexpressions without lets has text exponential in its
-            size; with a limit the cost stays O(nodes * limit).
+            this many characters (for messages and ``repr``; default 10000
+            when not ``strict``). A DAG that shares subexpressions without
+            lets has text exponential in its size; with a limit the cost
+            stays O(nodes * limit).
 
     Raises:
-        OptTypeError: for tensor constants when ``strict``.
+        OptTypeError: for tensor constants when ``strict``; in ``strict``
+            mode also when the text grows past the parser's source limit
+            (``defaults.DSL_MAX_SOURCE_CHARS``): it could not be read back,
+            and a shared DAG without lets would otherwise grow exponentially.
     """
+    cap = None
+    if strict:
+        from optlayer.defaults import DSL_MAX_SOURCE_CHARS as cap
+    elif limit is None:
+        limit = _DISPLAY_LIMIT
     out: dict[int, str] = {}
     for node in postorder(root):
         if isinstance(node, Let) and node is not root:
@@ -70,6 +80,10 @@ def expr_text(root: Expr, *, strict: bool = False, limit: int | None = None) -> 
         if limit is not None and len(text) > limit:
             half = max(1, (limit - 5) // 2)
             text = f"{text[:half]} ... {text[-half:]}"
+        if cap is not None and len(text) > cap:
+            raise OptTypeError(
+                f"the .opt text of this problem would exceed {cap} characters, the "
+                "parser's limit", hint="name shared subexpressions with ol.let(name, expr)")
         out[id(node)] = text
     return out[id(root)]
 
@@ -153,7 +167,8 @@ def problem_text(problem, *, strict: bool = True) -> str:
     """The whole problem as ``.opt`` text (declarations in the problem's order).
 
     With ``strict=False`` tensor constants print as ``<const[3]>`` instead of
-    raising (for ``str(problem)``); such text does not parse.
+    raising and subexpressions longer than 10000 characters are elided (for
+    ``str(problem)``); such text may not parse.
     """
     lines = []
     for name, default in problem.dims.items():

@@ -194,7 +194,13 @@ class Problem:
                                "ol.maximize(...)")
         if isinstance(constraints, (Constraint, Membership)):
             constraints = [constraints]
-        cons = list(constraints or [])
+        if constraints is None:
+            constraints = []
+        if not isinstance(constraints, (list, tuple)):
+            raise OptTypeError(
+                f"constraints must be a list, got {type(constraints).__name__}",
+                hint="ol.Problem(ol.minimize(...), [x >= 0, ol.sum(x) == 1])")
+        cons = list(constraints)
         for c in cons:
             if not isinstance(c, (Constraint, Membership)):
                 raise OptTypeError(f"{c!r} is not a constraint",
@@ -300,6 +306,35 @@ class Problem:
                     out.append(Constraint("==", v, transpose(v, span=v.span), span=v.span))
                 elif a == "psd":
                     out.append(Membership(v, SetExpr("psd", (), span=v.span), span=v.span))
+        return out
+
+    def domain_constraints(self) -> list:
+        """Constraints ``arg >= 0`` implied by atom domains (``log``, ``sqrt``, ``entropy``, ...).
+
+        For every atom argument that depends on variables, lies in a
+        ``nonneg`` or ``positive`` domain (:meth:`Atom.domain_of`) and is not
+        already known to have that sign, one constraint ``arg >= 0`` (a
+        positive domain is relaxed to its closure), each argument once, with
+        the atom's span. Solvers that leave the domain (interior point, line
+        searches) add these.
+        """
+        from optlayer.ir.enums import Domain
+
+        out: list = []
+        seen: set[int] = set()
+        for root in self.roots():
+            for node in postorder(root):
+                if not isinstance(node, Apply):
+                    continue
+                doms = node.atom.domain_of(node.static)
+                for i, arg in enumerate(node.args):
+                    dom = doms[min(i, len(doms) - 1)]
+                    if dom is Domain.REAL or arg.is_constant or id(arg) in seen:
+                        continue
+                    known = arg.sign.is_positive if dom is Domain.POSITIVE else arg.sign.is_nonneg
+                    if not known:
+                        seen.add(id(arg))
+                        out.append(Constraint(">=", arg, Constant(0), span=node.span))
         return out
 
     @property
@@ -408,31 +443,9 @@ class Problem:
                 or a value that does not fit its declaration; the error's
                 ``parameter`` names it.
         """
-        from optlayer.ir.build import did_you_mean
+        from optlayer.ir.binding import check_params
 
-        for name in values:
-            if name not in self.params:
-                raise BindingError(f"unknown parameter {name!r}", parameter=name,
-                                   hint=did_you_mean(name, self.params) or
-                                   f"parameters are: {', '.join(self.params) or 'none'}")
-        out = {}
-        first = None
-        for name, leaf in self.params.items():
-            if name not in values:
-                raise BindingError(f"missing value for parameter {name!r}", parameter=name,
-                                   hint=f"pass {name}=<a tensor of shape "
-                                        f"{format_shape(leaf.shape)}>" if leaf.shape
-                                   else f"pass {name}=<a scalar tensor>")
-            t = leaf.check_value(values[name], tol=tol)
-            if first is None:
-                first = (name, t)
-            elif t.dtype != first[1].dtype or t.device != first[1].device:
-                raise BindingError(
-                    f"parameter {name!r} is {t.dtype} on {t.device} but {first[0]!r} is "
-                    f"{first[1].dtype} on {first[1].device}", parameter=name,
-                    hint="give all parameters one dtype and device")
-            out[name] = t
-        return out
+        return check_params(self, values, tol=tol)
 
     # ------------------------------------------------------------------- printing
     def to_opt(self) -> str:

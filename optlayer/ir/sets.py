@@ -184,6 +184,12 @@ class SetExpr:
                                    hint=did_you_mean(kind, SETS) or
                                    "sets are: " + ", ".join(set_names()))
             kind = k
+        if not isinstance(kind, SetKind):
+            raise OptTypeError(f"{type(kind).__name__} {kind!r:.40} is not a set", span=span,
+                               hint="sets are: " + ", ".join(set_names()))
+        if not isinstance(args, (list, tuple)):
+            raise OptTypeError(f"set arguments must be a list, got {type(args).__name__}",
+                               span=span)
         args = list(args)
         if len(args) > len(kind.params):
             raise OptTypeError(

@@ -320,3 +320,12 @@ def test_integers_and_floats_stay_distinct():
 def test_huge_number_literal_is_an_error_not_a_crash():
     with pytest.raises(ol.OptError):
         ol.parse("var t\nminimize t * 1" + "0" * 400)
+
+
+def test_keywords_agree_with_the_grammar_and_the_ir():
+    from optlayer.dsl import KEYWORDS
+    from optlayer.ir.nodes import KEYWORDS as IR_KEYWORDS
+
+    words = {t.pattern.value for t in get_parser().terminals
+             if t.pattern.type == "str" and t.pattern.value.isidentifier()}
+    assert words == set(KEYWORDS) == set(IR_KEYWORDS)

@@ -164,7 +164,8 @@ REJECT = [
     ("square-of-unknown-sign",
      lambda x: (ir.minimize(ir.apply("sum", [ir.apply("square", [ir.sub(
          ir.apply("exp", [x], span=S(20)), 2, span=S(19))], span=S(13))], span=S(9))), []),
-     13, "unknown curvature", ["square is convex and nonmonotone", "exp(x) - 2 is convex"], []),
+     13, "unknown curvature", ["square is convex and nonmonotone", "exp(x) - 2 is convex"],
+     ["nondecreasing only where its argument is nonnegative", "square(pos(exp(x) - 2))"]),
     ("nonaffine-equality",
      lambda x: (ir.minimize(ir.apply("sum", [x])),
                 [ir.constraint("==", ir.apply("sum_squares", [x], span=S(14)), 1, span=S(13))]),

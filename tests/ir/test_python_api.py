@@ -276,3 +276,35 @@ def test_evaluate_cache_shares_lets_between_roots():
     b = con.evaluate(env, cache)
     assert float(a) == 2.0 and b.tolist() == [0.0, 0.0]
     assert cache[id(r)] is cache[id(r.body)]  # the let's value is its body's, computed once
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [({"x": "abc", "A": torch.ones(2, 3)}, "the value of var x must be a tensor, got str"),
+     ({"x": None, "A": torch.ones(2, 3)}, "must be a tensor, got NoneType"),
+     ({"x": torch.ones(4, 3), "A": torch.ones(5, 2, 3)}, "cannot evaluate A @ x on values of "
+      "shapes [[5, 2, 3], [4, 3]]"),
+     ({"x": torch.ones(3), "A": torch.ones(2, 3, dtype=torch.float64)}, "same dtype")],
+    ids=["string", "none", "batch-dims-clash", "mixed-dtypes"],
+)
+def test_evaluate_reports_bad_values_as_binding_errors(env, words):
+    x = ol.Variable(3, name="x")
+    A = ol.Parameter(2, 3, name="A")
+    with pytest.raises(BindingError) as info:
+        ol.sum_squares(A @ x).evaluate(env)
+    assert words in info.value.message
+
+
+def test_variable_attributes_imply_constraints():
+    x = ol.Variable(3, name="x", nonneg=True)
+    z = ol.Variable(3, name="z", nonpos=True)
+    t = ol.Variable(name="t", pos=True)
+    S = ol.Variable(2, 2, name="S", symmetric=True)
+    X = ol.Variable(2, 2, name="X", psd=True)
+    prob = ol.Problem(ol.minimize(ol.sum(x) - ol.sum(z) + t + ol.trace(S) + ol.trace(X)))
+    assert [str(c) for c in prob.attribute_constraints()] == [
+        "x >= 0", "z <= 0", "t >= 0", "S == S'", "X in psd"]
+    # parameters' attributes are value checks, not constraints
+    p = ol.Parameter(3, name="p", nonneg=True)
+    assert ol.Problem(ol.minimize(ol.sum(p * ol.Variable(3, name="y")))) \
+        .attribute_constraints() == []
