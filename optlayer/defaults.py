@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["tol", "eps", "MAXITER"]
+__all__ = [
+    "tol",
+    "eps",
+    "MAXITER",
+    "IPM_REG_FACTOR",
+    "IPM_REFINE_STEPS",
+    "IPM_BACKWARD_REFINE_STEPS",
+    "IPM_REFINE_BELOW",
+    "ipm_infeasibility_tol",
+    "ipm_inaccurate_tol",
+]
 
 _TOL = {
     torch.float64: 1e-10,
@@ -39,3 +49,34 @@ def tol(dtype: torch.dtype) -> float:
 def eps(dtype: torch.dtype) -> float:
     """Machine epsilon of ``dtype``."""
     return torch.finfo(dtype).eps
+
+
+# --- interior point QP (optlayer.solvers.qp) -------------------------------
+
+#: Diagonal regularization of the reduced KKT factorization, in units of the
+#: dtype's machine epsilon (relative to the diagonal, plus the same times the
+#: data scale); removed again by iterative refinement.
+IPM_REG_FACTOR = 1.0
+
+#: Iterative refinement steps per KKT solve in the interior point iterations.
+IPM_REFINE_STEPS = 2
+
+#: Iterative refinement steps per KKT solve in the backward pass.
+IPM_BACKWARD_REFINE_STEPS = 2
+
+_IPM_INFEASIBILITY_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
+_IPM_INACCURATE_TOL = {torch.float64: 1e-6, torch.float32: 1e-3}
+
+
+def ipm_infeasibility_tol(dtype: torch.dtype) -> float:
+    """Certificate tolerance: infeasible / unbounded means "no solution of norm < 1/tol"."""
+    return _IPM_INFEASIBILITY_TOL.get(dtype, 1e-3)
+
+
+def ipm_inaccurate_tol(dtype: torch.dtype) -> float:
+    """Residual below which a stopped interior point iterate is OPTIMAL_INACCURATE."""
+    return _IPM_INACCURATE_TOL.get(dtype, 1e-2)
+
+#: Interior point iterations refine their KKT solves only once the worst
+#: active residual is below this (early iterations need no refinement).
+IPM_REFINE_BELOW = 1e-4
