@@ -323,7 +323,7 @@ def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = N
     err = torch.maximum(torch.maximum(pres, dres), gap)
 
     def shape(t, tail=()):
-        return None if t is None else t.reshape(*bshape, *tail)
+        return None if t is None else t.reshape(tuple(bshape) + tuple(tail))
 
     m = 0 if G is None else G.shape[-2]
     me = 0 if A is None else A.shape[-2]
