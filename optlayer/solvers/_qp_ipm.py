@@ -403,18 +403,20 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
 # the factorization kept for the backward pass
 # --------------------------------------------------------------------------
 #
-# Near a solution, W = z / s is huge (~1e12) for active constraints, so the
-# reduced operator Q + G'WG is too ill-conditioned for accurate derivatives.
-# The backward pass therefore solves the symmetric system
+# Near a solution, W = z / s is huge (~1e12) for active constraints and tiny
+# for inactive ones, so the reduced operator Q + G'WG gives derivatives only to
+# about 1e-6. The backward pass instead takes the active set J = {i : z_i > s_i}
+# at the returned point and solves the KKT system of its limit (the derivative
+# of the solution map wherever strict complementarity holds):
 #
-#     [ Q   G'   A' ] [dx]   [a1]
-#     [ G   -D   0  ] [dz] = [a3]       D = s / z
-#     [ A   0    0  ] [dy]   [a2]
+#     [ Q    G_J'  A' ] [dx  ]   [a1  ]
+#     [ G_J  0     0  ] [dz_J] = [a3_J]       dz_i = 0 for i not in J
+#     [ A    0     0  ] [dy  ]   [a2  ]
 #
-# by splitting every constraint's weight W = c + (W - c), c = min(W, 1): the
-# bounded part c goes into Hc = Q + G'cG (+ rho A'A), the rest into a bordered
-# block with rows G_J (J: W > 1) and diagonal E = 1 / (W - 1), both of which
-# are well scaled. Rows not in J are dummies (zero row, E = 1, right side 0).
+# by the Schur complement of C = [G_J; A] in Hc = Q + G_J'G_J + rho A'A (the
+# added terms vanish on the solution since G_J dx = a3_J and A dx = a2). Rows
+# not in J are kept as dummies (zero row, unit diagonal, zero right side) so
+# that every item has the same shape.
 
 
 class SplitFactor(NamedTuple):
@@ -422,25 +424,24 @@ class SplitFactor(NamedTuple):
     Ls: Tensor | None      # (B, k, k) Cholesky of C Hc^-1 C' + E, k = m + me
     HinvCt: Tensor | None  # (B, n, k)
     C: Tensor | None       # (B, k, n) = [J * G; A]
-    E: Tensor | None       # (B, k, 1)
-    c: Tensor | None       # (B, m, 1) = min(W, 1)
-    J: Tensor | None       # (B, m, 1) bool
-    D: Tensor | None       # (B, m, 1) = s / z
+    E: Tensor | None       # (B, k, 1): 0 on J and A rows, 1 on dummy rows
+    c: Tensor | None       # (B, m, 1) = 1.0 on J, else 0.0
+    J: Tensor | None       # (B, m, 1) bool, z > s
+    D: Tensor | None       # (B, m, 1) zeros (kept for the saved-tensor layout)
     ok: Tensor             # (B,) bool
 
 
 def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
-    """Factor the system above at the point ``(s, z)`` (see the comment)."""
+    """Factor the active-set KKT system above at the point ``(s, z)``."""
     QA = d.Q if d.AtA is None else d.AtA
     C = E = c = J = D = None
     if d.G is not None:
-        D = s / z
-        W = z / s
-        c = W.clamp(max=1.0)
-        J = W > 1.0
+        J = z > s
+        c = J.to(z.dtype)
+        D = torch.zeros_like(z)
         H = torch.baddbmm(QA, d.Gt * c.transpose(1, 2), d.G)
         GJ = d.G * J
-        EJ = torch.where(J, 1.0 / (W - 1.0).clamp(min=1e-300), torch.ones_like(W))
+        EJ = 1.0 - c
         C, E = GJ, EJ
         if d.A is not None:
             C = torch.cat([GJ, d.A], dim=1)
@@ -492,14 +493,14 @@ def _split_once(d: Data, f: SplitFactor, a1, a3, a2):
 
 
 def split_solve(d: Data, f: SplitFactor, a1, a3, a2, refine: int):
-    """Solve ``[[Q, G', A'], [G, -D, 0], [A, 0, 0]] (dx, dz, dy) = (a1, a3, a2)``."""
+    """Solve the active-set KKT system (see the comment above) for ``(dx, dz, dy)``."""
     dx, dz, dy = _split_once(d, f, a1, a3, a2)
     for _ in range(refine):
         Qu, Gu, Au = split(d, dx)
         e1 = a1 - Qu
         if d.KT is not None:
             e1 = e1 - dual_product(d, dz, dy)
-        e3 = None if d.G is None else a3 - (Gu - f.D * dz)
+        e3 = None if d.G is None else torch.where(f.J, a3 - Gu, torch.zeros_like(a3))
         e2 = None if d.A is None else a2 - Au
         ddx, ddz, ddy = _split_once(d, f, e1, e3, e2)
         dx = dx + ddx

@@ -19,14 +19,17 @@ Table 1, KKT map) and reuses the factorization of the reduced KKT operator at
 the returned point, computed once at the end of the forward pass; it does no
 factorization of its own.
 
-Non-differentiable points: where a constraint is weakly active (``z_i = 0`` and
-``s_i = 0``), the solution map has only one-sided derivatives. The interior
-point method stops at ``s_i z_i = mu_i > 0`` (tiny), and the gradient returned
-is the exact derivative of that perturbed KKT system (``s * z`` held fixed):
-finite, and, for a weakly active constraint, a convex combination of the
-derivatives with the constraint treated as active and as inactive (weights
-given by ``z_i`` and ``s_i``). Away from such points it converges to the true
-derivative as ``tol`` goes to zero.
+Which derivative is returned: the backward pass takes the active set
+``J = {i : z_i > s_i}`` at the returned point and differentiates the KKT
+system of that active set (constraints in J held as equalities, the others
+dropped, their multipliers' derivatives zero). Wherever strict
+complementarity holds this is the derivative of the solution map. At a weakly
+active constraint (``z_i = s_i = 0``) the map has only one-sided derivatives;
+the one returned treats the constraint as active or inactive according to
+``z_i > s_i`` at the final iterate -- finite, never NaN, and one of the
+one-sided derivatives. Where the active-set system is singular (degenerate
+LPs, dependent active constraints) a tiny diagonal regularization picks a
+solution.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ _NAMES = ("Q", "p", "G", "h", "A", "b")
 
 
 def _check_inputs(Q, p, G, h, A, b):
-    given = dict(zip(_NAMES, (Q, p, G, h, A, b)))
+    given = dict(zip(_NAMES, (Q, p, G, h, A, b), strict=True))
     for name, t in given.items():
         if t is not None and not isinstance(t, Tensor):
             raise BindingError(
