@@ -59,7 +59,7 @@ def eps(dtype: torch.dtype) -> float:
 IPM_REG_FACTOR = 1.0
 
 #: Iterative refinement steps per KKT solve in the interior point iterations.
-IPM_REFINE_STEPS = 2
+IPM_REFINE_STEPS = 0
 
 #: Iterative refinement steps per KKT solve in the backward pass.
 IPM_BACKWARD_REFINE_STEPS = 2

@@ -188,7 +188,7 @@ def kkt_solve(d: Data, f: Factor, r1: Tensor, r2: Tensor | None, refine: int = 1
 
 
 def _amax(v: Tensor) -> Tensor:
-    return v.abs().amax(dim=(1, 2))
+    return torch.linalg.vector_norm(v, ord=float("inf"), dim=(1, 2))
 
 
 class _Res(NamedTuple):
@@ -379,11 +379,11 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
         settle(broken & (err <= loose), Status.OPTIMAL_INACCURATE)
         settle(broken, Status.NUMERICAL_ERROR)
         act = active.view(-1, 1, 1)
-        x = torch.where(act, x + a * dx, x)
-        y = _where(act, None if y is None else y + a * dy, y)
+        x = torch.where(act, torch.addcmul(x, a, dx), x)
+        y = _where(act, None if y is None else torch.addcmul(y, a, dy), y)
         if m:
-            s = torch.where(act, s + a * ds, s)
-            z = torch.where(act, z + a * dz, z)
+            s = torch.where(act, torch.addcmul(s, a, ds), s)
+            z = torch.where(act, torch.addcmul(z, a, dz), z)
         iters = iters + active.to(iters.dtype)
 
     r = residuals(d, x, s, z, y)
