@@ -16,6 +16,7 @@ __all__ = [
     "IPM_REFINE_STEPS",
     "IPM_BACKWARD_REFINE_STEPS",
     "IPM_REFINE_BELOW",
+    "IPM_COMPACT_MIN_BATCH",
     "ipm_infeasibility_tol",
     "ipm_inaccurate_tol",
 ]
@@ -80,3 +81,7 @@ def ipm_inaccurate_tol(dtype: torch.dtype) -> float:
 #: Interior point iterations refine their KKT solves only once the worst
 #: active residual is below this (early iterations need no refinement).
 IPM_REFINE_BELOW = 1e-4
+
+#: The interior point loop drops frozen items (and continues on the active
+#: ones only) once at most half are active, for working batches this large.
+IPM_COMPACT_MIN_BATCH = 8

@@ -315,6 +315,26 @@ def _where(mask: Tensor, new: Tensor | None, old: Tensor | None):
     return None if new is None else torch.where(mask, new, old)
 
 
+def _take(d: Data, idx: Tensor) -> Data:
+    def t(v):
+        return None if v is None else v.index_select(0, idx)
+    return pack(t(d.Q), t(d.p), t(d.G), t(d.h), t(d.A), t(d.b), t(d.AtA), t(d.reg_abs),
+                d.reg_rel)
+
+
+def _gather(state, idx):
+    return tuple(None if v is None else v.index_select(0, idx) for v in state)
+
+
+def _scatter(full, idx, part):
+    return tuple(None if f is None else f.index_copy(0, idx, p)
+                 for f, p in zip(full, part, strict=True))
+
+
+def _scatter_mask(B: int, idx: Tensor, part: Tensor) -> Tensor:
+    return torch.zeros(B, dtype=torch.bool, device=idx.device).index_copy(0, idx, part)
+
+
 def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             want_factor: bool) -> Result:
     """Mehrotra predictor-corrector on every item where ``active`` is True.
@@ -335,6 +355,10 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
     iters = torch.zeros(B, dtype=torch.int64, device=d.Q.device)
     active = active.clone()
     code = {k: torch.tensor(int(k), dtype=torch.int8, device=d.Q.device) for k in Status}
+    # Compaction: once at most half of the working items are active, the loop
+    # continues on the active ones only (frozen items are written back to the
+    # full-batch tensors). ``idx`` maps working items to batch items.
+    full_d, idx, full = d, None, None
 
     def settle(mask, st):
         nonlocal status, active
@@ -349,10 +373,23 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
         settle(err <= tol, Status.OPTIMAL)
         if m:
             settle(_infeasibility_certificate(d, r, z, y, eps_inf), Status.INFEASIBLE)
-        # the one host sync per iteration: the worst residual among active items
-        worst = float(torch.where(active, err, torch.full_like(err, -1.0)).max())
+        # the one host sync per iteration: worst residual and count of active items
+        worst, count = torch.stack([torch.where(active, err, torch.full_like(err, -1.0)).max(),
+                                    active.sum().to(err.dtype)]).tolist()
         if it == maxiter or worst < 0:
             break
+        nw = active.shape[0]
+        if nw >= defaults.IPM_COMPACT_MIN_BATCH and count <= nw // 2:
+            state = (x, s, z, y, status, iters)
+            full = state if full is None else _scatter(full, idx, state)
+            keep = torch.nonzero(active).view(-1)
+            idx = keep if idx is None else idx[keep]
+            d = _take(full_d, idx)
+            x, s, z, y, status, iters = _gather(full, idx)
+            active = torch.ones(idx.shape[0], dtype=torch.bool, device=idx.device)
+            r = residuals(d, x, s, z, y)
+            err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
+            B = idx.shape[0]
         refine = 0 if worst > defaults.IPM_REFINE_BELOW else refine_steps
         W = None if m == 0 else z / s
         f = factor(d, W)
@@ -386,6 +423,10 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             z = torch.where(act, torch.addcmul(z, a, dz), z)
         iters = iters + active.to(iters.dtype)
 
+    if full is not None:
+        x, s, z, y, status, iters = _scatter(full, idx, (x, s, z, y, status, iters))
+        active = _scatter_mask(full_d.Q.shape[0], idx, active)
+        d = full_d
     r = residuals(d, x, s, z, y)
     err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
     # independent check of what is returned: OPTIMAL only if the KKT residuals

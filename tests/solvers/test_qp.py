@@ -177,12 +177,30 @@ def test_mixed_batch_solves_the_good_items_exactly():
     assert torch.isnan(sol.x[2]).all()
 
 
-def test_batched_equals_loop():
-    insts = [_random_qp(10 + i, 5, 6, 2) for i in range(4)]
-    stacked = [_t(np.stack([inst[k] for inst in insts])) for k in range(6)]
-    sol = solve_qp(*stacked, on_failure="raise")
-    for i, inst in enumerate(insts):
-        one = solve_qp(*_args(inst), on_failure="raise")
+def test_batched_equals_loop(monkeypatch):
+    # 10 items of varying difficulty plus one infeasible one: the loop drops
+    # finished items once half are done (compaction), which must not change
+    # any item's result
+    from optlayer.solvers import _qp_ipm
+
+    taken = []
+    real_take = _qp_ipm._take
+    monkeypatch.setattr(_qp_ipm, "_take", lambda d, idx: taken.append(idx) or real_take(d, idx))
+    insts = [_random_qp(10 + i, 5, 6, 2) for i in range(10)]
+    Q, p, G, h, A, b = (np.stack([inst[k] for inst in insts]) for k in range(6))
+    h[3, :] = -10.0 - np.abs(G[3]).sum(axis=1) * 10   # item 3 made infeasible...
+    G[3, 1] = -G[3, 0]                                 # ...(G0 x <= -c, -G0 x <= -c)
+    h[3, 1] = h[3, 0]
+    stacked = [_t(a) for a in (Q, p, G, h, A, b)]
+    sol = solve_qp(*stacked, on_failure="ignore")
+    assert taken, "the test batch should exercise compaction"
+    for i in range(10):
+        one = solve_qp(*[a[i] for a in stacked], on_failure="ignore")
+        assert sol.status[i] == one.status
+        assert sol.iter_num[i] == one.iter_num
+        if i == 3:
+            assert one.status.item() == Status.INFEASIBLE
+            continue
         torch.testing.assert_close(sol.x[i], one.x, atol=1e-10, rtol=0)
         torch.testing.assert_close(sol.ineq_dual[i], one.ineq_dual, atol=1e-9, rtol=0)
         torch.testing.assert_close(sol.eq_dual[i], one.eq_dual, atol=1e-9, rtol=0)
