@@ -429,14 +429,37 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
         d = full_d
     r = residuals(d, x, s, z, y)
     err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
+    # polish: solve the KKT system of the active set J = {z > s} exactly (the
+    # factorization is the one the backward pass needs anyway) and keep the
+    # polished point for the items where its KKT residual is not worse
+    fac = split_factor(d, s, z)
+    solved = (status == int(Status.OPTIMAL)) | (status == int(Status.OPTIMAL_INACCURATE)) \
+        | (status == int(Status.MAX_ITER))
+    px, pz, py = split_solve(d, fac, -d.p, d.h, d.b, refine=defaults.IPM_BACKWARD_REFINE_STEPS)
+    ps = None
+    if m:
+        pz = pz.clamp(min=0.0)
+        ps = (d.h - d.G @ px).clamp(min=0.0)
+    pr = residuals(d, px, ps, pz, py)
+    perr = torch.maximum(torch.maximum(pr.dres, pr.pres), pr.gap)
+    better = solved & (perr <= err) & fac.ok
+    b3 = better.view(-1, 1, 1)
+    x = torch.where(b3, px, x)
+    y = _where(b3, py, y)
+    if m:
+        s = torch.where(b3, ps, s)
+        z = torch.where(b3, pz, z)
+    r = residuals(d, x, s, z, y)
+    err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
+    promote = (status == int(Status.OPTIMAL_INACCURATE)) & (err <= tol)
+    status = torch.where(promote, code[Status.OPTIMAL], status)
     # independent check of what is returned: OPTIMAL only if the KKT residuals
     # recomputed from the data at the returned point pass tol.
     optimal = status == int(Status.OPTIMAL)
     status = torch.where(optimal & ~(err <= tol), code[Status.OPTIMAL_INACCURATE], status)
     status = torch.where(active & (err <= loose), code[Status.OPTIMAL_INACCURATE], status)
-    fac = None
-    if want_factor:
-        fac = split_factor(d, s, z)
+    if not want_factor:
+        fac = None
     return Result(x, y, z, s, status, iters, r.pres, r.dres, r.gap, fac)
 
 

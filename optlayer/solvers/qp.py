@@ -9,7 +9,8 @@ Solves, for every item of a batch at once::
 with Q symmetric positive semidefinite (zero for LPs); either constraint block
 may be absent. The forward pass is Mehrotra's predictor-corrector on the
 reduced (normal-equation) KKT system with batched Cholesky factorizations;
-items that converge are frozen while the others continue. Infeasibility and
+items that converge are frozen while the others continue, and the final point
+is polished by an exact solve on its active set. Infeasibility and
 unboundedness are reported only when a Farkas certificate passes an explicit
 check, and OPTIMAL only when the KKT residuals recomputed from the data at the
 returned point are below ``tol``.
