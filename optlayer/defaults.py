@@ -59,10 +59,11 @@ def eps(dtype: torch.dtype) -> float:
 #: data scale); removed again by iterative refinement.
 IPM_REG_FACTOR = 1.0
 
-#: Iterative refinement steps per KKT solve in the interior point iterations.
+#: Iterative refinement steps per KKT solve in the interior point iterations
+#: (0: the iterations recompute residuals from the data, so they self-correct).
 IPM_REFINE_STEPS = 0
 
-#: Iterative refinement steps per KKT solve in the backward pass.
+#: Iterative refinement steps per KKT solve in the polish and backward pass.
 IPM_BACKWARD_REFINE_STEPS = 2
 
 _IPM_INFEASIBILITY_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}

@@ -20,8 +20,9 @@ Newton system, with ``W = diag(z / s)`` and ``H = Q + G'WG``::
 is solved with one Cholesky factorization of ``H + rho A'A + reg`` (the
 ``rho A'A`` term changes nothing in the solution because ``A dx = r2``) and one
 of the Schur complement ``A (H + rho A'A + reg)^-1 A' + reg``; ``reg`` is a
-tiny diagonal regularization (relative to the diagonal), removed again by
-iterative refinement against the exact operator.
+tiny diagonal regularization (relative to the diagonal). Optional iterative
+refinement against the exact operator (``defaults.IPM_REFINE_STEPS``, off by
+default: residuals are recomputed from the data every iteration).
 """
 
 from __future__ import annotations
