@@ -10,6 +10,19 @@ import torch
 
 __all__ = ["tol", "eps", "MAXITER", "LINEAR_ITERS_PER_DIM", "GMRES_RESTART", "IMPLICIT_DENSE_MAX"]
 
+__all__ = [
+    "tol",
+    "eps",
+    "MAXITER",
+    "IPM_REG_FACTOR",
+    "IPM_REFINE_STEPS",
+    "IPM_BACKWARD_REFINE_STEPS",
+    "IPM_REFINE_BELOW",
+    "IPM_COMPACT_MIN_BATCH",
+    "ipm_infeasibility_tol",
+    "ipm_inaccurate_tol",
+]
+
 _TOL = {
     torch.float64: 1e-10,
     torch.float32: 1e-5,
@@ -55,3 +68,38 @@ IMPLICIT_DENSE_MAX = 2000
 DSL_MAX_SOURCE_CHARS = 100_000
 #: Deepest accepted expression nesting (operators, calls, brackets' contents).
 DSL_MAX_DEPTH = 1000
+
+# --- interior point QP (optlayer.solvers.qp) -------------------------------
+
+#: Diagonal regularization of the reduced KKT factorization, in units of the
+#: dtype's machine epsilon (relative to the diagonal, plus the same times the
+#: data scale); removed again by iterative refinement.
+IPM_REG_FACTOR = 1.0
+
+#: Iterative refinement steps per KKT solve in the interior point iterations
+#: (0: the iterations recompute residuals from the data, so they self-correct).
+IPM_REFINE_STEPS = 0
+
+#: Iterative refinement steps per KKT solve in the polish and backward pass.
+IPM_BACKWARD_REFINE_STEPS = 2
+
+_IPM_INFEASIBILITY_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
+_IPM_INACCURATE_TOL = {torch.float64: 1e-6, torch.float32: 1e-3}
+
+
+def ipm_infeasibility_tol(dtype: torch.dtype) -> float:
+    """Certificate tolerance: infeasible / unbounded means "no solution of norm < 1/tol"."""
+    return _IPM_INFEASIBILITY_TOL.get(dtype, 1e-3)
+
+
+def ipm_inaccurate_tol(dtype: torch.dtype) -> float:
+    """Residual below which a stopped interior point iterate is OPTIMAL_INACCURATE."""
+    return _IPM_INACCURATE_TOL.get(dtype, 1e-2)
+
+#: Interior point iterations refine their KKT solves only once the worst
+#: active residual is below this (early iterations need no refinement).
+IPM_REFINE_BELOW = 1e-4
+
+#: The interior point loop drops frozen items (and continues on the active
+#: ones only) once at most half are active, for working batches this large.
+IPM_COMPACT_MIN_BATCH = 8

@@ -1,0 +1,574 @@
+"""Batched dense primal-dual interior point kernel for convex QPs (private).
+
+The public entry points are in :mod:`optlayer.solvers.qp`. This module holds
+the tensor program: the reduced KKT factorization, the Mehrotra
+predictor-corrector loop with per-item freezing, the certificate checks and
+the residuals used for the status of each batch item.
+
+Problem (every tensor has a leading batch dimension ``B``; vectors are kept as
+columns ``(B, k, 1)`` so that every product is one ``bmm``)::
+
+    minimize    1/2 x'Qx + p'x
+    subject to  Gx + s = h,  s >= 0        (m inequalities, dual z >= 0)
+                Ax = b                     (me equalities, dual y)
+
+Newton system, with ``W = diag(z / s)`` and ``H = Q + G'WG``::
+
+    [ H  A' ] [dx]   [r1]
+    [ A  0  ] [dy] = [r2]
+
+is solved with one Cholesky factorization of ``H + rho A'A + reg`` (the
+``rho A'A`` term changes nothing in the solution because ``A dx = r2``) and one
+of the Schur complement ``A (H + rho A'A + reg)^-1 A' + reg``; ``reg`` is a
+tiny diagonal regularization (relative to the diagonal). Optional iterative
+refinement against the exact operator (``defaults.IPM_REFINE_STEPS``, off by
+default: residuals are recomputed from the data every iteration).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from optlayer import defaults
+from optlayer.status import Status
+
+__all__ = [
+    "Data", "Factor", "SplitFactor", "Result", "make_data", "pack", "factor", "kkt_solve",
+    "split_factor", "split_solve", "run_ipm",
+]
+
+_RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
+_STEP_FRACTION = 0.99
+
+
+class Data(NamedTuple):
+    """Batched problem data, columns for vectors; absent blocks are None."""
+
+    Q: Tensor              # (B, n, n), symmetric
+    p: Tensor              # (B, n, 1)
+    G: Tensor | None       # (B, m, n)
+    h: Tensor | None       # (B, m, 1)
+    A: Tensor | None       # (B, me, n)
+    b: Tensor | None       # (B, me, 1)
+    Gt: Tensor | None      # (B, n, m) view
+    At: Tensor | None      # (B, n, me) view
+    AtA: Tensor | None     # (B, n, n) = Q + rho A'A (None without A)
+    reg_abs: Tensor        # (B, 1) absolute diagonal regularization
+    reg_rel: float         # relative diagonal regularization
+    KA: Tensor             # (B, n + m + me, n) = [Q; G; A], one bmm for Qx, Gx, Ax
+    KT: Tensor | None      # (B, n, m + me) = [G' A'], one bmm for G'z + A'y
+
+
+class Factor(NamedTuple):
+    """The factorization of the reduced KKT operator at one ``W``."""
+
+    L: Tensor                # (B, n, n) Cholesky factor of H + rho A'A + reg
+    Ls: Tensor | None        # (B, me, me) Cholesky factor of the Schur complement
+    HinvAt: Tensor | None    # (B, n, me)
+    W: Tensor | None         # (B, m, 1) = z / s
+    ok: Tensor               # (B,) bool, False where a factorization failed
+
+
+class Result(NamedTuple):
+    x: Tensor
+    y: Tensor | None
+    z: Tensor | None
+    s: Tensor | None
+    status: Tensor           # (B,) int8
+    iter_num: Tensor         # (B,) int64
+    primal_residual: Tensor  # (B,)
+    dual_residual: Tensor    # (B,)
+    gap: Tensor              # (B,)
+    factor: SplitFactor | None  # at the returned iterate, when asked for
+
+
+def make_data(Q, p, G, h, A, b) -> Data:
+    """Pack (B, ...) tensors into :class:`Data` (vectors become columns)."""
+    eps = defaults.eps(Q.dtype)
+    scale = 1.0 + Q.abs().amax(dim=(1, 2))
+    p = p.unsqueeze(-1)
+    AtA = None
+    if G is not None:
+        h = h.unsqueeze(-1)
+    if A is not None:
+        b = b.unsqueeze(-1)
+        AtA = torch.baddbmm(Q, A.transpose(1, 2), A, alpha=_RHO)
+        scale = scale + (AtA - Q).abs().amax(dim=(1, 2))
+    reg_abs = (defaults.IPM_REG_FACTOR * eps) * scale
+    return pack(Q, p, G, h, A, b, AtA, reg_abs.unsqueeze(-1), defaults.IPM_REG_FACTOR * eps)
+
+
+def pack(Q, p, G, h, A, b, AtA, reg_abs, reg_rel) -> Data:
+    """Build :class:`Data` (with the stacked matrices) from column-vector data."""
+    mats = [Q] + [M for M in (G, A) if M is not None]
+    KA = torch.cat(mats, dim=1) if len(mats) > 1 else Q
+    KT = None
+    if len(mats) > 1:
+        KT = torch.cat([M.transpose(1, 2) for M in mats[1:]], dim=2).contiguous()
+    m = 0 if G is None else G.shape[1]
+    Gt = None if G is None else KT[:, :, :m]
+    At = None if A is None else KT[:, :, m:]
+    return Data(Q, p, G, h, A, b, Gt, At, AtA, reg_abs, reg_rel, KA, KT)
+
+
+def factor(d: Data, W: Tensor | None) -> Factor:
+    """Factor ``[[Q + G'WG, A'], [A, 0]]`` (regularized; see the module doc)."""
+    QA = d.Q if d.AtA is None else d.AtA      # AtA already holds Q + rho A'A
+    if W is not None:
+        H = torch.baddbmm(QA, d.Gt * W.transpose(1, 2), d.G)
+    else:
+        H = QA.clone()
+    diag = H.diagonal(dim1=1, dim2=2)
+    diag.add_(diag.abs() * d.reg_rel + d.reg_abs)
+    L, info = torch.linalg.cholesky_ex(H)
+    ok = info == 0
+    Ls = HinvAt = None
+    if d.A is not None:
+        HinvAt = _chol_solve(L, d.At)
+        S = d.A @ HinvAt
+        sdiag = S.diagonal(dim1=1, dim2=2)
+        sdiag.add_(sdiag.abs() * d.reg_rel + d.reg_abs * d.reg_rel)
+        Ls, info_s = torch.linalg.cholesky_ex(S)
+        ok = ok & (info_s == 0)
+    return Factor(L, Ls, HinvAt, W, ok)
+
+
+def _chol_solve(L: Tensor, r: Tensor) -> Tensor:
+    t = torch.linalg.solve_triangular(L, r, upper=False)
+    return torch.linalg.solve_triangular(L.transpose(1, 2), t, upper=True)
+
+
+def _solve_once(d: Data, f: Factor, r1: Tensor, r2: Tensor | None):
+    if d.A is None:
+        return _chol_solve(f.L, r1), None
+    u0 = _chol_solve(f.L, torch.baddbmm(r1, d.At, r2, alpha=_RHO))
+    w = _chol_solve(f.Ls, torch.baddbmm(-r2, d.A, u0))
+    return torch.baddbmm(u0, f.HinvAt, w, alpha=-1.0), w
+
+
+def split(d: Data, v: Tensor):
+    """``[Q; G; A] @ v`` split into ``(Qv, Gv, Av)`` (None for absent blocks)."""
+    prod = d.KA @ v
+    n = d.Q.shape[1]
+    m = 0 if d.G is None else d.G.shape[1]
+    Gv = None if d.G is None else prod[:, n:n + m]
+    Av = None if d.A is None else prod[:, n + m:]
+    return prod[:, :n], Gv, Av
+
+
+def dual_product(d: Data, z: Tensor | None, y: Tensor | None) -> Tensor:
+    """``G'z + A'y`` in one product (``d.KT`` must exist)."""
+    if d.G is not None and d.A is not None:
+        return d.KT @ torch.cat([z, y], dim=1)
+    return d.KT @ (z if d.G is not None else y)
+
+
+def kkt_matvec(d: Data, W: Tensor | None, u: Tensor, w: Tensor | None):
+    """The exact operator ``[[Q + G'WG, A'], [A, 0]]`` applied to ``(u, w)``."""
+    Qu, Gu, Au = split(d, u)
+    if W is None and d.A is None:
+        return Qu, None
+    return Qu + dual_product(d, None if W is None else W * Gu, w), Au
+
+
+def kkt_solve(d: Data, f: Factor, r1: Tensor, r2: Tensor | None, refine: int = 1):
+    """Solve the reduced KKT system with ``refine`` steps of iterative refinement."""
+    u, w = _solve_once(d, f, r1, r2)
+    for _ in range(refine):
+        k1, k2 = kkt_matvec(d, f.W, u, w)
+        e1 = r1 - k1
+        e2 = None if d.A is None else r2 - k2
+        du, dw = _solve_once(d, f, e1, e2)
+        u = u + du
+        if d.A is not None:
+            w = w + dw
+    return u, w
+
+
+def _amax(v: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(v, ord=float("inf"), dim=(1, 2))
+
+
+class _Res(NamedTuple):
+    rx: Tensor
+    ry: Tensor | None
+    rz: Tensor | None
+    Gtz_Aty: Tensor | None
+    dres: Tensor
+    pres: Tensor
+    gap: Tensor
+    sz: Tensor | None
+    obj_scale: Tensor
+
+
+def residuals(d: Data, x, s, z, y) -> _Res:
+    """KKT residuals at an iterate, each normalized by the size of its terms.
+
+    ``dres = |Qx + p + G'z + A'y|_inf / (1 + max |term|_inf)``,
+    ``pres`` likewise for ``Ax - b`` and ``Gx + s - h``, and
+    ``gap = s'z / max(1, |1/2 x'Qx + p'x|)``.
+    """
+    Qx, Gx, Ax = split(d, x)
+    rx = Qx + d.p
+    big = torch.maximum(_amax(Qx), _amax(d.p))
+    pres = torch.zeros_like(big)
+    dual = None
+    ry = rz = sz = None
+    gap = torch.zeros_like(big)
+    obj_scale = torch.ones_like(big)
+    if d.KT is not None:
+        dual = dual_product(d, z, y)
+        big = torch.maximum(big, _amax(dual))
+        rx = rx + dual
+    if d.G is not None:
+        rz = Gx + s - d.h
+        pbig = torch.maximum(torch.maximum(_amax(Gx), _amax(s)), _amax(d.h))
+        pres = _amax(rz) / (1.0 + pbig)
+        sz = (s * z).sum(dim=(1, 2))
+        obj = (x * (0.5 * Qx + d.p)).sum(dim=(1, 2))
+        obj_scale = obj.abs().clamp(min=1.0)
+        gap = sz / obj_scale
+    if d.A is not None:
+        ry = Ax - d.b
+        pe = _amax(ry) / (1.0 + torch.maximum(_amax(Ax), _amax(d.b)))
+        pres = torch.maximum(pres, pe)
+    dres = _amax(rx) / (1.0 + big)
+    return _Res(rx, ry, rz, dual, dres, pres, gap, sz, obj_scale)
+
+
+def _newton(d: Data, f: Factor, r: _Res, rc_over_s: Tensor | None, refine: int):
+    """Direction for residuals ``r`` and complementarity target ``rc / s``."""
+    r1 = -r.rx
+    if d.G is not None:
+        r1 = torch.baddbmm(r1, d.Gt, f.W * r.rz - rc_over_s, alpha=-1.0)
+    r2 = None if d.A is None else -r.ry
+    dx, dy = kkt_solve(d, f, r1, r2, refine)
+    prods = split(d, dx)
+    if d.G is None:
+        return dx, None, None, dy, prods
+    Gdx = prods[1]
+    dz = f.W * (Gdx + r.rz) - rc_over_s
+    ds = -r.rz - Gdx
+    return dx, ds, dz, dy, prods
+
+
+def _max_step(s, z, ds, dz, fraction: float) -> Tensor:
+    """Largest ``alpha <= 1`` with ``s + alpha ds, z + alpha dz >= (1 - fraction)(s, z)``."""
+    worst = torch.minimum((ds / s).amin(dim=(1, 2)), (dz / z).amin(dim=(1, 2)))
+    return (-fraction / worst.clamp(max=-fraction)).view(-1, 1, 1)
+
+
+def _infeasibility_certificate(d: Data, r: _Res, z, y, eps_inf: float) -> Tensor:
+    """True where ``(z, y)`` certify ``{x : Gx <= h, Ax = b}`` is empty.
+
+    Farkas: ``z >= 0``, ``G'z + A'y = 0`` and ``h'z + b'y < 0``. Accepted when
+    ``|G'z + A'y|_inf <= eps_inf * (-(h'z + b'y))``: then every feasible x has
+    ``|x|_1 >= 1 / eps_inf``.
+    """
+    c = -(d.h * z).sum(dim=(1, 2))
+    if d.A is not None:
+        c = c - (d.b * y).sum(dim=(1, 2))
+    return (c > 0) & (_amax(r.Gtz_Aty) <= eps_inf * c)
+
+
+def _unbounded_certificate(d: Data, dx, prods, eps_inf: float) -> Tensor:
+    """True where ``dx`` is a ray of unboundedness.
+
+    ``Q dx = 0``, ``A dx = 0``, ``G dx <= 0`` and ``p'dx < 0``, accepted when the
+    violations are at most ``eps_inf * (-p'dx)``: then every primal-dual
+    solution would have ``|x|_1 + |z|_1 + |y|_1 >= 1 / eps_inf``.
+    """
+    c = -(d.p * dx).sum(dim=(1, 2))
+    Qdx, Gdx, Adx = prods
+    viol = _amax(Qdx)
+    if Adx is not None:
+        viol = torch.maximum(viol, _amax(Adx))
+    if Gdx is not None:
+        viol = torch.maximum(viol, Gdx.clamp(min=0).amax(dim=(1, 2)))
+    return (c > 0) & (viol <= eps_inf * c)
+
+
+def _initial_point(d: Data):
+    """CVXOPT's start: least-squares point with W = I, then shift s, z inside."""
+    B, n, _ = d.p.shape
+    W = None if d.G is None else torch.ones_like(d.h)
+    f = factor(d, W)
+    r1 = -d.p if d.G is None else torch.baddbmm(-d.p, d.Gt, d.h)
+    x, y = kkt_solve(d, f, r1, d.b, refine=1)
+    if d.G is None:
+        return x, None, None, y
+    s = d.h - d.G @ x
+    z = -s
+    s = s + _shift(s)
+    z = z + _shift(z)
+    return x, s, z, y
+
+
+def _shift(v: Tensor) -> Tensor:
+    a = -v.amin(dim=(1, 2), keepdim=True)
+    return torch.where(a >= 0, 1.0 + a, torch.zeros_like(a))
+
+
+def _where(mask: Tensor, new: Tensor | None, old: Tensor | None):
+    return None if new is None else torch.where(mask, new, old)
+
+
+def _take(d: Data, idx: Tensor) -> Data:
+    def t(v):
+        return None if v is None else v.index_select(0, idx)
+    return pack(t(d.Q), t(d.p), t(d.G), t(d.h), t(d.A), t(d.b), t(d.AtA), t(d.reg_abs),
+                d.reg_rel)
+
+
+def _gather(state, idx):
+    return tuple(None if v is None else v.index_select(0, idx) for v in state)
+
+
+def _scatter(full, idx, part):
+    return tuple(None if f is None else f.index_copy(0, idx, p)
+                 for f, p in zip(full, part, strict=True))
+
+
+def _scatter_mask(B: int, idx: Tensor, part: Tensor) -> Tensor:
+    return torch.zeros(B, dtype=torch.bool, device=idx.device).index_copy(0, idx, part)
+
+
+def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
+            want_factor: bool) -> Result:
+    """Mehrotra predictor-corrector on every item where ``active`` is True.
+
+    Items leave the loop (and are frozen) when their residuals pass ``tol``
+    (OPTIMAL), a certificate is found (INFEASIBLE / UNBOUNDED) or a
+    factorization fails (NUMERICAL_ERROR, or OPTIMAL_INACCURATE when the frozen
+    iterate passes the loose tolerance). One host sync per iteration.
+    """
+    dtype = d.Q.dtype
+    B = d.Q.shape[0]
+    eps_inf = defaults.ipm_infeasibility_tol(dtype)
+    loose = defaults.ipm_inaccurate_tol(dtype)
+    m = 0 if d.G is None else d.G.shape[1]
+    refine_steps = defaults.IPM_REFINE_STEPS
+    x, s, z, y = _initial_point(d)
+    status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=d.Q.device)
+    iters = torch.zeros(B, dtype=torch.int64, device=d.Q.device)
+    active = active.clone()
+    code = {k: torch.tensor(int(k), dtype=torch.int8, device=d.Q.device) for k in Status}
+    # Compaction: once at most half of the working items are active, the loop
+    # continues on the active ones only (frozen items are written back to the
+    # full-batch tensors). ``idx`` maps working items to batch items.
+    full_d, idx, full = d, None, None
+
+    def settle(mask, st):
+        nonlocal status, active
+        mask = mask & active
+        status = torch.where(mask, code[st], status)
+        active = active & ~mask
+
+    for it in range(maxiter + 1):
+        r = residuals(d, x, s, z, y)
+        err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
+        settle(~torch.isfinite(err), Status.NUMERICAL_ERROR)
+        settle(err <= tol, Status.OPTIMAL)
+        if m:
+            settle(_infeasibility_certificate(d, r, z, y, eps_inf), Status.INFEASIBLE)
+        # the one host sync per iteration: worst residual and count of active items
+        worst, count = torch.stack([torch.where(active, err, torch.full_like(err, -1.0)).max(),
+                                    active.sum().to(err.dtype)]).tolist()
+        if it == maxiter or worst < 0:
+            break
+        nw = active.shape[0]
+        if nw >= defaults.IPM_COMPACT_MIN_BATCH and count <= nw // 2:
+            state = (x, s, z, y, status, iters)
+            full = state if full is None else _scatter(full, idx, state)
+            keep = torch.nonzero(active).view(-1)
+            idx = keep if idx is None else idx[keep]
+            d = _take(full_d, idx)
+            x, s, z, y, status, iters = _gather(full, idx)
+            active = torch.ones(idx.shape[0], dtype=torch.bool, device=idx.device)
+            r = residuals(d, x, s, z, y)
+            err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
+            B = idx.shape[0]
+        refine = 0 if worst > defaults.IPM_REFINE_BELOW else refine_steps
+        W = None if m == 0 else z / s
+        f = factor(d, W)
+        if m:
+            # predictor (affine scaling), then Mehrotra's centering corrector
+            dx, ds, dz, dy, prods = _newton(d, f, r, z, refine)
+            a = _max_step(s, z, ds, dz, 1.0)
+            mu = (r.sz / m).view(-1, 1, 1)
+            mu_aff = ((s + a * ds) * (z + a * dz)).sum(dim=(1, 2), keepdim=True) / m
+            sigma = (mu_aff / mu).clamp(0.0, 1.0) ** 3
+            # floor the centering target a decade below the gap tolerance:
+            # pushing s'z further only worsens the conditioning of W
+            floor = (0.1 * tol / m) * r.obj_scale.view(-1, 1, 1)
+            rc_over_s = (s * z + ds * dz - torch.maximum(sigma * mu, floor)) / s
+            dx, ds, dz, dy, prods = _newton(d, f, r, rc_over_s, refine)
+            a = _max_step(s, z, ds, dz, _STEP_FRACTION)
+        else:
+            dx, ds, dz, dy, prods = _newton(d, f, r, None, refine)
+            a = torch.ones(B, 1, 1, dtype=dtype, device=d.Q.device)
+        finite = torch.isfinite(dx).all(dim=1).view(-1)
+        unb = _unbounded_certificate(d, dx, prods, eps_inf)
+        settle(unb & finite, Status.UNBOUNDED)
+        broken = ~(f.ok & finite)
+        settle(broken & (err <= loose), Status.OPTIMAL_INACCURATE)
+        settle(broken, Status.NUMERICAL_ERROR)
+        act = active.view(-1, 1, 1)
+        x = torch.where(act, torch.addcmul(x, a, dx), x)
+        y = _where(act, None if y is None else torch.addcmul(y, a, dy), y)
+        if m:
+            s = torch.where(act, torch.addcmul(s, a, ds), s)
+            z = torch.where(act, torch.addcmul(z, a, dz), z)
+        iters = iters + active.to(iters.dtype)
+
+    if full is not None:
+        x, s, z, y, status, iters = _scatter(full, idx, (x, s, z, y, status, iters))
+        active = _scatter_mask(full_d.Q.shape[0], idx, active)
+        d = full_d
+    r = residuals(d, x, s, z, y)
+    err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
+    # polish: solve the KKT system of the active set J = {z > s} exactly (the
+    # factorization is the one the backward pass needs anyway) and keep the
+    # polished point for the items where its KKT residual is not worse
+    fac = split_factor(d, s, z)
+    solved = (status == int(Status.OPTIMAL)) | (status == int(Status.OPTIMAL_INACCURATE)) \
+        | (status == int(Status.MAX_ITER))
+    px, pz, py = split_solve(d, fac, -d.p, d.h, d.b, refine=defaults.IPM_BACKWARD_REFINE_STEPS)
+    ps = None
+    if m:
+        pz = pz.clamp(min=0.0)
+        ps = (d.h - d.G @ px).clamp(min=0.0)
+    pr = residuals(d, px, ps, pz, py)
+    perr = torch.maximum(torch.maximum(pr.dres, pr.pres), pr.gap)
+    better = solved & (perr <= err) & fac.ok
+    b3 = better.view(-1, 1, 1)
+    x = torch.where(b3, px, x)
+    y = _where(b3, py, y)
+    if m:
+        s = torch.where(b3, ps, s)
+        z = torch.where(b3, pz, z)
+    r = residuals(d, x, s, z, y)
+    err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
+    promote = (status == int(Status.OPTIMAL_INACCURATE)) & (err <= tol)
+    status = torch.where(promote, code[Status.OPTIMAL], status)
+    # independent check of what is returned: OPTIMAL only if the KKT residuals
+    # recomputed from the data at the returned point pass tol.
+    optimal = status == int(Status.OPTIMAL)
+    status = torch.where(optimal & ~(err <= tol), code[Status.OPTIMAL_INACCURATE], status)
+    status = torch.where(active & (err <= loose), code[Status.OPTIMAL_INACCURATE], status)
+    if not want_factor:
+        fac = None
+    return Result(x, y, z, s, status, iters, r.pres, r.dres, r.gap, fac)
+
+
+# --------------------------------------------------------------------------
+# the factorization kept for the backward pass
+# --------------------------------------------------------------------------
+#
+# Near a solution, W = z / s is huge (~1e12) for active constraints and tiny
+# for inactive ones, so the reduced operator Q + G'WG gives derivatives only to
+# about 1e-6. The backward pass instead takes the active set J = {i : z_i > s_i}
+# at the returned point and solves the KKT system of its limit (the derivative
+# of the solution map wherever strict complementarity holds):
+#
+#     [ Q    G_J'  A' ] [dx  ]   [a1  ]
+#     [ G_J  0     0  ] [dz_J] = [a3_J]       dz_i = 0 for i not in J
+#     [ A    0     0  ] [dy  ]   [a2  ]
+#
+# by the Schur complement of C = [G_J; A] in Hc = Q + G_J'G_J + rho A'A (the
+# added terms vanish on the solution since G_J dx = a3_J and A dx = a2). Rows
+# not in J are kept as dummies (zero row, unit diagonal, zero right side) so
+# that every item has the same shape.
+
+
+class SplitFactor(NamedTuple):
+    L: Tensor              # (B, n, n) Cholesky of Hc + rho A'A + reg
+    Ls: Tensor | None      # (B, k, k) Cholesky of C Hc^-1 C' + E, k = m + me
+    HinvCt: Tensor | None  # (B, n, k)
+    C: Tensor | None       # (B, k, n) = [J * G; A]
+    E: Tensor | None       # (B, k, 1): 0 on J and A rows, 1 on dummy rows
+    c: Tensor | None       # (B, m, 1) = 1.0 on J, else 0.0
+    J: Tensor | None       # (B, m, 1) bool, z > s
+    D: Tensor | None       # (B, m, 1) zeros (kept for the saved-tensor layout)
+    ok: Tensor             # (B,) bool
+
+
+def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
+    """Factor the active-set KKT system above at the point ``(s, z)``."""
+    QA = d.Q if d.AtA is None else d.AtA
+    C = E = c = J = D = None
+    if d.G is not None:
+        J = z > s
+        c = J.to(z.dtype)
+        D = torch.zeros_like(z)
+        H = torch.baddbmm(QA, d.Gt * c.transpose(1, 2), d.G)
+        GJ = d.G * J
+        EJ = 1.0 - c
+        C, E = GJ, EJ
+        if d.A is not None:
+            C = torch.cat([GJ, d.A], dim=1)
+            E = torch.cat([EJ, torch.zeros_like(d.b)], dim=1)
+    else:
+        H = QA.clone()
+        if d.A is not None:
+            C, E = d.A, torch.zeros_like(d.b)
+    diag = H.diagonal(dim1=1, dim2=2)
+    diag.add_(diag.abs() * d.reg_rel + d.reg_abs)
+    L, info = torch.linalg.cholesky_ex(H)
+    ok = info == 0
+    Ls = HinvCt = None
+    if C is not None:
+        HinvCt = _chol_solve(L, C.transpose(1, 2))
+        S = C @ HinvCt
+        S = S + torch.diag_embed(E.squeeze(-1))
+        sdiag = S.diagonal(dim1=1, dim2=2)
+        sdiag.add_(sdiag.abs() * d.reg_rel + d.reg_abs * d.reg_rel)
+        Ls, info_s = torch.linalg.cholesky_ex(S)
+        ok = ok & (info_s == 0)
+    return SplitFactor(L, Ls, HinvCt, C, E, c, J, D, ok)
+
+
+def _split_once(d: Data, f: SplitFactor, a1, a3, a2):
+    m = 0 if d.G is None else d.G.shape[1]
+    r1 = a1
+    if d.G is not None:
+        r1 = torch.baddbmm(r1, d.Gt, f.c * a3)        # + G'c a3
+    if d.A is not None:
+        r1 = torch.baddbmm(r1, d.At, a2, alpha=_RHO)  # + rho A'a2 (A dx = a2)
+    if f.C is None:
+        return _chol_solve(f.L, r1), None, None
+    parts = []
+    if d.G is not None:
+        parts.append(torch.where(f.J, a3, torch.zeros_like(a3)))
+    if d.A is not None:
+        parts.append(a2)
+    rc = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    u0 = _chol_solve(f.L, r1)
+    lam = _chol_solve(f.Ls, torch.baddbmm(-rc, f.C, u0))
+    dx = torch.baddbmm(u0, f.HinvCt, lam, alpha=-1.0)
+    dz = dy = None
+    if d.G is not None:
+        dz = f.c * (d.G @ dx - a3) + torch.where(f.J, lam[:, :m], torch.zeros_like(a3))
+    if d.A is not None:
+        dy = lam[:, m:]
+    return dx, dz, dy
+
+
+def split_solve(d: Data, f: SplitFactor, a1, a3, a2, refine: int):
+    """Solve the active-set KKT system (see the comment above) for ``(dx, dz, dy)``."""
+    dx, dz, dy = _split_once(d, f, a1, a3, a2)
+    for _ in range(refine):
+        Qu, Gu, Au = split(d, dx)
+        e1 = a1 - Qu
+        if d.KT is not None:
+            e1 = e1 - dual_product(d, dz, dy)
+        e3 = None if d.G is None else torch.where(f.J, a3 - Gu, torch.zeros_like(a3))
+        e2 = None if d.A is None else a2 - Au
+        ddx, ddz, ddy = _split_once(d, f, e1, e3, e2)
+        dx = dx + ddx
+        dz = None if dz is None else dz + ddz
+        dy = None if dy is None else dy + ddy
+    return dx, dz, dy

@@ -1,0 +1,385 @@
+"""Batched, differentiable quadratic programs: a primal-dual interior point method.
+
+Solves, for every item of a batch at once::
+
+    minimize    1/2 x'Qx + p'x
+    subject to  Gx <= h          (dual z >= 0, slack s = h - Gx >= 0)
+                Ax  = b          (dual y)
+
+with Q symmetric positive semidefinite (zero for LPs); either constraint block
+may be absent. The forward pass is Mehrotra's predictor-corrector on the
+reduced (normal-equation) KKT system with batched Cholesky factorizations;
+items that converge are frozen while the others continue, and the final point
+is polished by an exact solve on its active set. Infeasibility and
+unboundedness are reported only when a Farkas certificate passes an explicit
+check, and OPTIMAL only when the KKT residuals recomputed from the data at the
+returned point are below ``tol``.
+
+The backward pass differentiates the KKT conditions (OptNet; Blondel et al.,
+Table 1, KKT map) and reuses the factorization of the reduced KKT operator at
+the returned point, computed once at the end of the forward pass; it does no
+factorization of its own.
+
+Which derivative is returned: the backward pass takes the active set
+``J = {i : z_i > s_i}`` at the returned point and differentiates the KKT
+system of that active set (constraints in J held as equalities, the others
+dropped, their multipliers' derivatives zero). Wherever strict
+complementarity holds this is the derivative of the solution map. At a weakly
+active constraint (``z_i = s_i = 0``) the map has only one-sided derivatives;
+the one returned treats the constraint as active or inactive according to
+``z_i > s_i`` at the final iterate -- finite, never NaN, and one of the
+one-sided derivatives. Where the active-set system is singular (degenerate
+LPs, dependent active constraints) a tiny diagonal regularization picks a
+solution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from optlayer import defaults
+from optlayer.errors import BindingError, report_status
+from optlayer.solvers import _qp_ipm as ipm
+from optlayer.status import Status, check_on_failure, failed_mask
+
+__all__ = ["QPSolution", "KKTSolution", "QPState", "OptStep", "solve_qp", "InteriorPointQP"]
+
+
+class QPSolution(NamedTuple):
+    """Result of :func:`solve_qp`; every field has the batch shape in front.
+
+    Attributes:
+        x: primal solution, ``(..., n)``.
+        eq_dual: multipliers ``y`` of ``Ax = b``, ``(..., me)`` (None without A).
+        ineq_dual: multipliers ``z >= 0`` of ``Gx <= h``, ``(..., m)`` (None without G).
+        slack: ``s = h - Gx >= 0``, ``(..., m)`` (None without G).
+        status: :class:`~optlayer.status.Status` codes, ``torch.int8``.
+        iter_num: interior point iterations taken per item.
+        error: ``max(primal_residual, dual_residual, gap)`` per item.
+        primal_residual: ``max(|Ax - b|, |Gx + s - h|)``, normalized.
+        dual_residual: ``|Qx + p + G'z + A'y|_inf``, normalized.
+        gap: ``s'z / max(1, |objective|)``.
+    """
+
+    x: Tensor
+    eq_dual: Tensor | None
+    ineq_dual: Tensor | None
+    slack: Tensor | None
+    status: Tensor
+    iter_num: Tensor
+    error: Tensor
+    primal_residual: Tensor
+    dual_residual: Tensor
+    gap: Tensor
+
+
+class KKTSolution(NamedTuple):
+    """Primal and dual variables, as in JAXopt's QP solvers."""
+
+    primal: Tensor
+    dual_eq: Tensor | None
+    dual_ineq: Tensor | None
+
+
+class QPState(NamedTuple):
+    """State of :class:`InteriorPointQP`; starts with ``iter_num, error, status``."""
+
+    iter_num: Tensor
+    error: Tensor
+    status: Tensor
+    slack: Tensor | None
+    primal_residual: Tensor
+    dual_residual: Tensor
+    gap: Tensor
+
+
+class OptStep(NamedTuple):
+    """``(params, state)`` as returned by every ``Solver.run``."""
+
+    params: Any
+    state: Any
+
+
+# --------------------------------------------------------------------------
+# input checking
+# --------------------------------------------------------------------------
+
+_NAMES = ("Q", "p", "G", "h", "A", "b")
+
+
+def _check_inputs(Q, p, G, h, A, b):
+    given = dict(zip(_NAMES, (Q, p, G, h, A, b), strict=True))
+    for name, t in given.items():
+        if t is not None and not isinstance(t, Tensor):
+            raise BindingError(
+                f"solve_qp: {name} must be a torch.Tensor, got {type(t).__name__}",
+                parameter=name, hint=f"wrap it: torch.as_tensor({name}, dtype=torch.float64)")
+    for a, c in (("G", "h"), ("A", "b")):
+        if (given[a] is None) != (given[c] is None):
+            have, miss = (a, c) if given[c] is None else (c, a)
+            raise BindingError(f"solve_qp: {have} is given but {miss} is not",
+                               parameter=miss, hint=f"pass both {a} and {c}, or neither")
+    tensors = {k: t for k, t in given.items() if t is not None}
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise BindingError(f"solve_qp: {name} has dtype {t.dtype}; a floating dtype is needed",
+                               parameter=name, hint=f"use {name}.double() or {name}.float()")
+    devices = {t.device for t in tensors.values()}
+    if len(devices) > 1:
+        raise BindingError(
+            "solve_qp: inputs are on different devices: "
+            + ", ".join(f"{k} on {t.device}" for k, t in tensors.items()),
+            hint="move every tensor to one device with .to(device)")
+    if p.dim() < 1:
+        raise BindingError("solve_qp: p must have shape (..., n)", parameter="p")
+    n = p.shape[-1]
+    if Q.dim() < 2 or Q.shape[-2:] != (n, n):
+        raise BindingError(f"solve_qp: Q has shape {tuple(Q.shape)} but p has n = {n}; "
+                           f"Q must be (..., {n}, {n})", parameter="Q")
+    batch = [Q.shape[:-2], p.shape[:-1]]
+    for mat, vec in (("G", "h"), ("A", "b")):
+        M, v = given[mat], given[vec]
+        if M is None:
+            continue
+        if M.dim() < 2 or M.shape[-1] != n:
+            raise BindingError(f"solve_qp: {mat} has shape {tuple(M.shape)}; it must be "
+                               f"(..., rows, {n}) to match p", parameter=mat)
+        if v.dim() < 1 or v.shape[-1] != M.shape[-2]:
+            raise BindingError(f"solve_qp: {vec} has shape {tuple(v.shape)} but {mat} has "
+                               f"{M.shape[-2]} rows; {vec} must be (..., {M.shape[-2]})",
+                               parameter=vec)
+        batch += [M.shape[:-2], v.shape[:-1]]
+    try:
+        bshape = torch.broadcast_shapes(*batch)
+    except RuntimeError:
+        raise BindingError(
+            "solve_qp: batch shapes do not broadcast: "
+            + ", ".join(f"{k} {tuple(t.shape)}" for k, t in tensors.items()),
+            hint="give every parameter the same leading batch shape, or none") from None
+    dtype = tensors["Q"].dtype
+    for t in tensors.values():
+        dtype = torch.promote_types(dtype, t.dtype)
+    return bshape, n, dtype
+
+
+def _flat(t: Tensor | None, bshape, core: int, B: int, dtype) -> Tensor | None:
+    if t is None:
+        return None
+    t = t.to(dtype)
+    shape = t.shape[t.dim() - core:]
+    return t.expand(*bshape, *shape).reshape(B, *shape)
+
+
+# --------------------------------------------------------------------------
+# the differentiable solve
+# --------------------------------------------------------------------------
+
+class _QPFunction(torch.autograd.Function):
+    """Inputs (B, ...) tensors; outputs x, y, z, s (differentiable) + diagnostics."""
+
+    @staticmethod
+    def forward(ctx, Q, p, G, h, A, b, finite, tol, maxiter):
+        d = ipm.make_data(Q, p, G, h, A, b)
+        want = any(ctx.needs_input_grad[:6])
+        res = ipm.run_ipm(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
+        x = res.x.squeeze(-1)
+        y = None if res.y is None else res.y.squeeze(-1)
+        z = None if res.z is None else res.z.squeeze(-1)
+        s = None if res.s is None else res.s.squeeze(-1)
+        status = torch.where(finite, res.status,
+                             torch.full_like(res.status, int(Status.NONFINITE_INPUT)))
+        if want:
+            f = res.factor
+            ctx.save_for_backward(Q, G, A, res.x, res.y, res.z, f.L, f.Ls, f.HinvCt, f.C, f.E,
+                                  f.c, f.J, f.D, finite & f.ok)
+            ctx.reg = (d.reg_abs, d.reg_rel)
+        outs = (x, y, z, s, status, res.iter_num, res.primal_residual, res.dual_residual,
+                res.gap)
+        ctx.mark_non_differentiable(*outs[4:])
+        return outs
+
+    @staticmethod
+    def backward(ctx, gx, gy, gz, gs, *unused):
+        Q, G, A, x, y, z, L, Ls, HinvCt, C, E, c, J, D, ok = ctx.saved_tensors
+        reg_abs, reg_rel = ctx.reg
+        AtA = None if A is None else torch.baddbmm(Q, A.transpose(1, 2), A, alpha=ipm._RHO)
+        d = ipm.pack(Q, None, G, None, A, None, AtA, reg_abs, reg_rel)
+        f = ipm.SplitFactor(L, Ls, HinvCt, C, E, c, J, D, ok)
+        a1 = torch.zeros_like(x) if gx is None else gx.unsqueeze(-1)
+        a3 = vs = a2 = None
+        if G is not None:
+            a3 = torch.zeros_like(z) if gz is None else gz.unsqueeze(-1)
+            if gs is not None:
+                vs = gs.unsqueeze(-1)
+                a1 = a1 - d.Gt @ vs          # s = h - Gx
+        if A is not None:
+            a2 = torch.zeros_like(y) if gy is None else gy.unsqueeze(-1)
+        u, zeta, w = ipm.split_solve(d, f, a1, a3, a2,
+                                     refine=defaults.IPM_BACKWARD_REFINE_STEPS)
+        # items whose factorization failed or whose data was not finite: zero gradient
+        good = ok & torch.isfinite(u).all(dim=(1, 2))
+        for t in (zeta, w):
+            if t is not None:
+                good = good & torch.isfinite(t).all(dim=(1, 2))
+        g3 = good.view(-1, 1, 1)
+
+        def keep(t):
+            return None if t is None else torch.where(g3, t, torch.zeros_like(t))
+
+        u, zeta, w, xs, ys, zs, vs = map(keep, (u, zeta, w, x, y, z, vs))
+        ut, xt = u.transpose(1, 2), xs.transpose(1, 2)
+        gQ = -0.5 * (u @ xt + xs @ ut)
+        gp = -u.squeeze(-1)
+        gG = gh = gA = gb = None
+        if G is not None:
+            gG = -(zs @ ut) - zeta @ xt
+            gh = zeta
+            if vs is not None:
+                gG = gG - vs @ xt
+                gh = gh + vs
+            gh = gh.squeeze(-1)
+        if A is not None:
+            gA = -(ys @ ut) - w @ xt
+            gb = w.squeeze(-1)
+        return gQ, gp, gG, gh, gA, gb, None, None, None
+
+
+def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = None,
+             A: Tensor | None = None, b: Tensor | None = None, *, tol: float | None = None,
+             maxiter: int | None = None, on_failure: str = "warn") -> QPSolution:
+    """Solve a batch of convex QPs and return primal, duals, slacks and a status each.
+
+    ``minimize 1/2 x'Qx + p'x  s.t.  Gx <= h,  Ax = b``. Shapes: ``Q (..., n, n)``,
+    ``p (..., n)``, ``G (..., m, n)``, ``h (..., m)``, ``A (..., me, n)``,
+    ``b (..., me)``; the leading batch shapes broadcast (an unbatched G is
+    shared by every item, and its gradient is summed over the batch). ``Q`` is
+    used through its symmetric part ``(Q + Q')/2`` and must be PSD.
+
+    At a returned OPTIMAL point the KKT conditions hold to ``tol`` (relative):
+    ``Qx + p + G'z + A'y = 0``, ``Ax = b``, ``Gx + s = h``, ``s, z >= 0`` and
+    ``s'z = 0``. The result is differentiable in every input (implicit
+    differentiation of the KKT conditions; see the module docstring).
+
+    Args:
+        Q, p, G, h, A, b: the problem data; G/h and A/b are optional pairs.
+        tol: relative KKT tolerance (default ``defaults.tol(dtype)``).
+        maxiter: iteration cap (default ``defaults.MAXITER["interior_point"]``).
+        on_failure: ``"raise"`` (:class:`~optlayer.errors.SolverError`),
+            ``"warn"`` (:class:`~optlayer.status.OptimizationWarning`),
+            ``"mask"`` (NaN rows and zero gradient for items not OPTIMAL) or
+            ``"ignore"``.
+
+    Returns:
+        :class:`QPSolution`.
+
+    Raises:
+        BindingError: inputs of the wrong type, dtype, device or shape.
+        SolverError: some item is not OPTIMAL and ``on_failure="raise"``.
+
+    Example:
+        >>> import torch
+        >>> Q = torch.eye(2, dtype=torch.float64); p = -torch.ones(2, dtype=torch.float64)
+        >>> G = torch.eye(2, dtype=torch.float64); h = torch.tensor([0.5, 2.0], dtype=torch.float64)
+        >>> sol = solve_qp(Q, p, G, h)
+        >>> [round(v, 6) for v in sol.x.tolist()], int(sol.status)
+        ([0.5, 1.0], 0)
+    """
+    check_on_failure(on_failure)
+    bshape, n, dtype = _check_inputs(Q, p, G, h, A, b)
+    if G is not None and G.shape[-2] == 0:
+        G = h = None
+    if A is not None and A.shape[-2] == 0:
+        A = b = None
+    tol = defaults.tol(dtype) if tol is None else float(tol)
+    maxiter = defaults.MAXITER["interior_point"] if maxiter is None else int(maxiter)
+    if tol <= 0 or maxiter < 0:
+        raise ValueError(f"solve_qp: need tol > 0 and maxiter >= 0; got tol={tol}, "
+                         f"maxiter={maxiter}")
+    B = 1
+    for k in bshape:
+        B *= k
+    Qf = _flat(Q, bshape, 2, B, dtype)
+    Qf = 0.5 * (Qf + Qf.transpose(1, 2))
+    args = [Qf, _flat(p, bshape, 1, B, dtype), _flat(G, bshape, 2, B, dtype),
+            _flat(h, bshape, 1, B, dtype), _flat(A, bshape, 2, B, dtype),
+            _flat(b, bshape, 1, B, dtype)]
+    finite = torch.ones(B, dtype=torch.bool, device=Qf.device)
+    for t in args:
+        if t is not None:
+            finite = finite & torch.isfinite(t).reshape(B, -1).all(dim=1)
+    clean = [None if t is None else
+             torch.where(finite.view(-1, *([1] * (t.dim() - 1))), t, torch.zeros_like(t))
+             for t in args]
+    out = _QPFunction.apply(*clean, finite, tol, maxiter)
+    x, y, z, s, status, iters, pres, dres, gap = out
+    if not finite.all():
+        nanrow = (~finite).view(-1, 1)
+        x = torch.where(nanrow, torch.full_like(x, float("nan")), x)
+    if on_failure == "mask":
+        bad = failed_mask(status).view(-1, 1)
+        nan = float("nan")
+        x, y, z, s = (None if t is None else torch.where(bad, torch.full_like(t, nan), t)
+                      for t in (x, y, z, s))
+    err = torch.maximum(torch.maximum(pres, dres), gap)
+
+    def shape(t, tail=()):
+        return None if t is None else t.reshape(tuple(bshape) + tuple(tail))
+
+    m = 0 if G is None else G.shape[-2]
+    me = 0 if A is None else A.shape[-2]
+    sol = QPSolution(shape(x, (n,)), shape(y, (me,)), shape(z, (m,)), shape(s, (m,)),
+                     shape(status), shape(iters), shape(err), shape(pres), shape(dres),
+                     shape(gap))
+    report_status(sol.status, on_failure, "solve_qp")
+    return sol
+
+
+@dataclass
+class InteriorPointQP:
+    """JAXopt-style QP solver: ``run(...) -> OptStep(KKTSolution, QPState)``.
+
+    Attributes:
+        tol: relative KKT tolerance (default per dtype from :mod:`optlayer.defaults`).
+        maxiter: iteration cap.
+        on_failure: ``"raise" | "warn" | "mask" | "ignore"``.
+        implicit_diff: must be True (gradients come from the KKT conditions;
+            unrolling the interior point iterations is not offered).
+
+    Example:
+        >>> import torch
+        >>> Q = torch.eye(2, dtype=torch.float64); p = torch.zeros(2, dtype=torch.float64)
+        >>> A = torch.ones(1, 2, dtype=torch.float64); b = torch.ones(1, dtype=torch.float64)
+        >>> sol, state = InteriorPointQP().run(params_obj=(Q, p), params_eq=(A, b))
+        >>> sol.primal.tolist(), int(state.status)
+        ([0.5, 0.5], 0)
+    """
+
+    tol: float | None = None
+    maxiter: int | None = None
+    on_failure: str = "warn"
+    implicit_diff: bool = True
+
+    def __post_init__(self):
+        check_on_failure(self.on_failure)
+        if not self.implicit_diff:
+            raise ValueError("InteriorPointQP: implicit_diff=False (unrolling) is not "
+                             "supported; gradients come from the KKT conditions")
+
+    def run(self, init=None, params_obj=None, params_eq=None, params_ineq=None) -> OptStep:
+        """Solve; ``init`` is accepted for API parity and ignored (interior point
+        methods start from their own central point)."""
+        if params_obj is None:
+            raise BindingError("InteriorPointQP.run: params_obj=(Q, p) is required",
+                               parameter="params_obj")
+        Q, p = params_obj
+        A, b = (None, None) if params_eq is None else params_eq
+        G, h = (None, None) if params_ineq is None else params_ineq
+        sol = solve_qp(Q, p, G, h, A, b, tol=self.tol, maxiter=self.maxiter,
+                       on_failure=self.on_failure)
+        state = QPState(sol.iter_num, sol.error, sol.status, sol.slack, sol.primal_residual,
+                        sol.dual_residual, sol.gap)
+        return OptStep(KKTSolution(sol.x, sol.eq_dual, sol.ineq_dual), state)

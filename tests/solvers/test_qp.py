@@ -1,0 +1,286 @@
+"""optlayer.solvers.qp: solutions against cvxpy, status honesty, batching, dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from optlayer.errors import BindingError, SolverError
+from optlayer.solvers.qp import InteriorPointQP, solve_qp
+from optlayer.status import OptimizationWarning, Status
+
+cp = pytest.importorskip("cvxpy")
+
+F64 = torch.float64
+
+
+def _t(a):
+    return torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+
+def _random_qp(seed, n, m, me, *, lp=False, rank=None):
+    """A feasible instance: x0 is feasible with slack in (0, 1)."""
+    g = np.random.default_rng(seed)
+    r = n if rank is None else rank
+    M = g.standard_normal((n, r))
+    Q = np.zeros((n, n)) if lp else M @ M.T / n + (1e-2 * np.eye(n) if rank is None else 0)
+    p = g.standard_normal(n)
+    x0 = g.standard_normal(n)
+    G = g.standard_normal((m, n)) if m else None
+    h = G @ x0 + g.uniform(0.1, 1.0, m) if m else None
+    A = g.standard_normal((me, n)) if me else None
+    b = A @ x0 if me else None
+    if lp:  # keep the LP bounded: box constraints on top
+        G = np.vstack([G, np.eye(n), -np.eye(n)]) if m else np.vstack([np.eye(n), -np.eye(n)])
+        h = np.concatenate([h if m else [], x0 + 1.0, 1.0 - x0])
+    return Q, p, G, h, A, b
+
+
+def _degenerate(kind):
+    n = 4
+    Q = np.diag([1.0, 2.0, 3.0, 4.0])
+    p = -np.ones(n)
+    if kind == "redundant-eq":        # the same equality twice, rank-deficient A
+        A = np.array([[1.0, 1.0, 0, 0], [1.0, 1.0, 0, 0], [0, 0, 1.0, 1.0]])
+        return Q, p, -np.eye(n), np.zeros(n), A, np.array([1.0, 1.0, 0.5])
+    if kind == "redundant-ineq":      # each active inequality repeated
+        G = np.vstack([np.eye(n), np.eye(n)])
+        return Q, p, G, np.full(2 * n, 0.2), None, None
+    if kind == "weakly-active":       # minimizer of the objective sits on x1 <= 1
+        return Q, -Q @ np.array([1.0, 0.1, 0.1, 0.1]), np.eye(n)[:1], np.array([1.0]), None, None
+    raise KeyError(kind)
+
+
+def _cvxpy(Q, p, G, h, A, b):
+    n = p.shape[0]
+    x = cp.Variable(n)
+    cons = []
+    if G is not None:
+        cons.append(G @ x <= h)
+    if A is not None:
+        cons.append(A @ x == b)
+    if not Q.any():     # LPs: HiGHS (simplex) is the sharper reference
+        prob = cp.Problem(cp.Minimize(p @ x), cons)
+        prob.solve(solver=cp.HIGHS)
+        return prob.status, x.value, prob.value
+    obj = 0.5 * cp.quad_form(x, cp.psd_wrap(Q)) + p @ x
+    prob = cp.Problem(cp.Minimize(obj), cons)
+    prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12,
+               max_iter=200)
+    return prob.status, x.value, prob.value
+
+
+def _args(inst):
+    return [None if a is None else _t(a) for a in inst]
+
+
+FEASIBLE = {
+    "qp-ineq-eq": lambda: _random_qp(0, 8, 10, 3),
+    "qp-ineq-only": lambda: _random_qp(1, 8, 12, 0),
+    "qp-eq-only": lambda: _random_qp(2, 8, 0, 3),
+    "qp-unconstrained": lambda: _random_qp(3, 6, 0, 0),
+    "qp-psd-rank2": lambda: _random_qp(4, 6, 8, 2, rank=2),
+    "lp-ineq-eq": lambda: _random_qp(5, 6, 4, 2, lp=True),
+    "lp-box": lambda: _random_qp(6, 6, 0, 0, lp=True),
+    "redundant-eq": lambda: _degenerate("redundant-eq"),
+    "redundant-ineq": lambda: _degenerate("redundant-ineq"),
+    "weakly-active": lambda: _degenerate("weakly-active"),
+}
+
+
+@pytest.mark.parametrize("make", FEASIBLE.values(), ids=FEASIBLE.keys())
+def test_feasible_matches_cvxpy(make):
+    inst = make()
+    status, xref, vref = _cvxpy(*inst)
+    assert status == "optimal"
+    sol = solve_qp(*_args(inst), on_failure="raise")
+    assert sol.status.item() == Status.OPTIMAL
+    Q, p = inst[0], inst[1]
+    x = sol.x.numpy()
+    value = 0.5 * x @ Q @ x + p @ x
+    assert abs(value - vref) <= 1e-8 * (1 + abs(vref))
+    if make not in (FEASIBLE["lp-box"], FEASIBLE["lp-ineq-eq"]):
+        # strictly convex on the feasible set: the solution is unique. At a
+        # weakly active constraint (s = z = 0) a KKT residual of tol only pins
+        # x to O(sqrt(tol)) (s, z ~ sqrt(s'z)); elsewhere to O(tol).
+        atol = 3 * 1e-10 ** 0.5 if make is FEASIBLE["weakly-active"] else 1e-7
+        np.testing.assert_allclose(x, xref, atol=atol, rtol=0)
+    # KKT at the returned point, from scratch
+    G, h, A, b = inst[2:]
+    r = Q @ x + p
+    if G is not None:
+        z, s = sol.ineq_dual.numpy(), sol.slack.numpy()
+        assert (z >= 0).all() and (s >= 0).all()
+        np.testing.assert_allclose(G @ x + s, h, atol=1e-9)
+        assert abs(z @ s) <= 1e-8 * (1 + abs(value))
+        r = r + G.T @ z
+    if A is not None:
+        np.testing.assert_allclose(A @ x, b, atol=1e-9)
+        r = r + A.T @ sol.eq_dual.numpy()
+    assert np.abs(r).max() <= 1e-8 * (1 + np.abs(p).max() + np.abs(Q @ x).max())
+
+
+def _infeasible(kind):
+    n = 4
+    I4 = np.eye(n)
+    if kind == "box-contradiction":     # x1 <= -1 and x1 >= 1
+        return I4, np.ones(n), np.vstack([I4[:1], -I4[:1]]), np.array([-1.0, -1.0]), None, None
+    if kind == "simplex-negative-sum":  # x >= 0, sum x = -1
+        return I4, np.ones(n), -I4, np.zeros(n), np.ones((1, n)), np.array([-1.0])
+    if kind == "lp-inconsistent-eq":    # x1 + x2 = 1 and x1 + x2 = 2
+        A = np.array([[1.0, 1, 0, 0], [1.0, 1, 0, 0]])
+        return np.zeros((n, n)), np.ones(n), -I4, np.zeros(n), A, np.array([1.0, 2.0])
+    if kind == "lp-unbounded":          # min -sum x, x >= 0
+        return np.zeros((n, n)), -np.ones(n), -I4, np.zeros(n), None, None
+    if kind == "lp-eq-only-unbounded":
+        return np.zeros((n, n)), np.array([1.0, -2, 0.5, 0]), None, None, np.ones((1, n)), [1.0]
+    if kind == "psd-unbounded":         # flat direction x4 with p4 < 0
+        Q = np.diag([1.0, 1, 1, 0])
+        return Q, np.array([0, 0, 0, -1.0]), -I4[:3], np.ones(3), None, None
+    raise KeyError(kind)
+
+
+BAD = {
+    "box-contradiction": Status.INFEASIBLE,
+    "simplex-negative-sum": Status.INFEASIBLE,
+    "lp-inconsistent-eq": Status.INFEASIBLE,
+    "lp-unbounded": Status.UNBOUNDED,
+    "lp-eq-only-unbounded": Status.UNBOUNDED,
+    "psd-unbounded": Status.UNBOUNDED,
+}
+
+
+@pytest.mark.parametrize("kind", BAD.keys(), ids=BAD.keys())
+def test_infeasible_and_unbounded_are_certified(kind):
+    inst = _infeasible(kind)
+    status, _, _ = _cvxpy(*inst)
+    # cvxpy may add "_inaccurate"; its verdict must agree with the expected one
+    assert status.startswith("infeasible" if BAD[kind] is Status.INFEASIBLE else "unbounded")
+    sol = solve_qp(*_args(inst), on_failure="ignore")
+    assert sol.status.item() == BAD[kind]
+
+
+def test_mixed_batch_solves_the_good_items_exactly():
+    good = _random_qp(7, 4, 0, 0)[:2] + _infeasible("box-contradiction")[2:4]
+    good = (good[0], good[1], good[2], np.array([1.0, 1.0]), None, None)
+    bad = _infeasible("box-contradiction")
+    Q = _t(np.stack([good[0], bad[0], good[0]]))
+    p = _t(np.stack([good[1], bad[1], good[1]]))
+    h = _t(np.stack([good[3], bad[3], good[3]]))
+    p[2, 0] = float("nan")
+    G = _t(good[2])                                     # shared, unbatched
+    sol = solve_qp(Q, p, G, h, on_failure="ignore")
+    assert sol.status.tolist() == [Status.OPTIMAL, Status.INFEASIBLE, Status.NONFINITE_INPUT]
+    alone = solve_qp(_t(good[0]), _t(good[1]), G, _t(good[3]), on_failure="raise")
+    torch.testing.assert_close(sol.x[0], alone.x, atol=1e-12, rtol=0)
+    assert torch.isnan(sol.x[2]).all()
+
+
+def test_batched_equals_loop(monkeypatch):
+    # 10 items of varying difficulty plus one infeasible one: the loop drops
+    # finished items once half are done (compaction), which must not change
+    # any item's result
+    from optlayer.solvers import _qp_ipm
+
+    taken = []
+    real_take = _qp_ipm._take
+    monkeypatch.setattr(_qp_ipm, "_take", lambda d, idx: taken.append(idx) or real_take(d, idx))
+    insts = [_random_qp(10 + i, 5, 6, 2) for i in range(10)]
+    Q, p, G, h, A, b = (np.stack([inst[k] for inst in insts]) for k in range(6))
+    h[3, :] = -10.0 - np.abs(G[3]).sum(axis=1) * 10   # item 3 made infeasible...
+    G[3, 1] = -G[3, 0]                                 # ...(G0 x <= -c, -G0 x <= -c)
+    h[3, 1] = h[3, 0]
+    stacked = [_t(a) for a in (Q, p, G, h, A, b)]
+    sol = solve_qp(*stacked, on_failure="ignore")
+    assert taken, "the test batch should exercise compaction"
+    for i in range(10):
+        one = solve_qp(*[a[i] for a in stacked], on_failure="ignore")
+        assert sol.status[i] == one.status
+        assert sol.iter_num[i] == one.iter_num
+        if i == 3:
+            assert one.status.item() == Status.INFEASIBLE
+            continue
+        torch.testing.assert_close(sol.x[i], one.x, atol=1e-10, rtol=0)
+        torch.testing.assert_close(sol.ineq_dual[i], one.ineq_dual, atol=1e-9, rtol=0)
+        torch.testing.assert_close(sol.eq_dual[i], one.eq_dual, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["qp-ineq-eq", "lp-ineq-eq", "qp-eq-only"])
+def test_float32_within_1e4_of_float64(name):
+    args = _args(FEASIBLE[name]())
+    s64 = solve_qp(*args, on_failure="raise")
+    s32 = solve_qp(*[None if a is None else a.float() for a in args], on_failure="raise")
+    assert s32.x.dtype == torch.float32
+    assert s32.status.item() == Status.OPTIMAL
+    assert (s32.x.double() - s64.x).abs().max() <= 1e-4
+
+
+def test_extra_batch_dims_and_broadcasting():
+    Q, p, G, h, A, b = _args(_random_qp(20, 4, 5, 1))
+    pb = p.expand(2, 3, 4) + 0.1 * torch.arange(6, dtype=F64).view(2, 3, 1)
+    sol = solve_qp(Q, pb, G, h, A, b, on_failure="raise")
+    assert sol.x.shape == (2, 3, 4) and sol.status.shape == (2, 3)
+    one = solve_qp(Q, pb[1, 2], G, h, A, b, on_failure="raise")
+    torch.testing.assert_close(sol.x[1, 2], one.x, atol=1e-10, rtol=0)
+
+
+def test_policies():
+    inst = _infeasible("box-contradiction")
+    Q = _t(np.stack([inst[0], inst[0]]))
+    p = _t(np.stack([inst[1], inst[1]]))
+    h = _t(np.stack([[1.0, 1.0], inst[3]]))
+    G = _t(inst[2])
+    with pytest.raises(SolverError) as info:
+        solve_qp(Q, p, G, h, on_failure="raise")
+    assert info.value.indices == [1] and "INFEASIBLE" in str(info.value)
+    with pytest.warns(OptimizationWarning, match="INFEASIBLE at batch index 1"):
+        solve_qp(Q, p, G, h, on_failure="warn")
+    ignored = solve_qp(Q, p, G, h, on_failure="ignore")
+    assert torch.isfinite(ignored.x[0]).all()
+    pr = p.clone().requires_grad_()
+    masked = solve_qp(Q, pr, G, h, on_failure="mask")
+    assert torch.isnan(masked.x[1]).all() and torch.isnan(masked.ineq_dual[1]).all()
+    assert torch.isfinite(masked.x[0]).all()
+    masked.x[0].sum().backward()
+    assert torch.isfinite(pr.grad).all() and (pr.grad[1] == 0).all()
+    with pytest.raises(ValueError, match="on_failure"):
+        solve_qp(Q, p, G, h, on_failure="explode")
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(h=None), "G is given but h is not"),
+        (dict(G=torch.ones(2, 3, dtype=F64)), r"G has shape \(2, 3\)"),
+        (dict(p=torch.ones(4, dtype=torch.int64)), "floating dtype"),
+        (dict(Q=torch.eye(4, dtype=F64).expand(2, 4, 4)), "batch shapes do not broadcast"),
+        (dict(Q=[[1.0]]), "must be a torch.Tensor"),
+    ],
+    ids=["missing-h", "G-columns", "int-dtype", "batch-mismatch", "not-a-tensor"],
+)
+def test_bad_inputs_raise_binding_error(bad, match):
+    args = dict(Q=torch.eye(4, dtype=F64), p=torch.ones(4, dtype=F64),
+                G=torch.ones(2, 4, dtype=F64), h=torch.ones(3, 2, dtype=F64))
+    args.update(bad)
+    with pytest.raises(BindingError, match=match):
+        solve_qp(**args)
+
+
+def test_interior_point_qp_run_matches_solve_qp():
+    Q, p, G, h, A, b = _args(_random_qp(30, 5, 6, 2))
+    sol, state = InteriorPointQP(on_failure="raise").run(
+        params_obj=(Q, p), params_eq=(A, b), params_ineq=(G, h))
+    ref = solve_qp(Q, p, G, h, A, b)
+    torch.testing.assert_close(sol.primal, ref.x)
+    torch.testing.assert_close(sol.dual_eq, ref.eq_dual)
+    torch.testing.assert_close(sol.dual_ineq, ref.ineq_dual)
+    assert state.status.item() == Status.OPTIMAL and state.error.item() <= 1e-10
+    assert state.iter_num.item() == ref.iter_num.item() > 0
+
+
+def test_maxiter_is_reported_not_optimal():
+    args = _args(_random_qp(31, 6, 8, 2))
+    sol = solve_qp(*args, maxiter=2, on_failure="ignore")
+    assert sol.status.item() in (Status.MAX_ITER, Status.OPTIMAL_INACCURATE)
+    assert sol.iter_num.item() == 2
