@@ -24,6 +24,15 @@ def _call(fun, z, params):
     return fun(z) if params is None else fun(z, params)
 
 
+def _empty(dual) -> bool:
+    return dual is None or (isinstance(dual, torch.Tensor) and dual.shape[-1:] == (0,))
+
+
+def _absent(dual):
+    """Residual of an absent block: None, or an empty tensor for an empty dual."""
+    return None if dual is None else torch.zeros_like(dual)
+
+
 def kkt(fun, eq_fun=None, ineq_fun=None):
     """KKT root map of ``min f(z) s.t. G(z) ≤ 0, H(z) = 0`` (JAXopt's ``make_kkt_optimality_fun``).
 
@@ -36,7 +45,9 @@ def kkt(fun, eq_fun=None, ineq_fun=None):
     Returns:
         ``F(x, params_obj=None, params_eq=None, params_ineq=None)`` where
         ``x = (z, nu, lam)`` (``nu``/``lam`` are None for an absent block); it
-        returns ``(∇f + ∂Gᵀλ + ∂Hᵀν, H(z), λ∘G(z))`` with None for absent blocks.
+        returns ``(∇f + ∂Gᵀλ + ∂Hᵀν, H(z), λ∘G(z))`` with None for absent blocks
+        (an absent block may also carry an empty dual of shape ``(*batch, 0)``,
+        whose residual is then an empty tensor, so that every leaf is a tensor).
 
     Raises:
         OptTypeError: a dual block is given for an absent constraint function or
@@ -59,6 +70,8 @@ def kkt(fun, eq_fun=None, ineq_fun=None):
             )
         z, nu, lam = x
         for name, dual, cfun in (("dual_eq", nu, eq_fun), ("dual_ineq", lam, ineq_fun)):
+            if cfun is None and _empty(dual):
+                continue
             if (dual is None) != (cfun is None):
                 have = "given" if dual is not None else "missing"
                 raise OptTypeError(
@@ -75,8 +88,8 @@ def kkt(fun, eq_fun=None, ineq_fun=None):
             return val
 
         stat = torch.func.grad(lagrangian)(z)
-        eq = None if eq_fun is None else _call(eq_fun, z, params_eq)
-        comp = None if ineq_fun is None else lam * _call(ineq_fun, z, params_ineq)
+        eq = _absent(nu) if eq_fun is None else _call(eq_fun, z, params_eq)
+        comp = _absent(lam) if ineq_fun is None else lam * _call(ineq_fun, z, params_ineq)
         return stat, eq, comp
 
     return F

@@ -1,1 +1,32 @@
-"""optlayer.solvers (see DESIGN.md section 4)."""
+"""optlayer.solvers: JAXopt-style iterative solvers with implicit differentiation.
+
+Each solver is a dataclass with ``init_state / update / run(init, *args) ->
+OptStep(params, state)``; the state starts with ``iter_num, error, status``
+(batch shaped); ``implicit_diff=True`` differentiates by ``custom_root`` on the
+solver's ``optimality_fun``. See docs/solvers.md.
+"""
+
+from optlayer.solvers._base import IterativeSolver, OptStep
+from optlayer.solvers.mirror_descent import MirrorDescent, MirrorDescentState
+from optlayer.solvers.newton import LBFGS, LBFGSState, Newton, NewtonState
+from optlayer.solvers.proximal_gradient import (
+    GradientDescent,
+    ProjectedGradient,
+    ProxGradState,
+    ProximalGradient,
+)
+
+__all__ = [
+    "GradientDescent",
+    "IterativeSolver",
+    "LBFGS",
+    "LBFGSState",
+    "MirrorDescent",
+    "MirrorDescentState",
+    "Newton",
+    "NewtonState",
+    "OptStep",
+    "ProjectedGradient",
+    "ProxGradState",
+    "ProximalGradient",
+]
