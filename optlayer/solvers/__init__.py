@@ -7,6 +7,13 @@ solver's ``optimality_fun``. See docs/solvers.md.
 """
 
 from optlayer.solvers._base import IterativeSolver, OptStep
+from optlayer.solvers.fixed_point import (
+    AndersonAcceleration,
+    AndersonState,
+    FixedPointIteration,
+    FixedPointState,
+)
+from optlayer.solvers.interior_point import ConvexInteriorPoint, InteriorPointState
 from optlayer.solvers.mirror_descent import MirrorDescent, MirrorDescentState
 from optlayer.solvers.newton import LBFGS, LBFGSState, Newton, NewtonState
 from optlayer.solvers.proximal_gradient import (
@@ -17,7 +24,13 @@ from optlayer.solvers.proximal_gradient import (
 )
 
 __all__ = [
+    "AndersonAcceleration",
+    "AndersonState",
+    "ConvexInteriorPoint",
+    "FixedPointIteration",
+    "FixedPointState",
     "GradientDescent",
+    "InteriorPointState",
     "IterativeSolver",
     "LBFGS",
     "LBFGSState",

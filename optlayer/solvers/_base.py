@@ -143,30 +143,33 @@ def _finite_rows(tree, batch: torch.Size, device) -> torch.Tensor:
     return ok
 
 
-def block_diagonal_solve(sol_template, batch: torch.Size):
+def block_diagonal_solve(sol_template):
     """A linear solve for ``custom_root`` that exploits independent batch items.
 
-    ``custom_root`` packs the solution leaves ``(*batch, n_i)`` into one flat
+    ``sol_template`` is the solution (or a function returning it, read when the
+    solve runs). ``custom_root`` packs the solution leaves ``(*batch, n_i)`` into one flat
     vector, so its Jacobian is block diagonal with one ``N x N`` block per
     item (``N = Σ n_i``). This solve regroups the flat vector as ``(B, N)`` and
     calls the dense batched LU of :mod:`optlayer.linalg` (``N`` matvecs in
     one ``vmap`` instead of ``B·N``).
     """
-    leaves = flatten(sol_template)[0]
-    ns = [leaf.shape[-1] for leaf in leaves]
-    sizes = [leaf.numel() for leaf in leaves]
-    B = math.prod(batch)
-
-    def to_blocks(v):
-        parts = torch.split(v, sizes, dim=-1)
-        return torch.cat([p.reshape(B, n) for p, n in zip(parts, ns, strict=True)], -1)
-
-    def from_blocks(V):
-        parts = torch.split(V, ns, dim=-1)
-        return torch.cat([p.reshape(-1) for p in parts], -1)
 
     def solve(matvec, b, **options):
-        if b.ndim != 1 or b.shape[0] != sum(sizes):  # unexpected layout: no regrouping
+        template = sol_template() if callable(sol_template) else sol_template
+        leaves = flatten(template)[0]
+        ns = [leaf.shape[-1] for leaf in leaves]
+        sizes = [leaf.numel() for leaf in leaves]
+        B = math.prod(batch_shape_of(template))
+
+        def to_blocks(v):
+            parts = torch.split(v, sizes, dim=-1)
+            return torch.cat([p.reshape(B, n) for p, n in zip(parts, ns, strict=True)], -1)
+
+        def from_blocks(V):
+            parts = torch.split(V, ns, dim=-1)
+            return torch.cat([p.reshape(-1) for p in parts], -1)
+
+        if b.ndim != 1 or b.shape[0] != sum(sizes) or B <= 1:  # no regrouping to do
             return solve_lu(matvec, b, **options)
         x = solve_lu(lambda V: to_blocks(matvec(from_blocks(V))), to_blocks(b), **options)
         return from_blocks(x)
@@ -291,10 +294,17 @@ class IterativeSolver:
         """
         check_on_failure(self.on_failure)
         if self.implicit_diff:
+            holder = {}
+
+            def loop(init, *args, **kwargs):
+                params, state = self._loop(init, *args, **kwargs)
+                holder["sol"] = params
+                return params, state
+
             solve = self.implicit_solve
-            if solve is None and len(batch_shape_of(init)) > 0:
-                solve = block_diagonal_solve(init, batch_shape_of(init))
-            runner = custom_root(self.optimality_fun, solve=solve, has_aux=True)(self._loop)
+            if solve is None:
+                solve = block_diagonal_solve(lambda: holder["sol"])
+            runner = custom_root(self.optimality_fun, solve=solve, has_aux=True)(loop)
             params, state = runner(init, *args, **kwargs)
         else:
             params, state = self._loop(init, *args, **kwargs)
