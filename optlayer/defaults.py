@@ -48,3 +48,7 @@ GMRES_RESTART = 30
 #: custom_root's default backward solve is dense (materialise, LU) up to this
 #: many unknowns, and matrix-free GMRES above it (see docs/implicit.md).
 IMPLICIT_DENSE_MAX = 2000
+
+#: ConvexInteriorPoint's phase I (finding a strictly feasible start, or proving
+#: infeasibility) may run this many times the main iteration cap.
+PHASE_ONE_MAXITER_FACTOR = 4

@@ -19,6 +19,7 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
+from optlayer import defaults
 from optlayer.conditions import batched_hessian, kkt
 from optlayer.errors import OptTypeError
 from optlayer.solvers._base import IterativeSolver, OptStep, batch_shape_of, norm, select
@@ -242,10 +243,11 @@ class ConvexInteriorPoint(IterativeSolver):
         if params_eq is not None:
             A, b = params_eq
             eq1 = (torch.cat([A, A.new_zeros(A.shape[:-1] + (1,))], -1), b)
-        solver = ConvexInteriorPoint(
+        maxiter = defaults.MAXITER["interior_point"] if self.maxiter is None else self.maxiter
+        solver = _PhaseOne(
             f1, g1, mu=self.mu, alpha=self.alpha, beta=self.beta, maxls=self.maxls,
-            maxiter=self.maxiter, tol=tol, implicit_diff=False, on_failure="ignore",
-            check_every=self.check_every,
+            maxiter=defaults.PHASE_ONE_MAXITER_FACTOR * maxiter, tol=tol,
+            implicit_diff=False, on_failure="ignore", check_every=self.check_every,
         )
         z0 = torch.cat([x0, s0], -1)
         init = solver._split_init(z0, eq1, params_ineq)
@@ -305,3 +307,16 @@ class ConvexInteriorPoint(IterativeSolver):
         return super().run(init, params_obj, params_eq, params_ineq)
 
 
+
+
+@dataclass(eq=False)
+class _PhaseOne(ConvexInteriorPoint):
+    """Phase I of :class:`ConvexInteriorPoint` on ``z = (x, s)``: an item is done as soon
+    as ``s < 0`` (then ``g(x) ≤ s < 0``: a strictly feasible start); otherwise it runs
+    to the optimum ``s*``, and ``s* > 0`` certifies infeasibility."""
+
+    def update(self, params, state, *args):
+        out = super().update(params, state, *args)
+        found = out.params[0][..., -1] < 0
+        error = torch.where(found, torch.zeros_like(out.state.error), out.state.error)
+        return OptStep(out.params, out.state._replace(error=error))
