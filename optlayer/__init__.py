@@ -3,7 +3,10 @@
 The public names of DESIGN.md section 2 are re-exported here.
 """
 
-from optlayer import linalg  # subpackage attribute: ol.linalg.solve_cg
+from optlayer import linalg, projections, prox  # subpackages: ol.linalg.solve_cg, ...
+
+# The .opt language (optlayer.api -> optlayer.dsl, loaded on first call).
+from optlayer.api import check, parse
 from optlayer.errors import (
     BindingError,
     NonConvexError,
@@ -13,6 +16,46 @@ from optlayer.errors import (
     SolverError,
 )
 from optlayer.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
+
+# Python expression API (optlayer.ir): leaves, objective, constraints, and every
+# atom and set of the registries (generated in optlayer.ir.functions).
+from optlayer.ir import Constant, Parameter, Problem, Variable, let, maximize, member, minimize
+from optlayer.ir.functions import (
+    abs,
+    ball1,
+    ball2,
+    ballinf,
+    box,
+    diag,
+    dim,
+    dot,
+    entropy,
+    exp,
+    huber,
+    kl_div,
+    log,
+    logistic,
+    logsumexp,
+    max,
+    mean,
+    min,
+    neg,
+    nonneg,
+    norm1,
+    norm2,
+    norm_inf,
+    pos,
+    psd,
+    quad_form,
+    simplex,
+    soc,
+    softplus,
+    sqrt,
+    square,
+    sum,
+    sum_squares,
+    trace,
+)
 from optlayer.status import OptimizationWarning, Status
 
 __version__ = "0.1.0.dev0"
@@ -26,9 +69,15 @@ __all__ = [
     "SolverError",
     "OptimizationWarning",
     "Status",
-    "custom_fixed_point",
-    "custom_root",
-    "linalg",
-    "root_jvp",
-    "root_vjp",
+    # implicit differentiation and catalogs
+    "custom_fixed_point", "custom_root", "root_jvp", "root_vjp",
+    "linalg", "projections", "prox",
+    # .opt language
+    "check", "parse",
+    # Python expression API
+    "Constant", "Parameter", "Problem", "Variable", "let", "maximize", "member", "minimize",
+    "abs", "ball1", "ball2", "ballinf", "box", "diag", "dim", "dot", "entropy", "exp",
+    "huber", "kl_div", "log", "logistic", "logsumexp", "max", "mean", "min", "neg",
+    "nonneg", "norm1", "norm2", "norm_inf", "pos", "psd", "quad_form", "simplex", "soc",
+    "softplus", "sqrt", "square", "sum", "sum_squares", "trace",
 ]

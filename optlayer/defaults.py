@@ -52,3 +52,10 @@ IMPLICIT_DENSE_MAX = 2000
 #: ConvexInteriorPoint's phase I (finding a strictly feasible start, or proving
 #: infeasibility) may run this many times the main iteration cap.
 PHASE_ONE_MAXITER_FACTOR = 4
+
+# .opt language limits (optlayer.dsl): inputs beyond them end in an OptSyntaxError
+# instead of a RecursionError or a long hang.
+#: Longest accepted source text, in characters.
+DSL_MAX_SOURCE_CHARS = 100_000
+#: Deepest accepted expression nesting (operators, calls, brackets' contents).
+DSL_MAX_DEPTH = 1000

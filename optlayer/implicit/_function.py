@@ -84,9 +84,13 @@ class RootSpec:
         return unflatten(self.sol_def, list(leaves))
 
     def pack(self, leaves) -> torch.Tensor:
+        if len(leaves) == 1:
+            return leaves[0].reshape(-1)
         return torch.cat([leaf.reshape(-1) for leaf in leaves])
 
     def unpack(self, vec: torch.Tensor) -> list:
+        if len(self.sol_shapes) == 1:
+            return [vec.reshape(self.sol_shapes[0])]
         sizes = [_numel(s) for s in self.sol_shapes]
         return [p.reshape(s) for p, s in zip(torch.split(vec, sizes), self.sol_shapes, strict=True)]
 
@@ -178,25 +182,76 @@ def _solve(spec: RootSpec, matvec, b: torch.Tensor, system: str) -> torch.Tensor
     return x
 
 
-def vjp_core(spec: RootSpec, sol_leaves, arg_tensors, cot_leaves) -> list:
-    """``vᵀ ∂x*`` for every tensor argument (None for non-floating ones)."""
-    x = spec.pack(sol_leaves)
-    v = spec.pack(
-        [c if c is not None else torch.zeros_like(s) for c, s in zip(cot_leaves, sol_leaves,
-                                                                    strict=True)]
-    )
-    diff = [i for i, t in enumerate(arg_tensors) if _is_diff(t)]
+def _plain_first_order() -> bool:
+    """True inside a plain ``loss.backward()`` (no create_graph, no torch.func transform).
 
-    def fx(xv, *dargs):
+    There the backward need not be differentiable, so F is linearised with
+    ``torch.autograd.grad`` on detached copies (cheaper per matvec than
+    ``torch.func.vjp``, which always builds a differentiable graph)."""
+    if torch.is_grad_enabled():
+        return False
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return active is not None and not active()
+
+
+def vjp_core(spec: RootSpec, sol_leaves, arg_tensors, cot_leaves, needed=None) -> list:
+    """``vᵀ ∂x*`` for every tensor argument (None where not floating or not ``needed``).
+
+    Solves ``∂₁F(x*, θ)ᵀ u = v`` then returns ``-uᵀ ∂₂F(x*, θ)``. F is
+    linearised twice -- in x alone for the solve's matvec (so each matvec
+    costs one VJP in x, not in every argument) and in the arguments once.
+    """
+    x = spec.pack(sol_leaves)
+    v = spec.pack([
+        c if c is not None else torch.zeros_like(s)
+        for c, s in zip(cot_leaves, sol_leaves, strict=True)
+    ])
+    diff = [
+        i for i, t in enumerate(arg_tensors)
+        if _is_diff(t) and (needed is None or needed[i])
+    ]
+    out: list = [None] * len(arg_tensors)
+    system = "∂₁F(x*, θ)ᵀ u = v"
+    if _plain_first_order():
+        consts = [a.detach() for a in arg_tensors]
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_()
+            fx = spec.F(xr, consts)
+
+        def matvec(w):
+            return torch.autograd.grad(fx, xr, w, retain_graph=True)[0]
+
+        u = _solve(spec, matvec, v.detach(), system)
+        if diff:
+            with torch.enable_grad():
+                full = list(consts)
+                for i in diff:
+                    full[i] = consts[i].requires_grad_()
+                fa = spec.F(x.detach(), full)
+            grads = torch.autograd.grad(fa, [full[i] for i in diff], -u, allow_unused=True)
+            for i, g in zip(diff, grads, strict=True):
+                out[i] = g
+        return out
+
+    dargs = [arg_tensors[i] for i in diff]
+
+    def fxa(xv, *d):
         full = list(arg_tensors)
-        for i, a in zip(diff, dargs, strict=True):
+        for i, a in zip(diff, d, strict=True):
             full[i] = a
         return spec.F(xv, full)
 
-    _, vjp_fn = torch.func.vjp(fx, x, *[arg_tensors[i] for i in diff])
-    u = _solve(spec, lambda w: vjp_fn(w)[0], v, "∂₁F(x*, θ)ᵀ u = v")
-    grads = vjp_fn(-u)[1:]
-    out: list = [None] * len(arg_tensors)
+    if sum(a.numel() for a in dargs) <= x.numel():
+        # Small arguments (hyperparameters): one joint linearisation in (x, θ);
+        # the θ-part of each matvec costs no more than the x-part.
+        _, vjp_all = torch.func.vjp(fxa, x, *dargs)
+        u = _solve(spec, lambda w: vjp_all(w)[0], v, system)
+        grads = vjp_all(-u)[1:]
+    else:
+        # Large arguments (data): linearise in x alone for the matvecs.
+        _, vjp_x = torch.func.vjp(lambda xv: fxa(xv, *dargs), x)
+        u = _solve(spec, lambda w: vjp_x(w)[0], v, system)
+        grads = torch.func.vjp(lambda *d: fxa(x, *d), *dargs)[1](-u) if diff else ()
     for i, g in zip(diff, grads, strict=True):
         out[i] = g
     return out
@@ -296,7 +351,8 @@ class ImplicitRoot(torch.autograd.Function):
         sol, args = saved[: spec.n_sol], saved[spec.n_sol :]
         if all(c is None for c in cots):
             return (None,) * (1 + len(saved))
-        grads = vjp_core(spec, sol, args, cots)
+        needed = ctx.needs_input_grad[1 + spec.n_sol :]
+        grads = vjp_core(spec, sol, args, cots, needed)
         return (None,) + (None,) * spec.n_sol + tuple(grads)
 
     @staticmethod

@@ -52,19 +52,32 @@ def _detach(tree):
     return tree_map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, tree)
 
 
-def _attach(fun, solve, sol, args, kwargs, what):
-    """Return ``sol`` re-entered into autograd through :class:`ImplicitRoot`."""
+def _attach(fun, solve, sol, args, kwargs, what, checked: set | None = None):
+    """Return ``sol`` re-entered into autograd through :class:`ImplicitRoot`.
+
+    F is checked against the solution eagerly, so a mismatch is reported here
+    (where the user called the solver) rather than inside a backward pass; the
+    check costs one evaluation of F and runs once per distinct signature
+    (structure and shapes) when ``checked`` is given.
+    """
     spec, sol_leaves, arg_tensors = make_spec(fun, solve, sol, args, kwargs, what)
-    # Check F against the solution once, eagerly, so a mismatch is reported here
-    # (where the user called the solver) rather than inside a backward pass.
-    with torch.no_grad():
-        spec.F(spec.pack([s.detach() for s in sol_leaves]), [a.detach() for a in arg_tensors])
+    key = (
+        spec.sol_def, spec.sol_shapes, spec.arg_def,
+        tuple((tuple(a.shape), a.dtype) for a in arg_tensors),
+    )
+    if checked is None or key not in checked:
+        with torch.no_grad():
+            spec.F(spec.pack([s.detach() for s in sol_leaves]),
+                   [a.detach() for a in arg_tensors])
+        if checked is not None:
+            checked.add(key)
     outs = ImplicitRoot.apply(spec, *[s.detach() for s in sol_leaves], *arg_tensors)
     return spec.sol_tree(outs)
 
 
 def _wrap(solver, fun, solve, has_aux, what):
     _need_callable(solver, "the decorated solver", what)
+    checked: set = set()
 
     @functools.wraps(solver)
     def wrapped(init, *args, **kwargs):
@@ -77,8 +90,8 @@ def _wrap(solver, fun, solve, has_aux, what):
                     f"got {type(out).__name__}"
                 )
             sol, aux = out
-            return _attach(fun, solve, sol, args, kwargs, what), aux
-        return _attach(fun, solve, out, args, kwargs, what)
+            return _attach(fun, solve, sol, args, kwargs, what, checked), aux
+        return _attach(fun, solve, out, args, kwargs, what, checked)
 
     return wrapped
 

@@ -33,6 +33,7 @@ from optlayer.linalg._common import (
     as_matvec,
     check_common,
     default_maxiter,
+    physical,
     report,
     resolve_tol,
     safe_div,
@@ -109,18 +110,29 @@ def solve_cg(matvec, b, *, init=None, ridge=None, tol=None, maxiter=None, on_fai
     p = r
     rs = _dot(r, r).real
     active = rs > thresh
+    # One system in the whole physical batch: the loop stops when it converges,
+    # so the masked (frozen-item) updates are unnecessary -- a cheaper iteration.
+    masked = physical(active).numel() > 1
     it = 0
     while it < maxiter and any_true(active):
         it += 1
         Ap = op(p)
-        alpha = torch.where(active, safe_div(rs, _dot(p, Ap).real), torch.zeros_like(rs))
+        if masked:
+            alpha = torch.where(active, safe_div(rs, _dot(p, Ap).real), torch.zeros_like(rs))
+        else:
+            alpha = rs / _dot(p, Ap).real
         x = x + alpha.unsqueeze(-1) * p
         r = r - alpha.unsqueeze(-1) * Ap
         rs_new = _dot(r, r).real
-        beta = safe_div(rs_new, rs)
-        p = torch.where(active.unsqueeze(-1), r + beta.unsqueeze(-1) * p, p)
-        rs = torch.where(active, rs_new, rs)
-        active = active & (rs > thresh)
+        if masked:
+            beta = safe_div(rs_new, rs)
+            p = torch.where(active.unsqueeze(-1), r + beta.unsqueeze(-1) * p, p)
+            rs = torch.where(active, rs_new, rs)
+            active = active & (rs > thresh)
+        else:
+            p = r + (rs_new / rs).unsqueeze(-1) * p
+            rs = rs_new
+            active = rs > thresh
     return _finish(what, packed, op, bv, x, tol, on_failure, it)
 
 

@@ -1,0 +1,7 @@
+"""``python -m optlayer``: the same command line as ``optlayer``."""
+
+import sys
+
+from optlayer.cli import main
+
+sys.exit(main())
