@@ -7,7 +7,7 @@ form); proximal-gradient, projected-gradient, mirror-descent, Newton and block
 proximal-gradient fixed points. See docs/conditions.md.
 """
 
-from optlayer.conditions._common import batched_grad, batched_hessian
+from optlayer.conditions._common import batched_grad, batched_hessian, call_projection
 from optlayer.conditions.fixed_point import (
     block_prox_grad_step,
     kl_simplex_projection,
@@ -23,6 +23,7 @@ __all__ = [
     "batched_grad",
     "batched_hessian",
     "block_prox_grad_step",
+    "call_projection",
     "gradient_step",
     "kkt",
     "kl_simplex_projection",

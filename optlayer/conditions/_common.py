@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["batched_grad", "batched_hessian"]
+__all__ = ["batched_grad", "batched_hessian", "call_projection"]
 
 
 def batched_grad(fun):
@@ -55,3 +55,25 @@ def batched_hessian(fun, x, *args, **kwargs) -> torch.Tensor:
 
     cols = torch.func.vmap(column)(eye)  # (n, *batch, n): cols[j] = H e_j
     return cols.movedim(0, -1)
+
+
+def call_projection(projection, y, hyperparams):
+    """Call a projection of :mod:`optlayer.projections` with solver hyperparameters.
+
+    ``None`` → ``projection(y)``; a tuple/list → ``projection(y, *hyperparams)``
+    (e.g. ``(lower, upper)`` for ``box``); a dict → ``projection(y, **hyperparams)``;
+    anything else → ``projection(y, hyperparams)`` (e.g. ``value`` for ``simplex``).
+
+    Example:
+        >>> import torch
+        >>> from optlayer.projections import box
+        >>> call_projection(box, torch.tensor([-1.0, 0.5, 2.0]), (0.0, 1.0))
+        tensor([0.0000, 0.5000, 1.0000])
+    """
+    if hyperparams is None:
+        return projection(y)
+    if isinstance(hyperparams, (tuple, list)):
+        return projection(y, *hyperparams)
+    if isinstance(hyperparams, dict):
+        return projection(y, **hyperparams)
+    return projection(y, hyperparams)

@@ -6,14 +6,17 @@ them with :func:`optlayer.custom_fixed_point`, or ``T(x) - x`` with
 ``custom_root``. Variables are ``(*batch, n)``; objectives return one value per
 batch item. Proximal operators follow the JAXopt convention
 ``prox(y, hyperparams, scaling)`` = ``argmin_x ½‖x - y‖² + scaling · g(x, hyperparams)``;
-projections are ``projection(y, hyperparams)``.
+projections are those of :mod:`optlayer.projections`, called with the solver's
+hyperparameters by :func:`optlayer.conditions.call_projection` (None → no
+extra argument, a tuple → positional arguments, e.g. ``(lower, upper)``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from optlayer.conditions._common import batched_grad
+from optlayer.conditions._common import batched_grad, call_projection
+from optlayer.projections import kl_simplex
 
 __all__ = [
     "prox_grad_step",
@@ -54,17 +57,18 @@ def prox_grad_step(fun, prox, stepsize: float = 1.0):
 
 
 def prox_from_projection(projection):
-    """The prox of the indicator of a set: ``prox(y, hyper, scaling) = projection(y, hyper)``.
+    """The prox of the indicator of a set: ``prox(y, hyper, scaling) = P_C(y; hyper)``.
 
     Example:
         >>> import torch
-        >>> prox = prox_from_projection(lambda y, hyper: y.clamp(min=0))
+        >>> from optlayer.projections import nonneg
+        >>> prox = prox_from_projection(nonneg)
         >>> prox(torch.tensor([-1.0, 2.0]), None, 0.3)
         tensor([0., 2.])
     """
 
-    def prox(y, hyperparams, scaling=1.0):
-        return projection(y, hyperparams)
+    def prox(y, hyperparams=None, scaling=1.0):
+        return call_projection(projection, y, hyperparams)
 
     return prox
 
@@ -87,8 +91,7 @@ def kl_simplex_projection(y, hyperparams=None):
     of the negative entropy, then the KL projection onto the simplex).
     ``hyperparams`` (the simplex ``value``, default 1) scales the result.
     """
-    x = torch.softmax(y, dim=-1)
-    return x if hyperparams is None else x * hyperparams
+    return kl_simplex(y) if hyperparams is None else kl_simplex(y, hyperparams)
 
 
 def _log(x):
@@ -105,7 +108,8 @@ def mirror_descent_step(fun, projection=kl_simplex_projection, mapping=_log, ste
 
     Args:
         fun: smooth objective, one value per batch item.
-        projection: Bregman projection ``projection(y, hyper)`` of the dual point ``y``.
+        projection: Bregman projection of the dual point ``y`` (e.g.
+            :func:`optlayer.projections.kl_simplex`), called as in :func:`call_projection`.
         mapping: the mirror map ``∇φ``.
         stepsize: ``η > 0``.
 
@@ -124,7 +128,7 @@ def mirror_descent_step(fun, projection=kl_simplex_projection, mapping=_log, ste
 
     def T(x, hyperparams_proj, *args, **kwargs):
         y = mapping(x) - stepsize * grad(x, *args, **kwargs)
-        return projection(y, hyperparams_proj)
+        return call_projection(projection, y, hyperparams_proj)
 
     return T
 

@@ -185,7 +185,7 @@ class ConvexInteriorPoint(IterativeSolver):
         # A tiny ridge keeps directions that no term curves (a variable absent from
         # f and g, as in phase I) solvable; their gradient is zero, so they stay put.
         scale = torch.diagonal(Hred, dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
-        ridge = 100 * torch.finfo(x.dtype).eps * (1 + scale)
+        ridge = torch.finfo(x.dtype).eps * (1 + scale)
         Hred = Hred + torch.diag_embed(ridge.expand(x.shape))
         rhs = -rd - _mv(Dg.mT, rc / gx)
         if params_eq is not None:

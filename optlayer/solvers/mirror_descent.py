@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from optlayer.conditions import kl_simplex_projection, mirror_descent_step
+from optlayer.conditions import call_projection, kl_simplex_projection, mirror_descent_step
 from optlayer.solvers._base import IterativeSolver, OptStep, batch_shape_of, norm, value_and_grad
 
 __all__ = ["MirrorDescent", "MirrorDescentState"]
@@ -53,8 +53,9 @@ class MirrorDescent(IterativeSolver):
 
     Args:
         fun: smooth objective, one value per batch item.
-        projection: KL projection of a dual point, ``projection(y, hyper)``
-            (default: softmax onto the simplex of sum ``hyper`` or 1).
+        projection: KL projection of a dual point (default: softmax onto the
+            simplex of sum ``hyperparams_proj`` or 1, :func:`optlayer.projections.kl_simplex`);
+            called with ``hyperparams_proj`` as :func:`optlayer.conditions.call_projection`.
         stepsize: fixed ``η > 0``, or ``<= 0`` for backtracking (default).
         maxls, decrease_factor, initial_stepsize: backtracking settings.
 
@@ -92,7 +93,7 @@ class MirrorDescent(IterativeSolver):
         )
 
     def _step(self, x, g, eta, hyper):
-        return self.projection(torch.log(x) - eta.unsqueeze(-1) * g, hyper)
+        return call_projection(self.projection, torch.log(x) - eta.unsqueeze(-1) * g, hyper)
 
     def update(self, params, state, hyperparams_proj=None, *args, **kwargs) -> OptStep:
         x = params

@@ -69,8 +69,9 @@ class ProximalGradient(IterativeSolver):
 
     Args:
         fun: smooth ``f(x, *args, **kwargs)`` returning one value per batch item.
-        prox: ``prox(y, hyperparams_prox, scaling)`` (JAXopt convention; ``scaling``
-            arrives as a tensor of shape ``(*batch, 1)``); None means ``g = 0``.
+        prox: ``prox(y, hyperparams_prox, scaling)`` (JAXopt convention, as in
+            :mod:`optlayer.prox`; ``scaling`` arrives as a tensor of batch shape,
+            one step per item); None means ``g = 0``.
         stepsize: a fixed step ``η > 0``, or ``<= 0`` for backtracking (default).
         maxls: maximum backtracking trials per iteration.
         decrease_factor: step shrink factor of the backtracking.
@@ -81,10 +82,10 @@ class ProximalGradient(IterativeSolver):
 
     Example:
         >>> import torch
-        >>> soft = lambda y, lam, s: torch.sign(y) * torch.clamp(y.abs() - lam * s, min=0)
+        >>> from optlayer.prox import lasso
         >>> f = lambda x, y: 0.5 * ((x - y) ** 2).sum(-1)
         >>> y = torch.tensor([2.0, 0.3, -1.0], dtype=torch.float64)
-        >>> ProximalGradient(f, soft).run(torch.zeros(3, dtype=torch.float64), 0.5, y).params
+        >>> ProximalGradient(f, lasso).run(torch.zeros(3, dtype=torch.float64), 0.5, y).params
         tensor([ 1.5000,  0.0000, -0.5000], dtype=torch.float64)
     """
 
@@ -127,8 +128,7 @@ class ProximalGradient(IterativeSolver):
         )
 
     def _step(self, y, g, eta, hyperparams_prox):
-        e = eta.unsqueeze(-1)
-        return self._prox(y - e * g, hyperparams_prox, e)
+        return self._prox(y - eta.unsqueeze(-1) * g, hyperparams_prox, eta)
 
     def _backtrack(self, y, fy, gy, eta, hyperparams_prox, args, kwargs):
         slack = 10 * torch.finfo(y.dtype).eps * (1 + fy.abs())
@@ -194,14 +194,16 @@ class ProjectedGradient(IterativeSolver):
 
     Args:
         fun: smooth objective, one value per batch item.
-        projection: ``projection(y, hyperparams_proj)`` onto ``C``.
+        projection: a projection onto ``C`` (e.g. from :mod:`optlayer.projections`),
+            called with ``hyperparams_proj`` as :func:`optlayer.conditions.call_projection`
+            (None → ``projection(y)``, a tuple → ``projection(y, *hyper)``, ...).
         stepsize, maxls, decrease_factor, initial_stepsize, acceleration: as in
             :class:`ProximalGradient`.
 
     Example:
         >>> import torch
         >>> f = lambda x, y: 0.5 * ((x - y) ** 2).sum(-1)
-        >>> box = lambda y, hyper: y.clamp(hyper[0], hyper[1])
+        >>> from optlayer.projections import box
         >>> y = torch.tensor([2.0, 0.3, -1.0], dtype=torch.float64)
         >>> ProjectedGradient(f, box).run(torch.zeros(3, dtype=torch.float64), (0.0, 1.0), y).params
         tensor([1.0000, 0.3000, 0.0000], dtype=torch.float64)

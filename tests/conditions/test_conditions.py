@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from optlayer import projections
 from optlayer.conditions import (
     batched_grad,
     batched_hessian,
@@ -232,14 +233,13 @@ def test_prox_grad_fixed_point_lasso_closed_form_jacobian():
 def test_proj_grad_fixed_point_box_closed_form_jacobian():
     y = torch.tensor([2.0, 0.3, -1.0, 0.9], dtype=D)
     box = (torch.tensor(0.0, dtype=D), torch.tensor(1.0, dtype=D))
-    proj = lambda v, hyper: torch.clamp(v, hyper[0], hyper[1])  # noqa: E731
-    T = proj_grad_step(sq, proj, stepsize=0.3)
-    x = proj(y, box)
+    T = proj_grad_step(sq, projections.box, stepsize=0.3)
+    x = projections.box(y, *box)
     torch.testing.assert_close(T(x, box, y), x, rtol=0, atol=1e-15)
 
     @custom_fixed_point(T)
     def solver(init, hyper, y):
-        return proj(y, hyper)
+        return projections.box(y, *hyper)
 
     J = torch.func.jacrev(lambda y: solver(None, box, y))(y)
     inside = ((y > 0) & (y < 1)).to(D)
@@ -247,9 +247,13 @@ def test_proj_grad_fixed_point_box_closed_form_jacobian():
 
 
 def test_prox_from_projection_ignores_scaling():
-    prox = prox_from_projection(lambda v, hyper: v.clamp(min=hyper))
-    v = torch.tensor([-1.0, 2.0])
-    torch.testing.assert_close(prox(v, 0.0, 5.0), torch.tensor([0.0, 2.0]))
+    v = torch.tensor([-1.0, 2.0, 0.5])
+    prox = prox_from_projection(projections.nonneg)
+    torch.testing.assert_close(prox(v, None, 5.0), torch.tensor([0.0, 2.0, 0.5]))
+    prox = prox_from_projection(projections.box)
+    torch.testing.assert_close(prox(v, (0.0, 1.0), 5.0), torch.tensor([0.0, 1.0, 0.5]))
+    prox = prox_from_projection(projections.simplex)
+    torch.testing.assert_close(prox(v, 2.0, 5.0), projections.simplex(v, 2.0))
 
 
 def test_mirror_descent_fixed_point_softmax_jacobian():

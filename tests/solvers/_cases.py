@@ -14,6 +14,8 @@ import cvxpy as cp
 import numpy as np
 import torch
 
+from optlayer.projections import nonneg, simplex
+from optlayer.prox import lasso
 from optlayer.solvers import (
     LBFGS,
     AndersonAcceleration,
@@ -28,25 +30,6 @@ from optlayer.solvers import (
 
 B = 3
 CLARABEL = {"solver": cp.CLARABEL, "tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}
-
-
-def soft(v, lam, s=1.0):
-    return torch.sign(v) * torch.clamp(v.abs() - lam * s, min=0)
-
-
-def nonneg(v, hyper=None):
-    return v.clamp(min=0)
-
-
-def simplex(v, hyper=None):
-    """Euclidean projection onto the probability simplex (sort-based, batched)."""
-    u, _ = torch.sort(v, dim=-1, descending=True)
-    css = u.cumsum(-1) - 1
-    k = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype, device=v.device)
-    cond = u - css / k > 0
-    rho = cond.to(v.dtype).cumsum(-1).argmax(-1, keepdim=True)
-    tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
-    return (v - tau).clamp(min=0)
 
 
 def lsq(w, X, y):
@@ -248,7 +231,7 @@ def _affine_ref(args):
 
 CASES: dict[str, Any] = {
     "prox_grad_lasso": Case(
-        lambda **kw: ProximalGradient(lsq, soft, **kw), _lasso_data, _lasso_ref, 2
+        lambda **kw: ProximalGradient(lsq, lasso, **kw), _lasso_data, _lasso_ref, 2
     ),
     "proj_grad_nnls": Case(
         lambda **kw: ProjectedGradient(lsq, nonneg, **kw),

@@ -24,7 +24,7 @@ def _reference(name):
 def test_solution_matches_reference_and_is_optimal(name):
     case = CASES[name]
     init, args = case.data(torch.float64)
-    out = case.make(tol=TIGHT, maxiter=20000).run(init, *args)
+    out = case.make(tol=TIGHT, maxiter=None).run(init, *args)
     assert out.state.status.dtype == torch.int8
     assert out.state.status.tolist() == [0, 0, 0]
     assert bool((out.state.error <= TIGHT).all())
@@ -54,7 +54,7 @@ def test_batched_equals_loop(name):
 def test_float32_within_1e4_of_float64(name):
     case = CASES[name]
     init, args = case.data(torch.float32)
-    out = case.make(maxiter=20000).run(init, *args)
+    out = case.make(maxiter=None).run(init, *args)
     x = case.primal(out.params)
     assert x.dtype == torch.float32
     assert out.state.status.tolist() == [0, 0, 0]
@@ -76,7 +76,7 @@ def test_implicit_and_unrolled_gradients_agree_at_convergence(name):
     grads = []
     for implicit in (True, False):
         a = _with_grad(args, k)
-        x = case.primal(case.make(tol=TIGHT, maxiter=20000, implicit_diff=implicit).run(
+        x = case.primal(case.make(tol=TIGHT, maxiter=None, implicit_diff=implicit).run(
             init, *a).params)
         grads.append(torch.autograd.grad((w * x).sum() + (x**2).sum(), a[k])[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-7)
@@ -87,7 +87,7 @@ def test_gradcheck_implicit(name):
     case = CASES[name]
     init, args = case.data(torch.float64)
     k = case.diff_arg
-    solver = case.make(tol=TIGHT, maxiter=20000)
+    solver = case.make(tol=TIGHT, maxiter=None)
 
     def fn(t):
         a = list(args)
