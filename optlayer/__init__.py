@@ -3,7 +3,7 @@
 The public names of DESIGN.md section 2 are re-exported here.
 """
 
-from optlayer import linalg, projections, prox  # subpackages: ol.linalg.solve_cg, ...
+from optlayer import conditions, linalg, projections, prox, solvers  # ol.solvers.LBFGS, ...
 
 # The .opt language (optlayer.api -> optlayer.dsl, loaded on first call).
 from optlayer.api import check, parse
@@ -71,7 +71,7 @@ __all__ = [
     "Status",
     # implicit differentiation and catalogs
     "custom_fixed_point", "custom_root", "root_jvp", "root_vjp",
-    "linalg", "projections", "prox",
+    "conditions", "linalg", "projections", "prox", "solvers",
     # .opt language
     "check", "parse",
     # Python expression API

@@ -62,6 +62,10 @@ GMRES_RESTART = 30
 #: many unknowns, and matrix-free GMRES above it (see docs/implicit.md).
 IMPLICIT_DENSE_MAX = 2000
 
+#: ConvexInteriorPoint's phase I (finding a strictly feasible start, or proving
+#: infeasibility) may run this many times the main iteration cap.
+PHASE_ONE_MAXITER_FACTOR = 4
+
 # .opt language limits (optlayer.dsl): inputs beyond them end in an OptSyntaxError
 # instead of a RecursionError or a long hang.
 #: Longest accepted source text, in characters.
