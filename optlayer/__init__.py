@@ -6,7 +6,7 @@ The public names of DESIGN.md section 2 are re-exported here.
 from optlayer import linalg, projections, prox  # subpackages: ol.linalg.solve_cg, ...
 
 # The .opt language (optlayer.api -> optlayer.dsl, loaded on first call).
-from optlayer.api import check, parse
+from optlayer.api import check, compile, load, parse
 from optlayer.errors import (
     BindingError,
     NonConvexError,
@@ -16,6 +16,9 @@ from optlayer.errors import (
     SolverError,
 )
 from optlayer.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
+
+# Layers (optlayer.layer registers Problem.layer's factory on import).
+from optlayer.layer import OptLayer
 
 # Python expression API (optlayer.ir): leaves, objective, constraints, and every
 # atom and set of the registries (generated in optlayer.ir.functions).
@@ -73,7 +76,8 @@ __all__ = [
     "custom_fixed_point", "custom_root", "root_jvp", "root_vjp",
     "linalg", "projections", "prox",
     # .opt language
-    "check", "parse",
+    "check", "compile", "load", "parse",
+    "OptLayer",
     # Python expression API
     "Constant", "Parameter", "Problem", "Variable", "let", "maximize", "member", "minimize",
     "abs", "ball1", "ball2", "ballinf", "box", "diag", "dim", "dot", "entropy", "exp",

@@ -55,3 +55,7 @@ IMPLICIT_DENSE_MAX = 2000
 DSL_MAX_SOURCE_CHARS = 100_000
 #: Deepest accepted expression nesting (operators, calls, brackets' contents).
 DSL_MAX_DEPTH = 1000
+
+# compiler / OptLayer (optlayer.compiler, optlayer.layer)
+#: Unconstrained smooth problems with at most this many unknowns use Newton; larger ones FISTA.
+NEWTON_MAX_SIZE = 200
