@@ -25,7 +25,7 @@ from optlayer.errors import BindingError, OptTypeError, report_status
 from optlayer.implicit import custom_fixed_point, custom_root
 from optlayer.status import Status, check_on_failure, failed_mask
 
-__all__ = ["OptLayer", "LayerInfo", "build_layer"]
+__all__ = ["OptLayer", "LayerInfo", "build_layer", "random_params"]
 
 
 class LayerInfo(NamedTuple):
@@ -249,3 +249,39 @@ def _register() -> None:
 
 _register()
 warnings.filterwarnings("default", category=DeprecationWarning, module=__name__)
+
+
+def random_params(problem, *, batch=None, dtype=torch.float64, device="cpu", seed=0) -> dict:
+    """Random parameter values that fit the declarations of a bound problem.
+
+    ``psd`` gives a positive definite matrix ``M M' / k + I``, ``symmetric`` a
+    symmetric one, ``pos`` values in ``[0.5, 1.5]``, ``nonneg`` ``|N(0, 1)|``,
+    ``nonpos`` ``-|N(0, 1)|``; others standard normal.
+
+    Args:
+        problem: a problem with concrete shapes.
+        batch: a leading batch size, or None.
+        dtype, device, seed: of the generated tensors.
+
+    Returns:
+        dict name -> tensor.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in problem.params.items():
+        shape = tuple(int(d) for d in p.shape)
+        full = ((batch,) if batch else ()) + shape
+        t = torch.randn(full, generator=g, dtype=torch.float64)
+        if "psd" in p.attrs:
+            k = shape[-1]
+            t = t @ t.transpose(-1, -2) / k + torch.eye(k, dtype=t.dtype)
+        elif "symmetric" in p.attrs:
+            t = 0.5 * (t + t.transpose(-1, -2))
+        if "pos" in p.attrs:
+            t = 0.5 + torch.rand(full, generator=g, dtype=torch.float64)
+        elif "nonneg" in p.attrs:
+            t = t.abs()
+        elif "nonpos" in p.attrs:
+            t = -t.abs()
+        out[name] = t.to(dtype=dtype, device=device)
+    return out

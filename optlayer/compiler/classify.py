@@ -253,7 +253,7 @@ def classify(problem, method: str | None = None) -> Plan:
             why.append("the non-smooth terms have closed-form proxes: " + ", ".join(
                 f"{p[0]} on {v}" for v, p in prox.items()))
     has_entropy = any(_has_entropy(e) for _, e in smooth)
-    if simple and all_smooth and sets and all(s.kind == "simplex" for s in sets.values()) \
+    if simple and all_smooth and has_entropy and all(s.kind == "simplex" for s in sets.values()) \
             and len(sets) == len(problem.vars):
         applicable.append("mirror_descent")
         if has_entropy:
@@ -262,7 +262,7 @@ def classify(problem, method: str | None = None) -> Plan:
     ineq, eq = _kkt_constraints(problem, facts, rest, sets, not_simple)
     qp_shaped = ineq is not None and all_smooth and all(_qp_expr(e) for _, e in smooth) and all(
         _qp_expr(g) and g.curvature.name in ("AFFINE", "CONSTANT") for _, g, _ in ineq + eq)
-    if qp_shaped:
+    if qp_shaped and _have_qp():
         applicable.append("kkt")
         why.append("the objective is quadratic/linear and the constraints are affine: a QP")
     if not applicable:
@@ -284,6 +284,14 @@ def classify(problem, method: str | None = None) -> Plan:
                            hint="applicable methods: " + ", ".join(applicable))
     applicable = [default] + [m for m in applicable if m != default]
     return Plan(chosen, applicable, smooth, prox, sets, projection, why, ineq, eq, qp_shaped)
+
+
+def _have_qp() -> bool:
+    try:
+        from optlayer.solvers import solve_qp  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _has_entropy(e) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from optlayer.errors import BindingError
 
-__all__ = ["Layout", "expand_params", "eval_scalar", "eval_like"]
+__all__ = ["Layout", "Tape", "expand_params", "eval_scalar", "eval_like"]
 
 
 class Layout:
@@ -97,17 +97,79 @@ def expand_params(problem, values: Mapping[str, torch.Tensor]) -> tuple[dict, in
 
 
 def eval_scalar(expr, env, cache, B: int) -> torch.Tensor:
-    """Evaluate a scalar expression as a ``(B,)`` tensor."""
-    r = expr.evaluate(env, cache)
+    """Evaluate a scalar expression as a ``(B,)`` tensor (``cache``: ids -> values)."""
+    r = cache[id(expr)] if id(expr) in cache else expr.evaluate(env, cache)
     return r.reshape(-1).expand(B) if r.numel() in (1, B) and r.dim() <= 1 else r.reshape(B)
 
 
 def eval_like(expr, env, cache, B: int, shape: tuple) -> torch.Tensor:
     """Evaluate a variable-free expression broadcast to ``(B, *shape)``."""
-    r = expr.evaluate(env, cache)
+    r = cache[id(expr)] if id(expr) in cache else expr.evaluate(env, cache)
     eshape = tuple(int(d) for d in expr.shape)
     if r.dim() == len(eshape):
         r = r.unsqueeze(0)
     r = r.reshape(r.shape[0], *eshape)
     r = r.reshape(r.shape[0], *([1] * (len(shape) - len(eshape))), *eshape)
     return r.expand(B, *shape)
+
+
+class Tape:
+    """Expressions lowered once to a flat evaluation order (the IR walk is done here,
+    not per call); shared nodes and lets are computed once per :meth:`run`.
+
+    Args:
+        roots: the expressions to evaluate.
+
+    Example:
+        >>> import torch, optlayer.ir as ir
+        >>> x = ir.Variable(2, name="x")
+        >>> tape = Tape([ir.apply("sum_squares", [x])])
+        >>> vals = tape.run({"x": torch.tensor([[3.0, 4.0]])})
+        >>> vals[id(tape.roots[0])]
+        tensor([25.])
+    """
+
+    def __init__(self, roots) -> None:
+        from optlayer.ir import Apply, Constant, Leaf, Let, postorder
+
+        self.roots = list(roots)
+        order, seen = [], set()
+        for r in self.roots:
+            for node in postorder(r):
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                if isinstance(node, Leaf):
+                    order.append((0, id(node), node.name, None))
+                elif isinstance(node, Constant):
+                    order.append((1, id(node), node, None))
+                elif isinstance(node, Let):
+                    order.append((2, id(node), id(node.args[0]), None))
+                elif isinstance(node, Apply):
+                    order.append((3, id(node), node.atom.impl,
+                                  ([id(a) for a in node.args], [a.ndim for a in node.args],
+                                   node.static)))
+                else:  # pragma: no cover - the IR has no other node kinds
+                    raise TypeError(f"cannot lower {type(node).__name__}")
+        self.order = order
+        self._consts: dict = {}
+
+    def run(self, env: Mapping[str, torch.Tensor]) -> dict:
+        """Evaluate every node; returns ``{id(node): tensor}``."""
+        like = next(iter(env.values()))
+        out: dict = {}
+        for kind, key, a, b in self.order:
+            if kind == 0:
+                out[key] = env[a]
+            elif kind == 3:
+                ids, ndims, static = b
+                out[key] = a([out[i] for i in ids], ndims, static)
+            elif kind == 2:
+                out[key] = out[a]
+            else:
+                ck = (key, like.dtype, like.device)
+                c = self._consts.get(ck)
+                if c is None:
+                    c = self._consts[ck] = a._eval([], env, like)
+                out[key] = c
+        return out

@@ -24,7 +24,7 @@ import torch
 from optlayer import defaults, projections
 from optlayer import prox as prox_catalog
 from optlayer.compiler.classify import Plan
-from optlayer.compiler.lower import Layout, eval_like, eval_scalar
+from optlayer.compiler.lower import Layout, Tape, eval_like, eval_scalar
 from optlayer.errors import OptTypeError
 from optlayer.status import Status
 
@@ -50,6 +50,22 @@ class Program:
     def __init__(self, problem, plan: Plan) -> None:
         self.problem, self.plan = problem, plan
         self.layout = Layout(problem.vars.values())
+        self.tape = Tape([e for _, e in plan.smooth])
+        pexprs = [w for _, w, _ in plan.prox.values() if w is not None]
+        pexprs += [a for spec in plan.sets.values() for a in spec.args.values() if a is not None]
+        self.param_tape = Tape(pexprs) if pexprs else None
+        self._pv = (None, {})
+
+    def pvals(self, P) -> dict:
+        """Values of the parameter-only expressions (prox weights, set arguments); cached
+        for the last ``P`` dict (the forward solve reuses one dict for all iterations)."""
+        if self.param_tape is None:
+            return {}
+        if self._pv[0] is P:
+            return self._pv[1]
+        vals = self.param_tape.run(P)
+        self._pv = (P, vals)
+        return vals
 
     # ------------------------------------------------------------- lowering
     def env(self, z, P):
@@ -60,10 +76,10 @@ class Program:
     def f(self, z, P) -> torch.Tensor:
         """Smooth part of the objective (to minimize), shape ``(B,)``."""
         B = z.shape[0]
-        env, cache = self.env(z, P), {}
+        vals = self.tape.run(self.env(z, P))
         out = z.new_zeros(B)
         for coeff, e in self.plan.smooth:
-            out = out + coeff * eval_scalar(e, env, cache, B)
+            out = out + coeff * vals[id(e)].reshape(-1).expand(B)
         return out
 
     def objective(self, z, P) -> torch.Tensor:
@@ -123,7 +139,7 @@ class Program:
     def prox(self, z, step, P) -> torch.Tensor:
         """Prox of the non-smooth part at ``z`` with per-item step ``step (B,)``."""
         B = z.shape[0]
-        env, cache = dict(P), {}
+        env, cache = P, dict(self.pvals(P))
         parts = self.layout.unpack(z)
         out = {}
         for name, x in parts.items():
@@ -150,7 +166,7 @@ class Program:
 
     def _md_step(self, z, g, step, P):
         B = z.shape[0]
-        env, cache = dict(P), {}
+        env, cache = P, dict(self.pvals(P))
         parts, gparts = self.layout.unpack(z), self.layout.unpack(g)
         out = {}
         for name, x in parts.items():
@@ -239,7 +255,6 @@ class Program:
         L = torch.ones(B, dtype=dt, device=dev)
         x = self.prox(z, 1 / L, P)
         y, t = x, torch.ones(B, dtype=dt, device=dev)
-        fx = self.f(x, P)
         res = torch.full((B,), torch.inf, dtype=dt, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         it = 0
@@ -248,14 +263,16 @@ class Program:
             for _ in range(60):
                 xn = self.prox(y - gy / L[:, None], 1 / L, P)
                 d = xn - y
+                # sufficient decrease, with a roundoff margin of a few ulps of f
                 fxn = self.f(xn, P)
                 bound = fy + (gy * d).sum(-1) + 0.5 * L * (d * d).sum(-1)
-                ok = fxn <= bound + 1e-12 * fy.abs().clamp_min(1)
+                ok = fxn <= bound + 16 * torch.finfo(dt).eps * fy.abs()
                 if bool(ok.all()):
                     break
                 L = torch.where(ok, L, 2 * L)
             res = (L * d.norm(dim=-1)) / (1 + xn.norm(dim=-1))
-            restart = self.objective(xn, P) > self.objective(x, P)
+            # gradient-based adaptive restart (O'Donoghue & Candes): no function values
+            restart = ((y - xn) * (xn - x)).sum(-1) > 0
             tn = 0.5 * (1 + torch.sqrt(1 + 4 * t * t))
             yn = xn + ((t - 1) / tn)[:, None] * (xn - x)
             yn = torch.where(restart[:, None], xn, yn)
@@ -263,11 +280,8 @@ class Program:
             done = res <= tol
             x = torch.where(done[:, None], x if it > 1 else xn, xn)
             y, t = torch.where(done[:, None], y, yn), tn
-            fx = fxn
             if bool(done.all()):
                 break
-            L = torch.where(done, L, 0.95 * L)
-        del fx
         # final residual of the fixed-point map with the last accepted step
         step = 1 / L
         Tx = self.prox(x - step[:, None] * self.value_and_grad(x, P)[1], step, P)
@@ -296,7 +310,6 @@ class Program:
             fz, g = self.value_and_grad(z, P)
             if bool((res <= tol).all()):
                 break
-            step = step * 1.25
         zn = self._md_step(z, g, step, P)
         res = (zn - z).norm(dim=-1) / step
         return SolveResult(z, _status(res, tol, z), it, res, step)
