@@ -300,8 +300,10 @@ class Program:
             for _ in range(60):
                 zn = self._md_step(z, g, step, P)
                 fn = self.f(zn, P)
-                kl = (zn * (torch.log(zn.clamp_min(1e-300)) - torch.log(z.clamp_min(1e-300)))).sum(-1)
-                ok = fn <= fz + (g * (zn - z)).sum(-1) + kl / step + 1e-12 * fz.abs().clamp_min(1)
+                tiny = torch.finfo(dt).tiny
+                kl = (zn * (torch.log(zn.clamp_min(tiny)) - torch.log(z.clamp_min(tiny)))).sum(-1)
+                ok = fn <= fz + (g * (zn - z)).sum(-1) + kl / step \
+                    + 16 * torch.finfo(dt).eps * fz.abs()
                 if bool(ok.all()):
                     break
                 step = torch.where(ok, step, 0.5 * step)
