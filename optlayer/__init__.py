@@ -17,9 +17,6 @@ from optlayer.errors import (
 )
 from optlayer.implicit import custom_fixed_point, custom_root, root_jvp, root_vjp
 
-# Layers (optlayer.layer registers Problem.layer's factory on import).
-from optlayer.layer import OptLayer
-
 # Python expression API (optlayer.ir): leaves, objective, constraints, and every
 # atom and set of the registries (generated in optlayer.ir.functions).
 from optlayer.ir import Constant, Parameter, Problem, Variable, let, maximize, member, minimize
@@ -59,6 +56,9 @@ from optlayer.ir.functions import (
     sum_squares,
     trace,
 )
+
+# Layers (optlayer.layer registers Problem.layer's factory on import).
+from optlayer.layer import OptLayer
 from optlayer.status import OptimizationWarning, Status
 
 __version__ = "0.1.0.dev0"

@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from optlayer.errors import OptTypeError
-from optlayer.ir import Apply, Constant, Constraint, Membership, Variable, objective_terms, prox_term
+from optlayer.ir import (
+    Apply,
+    Constant,
+    Constraint,
+    Membership,
+    Variable,
+    objective_terms,
+    prox_term,
+)
 
 __all__ = ["METHODS", "SetSpec", "Plan", "classify"]
 
@@ -270,8 +278,12 @@ def classify(problem, method: str | None = None) -> Plan:
         if nonsmooth_left:
             reasons.append("non-smooth terms without a closed-form prox: " +
                            ", ".join(str(t.expr) for t in nonsmooth_left))
-        if rest or not_simple:
-            reasons.append("constraints that are not simple sets nor affine")
+        if qp_shaped:
+            reasons.append("it is a QP (method 'kkt') but optlayer.solvers.solve_qp is not "
+                           "available in this build")
+        elif rest or not_simple:
+            reasons.append("constraints that are neither simple sets nor affine with a "
+                           "quadratic objective")
         raise OptTypeError("no method applies to this problem: " + "; ".join(reasons or ["?"]),
                            hint="write non-smooth terms as lam * norm1(x) / norm2(x) of a "
                                 "variable, or use affine constraints with a quadratic objective")

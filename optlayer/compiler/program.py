@@ -32,7 +32,8 @@ __all__ = ["Program", "SolveResult"]
 
 
 class SolveResult:
-    """``z (B, N)``, ``status`` int8 ``(B,)``, ``iterations`` int, ``residual (B,)``, ``step (B,)``."""
+    """Forward result: ``z (B, N)``, ``status`` int8 ``(B,)``, ``iterations`` (int),
+    ``residual (B,)`` and the last accepted ``step (B,)``."""
 
     def __init__(self, z, status, iterations, residual, step):
         self.z, self.status, self.iterations = z, status, iterations
@@ -173,7 +174,8 @@ class Program:
             v = self.plan.sets[name].args.get("value")
             v = torch.ones(B, dtype=z.dtype, device=z.device) if v is None \
                 else eval_scalar(v, env, cache, B)
-            logits = torch.log(x.clamp_min(torch.finfo(x.dtype).tiny)) - step[:, None] * gparts[name]
+            logx = torch.log(x.clamp_min(torch.finfo(x.dtype).tiny))
+            logits = logx - step[:, None] * gparts[name]
             out[name] = projections.kl_simplex(logits, v)
         return self.layout.pack(out)
 
@@ -216,13 +218,19 @@ class Program:
         status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=z.device)
         res = torch.full((B,), torch.inf, dtype=z.dtype, device=z.device)
         eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
-        it = 0
+        it, best, stalled = 0, None, 0
         for it in range(1, maxiter + 1):  # noqa: B007
             g, H = self._hessian(z, P)
             res = g.norm(dim=-1)
             done = res <= tol * (1 + z.norm(dim=-1))
             if bool(done.all()):
                 it -= 1
+                break
+            # Newton converges quadratically; no progress for 3 steps = roundoff floor
+            worst = float(torch.where(done, 0, res).max())
+            stalled = stalled + 1 if best is not None and worst > 0.5 * best else 0
+            best = worst if best is None else min(best, worst)
+            if stalled >= 3:
                 break
             H = 0.5 * (H + H.transpose(-1, -2))
             L, info = torch.linalg.cholesky_ex(H)
@@ -236,7 +244,9 @@ class Program:
             slope = (g * d).sum(-1)
             for _ in range(30):
                 fz = self.f(z + t[:, None] * d, P)
-                ok = (fz <= f0 + 1e-4 * t * slope) | ~torch.isfinite(f0) | (slope >= 0)
+                # Armijo, with a roundoff margin (near the solution f changes below ulps)
+                ok = (fz <= f0 + 1e-4 * t * slope + 16 * torch.finfo(z.dtype).eps * f0.abs()) \
+                    | ~torch.isfinite(f0) | (slope >= 0)
                 if bool(ok.all()):
                     break
                 t = torch.where(ok, t, 0.5 * t)
@@ -278,8 +288,7 @@ class Program:
             yn = torch.where(restart[:, None], xn, yn)
             tn = torch.where(restart, torch.ones_like(tn), tn)
             done = res <= tol
-            x = torch.where(done[:, None], x if it > 1 else xn, xn)
-            y, t = torch.where(done[:, None], y, yn), tn
+            x, y, t = xn, yn, tn
             if bool(done.all()):
                 break
         # final residual of the fixed-point map with the last accepted step

@@ -58,8 +58,7 @@ def _set(kind, x, args):
     raise KeyError(kind)
 
 
-def solve_reference(problem, values: dict) -> dict:
-    """Solve ``problem`` (bound) with cvxpy at numpy ``values``; returns name -> array."""
+def _build(problem, leaf):
     vars_ = {n: cp.Variable(tuple(int(d) for d in v.shape), name=n,
                             symmetric="psd" in v.attrs or "symmetric" in v.attrs)
              for n, v in problem.vars.items()}
@@ -72,10 +71,10 @@ def solve_reference(problem, values: dict) -> dict:
             if isinstance(node, Variable):
                 memo[id(node)] = vars_[node.name]
             elif isinstance(node, Parameter):
-                memo[id(node)] = np.asarray(values[node.name], dtype=float)
+                memo[id(node)] = leaf(node)
             elif isinstance(node, Constant):
-                memo[id(node)] = np.asarray(node.value, dtype=float) if hasattr(node.value, "shape") \
-                    else float(node.value)
+                v = node.value
+                memo[id(node)] = np.asarray(v, dtype=float) if hasattr(v, "shape") else float(v)
             elif isinstance(node, Let):
                 memo[id(node)] = memo[id(node.args[0])]
             elif isinstance(node, Apply):
@@ -92,10 +91,42 @@ def solve_reference(problem, values: dict) -> dict:
         else:
             lhs, rhs = conv(c.lhs), conv(c.rhs)
             cons.append({"==": lhs == rhs, "<=": lhs <= rhs, ">=": lhs >= rhs}[c.op])
-    prob = cp.Problem(obj, cons)
+    return cp.Problem(obj, cons), vars_
+
+
+def solve_reference(problem, values: dict):
+    """Solve ``problem`` (bound) with cvxpy at numpy ``values``.
+
+    Returns:
+        ``({name: array}, optimal value)``.
+    """
+    prob, vars_ = _build(problem, lambda node: np.asarray(values[node.name], dtype=float))
     prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
     assert prob.status in ("optimal", "optimal_inaccurate"), prob.status
     return {n: v.value for n, v in vars_.items()}, float(prob.value)
+
+
+def build_cvxpy(problem):
+    """The problem with ``cp.Parameter`` leaves (for cvxpylayers): ``(prob, params, vars)``."""
+    params = {}
+
+    def leaf(node):
+        if node.name not in params:
+            kw = {}
+            if "pos" in node.attrs:
+                kw["pos"] = True
+            elif "nonneg" in node.attrs:
+                kw["nonneg"] = True
+            if "psd" in node.attrs:
+                kw["PSD"] = True
+            elif "symmetric" in node.attrs:
+                kw["symmetric"] = True
+            params[node.name] = cp.Parameter(tuple(int(d) for d in node.shape), name=node.name,
+                                             **kw)
+        return params[node.name]
+
+    prob, vars_ = _build(problem, leaf)
+    return prob, [params[n] for n in problem.params if n in params], list(vars_.values())
 
 
 def reference_objective(problem, values: dict, solution) -> float:
