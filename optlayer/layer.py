@@ -200,7 +200,8 @@ class OptLayer(nn.Module):
         sol = solve_qp(Q, p, G, h, A, b, tol=tol, maxiter=self.maxiter, on_failure="ignore")
         self._duals = (sol.ineq_dual, sol.eq_dual, isz, esz)
         res = getattr(sol, "error", torch.zeros(B, dtype=dtype, device=device))
-        return sol.x, sol.status, int(torch.as_tensor(sol.iter_num).max()), res
+        x = sol.x if any(t.requires_grad for t in P.values()) else sol.x.detach()
+        return x, sol.status, int(torch.as_tensor(sol.iter_num).max()), res
 
     def duals(self, label: str | None = None):
         """Multipliers of labelled constraints from the last call (``kkt`` only).

@@ -51,7 +51,8 @@ def canonicalize_qp(program: Program, P, B: int, dtype, device):
     with torch.enable_grad():
         Zr = Z.clone().requires_grad_(True)
         fz = program.f(Zr, PP)
-        (g,) = torch.autograd.grad(fz.sum(), Zr, create_graph=True)
+        (g,) = torch.autograd.grad(fz.sum(), Zr,
+                                   create_graph=any(t.requires_grad for t in P.values()))
     Q, p = _affine(g, B, N)
     Q = 0.5 * (Q + Q.transpose(-1, -2))
     env, cache = program.env(Z, PP), {}
