@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-import optlayer as ol
-from optlayer.layer import random_params
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the checkout's optlayer, not another installed copy
+
+import optlayer as ol  # noqa: E402
+from optlayer.layer import random_params  # noqa: E402
+
 PROBLEMS = sorted((ROOT / "examples" / "problems").glob("*.opt"))
 
 
@@ -95,7 +97,12 @@ def cvxpylayers_compare(batch=32, quick=False):
             outs = [out] if isinstance(out, torch.Tensor) else list(out)
             sum(o.sum() for o in outs).backward()
 
-        t_ours = timeit(ours, repeats=3)
+        try:
+            t_ours = timeit(ours, repeats=3)
+        except ol.SolverError as e:
+            print(f"   {path.stem:22s} {layer.method:15s} optlayer failed: "
+                  f"{str(e).splitlines()[1][:70]}")
+            continue
         line = f"   {path.stem:22s} {layer.method:15s} optlayer {t_ours * 1e3:8.1f} ms"
         if CvxpyLayer is not None:
             try:
