@@ -65,8 +65,9 @@ class OptLayer(nn.Module):
         ...                    "subject to\\n x in simplex")
         >>> layer.method
         'projection'
-        >>> layer(y=torch.tensor([0.2, 0.4, -1.0], dtype=torch.float64))
-        tensor([0.4000, 0.6000, 0.0000], dtype=torch.float64)
+        >>> x = layer(y=torch.tensor([0.2, 0.4, -1.0], dtype=torch.float64))
+        >>> torch.allclose(x, torch.tensor([0.4, 0.6, 0.0], dtype=torch.float64))
+        True
     """
 
     def __init__(self, problem, *, dims=None, method=None, solver=None, tol=None,
