@@ -6,7 +6,7 @@ The public names of DESIGN.md section 2 are re-exported here.
 from optlayer import conditions, linalg, projections, prox, solvers  # ol.solvers.LBFGS, ...
 
 # The .opt language (optlayer.api -> optlayer.dsl, loaded on first call).
-from optlayer.api import check, parse
+from optlayer.api import check, compile, load, parse
 from optlayer.errors import (
     BindingError,
     NonConvexError,
@@ -56,6 +56,9 @@ from optlayer.ir.functions import (
     sum_squares,
     trace,
 )
+
+# Layers (optlayer.layer registers Problem.layer's factory on import).
+from optlayer.layer import OptLayer
 from optlayer.status import OptimizationWarning, Status
 
 __version__ = "0.1.0.dev0"
@@ -73,7 +76,8 @@ __all__ = [
     "custom_fixed_point", "custom_root", "root_jvp", "root_vjp",
     "conditions", "linalg", "projections", "prox", "solvers",
     # .opt language
-    "check", "parse",
+    "check", "compile", "load", "parse",
+    "OptLayer",
     # Python expression API
     "Constant", "Parameter", "Problem", "Variable", "let", "maximize", "member", "minimize",
     "abs", "ball1", "ball2", "ballinf", "box", "diag", "dim", "dot", "entropy", "exp",

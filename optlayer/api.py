@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from optlayer.errors import BindingError, OptError, OptTypeError
 
-__all__ = ["parse", "check"]
+__all__ = ["parse", "check", "compile", "load"]
 
 
 def _source_of(source, filename):
@@ -115,3 +115,47 @@ def _point_at_dim(err: BindingError, problem, source: str) -> None:
         if isinstance(st, DimDecl) and st.name == err.parameter:
             err.span = st.span
             return
+
+
+def compile(source: str, *, dims: Mapping[str, int] | None = None, method: str | None = None,
+            solver: str | None = None, filename: str | None = None, **options):
+    """``.opt`` text -> :class:`optlayer.layer.OptLayer` (a ``torch.nn.Module``).
+
+    Args:
+        source: the problem text.
+        dims: sizes for declared dims (defaults fill the rest).
+        method: force a method of DESIGN.md section 5 (must apply), or None.
+        solver: only None (each method's default solver).
+        filename: shown in error locations.
+        **options: ``tol``, ``maxiter``, ``on_failure``, ``warm_start``.
+
+    Returns:
+        OptLayer.
+
+    Raises:
+        OptSyntaxError, OptTypeError, NonConvexError, BindingError: as :func:`check`;
+        OptTypeError also for a forced method that does not apply.
+
+    Example:
+        >>> import optlayer as ol
+        >>> ol.compile("var x[2]\\nparam y[2]\\nminimize sum_squares(x - y)").method
+        'stationary'
+    """
+    from optlayer.layer import OptLayer
+
+    problem = check(source, dims=dims if dims is not None else {}, filename=filename)
+    return OptLayer(problem, method=method, solver=solver, **options)
+
+
+def load(path, *, dims: Mapping[str, int] | None = None, method: str | None = None,
+         solver: str | None = None, **options):
+    """:func:`compile` the ``.opt`` file at ``path`` (errors name the file)."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise OptTypeError(f"cannot read {str(p)!r}: {e.strerror or e}",
+                           hint="check the path of the .opt file") from None
+    return compile(text, dims=dims, method=method, solver=solver, filename=str(p), **options)

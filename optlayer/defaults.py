@@ -107,3 +107,7 @@ IPM_REFINE_BELOW = 1e-4
 #: The interior point loop drops frozen items (and continues on the active
 #: ones only) once at most half are active, for working batches this large.
 IPM_COMPACT_MIN_BATCH = 8
+
+# compiler / OptLayer (optlayer.compiler, optlayer.layer)
+#: Unconstrained smooth problems with at most this many unknowns use Newton; larger ones FISTA.
+NEWTON_MAX_SIZE = 200

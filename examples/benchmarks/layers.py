@@ -1,0 +1,140 @@
+"""Benchmarks for OptLayer (run: python examples/benchmarks/layers.py [--quick]).
+
+Prints, as ratios measured in this process (median of repeats after a warm-up):
+1. layer construction time (bar <= 20 ms, flat in the dims);
+2. the sparsemax layer vs a sort-based closed form (bar: within 1.5x);
+3. each example's forward+backward at batch 32 vs cvxpylayers (bar: >= 10x faster),
+   skipped when cvxpylayers is not installed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the checkout's optlayer, not another installed copy
+
+import optlayer as ol  # noqa: E402
+from optlayer.layer import random_params  # noqa: E402
+
+PROBLEMS = sorted((ROOT / "examples" / "problems").glob("*.opt"))
+
+
+def timeit(fn, repeats=7, warmup=1):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def construction():
+    print("1. layer construction (ol.load: parse, check, classify, lower), bar <= 20 ms")
+    path = ROOT / "examples" / "problems" / "lasso.opt"
+    for n in (5, 50, 500, 5000):
+        t = timeit(lambda n=n: ol.load(path, dims={"n": n}))
+        print(f"   lasso n={n:5d}: {t * 1e3:7.2f} ms  {'ok' if t <= 0.02 else 'ABOVE BAR'}")
+
+
+def sparsemax_closed(y):
+    z, _ = torch.sort(y, dim=-1, descending=True)
+    k = torch.arange(1, y.shape[-1] + 1, dtype=y.dtype)
+    cs = z.cumsum(-1) - 1
+    support = (z - cs / k) > 0
+    kk = support.sum(-1, keepdim=True)
+    tau = cs.gather(-1, kk - 1) / kk.to(y.dtype)
+    return torch.clamp(y - tau, min=0)
+
+
+def sparsemax(batch=256, n=100):
+    print(f"2. sparsemax layer vs sort-based closed form (batch {batch}, n {n}), bar <= 1.5x")
+    layer = ol.compile("dim n\nparam y[n]\nvar x[n]\nminimize sum_squares(x - y)\n"
+                       "subject to\n x in simplex", dims={"n": n})
+    y = torch.randn(batch, n, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(layer(y=y), sparsemax_closed(y), atol=1e-12)
+
+    def run(f):
+        def go():
+            f(y).sum().backward()
+        return go
+
+    t_layer = timeit(run(lambda y: layer(y=y)), repeats=21)
+    t_ref = timeit(run(sparsemax_closed), repeats=21)
+    r = t_layer / t_ref
+    print(f"   layer {t_layer * 1e3:.3f} ms, closed form {t_ref * 1e3:.3f} ms: ratio {r:.2f}x "
+          f"{'ok' if r <= 1.5 else 'ABOVE BAR'}")
+
+
+def cvxpylayers_compare(batch=32, quick=False):
+    print(f"3. forward+backward at batch {batch}: optlayer vs cvxpylayers, bar >= 10x faster")
+    try:
+        from cvxpylayers.torch import CvxpyLayer  # noqa: F401
+    except ImportError:
+        print("   skipped: cvxpylayers is not installed "
+              "(pip freeze | grep -i '^torch==' > /tmp/tc.txt; "
+              "pip install -c /tmp/tc.txt cvxpylayers)")
+        CvxpyLayer = None  # noqa: N806
+    sys.path.insert(0, str(ROOT / "tests" / "layer"))
+    for path in PROBLEMS[:4] if quick else PROBLEMS:
+        try:
+            layer = ol.load(path)
+        except ol.OptError as e:
+            print(f"   {path.stem:22s} skipped: {str(e).splitlines()[0]}")
+            continue
+        vals = random_params(layer.problem, batch=batch, seed=0)
+
+        def ours(layer=layer, vals=vals):
+            ins = {k: v.clone().requires_grad_(True) for k, v in vals.items()}
+            out = layer(**ins)
+            outs = [out] if isinstance(out, torch.Tensor) else list(out)
+            sum(o.sum() for o in outs).backward()
+
+        try:
+            t_ours = timeit(ours, repeats=3)
+        except ol.SolverError as e:
+            print(f"   {path.stem:22s} {layer.method:15s} optlayer failed: "
+                  f"{str(e).splitlines()[1][:70]}")
+            continue
+        line = f"   {path.stem:22s} {layer.method:15s} optlayer {t_ours * 1e3:8.1f} ms"
+        if CvxpyLayer is not None:
+            try:
+                t_cvx = timeit(_cvxpylayer_runner(layer, vals), repeats=3)
+                line += f", cvxpylayers {t_cvx * 1e3:8.1f} ms, speed-up {t_cvx / t_ours:6.1f}x"
+            except Exception as e:  # noqa: BLE001 - report what cvxpylayers cannot do
+                line += f", cvxpylayers failed: {type(e).__name__}: {str(e)[:60]}"
+        print(line)
+
+
+def _cvxpylayer_runner(layer, vals):
+    """A cvxpylayers layer of the same problem (DPP form via the test's IR translator)."""
+    import cvxpy as cp
+    from cvxpylayers.torch import CvxpyLayer
+    from reference import build_cvxpy
+
+    prob, params, variables = build_cvxpy(layer.problem)
+    names = [p.name() for p in params]
+    cl = CvxpyLayer(prob, parameters=params, variables=variables)
+    del cp
+
+    def go():
+        ins = [vals[n].clone().requires_grad_(True) for n in names]
+        outs = cl(*ins)
+        sum(o.sum() for o in outs).backward()
+
+    return go
+
+
+if __name__ == "__main__":
+    quick = "--quick" in sys.argv
+    torch.manual_seed(0)
+    construction()
+    sparsemax()
+    cvxpylayers_compare(quick=quick)

@@ -1,0 +1,38 @@
+"""``explain()`` text: the method-table row, why it applies, the optimality map, the solver."""
+
+from __future__ import annotations
+
+__all__ = ["explain_plan", "ROWS"]
+
+#: method -> (method-table row, optimality map, forward solver)
+ROWS = {
+    "projection": ("objective is ||x - y||^2 with x in a set of the catalog",
+                   "x = proj_C(y) (closed form; differentiated through the projection)",
+                   "the closed-form projection itself"),
+    "stationary": ("smooth objective, no constraints",
+                   "F(x) = grad f(x) = 0", "Newton with backtracking (small n) / FISTA"),
+    "proj_grad": ("smooth objective, each var in one simple set",
+                  "x = proj_C(x - eta grad f(x))  (projected-gradient fixed point)",
+                  "accelerated projected gradient (FISTA, backtracking, restart)"),
+    "prox_grad": ("smooth + prox-able non-smooth terms, no other constraints",
+                  "x = prox_{eta g}(x - eta grad f(x))  (proximal-gradient fixed point)",
+                  "FISTA with backtracking and adaptive restart"),
+    "mirror_descent": ("smooth objective on simplices (entropy terms)",
+                       "x = normalize(x * exp(-eta grad f(x)))  (KL mirror-descent fixed point)",
+                       "exponentiated gradient with backtracking"),
+    "kkt": ("affine constraints / QP / LP",
+            "KKT: Qx + p + G'z + A'y = 0, Ax = b, z * (Gx - h) = 0",
+            "batched primal-dual interior point (optlayer.solvers.solve_qp); "
+            "backward reuses its KKT system"),
+}
+
+
+def explain_plan(plan, problem) -> str:
+    """Readable explanation of a :class:`~optlayer.compiler.Plan`."""
+    row, fmap, solver = ROWS[plan.method]
+    lines = [f"method: {plan.method}", f"  table row: {row}", "  why:"]
+    lines += [f"    - {w}" for w in plan.why] or ["    - (forced)"]
+    lines += [f"  optimality map: {fmap}", f"  solver: {solver}",
+              f"  applicable methods: {', '.join(plan.applicable)} (default {plan.applicable[0]})",
+              f"  variables: {', '.join(problem.vars)}"]
+    return "\n".join(lines)

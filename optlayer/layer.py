@@ -1,0 +1,290 @@
+"""``OptLayer``: a declared optimization problem as a differentiable ``nn.Module``.
+
+Forward: bind and check the parameters (``Problem.check_params``), broadcast
+unbatched ones to the batch, solve without a graph, then attach implicit
+gradients — ``custom_root(grad f)`` for ``stationary``,
+``custom_fixed_point(T)`` on the method's fixed-point map for ``proj_grad``,
+``prox_grad`` and ``mirror_descent``; the projection pattern is
+differentiated through the closed-form projection, and ``kkt`` through the
+batched QP solver's own implicit backward.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import namedtuple
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from optlayer import defaults
+from optlayer.compiler import METHODS, canonicalize_qp, compile_problem, expand_params, explain_plan
+from optlayer.compiler.lower import eval_like
+from optlayer.errors import BindingError, OptTypeError, report_status
+from optlayer.implicit import custom_fixed_point, custom_root
+from optlayer.status import Status, check_on_failure, failed_mask
+
+__all__ = ["OptLayer", "LayerInfo", "build_layer", "random_params"]
+
+
+class LayerInfo(NamedTuple):
+    """What the last forward call did: per-item ``status`` (int8), ``iterations``,
+    ``residual`` (the optimality map's residual per item) and the ``method``."""
+
+    status: torch.Tensor
+    iterations: int
+    residual: torch.Tensor
+    method: str
+
+
+class OptLayer(nn.Module):
+    """A problem of the IR as a layer: ``layer(**params) -> solution``.
+
+    Args:
+        problem: an :class:`optlayer.ir.Problem` (DCP-checked here).
+        dims: sizes for symbolic dims (defaults fill the rest).
+        method: force one of ``"projection", "stationary", "proj_grad",
+            "prox_grad", "mirror_descent", "kkt"`` (must apply); None picks
+            the default of DESIGN.md section 5.
+        solver: accepted for API compatibility; only the default solver of
+            each method exists (any other value is an error).
+        tol, maxiter: forward solver settings (defaults by dtype / family).
+        on_failure: ``"raise"`` (default), ``"warn"``, ``"mask"`` (NaN rows and
+            zero gradient for failed items) or ``"ignore"``.
+        warm_start: reuse the previous solution as the initial point when the
+            shapes match.
+
+    Raises:
+        OptTypeError: unknown option, or a forced method that does not apply.
+        NonConvexError, BindingError: from checking the problem and dims.
+
+    Example:
+        >>> import torch, optlayer as ol
+        >>> layer = ol.compile("var x[3]\\nparam y[3]\\nminimize sum_squares(x - y)\\n"
+        ...                    "subject to\\n x in simplex")
+        >>> layer.method
+        'projection'
+        >>> x = layer(y=torch.tensor([0.2, 0.4, -1.0], dtype=torch.float64))
+        >>> torch.allclose(x, torch.tensor([0.4, 0.6, 0.0], dtype=torch.float64))
+        True
+    """
+
+    def __init__(self, problem, *, dims=None, method=None, solver=None, tol=None,
+                 maxiter=None, on_failure="raise", warm_start=False) -> None:
+        super().__init__()
+        check_on_failure(on_failure)
+        if solver is not None and solver != "default":
+            raise OptTypeError(f"unknown solver {solver!r}",
+                               hint="only solver=None (the method's default) is available")
+        if method is not None and method not in METHODS:
+            raise OptTypeError(f"unknown method {method!r}", hint="methods: " + ", ".join(METHODS))
+        problem.check_dcp()
+        if dims is not None or any(not isinstance(d, int) for v in
+                                   list(problem.vars.values()) + list(problem.params.values())
+                                   for d in v.shape):
+            problem = problem.bind(dims or {})
+        self.problem = problem
+        self.program = compile_problem(problem, method)
+        self.plan = self.program.plan
+        self.tol, self.maxiter, self.on_failure = tol, maxiter, on_failure
+        self.warm_start = warm_start
+        self.info: LayerInfo | None = None
+        self._last = None
+        self._duals = None
+        names = list(problem.vars)
+        self._Solution = namedtuple("Solution", names) if len(names) > 1 else None
+
+    @property
+    def method(self) -> str:
+        """The method in use (``"stationary"``, ``"proj_grad"``, ...)."""
+        return self.plan.method
+
+    def explain(self) -> str:
+        """The method-table row, why it applies, the optimality map and the solver."""
+        return explain_plan(self.plan, self.problem)
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, vars={list(self.problem.vars)}"
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, warm_start=None, **params):
+        values = self.problem.check_params(params)
+        if not values:
+            raise BindingError("the problem has no parameters; there is nothing to bind",
+                               hint="declare at least one `param`")
+        P, B, batched = expand_params(self.problem, values)
+        t0 = next(iter(values.values()))
+        dtype, device = t0.dtype, t0.device
+        tol = self.tol if self.tol is not None else defaults.tol(dtype)
+        m = self.plan.method
+        if m == "projection":
+            z, status, iters, res = self._project(P, B)
+        elif m == "kkt":
+            z, status, iters, res = self._kkt(P, B, dtype, device, tol)
+        else:
+            init = self._init(warm_start, P, B, dtype, device)
+            Pd = {k: v.detach() for k, v in P.items()}
+            r = self.program.solve(Pd, init, tol=tol, maxiter=self.maxiter)
+            z = self._attach(r, P)
+            status, iters, res = r.status, r.iterations, r.residual
+        self.info = LayerInfo(status, iters, res, m)
+        report_status(status, self.on_failure, f"OptLayer ({m})")
+        if self.on_failure == "mask":
+            z = torch.where(failed_mask(status)[:, None], torch.full_like(z, torch.nan), z)
+        self._last = z.detach()
+        parts = self.program.layout.unpack(z)
+        if not batched:
+            parts = {k: v[0] for k, v in parts.items()}
+        if self._Solution is None:
+            return next(iter(parts.values()))
+        return self._Solution(**parts)
+
+    def _init(self, warm_start, P, B, dtype, device):
+        if warm_start is not None:
+            ws = warm_start
+            if isinstance(ws, torch.Tensor):
+                ws = {self.program.layout.names[0]: ws}
+            else:
+                ws = dict(zip(self.program.layout.names, ws, strict=True))
+            ws = {k: (v if v.dim() > len(self.program.layout.shapes[k]) else v.unsqueeze(0))
+                  .detach().to(dtype=dtype, device=device)
+                  .expand(B, *self.program.layout.shapes[k]) for k, v in ws.items()}
+            return self.program.layout.pack(ws)
+        if self.warm_start and self._last is not None and self._last.shape[0] == B \
+                and self._last.dtype == dtype and self._last.device == device \
+                and bool(torch.isfinite(self._last).all()):
+            return self._last
+        return self.program.init(P, B, dtype, device)
+
+    def _attach(self, r, P):
+        """Implicit gradients on the solved ``z`` through the method's optimality map."""
+        if not any(t.requires_grad for t in P.values()) and not torch.is_grad_enabled():
+            return r.z
+        if not any(t.requires_grad for t in P.values()):
+            return r.z
+        program, z_star = self.program, r.z
+        if self.plan.method == "stationary":
+            def F(z, Pa):
+                return program.grad(z, Pa)
+
+            solver = custom_root(F)(lambda init, Pa: z_star)
+        else:
+            step = r.step.detach()
+
+            def T(z, Pa):
+                return program.fixed_point(z, Pa, step)
+
+            solver = custom_fixed_point(T)(lambda init, Pa: z_star)
+        return solver(None, P)
+
+    def _project(self, P, B):
+        name, y_expr, _scale = self.plan.projection
+        shape = self.program.layout.shapes[name]
+        env, cache = dict(P), {}
+        y = eval_like(y_expr, env, cache, B, shape)
+        x = self.program._set_projection(name, y, env, cache, B)
+        z = x.reshape(B, -1)
+        status = torch.where(torch.isfinite(z).all(-1), 0,
+                             int(Status.NUMERICAL_ERROR)).to(torch.int8)
+        return z, status, 0, torch.zeros(B, dtype=z.dtype, device=z.device)
+
+    def _kkt(self, P, B, dtype, device, tol):
+        try:
+            from optlayer.solvers import solve_qp
+        except ImportError:  # pragma: no cover - depends on the solvers branch
+            raise OptTypeError("method 'kkt' needs optlayer.solvers.solve_qp, which is not "
+                               "installed in this build",
+                               hint="use another applicable method: " +
+                               ", ".join(self.plan.applicable)) from None
+        Q, p, G, h, A, b, isz, esz = canonicalize_qp(self.program, P, B, dtype, device)
+        sol = solve_qp(Q, p, G, h, A, b, tol=tol, maxiter=self.maxiter, on_failure="ignore")
+        self._duals = (sol.ineq_dual, sol.eq_dual, isz, esz)
+        res = getattr(sol, "error", torch.zeros(B, dtype=dtype, device=device))
+        x = sol.x if any(t.requires_grad for t in P.values()) else sol.x.detach()
+        return x, sol.status, int(torch.as_tensor(sol.iter_num).max()), res
+
+    def duals(self, label: str | None = None):
+        """Multipliers of labelled constraints from the last call (``kkt`` only).
+
+        Args:
+            label: a constraint label; None returns a dict label -> multipliers.
+
+        Returns:
+            A tensor ``(B, rows)`` (or dict of them). Inequality multipliers
+            are ``>= 0``; with ``Q x + p + G'z + A'y = 0``.
+
+        Raises:
+            OptTypeError: not a kkt layer, no call yet, or an unknown label.
+        """
+        if self.plan.method != "kkt":
+            raise OptTypeError(f"duals are available for method 'kkt', this layer uses "
+                               f"{self.plan.method!r}", hint="compile with method='kkt'")
+        if self._duals is None:
+            raise OptTypeError("no duals yet: call the layer first")
+        zi, ze, isz, esz = self._duals
+        out: dict = {}
+        for items, sizes, dual in ((self.plan.ineq, isz, zi), (self.plan.eq, esz, ze)):
+            start = 0
+            for (lab, _e, _c), k in zip(items, sizes, strict=True):
+                if lab is not None:
+                    d = dual[..., start:start + k]
+                    out[lab] = torch.cat([out[lab], d], -1) if lab in out else d
+                start += k
+        if label is None:
+            return out
+        if label not in out:
+            raise OptTypeError(f"no labelled constraint {label!r}",
+                               hint="labels: " + (", ".join(out) or "none"))
+        return out[label]
+
+
+def build_layer(problem, **options) -> OptLayer:
+    """The factory behind ``Problem.layer(**options)``."""
+    return OptLayer(problem, **options)
+
+
+def _register() -> None:
+    from optlayer.ir.problem import set_layer_factory
+
+    set_layer_factory(build_layer)
+
+
+_register()
+warnings.filterwarnings("default", category=DeprecationWarning, module=__name__)
+
+
+def random_params(problem, *, batch=None, dtype=torch.float64, device="cpu", seed=0) -> dict:
+    """Random parameter values that fit the declarations of a bound problem.
+
+    ``psd`` gives a positive definite matrix ``M M' / k + I``, ``symmetric`` a
+    symmetric one, ``pos`` values in ``[0.5, 1.5]``, ``nonneg`` ``|N(0, 1)|``,
+    ``nonpos`` ``-|N(0, 1)|``; others standard normal.
+
+    Args:
+        problem: a problem with concrete shapes.
+        batch: a leading batch size, or None.
+        dtype, device, seed: of the generated tensors.
+
+    Returns:
+        dict name -> tensor.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in problem.params.items():
+        shape = tuple(int(d) for d in p.shape)
+        full = ((batch,) if batch else ()) + shape
+        t = torch.randn(full, generator=g, dtype=torch.float64)
+        if "psd" in p.attrs:
+            k = shape[-1]
+            t = t @ t.transpose(-1, -2) / k + torch.eye(k, dtype=t.dtype)
+        elif "symmetric" in p.attrs:
+            t = 0.5 * (t + t.transpose(-1, -2))
+        if "pos" in p.attrs:
+            t = 0.5 + torch.rand(full, generator=g, dtype=torch.float64)
+        elif "nonneg" in p.attrs:
+            t = t.abs()
+        elif "nonpos" in p.attrs:
+            t = -t.abs()
+        out[name] = t.to(dtype=dtype, device=device)
+    return out
