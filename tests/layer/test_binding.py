@@ -44,7 +44,8 @@ BAD = [
      (1,)),
     ("two_batch_dims", {"y": _y(2, 2), "lam": torch.tensor(1.0, dtype=D)}, "y",
      "leading batch dims", None),
-    ("batch_mismatch", {"y": _y(2), "lam": torch.ones(3, dtype=D)}, "lam", "do not broadcast", None),
+    ("batch_mismatch", {"y": _y(2), "lam": torch.ones(3, dtype=D)}, "lam",
+     "do not broadcast", None),
 ]
 
 
