@@ -229,6 +229,16 @@ def _check_marginals(what, a, b, need_positive):
         )
 
 
+def _transport_inputs(what, X, a, b, need_positive):
+    """Broadcast ``X (..., m, n)``, ``a (..., m)``, ``b (..., n)`` to one batch and check them."""
+    m, n = X.shape[-2], X.shape[-1]
+    batch = torch.broadcast_shapes(X.shape[:-2], a.shape[:-1], b.shape[:-1])
+    X, a, b = X.expand(batch + (m, n)), a.expand(batch + (m,)), b.expand(batch + (n,))
+    with torch.no_grad():
+        _check_marginals(what, a, b, need_positive=need_positive)
+    return X, a, b, batch
+
+
 def transport(
     X: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, tol=None, maxiter=None
 ) -> torch.Tensor:
@@ -243,13 +253,8 @@ def transport(
         a: row marginal ``(..., m)``, ``b``: column marginal ``(..., n)``;
             nonnegative, ``sum(a) = sum(b)``.
     """
+    X, a, b, batch = _transport_inputs("transport projection", X, a, b, need_positive=False)
     m, n = X.shape[-2], X.shape[-1]
-    batch = torch.broadcast_shapes(X.shape[:-2], a.shape[:-1], b.shape[:-1])
-    X = X.expand(batch + (m, n))
-    a = a.expand(batch + (m,))
-    b = b.expand(batch + (n,))
-    with torch.no_grad():
-        _check_marginals("transport projection", a, b, need_positive=False)
     tol_ = _tol(tol, X.dtype)
     cap = maxiter or defaults.MAXITER["newton"] * 4
 
@@ -347,13 +352,8 @@ def kl_transport(
     ``g = log b - LSE_cols(X + f)``, iterated in the log domain. Marginals
     must be positive with equal sums.
     """
-    m, n = X.shape[-2], X.shape[-1]
-    batch = torch.broadcast_shapes(X.shape[:-2], a.shape[:-1], b.shape[:-1])
-    X = X.expand(batch + (m, n))
-    a = a.expand(batch + (m,))
-    b = b.expand(batch + (n,))
-    with torch.no_grad():
-        _check_marginals("kl_transport projection", a, b, need_positive=True)
+    X, a, b, batch = _transport_inputs("kl_transport projection", X, a, b, need_positive=True)
+    n = X.shape[-1]
     log_a, log_b = torch.log(a), torch.log(b)
     tol_ = _tol(tol, X.dtype)
     cap = maxiter or 20 * defaults.MAXITER["fixed_point"]
