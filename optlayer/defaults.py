@@ -19,6 +19,7 @@ __all__ = [
     "IPM_BACKWARD_REFINE_STEPS",
     "IPM_REFINE_BELOW",
     "IPM_COMPACT_MIN_BATCH",
+    "IPM_DENSE_MAX_SIZE",
     "ipm_infeasibility_tol",
     "ipm_inaccurate_tol",
 ]
@@ -107,6 +108,12 @@ IPM_REFINE_BELOW = 1e-4
 #: The interior point loop drops frozen items (and continues on the active
 #: ones only) once at most half are active, for working batches this large.
 IPM_COMPACT_MIN_BATCH = 8
+
+#: QPs whose full Newton system ``n + 2m + me`` has at most this many rows are
+#: solved on that system with one LU per iteration (few tensor operations,
+#: which is what small problems cost); larger ones on the reduced Cholesky
+#: system.
+IPM_DENSE_MAX_SIZE = 64
 
 # compiler / OptLayer (optlayer.compiler, optlayer.layer)
 #: Unconstrained smooth problems with at most this many unknowns use Newton; larger ones FISTA.

@@ -37,7 +37,8 @@ from optlayer.status import Status
 
 __all__ = [
     "Data", "Factor", "SplitFactor", "Result", "make_data", "pack", "factor", "kkt_solve",
-    "split_factor", "split_solve", "run_ipm",
+    "split_factor", "split_solve", "run_ipm", "residuals", "final_status",
+    "infeasibility_certificate", "unbounded_certificate", "split",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -261,7 +262,7 @@ def _max_step(s, z, ds, dz, fraction: float) -> Tensor:
     return (-fraction / worst.clamp(max=-fraction)).view(-1, 1, 1)
 
 
-def _infeasibility_certificate(d: Data, r: _Res, z, y, eps_inf: float) -> Tensor:
+def infeasibility_certificate(d: Data, Gtz_Aty: Tensor, z, y, eps_inf: float) -> Tensor:
     """True where ``(z, y)`` certify ``{x : Gx <= h, Ax = b}`` is empty.
 
     Farkas: ``z >= 0``, ``G'z + A'y = 0`` and ``h'z + b'y < 0``. Accepted when
@@ -271,10 +272,10 @@ def _infeasibility_certificate(d: Data, r: _Res, z, y, eps_inf: float) -> Tensor
     c = -(d.h * z).sum(dim=(1, 2))
     if d.A is not None:
         c = c - (d.b * y).sum(dim=(1, 2))
-    return (c > 0) & (_amax(r.Gtz_Aty) <= eps_inf * c)
+    return (c > 0) & (_amax(Gtz_Aty) <= eps_inf * c)
 
 
-def _unbounded_certificate(d: Data, dx, prods, eps_inf: float) -> Tensor:
+def unbounded_certificate(d: Data, dx, prods, eps_inf: float) -> Tensor:
     """True where ``dx`` is a ray of unboundedness.
 
     ``Q dx = 0``, ``A dx = 0``, ``G dx <= 0`` and ``p'dx < 0``, accepted when the
@@ -373,7 +374,7 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
         settle(~torch.isfinite(err), Status.NUMERICAL_ERROR)
         settle(err <= tol, Status.OPTIMAL)
         if m:
-            settle(_infeasibility_certificate(d, r, z, y, eps_inf), Status.INFEASIBLE)
+            settle(infeasibility_certificate(d, r.Gtz_Aty, z, y, eps_inf), Status.INFEASIBLE)
         # the one host sync per iteration: worst residual and count of active items
         worst, count = torch.stack([torch.where(active, err, torch.full_like(err, -1.0)).max(),
                                     active.sum().to(err.dtype)]).tolist()
@@ -411,7 +412,7 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             dx, ds, dz, dy, prods = _newton(d, f, r, None, refine)
             a = torch.ones(B, 1, 1, dtype=dtype, device=d.Q.device)
         finite = torch.isfinite(dx).all(dim=1).view(-1)
-        unb = _unbounded_certificate(d, dx, prods, eps_inf)
+        unb = unbounded_certificate(d, dx, prods, eps_inf)
         settle(unb & finite, Status.UNBOUNDED)
         broken = ~(f.ok & finite)
         settle(broken & (err <= loose), Status.OPTIMAL_INACCURATE)
@@ -451,17 +452,34 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
         s = torch.where(b3, ps, s)
         z = torch.where(b3, pz, z)
     r = residuals(d, x, s, z, y)
+    status = final_status(r, running=active, infeasible=status == int(Status.INFEASIBLE),
+                          unbounded=status == int(Status.UNBOUNDED), tol=tol, loose=loose)
+    return Result(x, y, z, s, status, iters, r.pres, r.dres, r.gap,
+                  fac if want_factor else None)
+
+
+def final_status(r: _Res, *, running: Tensor, infeasible: Tensor, unbounded: Tensor,
+                 tol: float, loose: float) -> Tensor:
+    """The status of each returned point from its recomputed residuals ``r``.
+
+    One rule each, later rules winning: NUMERICAL_ERROR by default (the loop
+    stopped without a verdict); OPTIMAL_INACCURATE where the error passes the
+    loose tolerance; MAX_ITER where the loop was still running and it does
+    not; OPTIMAL where the independent KKT check passes ``tol`` at the
+    returned point (however it was reached); INFEASIBLE / UNBOUNDED where a
+    certificate passed.
+    """
     err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
-    promote = (status == int(Status.OPTIMAL_INACCURATE)) & (err <= tol)
-    status = torch.where(promote, code[Status.OPTIMAL], status)
-    # independent check of what is returned: OPTIMAL only if the KKT residuals
-    # recomputed from the data at the returned point pass tol.
-    optimal = status == int(Status.OPTIMAL)
-    status = torch.where(optimal & ~(err <= tol), code[Status.OPTIMAL_INACCURATE], status)
-    status = torch.where(active & (err <= loose), code[Status.OPTIMAL_INACCURATE], status)
-    if not want_factor:
-        fac = None
-    return Result(x, y, z, s, status, iters, r.pres, r.dres, r.gap, fac)
+    status = torch.full(err.shape, int(Status.NUMERICAL_ERROR), dtype=torch.int8,
+                        device=err.device)
+    rules = ((err <= loose, Status.OPTIMAL_INACCURATE),
+             (running & ~(err <= loose), Status.MAX_ITER),
+             (err <= tol, Status.OPTIMAL),
+             (infeasible, Status.INFEASIBLE),
+             (unbounded, Status.UNBOUNDED))
+    for mask, st in rules:
+        status = torch.where(mask, int(st), status)
+    return status
 
 
 # --------------------------------------------------------------------------
