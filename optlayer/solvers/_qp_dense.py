@@ -41,9 +41,16 @@ from optlayer.solvers import _qp_ipm as ipm
 __all__ = ["DenseFactor", "use_dense", "run_dense", "dense_grad_solve"]
 
 
-def use_dense(n: int, m: int, me: int) -> bool:
-    """True when the full Newton system is small enough for this kernel."""
-    return n + 2 * m + me <= defaults.IPM_DENSE_MAX_SIZE
+_TRACE = None
+
+
+def use_dense(n: int, m: int, me: int, batch: int) -> bool:
+    """True when this kernel is the cheaper one: the batched LU of the full
+    ``N = n + 2m + me`` system costs about ``batch * N^3``, against the
+    per-operation overhead that the reduced kernel pays (measured crossover,
+    ``defaults.IPM_DENSE_MAX_WORK``)."""
+    N = n + 2 * m + me
+    return N <= defaults.IPM_DENSE_MAX_SIZE and batch * N ** 3 <= defaults.IPM_DENSE_MAX_WORK
 
 
 class DenseFactor(NamedTuple):
@@ -112,7 +119,7 @@ def _newton_lu(L: _Layout, v: Tensor):
     return LU, piv, info == 0
 
 
-def _step_to_boundary(vsz: Tensor, dsz: Tensor, fraction: float) -> Tensor:
+def _step_to_boundary(vsz: Tensor, dsz: Tensor, fraction) -> Tensor:
     """Largest ``a <= 1`` with ``vsz - a * dsz >= (1 - fraction) vsz`` (``vsz > 0``)."""
     worst = (dsz / vsz).amax(dim=(1, 2), keepdim=True)
     return fraction / worst.clamp(min=fraction)
@@ -139,8 +146,8 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     """Mehrotra predictor-corrector on the full Newton system (see the module doc).
 
     Items stop when their error (:func:`_error`) is at most ``tol``, when a
-    certificate of infeasibility or unboundedness passes (checked every other
-    iteration from the fourth on), or when their Newton system breaks down;
+    certificate of infeasibility or unboundedness passes (checked every third
+    iteration from the fifth on), or when their Newton system breaks down;
     the statuses are assigned at the end from the residuals of the returned
     point (:func:`_finish`).
     """
@@ -151,6 +158,8 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     eps_inf = defaults.ipm_infeasibility_tol(d.Q.dtype)
     iters = torch.zeros(B, dtype=torch.int64, device=dev)
     running = active.clone()
+    dv = d.p.new_zeros(B, L.N, 1)     # the last direction (the unbounded certificate at exit)
+    polish_at, pol = defaults.IPM_POLISH_BELOW, None
     infeasible = torch.zeros_like(running)
     unbounded = torch.zeros_like(running)
     pn = torch.linalg.vector_norm(d.p, ord=float("inf"), dim=(1, 2), keepdim=True)
@@ -181,13 +190,23 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     for it in range(maxiter + 1):
         R = torch.baddbmm(L.c0, L.J0, v)
         err, sz = _error(L, v, R, scale, prow)
+        if _TRACE is not None:
+            _TRACE.append(err.clone())
         running = running & (err > tol)          # NaN errors stop too (statuses at the end)
-        if m and it >= 4 and it % 2 == 0:
+        if m and it >= 5 and it % 3 == 2:
             cert = running & _infeasible(d, L, v, eps_inf)
             infeasible = infeasible | cert
             running = running & ~cert
-        if it == maxiter or not bool(running.any()):
+        worst = float(torch.where(running, err, -1.0).amax())
+        if it == maxiter or worst < 0:
             break
+        if m and worst <= polish_at:
+            # the active set is most likely known: try to finish by polishing on it
+            polish_at = worst * 1e-2
+            pol = _polish(d, *_split(v, n, m, me))
+            if bool((~active | infeasible | unbounded | (err <= tol) | (pol.err <= tol)).all()):
+                break
+            pol = None
         LU, piv, ok = _newton_lu(L, v)
         if m:
             vsz = v[:, ab]
@@ -202,22 +221,35 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             target = (mu_aff / mu).clamp(0.0, 1.0).pow(3).mul(mu / m).clamp(min=0.1 * tol / m)
             R[:, k:] = dsz.unflatten(1, (2, m)).prod(dim=1).add_(sz).sub_(target)
             dv = torch.linalg.lu_solve(LU, piv, R)                      # corrector
-            a = _step_to_boundary(vsz, dv[:, ab], ipm._STEP_FRACTION)
+            # fraction to the boundary 1 - min(0.01, err): superlinear near the end
+            a = _step_to_boundary(vsz, dv[:, ab],
+                                  1.0 - err.clamp(max=1.0 - ipm._STEP_FRACTION).view(-1, 1, 1))
         else:
             dv = torch.linalg.lu_solve(LU, piv, R)
             a = torch.ones_like(dv[:, :1])
-        if it >= 4 and it % 2 == 0:
+        if it >= 5 and it % 3 == 2:
             unb = running & _unbounded(d, L, -dv[:, :n], eps_inf)
             unbounded = unbounded | unb
             running = running & ~unb
         # frozen items keep their point; a non-finite direction makes the next error NaN
         running = running & ok
-        v = torch.where(running.view(-1, 1, 1), torch.addcmul(v, a, dv, value=-1.0), v)
+        r3 = running.view(-1, 1, 1)
+        v = torch.where(r3, torch.addcmul(v, a, dv, value=-1.0), v)
         iters += running
 
+    # items that stopped without converging: the certificates at their last point
+    # (an infeasible or unbounded item may break down between two periodic checks)
+    open_ = active & ~infeasible & ~unbounded & ~(err <= tol)
+    if bool(open_.any()):
+        if m:
+            infeasible = infeasible | (open_ & _infeasible(d, L, v, eps_inf))
+        unbounded = unbounded | (open_ & ~infeasible & _unbounded(d, L, -dv[:, :n], eps_inf))
+
     x, s, z, y = _split(v, n, m, me)
-    return _finish(d, x, s, z, y, active, running, infeasible, unbounded, iters, tol,
-                   want_factor)
+    if pol is None:
+        pol = _polish(d, x, s, z, y)
+    return _finish(d, (x, s, z, y), pol, err, active, running, infeasible, unbounded, iters,
+                   tol, want_factor)
 
 
 def _split(v: Tensor, n: int, m: int, me: int):
@@ -302,8 +334,15 @@ def dense_grad_solve(f: DenseFactor, n: int, m: int, a1, a3, a2, refine: int):
     return u, zeta, w
 
 
-def _finish(d, x, s, z, y, active, running, infeasible, unbounded, iters, tol, want_factor):
-    """Polish on the active set, then the statuses from the returned point."""
+class _Polished(NamedTuple):
+    fac: DenseFactor
+    point: tuple            # (x, s, z, y) solving the active-set KKT system
+    r: ipm._Res
+    err: Tensor
+
+
+def _polish(d: ipm.Data, x, s, z, y) -> _Polished:
+    """Solve the KKT system of the active set ``{z > s}`` of the point given."""
     n = d.Q.shape[1]
     m = 0 if z is None else z.shape[1]
     fac = dense_factor(d, s, z)
@@ -321,22 +360,27 @@ def _finish(d, x, s, z, y, active, running, infeasible, unbounded, iters, tol, w
         ps = (d.h - d.G @ px).clamp(min=0.0)
     if d.A is not None:
         py = sol[:, n + m:]
-    # keep the polished point where its residuals are not worse
-    r0 = ipm.residuals(d, x, s, z, y)
-    r1 = ipm.residuals(d, px, ps, pz, py)
-    e0 = torch.maximum(torch.maximum(r0.dres, r0.pres), r0.gap)
-    e1 = torch.maximum(torch.maximum(r1.dres, r1.pres), r1.gap)
-    better = active & ~infeasible & ~unbounded & fac.ok & (e1 <= e0)
-    b3 = better.view(-1, 1, 1)
-    x = torch.where(b3, px, x)
-    if m:
-        s = torch.where(b3, ps, s)
-        z = torch.where(b3, pz, z)
-    if y is not None:
-        y = torch.where(b3, py, y)
-    r = ipm._Res(*(None if a is None else torch.where(better if a.dim() == 1 else b3, a, b)
-                   for a, b in zip(r1, r0, strict=True)))
+    r = ipm.residuals(d, px, ps, pz, py)
+    return _Polished(fac, (px, ps, pz, py), r, torch.maximum(torch.maximum(r.dres, r.pres),
+                                                             r.gap))
+
+
+def _finish(d, point, pol: _Polished, err, active, running, infeasible, unbounded, iters, tol,
+            want_factor):
+    """Return the polished point where it passes tol or its error is not above the
+    loop's ``err`` (which bounds the iterate's from above), else the iterate; the
+    statuses come from the residuals of what is returned."""
+    better = active & ~infeasible & ~unbounded & pol.fac.ok & ((pol.err <= tol) | (pol.err <= err))
+    if bool(better.all()):
+        (x, s, z, y), r = pol.point, pol.r
+    else:
+        b3 = better.view(-1, 1, 1)
+        r0 = ipm.residuals(d, *point)
+        x, s, z, y = (None if a is None else torch.where(b3, a, b)
+                      for a, b in zip(pol.point, point, strict=True))
+        r = ipm._Res(*(None if a is None else torch.where(better if a.dim() == 1 else b3, a, b)
+                       for a, b in zip(pol.r, r0, strict=True)))
     status = ipm.final_status(r, running=running, infeasible=infeasible, unbounded=unbounded,
                               tol=tol, loose=defaults.ipm_inaccurate_tol(d.Q.dtype))
     return ipm.Result(x, y, z, s, status, iters, r.pres, r.dres, r.gap,
-                      fac if want_factor else None)
+                      pol.fac if want_factor else None)

@@ -189,7 +189,7 @@ class _QPFunction(torch.autograd.Function):
         n = Q.shape[1]
         m = 0 if G is None else G.shape[1]
         me = 0 if A is None else A.shape[1]
-        small = dense.use_dense(n, m, me)
+        small = dense.use_dense(n, m, me, Q.shape[0])
         run = dense.run_dense if small else ipm.run_ipm
         res = run(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
         x = res.x.squeeze(-1)
@@ -326,16 +326,16 @@ def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = N
     args = [Qf, _flat(p, bshape, 1, B, dtype), _flat(G, bshape, 2, B, dtype),
             _flat(h, bshape, 1, B, dtype), _flat(A, bshape, 2, B, dtype),
             _flat(b, bshape, 1, B, dtype)]
-    finite = torch.ones(B, dtype=torch.bool, device=Qf.device)
-    for t in args:
-        if t is not None:
-            finite = finite & torch.isfinite(t).reshape(B, -1).all(dim=1)
-    clean = [None if t is None else
-             torch.where(finite.view(-1, *([1] * (t.dim() - 1))), t, torch.zeros_like(t))
-             for t in args]
+    given = [t for t in args if t is not None]
+    finite = torch.isfinite(torch.cat([t.reshape(B, -1) for t in given], dim=1)).all(dim=1)
+    clean = args
+    if not bool(finite.all()):   # zero the data of non-finite items (they are not solved)
+        clean = [None if t is None else
+                 torch.where(finite.view(-1, *([1] * (t.dim() - 1))), t, torch.zeros_like(t))
+                 for t in args]
     out = _QPFunction.apply(*clean, finite, tol, maxiter)
     x, y, z, s, status, iters, pres, dres, gap = out
-    if not finite.all():
+    if clean is not args:
         nanrow = (~finite).view(-1, 1)
         x = torch.where(nanrow, torch.full_like(x, float("nan")), x)
     if on_failure == "mask":

@@ -16,7 +16,9 @@ F64 = torch.float64
 def kernel(request, monkeypatch):
     """Every test runs on both interior point kernels: the full Newton system with
     LU (small problems) and the reduced system with Cholesky (larger ones)."""
-    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", 10**9 if request.param == "dense" else 0)
+    dense = request.param == "dense"
+    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", 10**9 if dense else 0)
+    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", float("inf") if dense else 0.0)
     return request.param
 
 
