@@ -119,7 +119,7 @@ IPM_COMPACT_MIN_BATCH = 8
 #: crossover was measured on CPU, float64, one thread (n=10: batch 32 dense,
 #: batch 128 reduced; batch 1: dense up to N = 128).
 IPM_DENSE_MAX_SIZE = 200
-IPM_DENSE_MAX_WORK = 2.5e6
+IPM_DENSE_MAX_WORK = 5e6
 
 #: The small-problem interior point tries to finish by polishing on the active
 #: set once every running item's error is below this (and again after each
