@@ -113,13 +113,14 @@ IPM_REFINE_BELOW = 1e-4
 IPM_COMPACT_MIN_BATCH = 8
 
 #: Small QP batches (full Newton system of ``N = n + 2m + me`` rows, at most
-#: IPM_DENSE_MAX_SIZE, and ``batch * N^3`` at most IPM_DENSE_MAX_WORK) are solved
+#: IPM_DENSE_MAX_SIZE, and ``batch * N^2`` at most IPM_DENSE_MAX_WORK) are solved
 #: on that system with one LU per iteration: few tensor operations, which is
 #: what small problems cost. The others use the reduced Cholesky system. The
-#: crossover was measured on CPU, float64, one thread (n=10: batch 32 dense,
-#: batch 128 reduced; batch 1: dense up to N = 128).
+#: crossover was measured on CPU, float64, one thread, fwd+bwd (dense/reduced
+#: ms): N=160 batch 1 7.1/11.3; N=32 batch 32 10.1/12.0, batch 64 24.8/17.7;
+#: N=64 batch 16 14.8/12.4; N=96 batch 4 12.7/12.8.
 IPM_DENSE_MAX_SIZE = 200
-IPM_DENSE_MAX_WORK = 5e6
+IPM_DENSE_MAX_WORK = 4e4
 
 #: The small-problem interior point tries to finish by polishing on the active
 #: set once every running item's error is below this (and again after each

@@ -45,12 +45,13 @@ _TRACE = None
 
 
 def use_dense(n: int, m: int, me: int, batch: int) -> bool:
-    """True when this kernel is the cheaper one: the batched LU of the full
-    ``N = n + 2m + me`` system costs about ``batch * N^3``, against the
-    per-operation overhead that the reduced kernel pays (measured crossover,
-    ``defaults.IPM_DENSE_MAX_WORK``)."""
+    """True when this kernel is the cheaper one. Its batched LU of the full
+    ``N = n + 2m + me`` system grows with ``batch * N^2`` at these sizes (a
+    per-matrix cost), against the per-operation overhead the reduced kernel
+    pays; the threshold ``defaults.IPM_DENSE_MAX_WORK`` is the measured
+    crossover."""
     N = n + 2 * m + me
-    return N <= defaults.IPM_DENSE_MAX_SIZE and batch * N ** 3 <= defaults.IPM_DENSE_MAX_WORK
+    return N <= defaults.IPM_DENSE_MAX_SIZE and batch * N ** 2 <= defaults.IPM_DENSE_MAX_WORK
 
 
 class DenseFactor(NamedTuple):

@@ -331,4 +331,5 @@ def test_kernel_choice_follows_the_work_estimate(monkeypatch):
     monkeypatch.undo()                            # the shipped thresholds, not the fixture's
     assert use_dense(10, 10, 2, 1) and use_dense(10, 10, 2, 32)
     assert not use_dense(10, 10, 2, 128)          # 128 LUs of 32x32 cost more than Cholesky
-    assert not use_dense(50, 50, 10, 1)           # N = 160: 160^3 is above the work cap
+    assert use_dense(50, 50, 10, 1) and not use_dense(50, 50, 10, 32)
+    assert not use_dense(100, 100, 20, 1)         # N = 320 is above the size cap
