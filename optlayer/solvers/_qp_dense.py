@@ -126,19 +126,22 @@ def _step_to_boundary(vsz: Tensor, dsz: Tensor, fraction) -> Tensor:
     return fraction / worst.clamp(min=fraction)
 
 
-def _error(L: _Layout, v: Tensor, R: Tensor, scale: Tensor, prow: Tensor):
-    """``max(|R| * scale, s'z / max(1, |p'x|))`` and ``s * z`` (``(B, m, 1)``).
+def _error(L: _Layout, d: ipm.Data, v: Tensor, R: Tensor, scale: Tensor):
+    """``max(|R| * scale, s'z / max(1, |1/2 x'Qx + p'x|))`` and ``s * z`` (``(B, m, 1)``).
 
     ``R`` is the linear residual (zero complementarity rows). The row scales
-    use the data only (``1 / (1 + |p|)`` on the dual rows, ``1 / (1 + |[h; b]|)``
-    on the primal rows), so this test is never looser than the one of
-    :func:`optlayer.solvers._qp_ipm.residuals` that decides the status.
+    use the data only (``1 / (1 + |p|)`` on the dual rows, ``1 / (1 + |h|)``
+    and ``1 / (1 + |b|)`` on the primal rows): each is at least the scale
+    :func:`optlayer.solvers._qp_ipm.residuals` uses, so this test is never
+    looser than the one that decides the status.
     """
     err = torch.linalg.vector_norm(R * scale, ord=float("inf"), dim=(1, 2))
     if not L.m:
         return err, None
     sz = v[:, L.n:L.n + 2 * L.m].unflatten(1, (2, L.m)).prod(dim=1)
-    gap = sz.sum(dim=(1, 2)) / (prow @ v).view(-1).abs().clamp(min=1.0)
+    x = v[:, :L.n]
+    obj = (x * torch.baddbmm(d.p, d.Q, x, alpha=0.5)).sum(dim=(1, 2))
+    gap = sz.sum(dim=(1, 2)) / obj.abs().clamp(min=1.0)
     return torch.maximum(err, gap), sz
 
 
@@ -163,16 +166,15 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     polish_at, pol = defaults.IPM_POLISH_BELOW, None
     infeasible = torch.zeros_like(running)
     unbounded = torch.zeros_like(running)
-    pn = torch.linalg.vector_norm(d.p, ord=float("inf"), dim=(1, 2), keepdim=True)
-    scale = [(1.0 / (1.0 + pn)).expand(B, n, 1)]
-    if m + me:
-        hb = torch.cat([t for t in (d.h, d.b) if t is not None], dim=1)
-        hn = torch.linalg.vector_norm(hb, ord=float("inf"), dim=(1, 2), keepdim=True)
-        scale.append((1.0 / (1.0 + hn)).expand(B, m + me, 1))
+
+    def row_scale(t):
+        tn = torch.linalg.vector_norm(t, ord=float("inf"), dim=(1, 2), keepdim=True)
+        return (1.0 / (1.0 + tn)).expand(B, t.shape[1], 1)
+
+    scale = [row_scale(t) for t in (d.p, d.h, d.b) if t is not None]
     if m:
-        scale.append(scale[0].new_zeros(B, m, 1))
+        scale.append(d.p.new_zeros(B, m, 1))
     scale = torch.cat(scale, dim=1)
-    prow = torch.cat([d.p.transpose(1, 2), d.p.new_zeros(B, 1, 2 * m + me)], dim=2)
     ab = slice(n, n + 2 * m)            # s and z, contiguous in v
 
     # start: CVXOPT's point (s = -z from a least-squares step at s = z = 1), shifted inside
@@ -190,7 +192,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
 
     for it in range(maxiter + 1):
         R = torch.baddbmm(L.c0, L.J0, v)
-        err, sz = _error(L, v, R, scale, prow)
+        err, sz = _error(L, d, v, R, scale)
         if _TRACE is not None:
             _TRACE.append(err.clone())
         running = running & (err > tol)          # NaN errors stop too (statuses at the end)
