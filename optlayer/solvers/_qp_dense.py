@@ -41,9 +41,6 @@ from optlayer.solvers import _qp_ipm as ipm
 __all__ = ["DenseFactor", "use_dense", "run_dense", "dense_grad_solve"]
 
 
-_TRACE = None
-
-
 def use_dense(n: int, m: int, me: int, batch: int) -> bool:
     """True when this kernel is the cheaper one. Its batched LU of the full
     ``N = n + 2m + me`` system grows with ``batch * N^2`` at these sizes (a
@@ -193,8 +190,6 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     for it in range(maxiter + 1):
         R = torch.baddbmm(L.c0, L.J0, v)
         err, sz = _error(L, d, v, R, scale)
-        if _TRACE is not None:
-            _TRACE.append(err.clone())
         running = running & (err > tol)          # NaN errors stop too (statuses at the end)
         if m and it >= 5 and it % 3 == 2:
             cert = running & _infeasible(d, L, v, eps_inf)
