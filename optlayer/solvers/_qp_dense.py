@@ -238,6 +238,8 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     # items that stopped without converging: the certificates at their last point
     # (an infeasible or unbounded item may break down between two periodic checks)
     open_ = active & ~infeasible & ~unbounded & ~(err <= tol)
+    if pol is not None:                      # stopped by a polish that passed
+        open_ = open_ & ~(pol.err <= tol)
     if bool(open_.any()):
         if m:
             infeasible = infeasible | (open_ & _infeasible(d, L, v, eps_inf))
