@@ -18,4 +18,5 @@ __all__ = ["METHODS", "Layout", "Plan", "Program", "SetSpec", "SolveResult",
 
 def compile_problem(problem, method=None) -> Program:
     """Classify ``problem`` (bound, DCP-checked) and lower it to a :class:`Program`."""
-    return Program(problem, classify(problem, method))
+    plan = classify(problem, method)
+    return Program(plan.problem, plan)

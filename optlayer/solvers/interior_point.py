@@ -76,6 +76,10 @@ class ConvexInteriorPoint(IterativeSolver):
         ineq_fun: ``g(x, params_ineq) -> (*batch, r)``, or None.
         mu: barrier parameter growth factor.
         alpha, beta: line-search sufficient decrease and shrink factors.
+        phase_one_fun: inequality function for phase I only, or None (``ineq_fun``).
+            It must describe the same strictly feasible set, e.g. ``norm2(u) - s``
+            (defined everywhere) for ``sum_squares(u) / s - s`` (smooth, but defined
+            only for ``s > 0``).
 
     Example:
         >>> import torch
@@ -94,6 +98,7 @@ class ConvexInteriorPoint(IterativeSolver):
     alpha: float = 0.01
     beta: float = 0.5
     maxls: int = 50
+    phase_one_fun: Callable | None = None
 
     family: ClassVar[str] = "interior_point"
 
@@ -234,8 +239,8 @@ class ConvexInteriorPoint(IterativeSolver):
     # -- phase I and run ---------------------------------------------------------------
     def _phase_one(self, x0, params_eq, params_ineq, tol):
         """Minimise ``s`` s.t. ``g(x) - s ≤ 0``, ``s ≥ -1``, ``Ax = b`` from a feasible (x0, s0)."""
-        g = self.ineq_fun
-        s0 = self._g(x0, params_ineq).amax(-1, keepdim=True) + 1.0
+        g = self.phase_one_fun or self.ineq_fun
+        s0 = g(x0, params_ineq).amax(-1, keepdim=True) + 1.0
 
         def f1(z, _p):
             return z[..., -1]

@@ -55,6 +55,8 @@ def _set(kind, x, args):
         return [cp.norm(x, "inf") <= args[0]]
     if kind == "psd":
         return [x >> 0]
+    if kind == "soc":
+        return [cp.SOC(x[0], x[1:])]
     raise KeyError(kind)
 
 
