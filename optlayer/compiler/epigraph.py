@@ -274,7 +274,8 @@ class _Rewriter:
             out = self.expr(e.args[0], pol)
         elif isinstance(e, Apply):
             monos = e.atom.monotonicity(e.args, e.static)
-            args = [self.expr(a, pol * _polarity(m)) for a, m in zip(e.args, monos, strict=True)]
+            args = [self.expr(a, pol * _polarity(m)) for a, m in zip(e.args, monos[:len(e.args)],
+                                                                      strict=True)]
             rule = None if e.atom.smooth else EPIGRAPH.get(e.atom.name)
             if rule is not None:
                 want = -1 if e.atom.curvature_of(e.args, e.static) is Curvature.CONCAVE else 1

@@ -173,9 +173,14 @@ class ConvexInteriorPoint(IterativeSolver):
         P = (params_obj, params_eq, params_ineq)
         r = lam.shape[-1]
         n = x.shape[-1]
-        gap = -(self._g(x, params_ineq) * lam).sum(-1)
-        t = self.mu * max(r, 1) / gap.clamp_min(torch.finfo(x.dtype).tiny)
-        gx, rd, rc, rp = self._residuals(x, nu, lam, t, *P)
+        gx, rd, _, rp = self._residuals(x, nu, lam, torch.ones_like(lam[..., 0]), *P)
+        gap = -(gx * lam).sum(-1)
+        # Barrier weight from the surrogate gap, but no sharper than the residuals allow:
+        # a gap far below the dual/primal residual would pin x to the boundary of g <= 0
+        # (tiny steps, a stall), so the centring target follows the largest of the three.
+        target = torch.maximum(gap, torch.maximum(norm(rd), norm(rp)))
+        t = self.mu * max(r, 1) / target.clamp_min(torch.finfo(x.dtype).tiny)
+        rc = -lam * gx - 1.0 / t.unsqueeze(-1)
         Dg = self._jac_g(x, params_ineq)
 
         def lag(z):

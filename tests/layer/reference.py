@@ -37,6 +37,10 @@ def _atom(name, a, static):
              "mean": cp.sum, "diag": cp.diag}
     if name == "mean":
         return cp.sum(a[0]) / a[0].size
+    if name in ("max", "min"):  # max(x) reduces, max(a, b) is elementwise
+        if len(a) == 1:
+            return (cp.max if name == "max" else cp.min)(a[0])
+        return (cp.maximum if name == "max" else cp.minimum)(a[0], a[1])
     return table[name](*a)
 
 
