@@ -6,7 +6,10 @@ gradients — ``custom_root(grad f)`` for ``stationary``,
 ``custom_fixed_point(T)`` on the method's fixed-point map for ``proj_grad``,
 ``prox_grad`` and ``mirror_descent``; the projection pattern is
 differentiated through the closed-form projection, and ``kkt`` through the
-batched QP solver's own implicit backward.
+batched QP solver's own implicit backward (a QP/LP after the epigraph rewrite)
+or, for general smooth convex constraints, by ``custom_root`` on the KKT map
+of :func:`optlayer.conditions.kkt` around the convex interior point. Epigraph
+variables of the rewrite are internal: only the user's variables are returned.
 """
 
 from __future__ import annotations
@@ -220,7 +223,11 @@ class OptLayer(nn.Module):
 
         Returns:
             A tensor ``(B, rows)`` (or dict of them). Inequality multipliers
-            are ``>= 0``; with ``Q x + p + G'z + A'y = 0``.
+            are ``>= 0``; with ``Q x + p + G'z + A'y = 0`` (QP path) or
+            ``grad f + dg' lam + A' nu = 0`` (convex path), each for the
+            labelled constraint as written (a constraint rewritten with
+            epigraph variables, or a cone row, reports the multiplier of the
+            user's constraint).
 
         Raises:
             OptTypeError: not a kkt layer, no call yet, or an unknown label.

@@ -4,6 +4,8 @@ against central finite differences of tightly solved layers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from optlayer.layer import random_params
 
 from .reference import solve_reference_duals
 
+EXAMPLES = Path(__file__).parents[2] / "examples" / "problems"
 HEAD = ("dim m = 6\ndim n = 3\nparam A[m, n]\nparam b[m]\nparam C[2, n]\nparam d[2]\n"
         "var x[n]\n")
 
@@ -140,3 +143,21 @@ def test_psd_next_to_other_constraints_is_reported():
            "subject to\n    trace(X) == 1")
     with pytest.raises(ol.OptTypeError, match="set psd cannot be written as rows"):
         ol.compile(src)
+
+
+def test_convex_path_reports_infeasible_items_and_masks_them():
+    layer = ol.load(EXAMPLES / "logsumexp_constrained.opt", on_failure="mask")
+    vals = random_params(layer.problem, batch=2, seed=1)
+    vals["A"][1] = 0.0  # logsumexp(0 * x) = log 4 > 1: no feasible point for item 1
+    vals = {k: t.requires_grad_(True) for k, t in vals.items()}
+    x = layer(**vals)
+    assert layer.info.status.tolist() == [0, int(ol.Status.INFEASIBLE)]
+    assert bool(x[1].isnan().all()) and bool(x[0].isfinite().all())
+    x.nan_to_num().sum().backward()
+    assert bool((vals["c"].grad[1] == 0).all()) and bool(vals["c"].grad[0].abs().sum() > 0)
+
+
+def test_explain_names_the_convex_interior_point():
+    text = ol.load(EXAMPLES / "robust_ls.opt").explain()
+    assert "table row: general smooth convex constraints" in text
+    assert "ConvexInteriorPoint" in text and "optlayer.conditions.kkt" in text
