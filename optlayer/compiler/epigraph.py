@@ -330,7 +330,7 @@ class _Rewriter:
 
 
 def rewrite(problem) -> Rewrite:
-    """Rewrite a bound, DCP problem as smooth objective terms and rows.
+    r"""Rewrite a bound, DCP problem as smooth objective terms and rows.
 
     Args:
         problem: the user's :class:`~optlayer.ir.Problem` (concrete shapes).
@@ -340,6 +340,20 @@ def rewrite(problem) -> Rewrite:
 
     Raises:
         Unsupported: a set without rows (``psd``) or an atom outside a DCP position.
+
+    Example:
+        >>> import optlayer as ol
+        >>> prob = ol.check("param A[4, 2]\nparam b[4]\nvar x[2]\n"
+        ...                 "minimize norm1(A @ x - b)\nsubject to\n  cap: max(x) <= 1", dims={})
+        >>> rw = rewrite(prob)
+        >>> [str(e) for _, e in rw.smooth], list(rw.problem.vars), rw.qp
+        (['sum(norm1_epi0)'], ['x', 'norm1_epi0', 'max_epi1'], True)
+        >>> for r in rw.ineq:
+        ...     print(r.label, "|", r.expr)
+        None | A @ x - b - norm1_epi0
+        None | -(A @ x - b) - norm1_epi0
+        None | x - max_epi1
+        cap | max_epi1 - 1
     """
     rw = _Rewriter(list(problem.vars) + list(problem.params) + list(problem.lets))
     sense = 1 if problem.objective.sense == "minimize" else -1
