@@ -138,8 +138,10 @@ class ConvexSolution:
 def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> ConvexSolution:
     """Solve a KKT-classified smooth convex problem at parameters ``P`` (each ``(B, ...)``).
 
-    Forward: :class:`~optlayer.solvers.ConvexInteriorPoint` from ``z = 0``
-    (its phase I finds a strictly feasible point), without a graph. Backward:
+    Forward: :class:`~optlayer.solvers.ConvexInteriorPoint` without a graph,
+    from the least-norm solution of the equalities (``z = 0`` without them) with
+    the epigraph variables strictly inside their rows; its phase I finds a
+    strictly feasible point or certifies infeasibility. Backward:
     ``custom_root`` on :func:`optlayer.conditions.kkt` of ``(f, h, g)``, with a
     dense LU per batch item.
 
@@ -161,12 +163,16 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     dtype, device = t0.dtype, t0.device
     gfun, hfun = row_functions(program)
     Pd = {k: v.detach() for k, v in P.items()}
-    z0 = _start(program, Pd, B, N, dtype, device)
     eq = None
     esz: list = []
+    z0 = None
     if hfun:
         A, b, esz = _affine_data(hfun, _points(B, N, dtype, device), _repeat(Pd, N + 1), B, N)
         eq = (A, b)
+        # start on the equalities (least-norm point): then phase I runs whenever the
+        # inequalities are not strictly feasible there, and certifies infeasibility
+        z0 = (torch.linalg.pinv(A) @ b.unsqueeze(-1)).squeeze(-1)
+    z0 = _start(program, Pd, B, N, dtype, device, z0)
     phase_one = None
     if any(r.phase_one is not None for r in program.plan.ineq):
         phase_one = _Rows(program, program.plan.ineq, phase_one=True)
@@ -212,10 +218,10 @@ def _stall_status(status, error, tol):
                        status).to(torch.int8)
 
 
-def _start(program, P, B, N, dtype, device):
-    """``z = 0`` for the user's variables; each epigraph variable one unit inside its rows
-    (``tight +- 1``, evaluated in creation order, so nested atoms see their arguments)."""
-    z = torch.zeros(B, N, dtype=dtype, device=device)
+def _start(program, P, B, N, dtype, device, z=None):
+    """``z`` (default 0) for the user's variables; each epigraph variable one unit inside its
+    rows (``tight +- 1``, evaluated in creation order, so nested atoms see their arguments)."""
+    z = torch.zeros(B, N, dtype=dtype, device=device) if z is None else z
     lay = program.layout
     for var, tight, sign in program.plan.start:
         val = tight.evaluate(program.env(z, P))

@@ -145,16 +145,24 @@ def test_psd_next_to_other_constraints_is_reported():
         ol.compile(src)
 
 
-def test_convex_path_reports_infeasible_items_and_masks_them():
-    layer = ol.load(EXAMPLES / "logsumexp_constrained.opt", on_failure="mask")
+# an item without a feasible point: inequalities alone (logsumexp(0 * x) = log 4 > 1), and
+# equality with inequalities (the risk of every budget-1 portfolio is ~100x the budget)
+INFEASIBLE = {"logsumexp_constrained": ("A", 0.0), "risk_portfolio": ("F", 10.0)}
+
+
+@pytest.mark.parametrize("name", list(INFEASIBLE))
+def test_convex_path_certifies_infeasible_items_and_masks_them(name):
+    layer = ol.load(EXAMPLES / f"{name}.opt", on_failure="mask")
     vals = random_params(layer.problem, batch=2, seed=1)
-    vals["A"][1] = 0.0  # logsumexp(0 * x) = log 4 > 1: no feasible point for item 1
+    param, factor = INFEASIBLE[name]
+    vals[param][1] *= factor
     vals = {k: t.requires_grad_(True) for k, t in vals.items()}
     x = layer(**vals)
     assert layer.info.status.tolist() == [0, int(ol.Status.INFEASIBLE)]
     assert bool(x[1].isnan().all()) and bool(x[0].isfinite().all())
     x.nan_to_num().sum().backward()
-    assert bool((vals["c"].grad[1] == 0).all()) and bool(vals["c"].grad[0].abs().sum() > 0)
+    g = vals[param].grad
+    assert bool((g[1] == 0).all()) and bool(g[0].abs().sum() > 0)
 
 
 def test_explain_names_the_convex_interior_point():
