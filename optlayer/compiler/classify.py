@@ -294,16 +294,21 @@ def classify(problem, method: str | None = None) -> Plan:
                            "available in this build")
         elif rw_error is not None:
             reasons.append(f"the KKT rewrite does not apply: {rw_error}")
+        hint = ("a psd variable can only be projected onto: keep `X in psd` its only "
+                "constraint (with a smooth objective)" if rw_error and "psd" in rw_error
+                else "write the problem in DCP form with convex constraints")
         raise OptTypeError("no method applies to this problem: " + "; ".join(reasons or ["?"]),
-                           hint="a psd variable can only be projected onto: keep `X in psd` "
-                                "its only constraint (or use a smooth objective over psd)")
+                           hint=hint)
     default = applicable[0]
     if "mirror_descent" in applicable and has_entropy and default != "projection":
         default = "mirror_descent"
     chosen = method or default
     if chosen not in applicable:
-        raise OptTypeError(f"method {chosen!r} does not apply to this problem",
-                           hint="applicable methods: " + ", ".join(applicable))
+        hint = "applicable methods: " + ", ".join(applicable)
+        if chosen == "kkt" and rw is not None:
+            hint += ("; kkt with the convex interior point is offered only when no other "
+                     "method applies (kkt with solve_qp whenever the problem is a QP/LP)")
+        raise OptTypeError(f"method {chosen!r} does not apply to this problem", hint=hint)
     applicable = [default] + [m for m in applicable if m != default]
     ineq, eq = (rw.ineq, rw.eq) if rw is not None else ([], [])
     plan = Plan(chosen, applicable, smooth, prox, sets, projection, why, ineq, eq, qp_shaped,

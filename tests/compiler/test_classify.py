@@ -78,3 +78,10 @@ def test_explain_names_row_map_and_solver():
     assert "x = proj_C(x - eta grad f(x))" in text
     assert "each var in one simple set" in text
     assert "x in nonneg (x >= 0)" in text
+
+
+def test_forcing_kkt_on_a_smooth_set_problem_explains_the_rule():
+    src = HEAD + "minimize sum(exp(x - y))\nsubject to\n x >= 0"
+    with pytest.raises(ol.OptTypeError, match="does not apply") as info:
+        classify(ol.check(src, dims={}), "kkt")
+    assert "offered only when no other method applies" in str(info.value)
