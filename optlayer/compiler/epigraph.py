@@ -252,7 +252,7 @@ class _Rewriter:
         self.aux.append(v)
         return v
 
-    def add_rows(self, gs, label=None, source=None, scale_for=None):
+    def add_rows(self, gs, label=None, source=None):
         for g in gs:
             if isinstance(g, tuple):  # ("soc", u, s)
                 e, e1, scale = soc_row(g[1], g[2])
@@ -269,7 +269,7 @@ class _Rewriter:
             return e
         key = (id(e), pol)
         if key in self.memo:
-            return self.memo[key]
+            return self.memo[key][1]
         if isinstance(e, Let):
             out = self.expr(e.args[0], pol)
         elif isinstance(e, Apply):
@@ -288,14 +288,14 @@ class _Rewriter:
                 self.add_rows(rule.rows(args, t))
                 self.notes.append(f"{expr_text(e, limit=50)} -> {rule.value(t)}: {rule.doc}")
                 out = rule.value(t)
-            elif e.atom.smooth or e.atom.name in EPIGRAPH:
+            elif e.atom.smooth:
                 out = e if all(a is b for a, b in zip(args, e.args, strict=True)) \
                     else Apply(e.atom, args, e.static, span=e.span)
             else:  # pragma: no cover - every non-smooth atom has an entry
                 raise Unsupported(f"no epigraph for atom {e.atom.name}", span=e.span)
         else:  # pragma: no cover - leaves and constants are smooth
             out = e
-        self.memo[key] = out
+        self.memo[key] = (e, out)  # keep e alive: its id must not be reused by a new node
         return out
 
     def constraint(self, c, eq: list) -> None:
