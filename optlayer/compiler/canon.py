@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 
+from optlayer import defaults
 from optlayer.compiler.lower import Tape
 from optlayer.compiler.program import Program
 
@@ -178,15 +179,16 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
         phase_one = _Rows(program, program.plan.ineq, phase_one=True)
     ip = ConvexInteriorPoint(program.f, gfun if gfun else None, tol=tol, maxiter=maxiter,
                              implicit_diff=False, on_failure="ignore",
-                             phase_one_fun=phase_one)
+                             phase_one_fun=phase_one, maxls=defaults.CONVEX_KKT_MAXLS)
     out = ip.run(z0, Pd, eq, Pd)
     z, nu, lam = out.params
     st = out.state
-    status = _stall_status(st.status, st.error, tol)
+    F = kkt(program.f, hfun if hfun else None, gfun if gfun else None)
+    sol = (z, nu if hfun else None, lam if gfun else None)
+    error = _kkt_error(F, sol, Pd, gfun)
+    status = _final_status(st.status, error, tol)
     isz = gfun.sizes(z, Pd) if gfun else []
     if any(t.requires_grad for t in P.values()):
-        F = kkt(program.f, hfun if hfun else None, gfun if gfun else None)
-        sol = (z, nu if hfun else None, lam if gfun else None)
         keep = [s for s in sol if s is not None]
 
         def optimality(x, Pa):
@@ -201,21 +203,40 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
         z = res[0]
     ineq_dual = _scaled(program, gfun, lam.detach(), z.detach(), Pd, isz) if gfun else None
     return ConvexSolution(z, ineq_dual, nu.detach() if hfun else None, isz, esz, status,
-                          int(st.iter_num.max()) if st.iter_num.numel() else 0, st.error)
+                          int(st.iter_num.max()) if st.iter_num.numel() else 0, error)
 
 
-def _stall_status(status, error, tol):
-    """MAX_ITER items whose KKT error stalled within ``10 tol`` count as OPTIMAL and within
-    ``1e3 tol`` as OPTIMAL_INACCURATE: the convention of the first-order solvers of
-    :class:`Program`. The interior point's error is absolute, so in float32 it can stall
-    just above ``tol`` at the roundoff floor of ``lam * g(z)`` (other statuses are kept)."""
+def _kkt_error(F, sol, P, gfun):
+    """``max(|grad L|, |h|, -lam'g, max(g)+, max(-lam)+)`` per item at the returned point
+    (stationarity, equalities, gap, primal and dual feasibility; inf where not finite)."""
+    with torch.no_grad():
+        stat, eq, comp = F(sol, P, P, P)
+        err = stat.norm(dim=-1)
+        if eq is not None:
+            err = torch.maximum(err, eq.norm(dim=-1))
+        if comp is not None:
+            z, lam = sol[0], sol[2]
+            err = torch.maximum(err, -comp.sum(-1))
+            err = torch.maximum(err, gfun(z, P).clamp_min(0).amax(-1))
+            err = torch.maximum(err, (-lam).clamp_min(0).amax(-1))
+    return torch.where(torch.isfinite(err), err, torch.inf)
+
+
+def _final_status(status, error, tol):
+    """Status from the KKT error recomputed at the returned point (as ``solve_qp`` does):
+    an item that stopped with MAX_ITER or NUMERICAL_ERROR (a line search that found no
+    decrease) is OPTIMAL when that error is within ``10 tol`` and OPTIMAL_INACCURATE
+    within ``1e3 tol``, the convention of the first-order solvers of :class:`Program`.
+    The interior point's error is absolute: at the roundoff floor of ``lam * g(z)``
+    (float32; multipliers ~1e4 in float64) it stalls just above ``tol``. INFEASIBLE and
+    NONFINITE_INPUT are kept."""
     from optlayer.status import Status
 
-    maxed = status == int(Status.MAX_ITER)
-    status = torch.where(maxed & (error <= 10 * tol), int(Status.OPTIMAL), status)
-    maxed = status == int(Status.MAX_ITER)
-    return torch.where(maxed & (error <= 1e3 * tol), int(Status.OPTIMAL_INACCURATE),
-                       status).to(torch.int8)
+    stuck = (status == int(Status.MAX_ITER)) | (status == int(Status.NUMERICAL_ERROR))
+    status = torch.where(stuck & (error <= 10 * tol), int(Status.OPTIMAL), status)
+    status = torch.where(stuck & (error > 10 * tol) & (error <= 1e3 * tol),
+                         int(Status.OPTIMAL_INACCURATE), status)
+    return status.to(torch.int8)
 
 
 def _start(program, P, B, N, dtype, device, z=None):
