@@ -169,3 +169,27 @@ def test_explain_names_the_convex_interior_point():
     text = ol.load(EXAMPLES / "robust_ls.opt").explain()
     assert "table row: general smooth convex constraints" in text
     assert "ConvexInteriorPoint" in text and "optlayer.conditions.kkt" in text
+
+
+def _labelled_kkt_examples():
+    out = []
+    for p in sorted(EXAMPLES.glob("*.opt")):
+        layer = ol.load(p)
+        if "kkt" in layer.plan.applicable and any(
+                getattr(c, "label", None) for c in layer.problem.constraints):
+            out.append(pytest.param(p, id=p.stem))
+    return out
+
+
+@pytest.mark.parametrize("path", _labelled_kkt_examples())
+def test_example_duals_match_cvxpy(path):
+    """Multipliers of every labelled constraint (equalities with cvxpy's sign too), through
+    the QP path and the convex path alike."""
+    layer = ol.load(path, method="kkt")
+    vals = random_params(layer.problem, seed=1)
+    layer(**vals)
+    _ref, _obj, duals = solve_reference_duals(layer.problem,
+                                              {k: v.numpy() for k, v in vals.items()})
+    assert duals
+    for label, d in duals.items():
+        np.testing.assert_allclose(layer.duals(label).reshape(-1).numpy(), d, atol=1e-5, rtol=0)
