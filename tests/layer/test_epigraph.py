@@ -145,24 +145,26 @@ def test_psd_next_to_other_constraints_is_reported():
         ol.compile(src)
 
 
-# an item without a feasible point: inequalities alone (logsumexp(0 * x) = log 4 > 1), and
-# equality with inequalities (the risk of every budget-1 portfolio is ~100x the budget)
-INFEASIBLE = {"logsumexp_constrained": ("A", 0.0), "risk_portfolio": ("F", 10.0)}
+# item 1 has no feasible point: an inequality alone (sum_squares(x) <= -1), or together with
+# an equality (sum(x) == 1 forces sum_squares(x) >= 1/4 > 0.1)
+INFEASIBLE = {
+    "inequality": ("", [2.0, -1.0]),
+    "with_equality": ("    s: sum(x) == 1\n", [2.0, 0.1]),
+}
 
 
-@pytest.mark.parametrize("name", list(INFEASIBLE))
-def test_convex_path_certifies_infeasible_items_and_masks_them(name):
-    layer = ol.load(EXAMPLES / f"{name}.opt", on_failure="mask")
-    vals = random_params(layer.problem, batch=2, seed=1)
-    param, factor = INFEASIBLE[name]
-    vals[param][1] *= factor
-    vals = {k: t.requires_grad_(True) for k, t in vals.items()}
-    x = layer(**vals)
+@pytest.mark.parametrize("extra,radius", list(INFEASIBLE.values()), ids=list(INFEASIBLE))
+def test_convex_path_certifies_infeasible_items_and_masks_them(extra, radius):
+    layer = ol.compile("dim n = 4\nparam c[n]\nparam a\nvar x[n]\nminimize sum_squares(x - c)\n"
+                       "subject to\n    q: sum_squares(x) <= a\n" + extra, on_failure="mask")
+    assert layer.plan.solver == "convex"
+    c = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    c.requires_grad_(True)
+    x = layer(c=c, a=torch.tensor(radius, dtype=torch.float64))
     assert layer.info.status.tolist() == [0, int(ol.Status.INFEASIBLE)]
     assert bool(x[1].isnan().all()) and bool(x[0].isfinite().all())
     x.nan_to_num().sum().backward()
-    g = vals[param].grad
-    assert bool((g[1] == 0).all()) and bool(g[0].abs().sum() > 0)
+    assert bool((c.grad[1] == 0).all()) and bool(c.grad[0].abs().sum() > 0)
 
 
 def test_explain_names_the_convex_interior_point():
