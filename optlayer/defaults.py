@@ -118,9 +118,11 @@ IPM_COMPACT_MIN_BATCH = 8
 #: what small problems cost. The others use the reduced Cholesky system. The
 #: crossover was measured on CPU, float64, one thread, fwd+bwd (dense/reduced
 #: ms): N=160 batch 1 7.1/11.3; N=32 batch 32 10.1/12.0, batch 64 24.8/17.7;
-#: N=64 batch 16 14.8/12.4; N=96 batch 4 12.7/12.8.
+#: N=64 batch 16 14.8/12.4; N=96 batch 4 12.7/12.8; the kkt layers of
+#: examples/problems at batch 32: lp (N=36) 11.9/15.5, quantile_regression
+#: (N=44) 23.3/28.2.
 IPM_DENSE_MAX_SIZE = 200
-IPM_DENSE_MAX_WORK = 4e4
+IPM_DENSE_MAX_WORK = 6.4e4
 
 #: The small-problem interior point tries to finish by polishing on the active
 #: set once every running item's error is below this (and again after each

@@ -563,7 +563,7 @@ def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
         J = z > s
         c = J.to(z.dtype)
         D = torch.zeros_like(z)
-        H = torch.baddbmm(QA, d.Gt * c.transpose(1, 2), d.G)
+        H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G * c)
         GJ = d.G * J
         EJ = 1.0 - c
         C, E = GJ, EJ
@@ -580,10 +580,10 @@ def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
     ok = info == 0
     Ls = HinvCt = None
     if C is not None:
-        HinvCt = _chol_solve(L, C.transpose(1, 2))
+        HinvCt = torch.cholesky_solve(C.transpose(1, 2), L)    # one call for many columns
         S = C @ HinvCt
-        S = S + torch.diag_embed(E.squeeze(-1))
         sdiag = S.diagonal(dim1=1, dim2=2)
+        sdiag.add_(E.squeeze(-1))
         sdiag.add_(sdiag.abs() * d.reg_rel + d.reg_abs * d.reg_rel)
         Ls, info_s = torch.linalg.cholesky_ex(S)
         ok = ok & (info_s == 0)

@@ -36,7 +36,7 @@ solution.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -45,6 +45,7 @@ from optlayer import defaults
 from optlayer.errors import BindingError, report_status
 from optlayer.solvers import _qp_dense as dense
 from optlayer.solvers import _qp_ipm as ipm
+from optlayer.solvers._base import OptStep
 from optlayer.status import Status, check_on_failure, failed_mask
 
 __all__ = ["QPSolution", "KKTSolution", "QPState", "OptStep", "solve_qp", "InteriorPointQP"]
@@ -96,13 +97,6 @@ class QPState(NamedTuple):
     primal_residual: Tensor
     dual_residual: Tensor
     gap: Tensor
-
-
-class OptStep(NamedTuple):
-    """``(params, state)`` as returned by every ``Solver.run``."""
-
-    params: Any
-    state: Any
 
 
 # --------------------------------------------------------------------------
