@@ -137,3 +137,8 @@ IPM_POLISH_AT = 1e-8
 # compiler / OptLayer (optlayer.compiler, optlayer.layer)
 #: Unconstrained smooth problems with at most this many unknowns use Newton; larger ones FISTA.
 NEWTON_MAX_SIZE = 200
+
+#: Line-search trials per iteration of the convex interior point behind method "kkt"
+#: (halving: 2**-20 ~ 1e-6 is the smallest step tried; more trials only burn time at the
+#: roundoff floor, where every item must accept or exhaust its trials).
+CONVEX_KKT_MAXLS = 20

@@ -26,6 +26,7 @@ from optlayer import prox as prox_catalog
 from optlayer.compiler.classify import Plan
 from optlayer.compiler.lower import Layout, Tape, eval_like, eval_scalar
 from optlayer.errors import OptTypeError
+from optlayer.ir import get_set
 from optlayer.status import Status
 
 __all__ = ["Program", "SolveResult"]
@@ -127,6 +128,8 @@ class Program:
             return torch.minimum(torch.maximum(x, lo), hi)
         if k == "psd":
             return projections.psd(x)
+        if k == "soc":  # (t, u) with t first: the registry adapts the catalog's (u, t)
+            return get_set("soc").project(x)
         if k == "simplex":
             v = a.get("value")
             v = 1.0 if v is None else eval_scalar(v, env, cache, B)
