@@ -111,3 +111,15 @@ IPM_COMPACT_MIN_BATCH = 8
 # compiler / OptLayer (optlayer.compiler, optlayer.layer)
 #: Unconstrained smooth problems with at most this many unknowns use Newton; larger ones FISTA.
 NEWTON_MAX_SIZE = 200
+
+#: Dense quadratic data (Q, p) of a quadratic smooth part up to this many unknowns.
+QUADRATIC_MAX_SIZE = 500
+#: Fixed-point methods try Newton steps on T(z) - z after this many first-order iterations,
+FP_NEWTON_START = 5
+#: and again this many iterations after a step that did not halve the residual,
+FP_NEWTON_EVERY = 10
+#: for problems with at most this many unknowns (dense N x N Jacobians).
+FP_NEWTON_MAX_SIZE = 200
+#: The layer's implicit backward materialises its per-item Jacobian block column by
+#: column (N products, no vmap) up to this many unknowns.
+IMPLICIT_LOOP_MAX = 64

@@ -20,6 +20,7 @@ from torch import nn
 
 from optlayer import defaults
 from optlayer.compiler import METHODS, canonicalize_qp, compile_problem, expand_params, explain_plan
+from optlayer.compiler.iterate import block_solve
 from optlayer.compiler.lower import eval_like
 from optlayer.errors import BindingError, OptTypeError, report_status
 from optlayer.implicit import custom_fixed_point, custom_root
@@ -92,6 +93,7 @@ class OptLayer(nn.Module):
         self.info: LayerInfo | None = None
         self._last = None
         self._duals = None
+        self._implicit: dict = {}
         names = list(problem.vars)
         self._Solution = namedtuple("Solution", names) if len(names) > 1 else None
 
@@ -125,8 +127,10 @@ class OptLayer(nn.Module):
         else:
             init = self._init(warm_start, P, B, dtype, device)
             Pd = {k: v.detach() for k, v in P.items()}
-            r = self.program.solve(Pd, init, tol=tol, maxiter=self.maxiter)
-            z = self._attach(r, P)
+            qp = self.program.quad(P) if self.program.quadratic else None
+            qpd = None if qp is None else (qp[0].detach(), qp[1].detach())
+            r = self.program.solve(Pd, init, tol=tol, maxiter=self.maxiter, qp=qpd)
+            z = self._attach(r, P, qp)
             status, iters, res = r.status, r.iterations, r.residual
         self.info = LayerInfo(status, iters, res, m)
         report_status(status, self.on_failure, f"OptLayer ({m})")
@@ -157,26 +161,33 @@ class OptLayer(nn.Module):
             return self._last
         return self.program.init(P, B, dtype, device)
 
-    def _attach(self, r, P):
-        """Implicit gradients on the solved ``z`` through the method's optimality map."""
-        if not any(t.requires_grad for t in P.values()) and not torch.is_grad_enabled():
+    def _attach(self, r, P, qp):
+        """Implicit gradients on the solved ``z`` through the method's optimality map.
+
+        The map receives ``qp = (Q, p)`` (differentiable in ``P``) for a quadratic
+        smooth part, so the backward differentiates the tape once, not per product.
+        The decorated identity solver is cached per shape, so the eager check of the
+        map in :func:`optlayer.custom_root` runs once, not at every call.
+        """
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in P.values()):
             return r.z
-        if not any(t.requires_grad for t in P.values()):
-            return r.z
-        program, z_star = self.program, r.z
-        if self.plan.method == "stationary":
-            def F(z, Pa):
-                return program.grad(z, Pa)
+        B, N = r.z.shape
+        key = (B, N, qp is not None)
+        fn = self._implicit.get(key)
+        if fn is None:
+            program, solve = self.program, block_solve(B, N)
+            if self.plan.method == "stationary":
+                def F(z, step, qp, Pa):
+                    return program.grad(z, Pa, qp)
 
-            solver = custom_root(F)(lambda init, Pa: z_star)
-        else:
-            step = r.step.detach()
+                fn = custom_root(F, solve=solve)(_identity_solver)
+            else:
+                def T(z, step, qp, Pa):
+                    return program.fixed_point(z, Pa, step, qp)
 
-            def T(z, Pa):
-                return program.fixed_point(z, Pa, step)
-
-            solver = custom_fixed_point(T)(lambda init, Pa: z_star)
-        return solver(None, P)
+                fn = custom_fixed_point(T, solve=solve)(_identity_solver)
+            self._implicit[key] = fn
+        return fn(r.z, r.step.detach(), qp, P)
 
     def _project(self, P, B):
         name, y_expr, _scale = self.plan.projection
@@ -237,6 +248,11 @@ class OptLayer(nn.Module):
             raise OptTypeError(f"no labelled constraint {label!r}",
                                hint="labels: " + (", ".join(out) or "none"))
         return out[label]
+
+
+def _identity_solver(init, *args):
+    """The forward solve already ran: the implicit wrapper receives ``z*`` as ``init``."""
+    return init
 
 
 def build_layer(problem, **options) -> OptLayer:
