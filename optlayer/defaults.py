@@ -123,3 +123,6 @@ FP_NEWTON_MAX_SIZE = 200
 #: The layer's implicit backward materialises its per-item Jacobian block column by
 #: column (N products, no vmap) up to this many unknowns.
 IMPLICIT_LOOP_MAX = 64
+#: Forward-backward Newton (quadratic f): step eta = this fraction of 1 / lambda_max(Q)
+#: (below 1 keeps the envelope's metric I - eta Q positive definite).
+FBN_STEP_FRACTION = 0.95

@@ -171,6 +171,65 @@ class Program:
             out[name] = y
         return self.layout.pack(out)
 
+    def penalty(self, z, P) -> torch.Tensor:
+        """Value ``(B,)`` of the prox-able terms at ``z`` (``weight * norm(x)``); the set
+        indicators are not included (callers compare feasible points)."""
+        B = z.shape[0]
+        env, cache = P, dict(self.pvals(P))
+        out = z.new_zeros(B)
+        for name, x in self.layout.unpack(z).items():
+            if name not in self.plan.prox:
+                continue
+            pname, weight, _hyper = self.plan.prox[name]
+            x = x.reshape(B, -1)
+            norm = _PENALTY[pname](x)
+            out = out + (norm if weight is None else eval_scalar(weight, env, cache, B) * norm)
+        return out
+
+    def prox_jacobian(self, y, x, step, P):
+        """Jacobian ``(B, N, N)`` of :meth:`prox` at ``y`` given ``x = prox(y)``, in closed
+        form where the pieces are simple (free, nonneg, box, simplex, l1 and group-l2
+        proxes); None when some variable needs autograd (balls, psd)."""
+        B, N = y.shape
+        blocks = []
+        ys, xs = self.layout.unpack(y), self.layout.unpack(x)
+        for name in self.layout.names:
+            yv, xv = ys[name].reshape(B, -1), xs[name].reshape(B, -1)
+            n = yv.shape[1]
+            kind = self.plan.prox[name][0] if name in self.plan.prox else \
+                self.plan.sets[name].kind if name in self.plan.sets else None
+            if kind is None:
+                J = torch.eye(n, dtype=y.dtype, device=y.device).expand(B, n, n)
+            elif kind in ("nonneg", "box"):
+                J = torch.diag_embed((xv == yv).to(y.dtype))
+            elif kind == "lasso":
+                J = torch.diag_embed((xv != 0).to(y.dtype))
+            elif kind == "simplex":
+                s = (xv > 0).to(y.dtype)
+                J = torch.diag_embed(s) - s[:, :, None] * s[:, None, :] \
+                    / s.sum(-1).clamp_min(1)[:, None, None]
+            elif kind == "group_lasso":
+                ny = yv.norm(dim=-1)
+                keep = (xv != 0).any(-1)
+                r = torch.where(keep, 1 - xv.norm(dim=-1) / torch.where(keep, ny, 1), 0.0)
+                c = torch.where(keep, 1 / torch.where(keep, ny, 1), 0.0)  # 1 - factor = r
+                u = yv * c[:, None]
+                eye = torch.eye(n, dtype=y.dtype, device=y.device)
+                factor = 1 - r
+                J = factor[:, None, None] * eye + (r * keep)[:, None, None] \
+                    * u[:, :, None] * u[:, None, :]
+                J = torch.where(keep[:, None, None], J, torch.zeros_like(J))
+            else:
+                return None
+            blocks.append(J)
+        if len(blocks) == 1:
+            return blocks[0]
+        out = y.new_zeros(B, N, N)
+        for name, J in zip(self.layout.names, blocks, strict=True):
+            sl = self.layout.slices[name]
+            out[:, sl, sl] = J
+        return out
+
     # --------------------------------------------------------- optimality maps
     def fixed_point(self, z, P, step, qp=None) -> torch.Tensor:
         """The method's fixed-point map ``T(z)`` (``z = T(z)`` at the solution) with
@@ -218,12 +277,22 @@ class Program:
                 return iterate.prox_grad_solve(self, P, init, tol,
                                                maxiter or defaults.MAXITER["first_order"], qp)
             if m in ("proj_grad", "prox_grad"):
+                if qp is not None and self.layout.size <= defaults.FP_NEWTON_MAX_SIZE:
+                    return iterate.fbn_solve(self, P, init, tol,
+                                             maxiter or defaults.MAXITER["first_order"], qp)
                 return iterate.prox_grad_solve(self, P, init, tol,
                                                maxiter or defaults.MAXITER["first_order"], qp)
             if m == "mirror_descent":
                 return iterate.mirror_solve(self, P, init, tol,
                                             maxiter or defaults.MAXITER["first_order"])
         raise OptTypeError(f"no iterative solver for method {m!r}")  # pragma: no cover
+
+
+_PENALTY = {
+    "lasso": lambda x: x.abs().sum(-1),
+    "group_lasso": lambda x: torch.linalg.vector_norm(x, dim=-1),
+    "linf": lambda x: x.abs().amax(-1),
+}
 
 
 def _functorch_active() -> bool:
