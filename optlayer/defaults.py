@@ -126,3 +126,6 @@ IMPLICIT_LOOP_MAX = 64
 #: Forward-backward Newton (quadratic f): step eta = this fraction of 1 / lambda_max(Q)
 #: (below 1 keeps the envelope's metric I - eta Q positive definite).
 FBN_STEP_FRACTION = 0.95
+#: Backtracking trials (halving) along the Newton direction before the forward-backward
+#: Newton iteration falls back to the proximal-gradient point.
+FBN_MAXLS = 40

@@ -20,7 +20,7 @@ from torch import nn
 
 from optlayer import defaults
 from optlayer.compiler import METHODS, canonicalize_qp, compile_problem, expand_params, explain_plan
-from optlayer.compiler.iterate import block_solve
+from optlayer.compiler.iterate import block_solve, jacobian, replicate
 from optlayer.compiler.lower import eval_like
 from optlayer.errors import BindingError, OptTypeError, report_status
 from optlayer.implicit import custom_fixed_point, custom_root
@@ -173,10 +173,13 @@ class OptLayer(nn.Module):
             return r.z
         B, N = r.z.shape
         key = (B, N, qp is not None)
-        fn = self._implicit.get(key)
-        if fn is None:
-            program, solve = self.program, block_solve(B, N)
-            if self.plan.method == "stationary":
+        entry = self._implicit.get(key)
+        program = self.program
+        stationary = self.plan.method == "stationary"
+        if entry is None:
+            dense = [None]  # the Jacobian builder of the current call (see block_solve)
+            solve = block_solve(B, N, dense)
+            if stationary:
                 def F(z, step, qp, Pa):
                     return program.grad(z, Pa, qp)
 
@@ -186,7 +189,21 @@ class OptLayer(nn.Module):
                     return program.fixed_point(z, Pa, step, qp)
 
                 fn = custom_fixed_point(T, solve=solve)(_identity_solver)
-            self._implicit[key] = fn
+            entry = self._implicit[key] = (fn, dense)
+        fn, dense = entry
+        z_star, step = r.z.detach(), r.step.detach()
+        Pd = {k: v.detach() for k, v in P.items()}
+        qpd = None if qp is None else (qp[0].detach(), qp[1].detach())
+        if stationary:
+            def jac():
+                return jacobian(lambda Z, k: program.grad(Z, replicate(Pd, k), replicate(qpd, k)),
+                                z_star)
+        else:
+            def jac():
+                eye = torch.eye(N, dtype=z_star.dtype, device=z_star.device)
+                return jacobian(lambda Z, k: program.fixed_point(
+                    Z, replicate(Pd, k), replicate(step, k), replicate(qpd, k)), z_star) - eye
+        dense[0] = jac
         return fn(r.z, r.step.detach(), qp, P)
 
     def _project(self, P, B):
