@@ -143,6 +143,8 @@ class Program:
         if k == "simplex":
             v = a.get("value")
             v = 1.0 if v is None else eval_scalar(v, env, cache, B)
+            if not torch.is_grad_enabled():  # forward iterations: fewer torch calls
+                return _simplex_nograd(x, v)
             return projections.simplex(x, v)
         fn = {"ball1": projections.l1_ball, "ball2": projections.l2_ball,
               "ballinf": projections.linf_ball}[k]
@@ -286,6 +288,21 @@ class Program:
                 return iterate.mirror_solve(self, P, init, tol,
                                             maxiter or defaults.MAXITER["first_order"])
         raise OptTypeError(f"no iterative solver for method {m!r}")  # pragma: no cover
+
+
+def _simplex_nograd(x, value):
+    """Projection onto ``{z >= 0 : sum(z) = value}`` along the last dim (sort-based), in
+    the fewest torch calls; the same point as :func:`optlayer.projections.simplex`, which
+    the differentiated paths use (it is written for an exact autograd Jacobian)."""
+    n = x.shape[-1]
+    u = torch.sort(x, dim=-1, descending=True).values
+    if isinstance(value, torch.Tensor):
+        value = value.reshape(value.shape + (1,) * (x.dim() - value.dim()))
+    css = u.cumsum(-1) - value
+    k = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
+    rho = (u * k > css).sum(-1, keepdim=True).clamp_min(1)
+    tau = css.gather(-1, rho - 1) / rho
+    return (x - tau).clamp_min(0)
 
 
 _PENALTY = {
