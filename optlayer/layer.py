@@ -213,7 +213,9 @@ class OptLayer(nn.Module):
         y = eval_like(y_expr, env, cache, B, shape)
         x = self.program._set_projection(name, y, env, cache, B)
         z = x.reshape(B, -1)
-        status = torch.where(torch.isfinite(z).all(-1), 0,
+        # one reduction, then a test on (B,): a row sum is finite iff the row is (a finite
+        # row so large that its sum overflows is reported too, as a numerical error)
+        status = torch.where(torch.isfinite(z.sum(-1)), 0,
                              int(Status.NUMERICAL_ERROR)).to(torch.int8)
         return z, status, 0, torch.zeros(B, dtype=z.dtype, device=z.device)
 

@@ -143,9 +143,7 @@ class Program:
         if k == "simplex":
             v = a.get("value")
             v = 1.0 if v is None else eval_scalar(v, env, cache, B)
-            if not torch.is_grad_enabled():  # forward iterations: fewer torch calls
-                return _simplex_nograd(x, v)
-            return projections.simplex(x, v)
+            return _simplex(x, v)
         fn = {"ball1": projections.l1_ball, "ball2": projections.l2_ball,
               "ballinf": projections.linf_ball}[k]
         r = a.get("radius")
@@ -290,10 +288,14 @@ class Program:
         raise OptTypeError(f"no iterative solver for method {m!r}")  # pragma: no cover
 
 
-def _simplex_nograd(x, value):
+def _simplex(x, value):
     """Projection onto ``{z >= 0 : sum(z) = value}`` along the last dim (sort-based), in
-    the fewest torch calls; the same point as :func:`optlayer.projections.simplex`, which
-    the differentiated paths use (it is written for an exact autograd Jacobian)."""
+    the fewest torch calls (the layer's sparsemax is measured against the closed form).
+
+    The same point as :func:`optlayer.projections.simplex`. Autograd gives its exact
+    Jacobian ``diag(s) - s s'/|S|`` (``s`` the support): the threshold is the mean of the
+    ``rho`` largest entries minus ``value / rho``, with the integer ``rho`` constant.
+    """
     n = x.shape[-1]
     u = torch.sort(x, dim=-1, descending=True).values
     if isinstance(value, torch.Tensor):
