@@ -11,6 +11,7 @@ batched QP solver's own implicit backward.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import namedtuple
 from typing import NamedTuple
@@ -127,9 +128,9 @@ class OptLayer(nn.Module):
         else:
             init = self._init(warm_start, P, B, dtype, device)
             Pd = {k: v.detach() for k, v in P.items()}
-            qp = self.program.quad(P) if self.program.quadratic else None
-            qpd = None if qp is None else (qp[0].detach(), qp[1].detach())
-            r = self.program.solve(Pd, init, tol=tol, maxiter=self.maxiter, qp=qpd)
+            with torch.no_grad():
+                qp = self.program.quad(Pd) if self.program.quadratic else None
+            r = self.program.solve(Pd, init, tol=tol, maxiter=self.maxiter, qp=qp)
             z = self._attach(r, P, qp)
             status, iters, res = r.status, r.iterations, r.residual
         self.info = LayerInfo(status, iters, res, m)
@@ -164,15 +165,18 @@ class OptLayer(nn.Module):
     def _attach(self, r, P, qp):
         """Implicit gradients on the solved ``z`` through the method's optimality map.
 
-        The map receives ``qp = (Q, p)`` (differentiable in ``P``) for a quadratic
-        smooth part, so the backward differentiates the tape once, not per product.
-        The decorated identity solver is cached per shape, so the eager check of the
-        map in :func:`optlayer.custom_root` runs once, not at every call.
+        The map is the lowered one (the tape, differentiable in ``P``). Its
+        per-item Jacobian block for the backward solve is built here once per call
+        (see :func:`optlayer.compiler.iterate.block_solve`): in closed form from
+        ``qp = (Q, p)`` (computed without a graph) for a quadratic smooth part,
+        else from one stacked evaluation. The decorated identity solver is cached
+        per shape, so the eager check of the map in :func:`optlayer.custom_root`
+        runs once, not at every call.
         """
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in P.values()):
             return r.z
         B, N = r.z.shape
-        key = (B, N, qp is not None)
+        key = (B, N)
         entry = self._implicit.get(key)
         program = self.program
         stationary = self.plan.method == "stationary"
@@ -180,31 +184,21 @@ class OptLayer(nn.Module):
             dense = [None]  # the Jacobian builder of the current call (see block_solve)
             solve = block_solve(B, N, dense)
             if stationary:
-                def F(z, step, qp, Pa):
-                    return program.grad(z, Pa, qp)
+                def F(z, step, Pa):
+                    return program.grad(z, Pa)
 
                 fn = custom_root(F, solve=solve)(_identity_solver)
             else:
-                def T(z, step, qp, Pa):
-                    return program.fixed_point(z, Pa, step, qp)
+                def T(z, step, Pa):
+                    return program.fixed_point(z, Pa, step)
 
                 fn = custom_fixed_point(T, solve=solve)(_identity_solver)
             entry = self._implicit[key] = (fn, dense)
         fn, dense = entry
         z_star, step = r.z.detach(), r.step.detach()
         Pd = {k: v.detach() for k, v in P.items()}
-        qpd = None if qp is None else (qp[0].detach(), qp[1].detach())
-        if stationary:
-            def jac():
-                return jacobian(lambda Z, k: program.grad(Z, replicate(Pd, k), replicate(qpd, k)),
-                                z_star)
-        else:
-            def jac():
-                eye = torch.eye(N, dtype=z_star.dtype, device=z_star.device)
-                return jacobian(lambda Z, k: program.fixed_point(
-                    Z, replicate(Pd, k), replicate(step, k), replicate(qpd, k)), z_star) - eye
-        dense[0] = jac
-        return fn(r.z, r.step.detach(), qp, P)
+        dense[0] = functools.partial(_map_jacobian, program, z_star, step, Pd, qp, stationary)
+        return fn(r.z, step, P)
 
     def _project(self, P, B):
         name, y_expr, _scale = self.plan.projection
@@ -267,6 +261,25 @@ class OptLayer(nn.Module):
             raise OptTypeError(f"no labelled constraint {label!r}",
                                hint="labels: " + (", ".join(out) or "none"))
         return out[label]
+
+
+def _map_jacobian(program, z, step, P, qp, stationary):
+    """Per-item Jacobian ``(B, N, N)`` of the layer's optimality map at ``z`` (no graph):
+    ``Q`` or ``J_prox (I - step Q) - I`` in closed form where available, else one stacked
+    evaluation (:func:`optlayer.compiler.iterate.jacobian`)."""
+    N = z.shape[1]
+    eye = torch.eye(N, dtype=z.dtype, device=z.device)
+    if stationary:
+        if qp is not None:
+            return qp[0]
+        return jacobian(lambda Z, k: program.grad(Z, replicate(P, k)), z)
+    if qp is not None and program.plan.method != "mirror_descent":
+        y = z - step[:, None] * (qp[0] @ z.unsqueeze(-1)).squeeze(-1) - step[:, None] * qp[1]
+        Jp = program.prox_jacobian(y, program.prox(y, step, P), step, P)
+        if Jp is not None:
+            return Jp @ (eye - step[:, None, None] * qp[0]) - eye
+    return jacobian(lambda Z, k: program.fixed_point(Z, replicate(P, k), replicate(step, k),
+                                                     replicate(qp, k)), z) - eye
 
 
 def _identity_solver(init, *args):

@@ -173,15 +173,21 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
     eta = defaults.FBN_STEP_FRACTION / lambda_max(Q)
     eye = torch.eye(N, dtype=dt, device=dev)
     M = eye - eta[:, None, None] * Q
+    prox, penalty = prog.prox_fn(P), prog.penalty_fn(P)
+    eta_c, half_eta = eta[:, None], (0.5 / eta)[:, None]
 
     def at(x):
         g = bmv(Q, x) + p
-        y = x - eta[:, None] * g
-        Tx = prog.prox(y, eta, P)
+        y = x - eta_c * g
+        Tx = prox(y, eta)
         F = Tx - x
-        phi = (x * (0.5 * (g + p))).sum(-1) + (g * F).sum(-1) + (F * F).sum(-1) / (2 * eta) \
-            + prog.penalty(Tx, P)
+        phi = (x * (0.5 * (g + p)) + F * (g + half_eta * F)).sum(-1) + penalty(Tx)
         return (x, y, Tx, F, phi)
+
+    def pick(mask, a, b):  # per item: a where mask, else b (for the tuple of at())
+        m2 = mask[:, None]
+        return tuple(torch.where(m2 if u.dim() == 2 else mask, u, v)
+                     for u, v in zip(a, b, strict=True))
 
     cur = at(z)
     it = 0
@@ -195,29 +201,33 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
         Jp = prog.prox_jacobian(y, Tx, eta, P)
         if Jp is None:
             Jp = jacobian(lambda Y, k: prog.prox(Y, replicate(eta, k), replicate(P, k)), y)
-        d, info = torch.linalg.solve_ex(Jp @ M - eye, -F)
+        d, info = torch.linalg.solve_ex(torch.baddbmm(-eye, Jp, M), -F)
         MF = bmv(M, F)
         slope = -(MF * d).sum(-1) / eta
-        newton = (info == 0) & torch.isfinite(d).all(-1) & (slope < 0)
-        d = torch.where(newton[:, None], d, F)
-        slope = torch.where(newton, slope, -(MF * F).sum(-1) / eta)
+        newton = (info == 0) & torch.isfinite(slope) & (slope < 0)
+        if not bool(newton.all()):
+            d = torch.where(newton[:, None], d, F)
+            slope = torch.where(newton, slope, -(MF * F).sum(-1) / eta)
+        # Armijo on the envelope: phi(x + tau d) <= phi + c tau slope (+ a roundoff margin)
+        bound, cslope = phi + 16 * eps * phi.abs(), 1e-4 * slope
         tau = torch.ones(B, dtype=dt, device=dev)
-        accepted = done.clone()
-        new = cur
-        for _ in range(defaults.FBN_MAXLS):
+        trial = at(x + d)
+        ok = trial[4] <= bound + cslope
+        accepted = done | ok
+        if bool(accepted.all()):  # the usual case: full steps
+            cur = trial if not bool(done.any()) else pick(done, cur, trial)
+            continue
+        new = pick(ok & ~done, trial, cur)
+        for _ in range(defaults.FBN_MAXLS - 1):
+            tau = torch.where(accepted, tau, 0.5 * tau)
             trial = at(x + tau[:, None] * d)
-            ok = ~accepted & (trial[4] <= phi + 1e-4 * tau * slope + 16 * eps * phi.abs())
-            new = tuple(torch.where(ok.reshape(-1, *[1] * (a.dim() - 1)), a, b)
-                        for a, b in zip(trial, new, strict=True))
+            ok = ~accepted & (trial[4] <= bound + tau * cslope)
+            new = pick(ok, trial, new)
             accepted = accepted | ok
             if bool(accepted.all()):
                 break
-            tau = torch.where(accepted, tau, 0.5 * tau)
         if not bool(accepted.all()):  # keep the proximal-gradient point (phi decreases)
-            stuck = ~accepted
-            fallback = at(Tx)
-            new = tuple(torch.where(stuck.reshape(-1, *[1] * (a.dim() - 1)), a, b)
-                        for a, b in zip(fallback, new, strict=True))
+            new = pick(~accepted, at(Tx), new)
         cur = new
     x, _y, Tx, F, _phi = cur
     res = F.norm(dim=-1) / (eta * (1 + x.norm(dim=-1)))

@@ -171,6 +171,107 @@ class Program:
             out[name] = y
         return self.layout.pack(out)
 
+    def prox_fn(self, P):
+        """:meth:`prox` specialised to the parameters ``P`` of one forward solve.
+
+        Weights and set arguments are evaluated once; each call then costs a few
+        torch operations per variable (no unpacking for a single variable). Sets
+        without a specialisation (balls, psd) use :meth:`prox`'s general path.
+
+        Returns:
+            ``prox(z, step)`` with ``step (B,)``, equal to ``self.prox(z, step, P)``.
+        """
+        B = next(iter(P.values())).shape[0]
+        env, cache = P, dict(self.pvals(P))
+        parts = []
+        for name in self.layout.names:
+            sl, shape = self.layout.slices[name], self.layout.shapes[name]
+            if name in self.plan.prox:
+                pname, weight, hyper = self.plan.prox[name]
+                w = hyper if weight is None else eval_scalar(weight, env, cache, B) * hyper
+                w = torch.as_tensor(w, dtype=self._dtype(P)).expand(B)
+                if pname == "lasso":
+                    kind = "nonneg_lasso" if name in self.plan.sets else "lasso"
+                elif pname == "group_lasso":
+                    kind = "group_lasso"
+                else:
+                    kind, w = "general", None
+                parts.append((sl, shape, kind, w))
+            elif name in self.plan.sets:
+                spec = self.plan.sets[name]
+                if spec.kind == "nonneg":
+                    parts.append((sl, shape, "nonneg", None))
+                elif spec.kind == "box":
+                    a = spec.args
+                    lo = eval_like(a["lower"], env, cache, B, shape).reshape(B, -1) \
+                        if a.get("lower") is not None else None
+                    hi = eval_like(a["upper"], env, cache, B, shape).reshape(B, -1) \
+                        if a.get("upper") is not None else None
+                    parts.append((sl, shape, "box", (lo, hi)))
+                elif spec.kind == "simplex" and len(shape) == 1:
+                    v = spec.args.get("value")
+                    v = 1.0 if v is None else eval_scalar(v, env, cache, B)[:, None]
+                    parts.append((sl, shape, "simplex", v))
+                else:
+                    parts.append((sl, shape, "general", None))
+            else:
+                parts.append((sl, shape, "free", None))
+        general = any(k == "general" for _, _, k, _ in parts)
+        if general:
+            return lambda z, step: self.prox(z, step, P)
+        single = len(parts) == 1
+
+        def prox(z, step):
+            outs = []
+            for sl, _shape, kind, a in parts:
+                x = z if single else z[:, sl]
+                if kind == "free":
+                    y = x
+                elif kind == "nonneg":
+                    y = x.clamp_min(0)
+                elif kind == "box":
+                    y = torch.clamp(x, a[0], a[1])
+                elif kind == "simplex":
+                    y = _simplex(x, a)
+                elif kind == "lasso":
+                    t = (a * step)[:, None]
+                    y = x - torch.clamp(x, -t, t)
+                elif kind == "nonneg_lasso":
+                    y = (x - (a * step)[:, None]).clamp_min(0)
+                else:  # group_lasso on the whole variable
+                    nrm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+                    t = (a * step)[:, None]
+                    den = torch.maximum(nrm, t).clamp_min(torch.finfo(x.dtype).tiny)
+                    y = x * (1 - t / den).clamp_min(0)
+                outs.append(y)
+            return outs[0] if single else torch.cat(outs, dim=-1)
+
+        return prox
+
+    @staticmethod
+    def _dtype(P):
+        return next(iter(P.values())).dtype
+
+    def penalty_fn(self, P):
+        """:meth:`penalty` specialised to ``P`` (weights evaluated once): ``pen(z) -> (B,)``."""
+        if not self.plan.prox:
+            return lambda z: z.new_zeros(z.shape[0])
+        B = next(iter(P.values())).shape[0]
+        env, cache = P, dict(self.pvals(P))
+        terms = []
+        for name, (pname, weight, _hyper) in self.plan.prox.items():
+            w = None if weight is None else eval_scalar(weight, env, cache, B)
+            terms.append((self.layout.slices[name], _PENALTY[pname], w))
+
+        def pen(z):
+            out = 0
+            for sl, norm, w in terms:
+                v = norm(z[:, sl])
+                out = out + (v if w is None else w * v)
+            return out
+
+        return pen
+
     def penalty(self, z, P) -> torch.Tensor:
         """Value ``(B,)`` of the prox-able terms at ``z`` (``weight * norm(x)``); the set
         indicators are not included (callers compare feasible points)."""
