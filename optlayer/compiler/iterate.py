@@ -101,47 +101,31 @@ def status_of(res, tol, z):
                        torch.full_like(s, int(Status.NUMERICAL_ERROR)))
 
 
-def _newton_trial(T, x, step, pending, tjac=None, phi=None):
-    """One Newton step on ``F = T(., step) - .`` at ``x``.
-
-    Kept where it halves ``||F||``; elsewhere, when ``phi`` (the objective) is given,
-    the feasible point ``T(x + d)`` is kept where it lowers ``phi`` below ``phi(T(x))``
-    (an active-set move: the objective decreases strictly, so no face is revisited).
+def _newton_trial(T, x, step, pending):
+    """One Newton step on ``F = T(., step) - .`` at ``x``, kept where it halves ``||F||``.
 
     Args:
         T: ``T(z, step, k)`` on ``k`` stacked copies of the batch.
         x, step: the point ``(B, N)`` and step ``(B,)``.
         pending: items to update.
-        tjac: optional ``tjac(x, step) -> (T(x), dT/dx)``; default: :func:`jacobian`.
-        phi: optional objective ``phi(z) -> (B,)``.
 
     Returns:
-        ``(x_new, improved (B,), residual (B,))``; the residual is
-        ``||F|| / (step (1 + ||x||))`` where known (inf after an objective move).
+        ``(x_new, kept (B,), residual (B,))``; the residual is
+        ``||F|| / (step (1 + ||x||))`` at the returned point.
     """
     B, N = x.shape
-    if tjac is None:
-        Tx = T(x, step, 1)
-        J = jacobian(lambda Z, k: T(Z, replicate(step, k), k), x)
-    else:
-        Tx, J = tjac(x, step)
+    Tx = T(x, step, 1)
+    J = jacobian(lambda Z, k: T(Z, replicate(step, k), k), x)
     Fx = Tx - x
     J = J - torch.eye(N, dtype=x.dtype, device=x.device)
     d, info = torch.linalg.solve_ex(J, -Fx)
     xt = x + d
-    Txt = T(xt, step, 1)
-    Ft = Txt - xt
+    Ft = T(xt, step, 1) - xt
     nF, nFt = Fx.norm(dim=-1), Ft.norm(dim=-1)
-    finite = pending & (info == 0) & torch.isfinite(nFt) & torch.isfinite(xt).all(-1)
-    ok = finite & (nFt <= 0.5 * nF)
+    ok = pending & (info == 0) & torch.isfinite(nFt) & torch.isfinite(xt).all(-1) \
+        & (nFt <= 0.5 * nF)
     x_new = torch.where(ok[:, None], xt, x)
     res = torch.where(ok, nFt, nF) / (step * (1 + x_new.norm(dim=-1)))
-    if phi is not None:
-        ref = phi(Tx)
-        move = finite & ~ok & (phi(Txt) < ref - 4 * torch.finfo(x.dtype).eps * ref.abs())
-        x_new = torch.where(move[:, None], Txt, x_new)
-        res = torch.where(move, torch.full_like(res, torch.inf), res)
-        ok = ok | move
     return x_new, ok, res
 
 
@@ -236,8 +220,10 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
 
 def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     """Accelerated proximal gradient (FISTA, adaptive restart) with Newton steps on
-    ``T(z) = prox(z - eta grad f(z))``; ``qp = (Q, p)`` for a quadratic ``f`` (exact step
-    ``1 / lambda_max(Q)``, no backtracking), else backtracking on ``f``.
+    ``T(z) = prox(z - eta grad f(z))`` (up to ``defaults.FP_NEWTON_MAX_SIZE`` unknowns);
+    ``qp = (Q, p)`` for a quadratic ``f`` (exact step ``1 / lambda_max(Q)``, no
+    backtracking; :func:`fbn_solve` is the better choice there up to that size), else
+    backtracking on ``f``.
 
     Args:
         prog: the Program (``prox``, ``f``, ``value_and_grad``, ``fixed_point``).
@@ -255,56 +241,41 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     else:
         L = torch.ones(B, dtype=dt, device=dev)
 
+    proxf = prog.prox_fn(P)
+
     def T(zz, step, k):
-        Pk = P if k == 1 else replicate(P, k)
-        qk = qp if k == 1 else replicate(qp, k)
-        return prog.fixed_point(zz, Pk, step, qk)
+        if k == 1:  # no graph needed: the specialised prox
+            return proxf(zz - step[:, None] * prog.grad(zz, P, qp), step)
+        return prog.fixed_point(zz, replicate(P, k), step, replicate(qp, k))
 
-    tjac = phi = None
-    if qp is not None:
-        eye = torch.eye(N, dtype=dt, device=dev)
-
-        def tjac(zz, step):
-            y = zz - step[:, None] * (bmv(Q, zz) + p)
-            Tz = prog.prox(y, step, P)
-            Jp = prog.prox_jacobian(y, Tz, step, P)
-            if Jp is None:
-                Jp = jacobian(lambda Y, k: prog.prox(Y, replicate(step, k), replicate(P, k)), y)
-            return Tz, Jp @ (eye - step[:, None, None] * Q)
-
-        def phi(zz):
-            return 0.5 * (zz * bmv(Q, zz)).sum(-1) + (p * zz).sum(-1) + prog.penalty(zz, P)
-
-    x = prog.prox(z, 1 / L, P)
+    x = proxf(z, 1 / L)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    it, newton_at, streak = 0, defaults.FP_NEWTON_START, 0
+    it, newton_at = 0, defaults.FP_NEWTON_START
     y, t = x, torch.ones(B, dtype=dt, device=dev)
     while it < maxiter and not bool(done.all()):
         if it >= newton_at and N <= defaults.FP_NEWTON_MAX_SIZE:
             it += 1
-            streak += 1
             pending = ~done
-            x, ok, res = _newton_trial(T, x, 1 / L, pending, tjac, phi)
+            x, ok, res = _newton_trial(T, x, 1 / L, pending)
             done = done | (ok & (res <= tol))
             y = torch.where(ok[:, None], x, y)
             t = torch.where(ok, torch.ones_like(t), t)
             if bool(done.all()):
                 break
-            # all pending items improved: Newton again at once (at most N + 10 times in a
-            # row, a guard against slow objective moves), else first-order iterations first
-            again = bool((ok | ~pending).all()) and streak <= N + 10
+            # every pending item halved its residual: Newton again at once, else
+            # first-order iterations first
+            again = bool((ok | ~pending).all())
             newton_at = it if again else it + defaults.FP_NEWTON_EVERY
-            streak = streak if again else 0
             continue
         it += 1
         if qp is not None:
             gy = torch.matmul(Q, y.unsqueeze(-1)).squeeze(-1) + p
-            xn = prog.prox(y - gy / L[:, None], 1 / L, P)
+            xn = proxf(y - gy / L[:, None], 1 / L)
             d = xn - y
         else:
             fy, gy = prog.value_and_grad(y, P)
             for _ in range(60):
-                xn = prog.prox(y - gy / L[:, None], 1 / L, P)
+                xn = proxf(y - gy / L[:, None], 1 / L)
                 d = xn - y
                 fxn = prog.f(xn, P)
                 bound = fy + (gy * d).sum(-1) + 0.5 * L * (d * d).sum(-1)
