@@ -91,6 +91,19 @@ def jacobian(G, z: torch.Tensor) -> torch.Tensor:
     return rows.reshape(N, B, N).transpose(0, 1)
 
 
+def _replicas(P):
+    """``k -> replicate(P, k)``, computed once per ``k`` (the Jacobians of one solve all
+    use the same ``k = N``)."""
+    cache: dict = {}
+
+    def get(k):
+        if k not in cache:
+            cache[k] = replicate(P, k)
+        return cache[k]
+
+    return get
+
+
 def status_of(res, tol, z):
     """Status per item from the final residual: OPTIMAL within 10 tol, OPTIMAL_INACCURATE
     within 1e3 tol, else MAX_ITER; NUMERICAL_ERROR where anything is non-finite."""
@@ -158,6 +171,7 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
     eye = torch.eye(N, dtype=dt, device=dev)
     M = eye - eta[:, None, None] * Q
     prox, penalty = prog.prox_fn(P), prog.penalty_fn(P)
+    reps = _replicas(P)
     eta_c, half_eta = eta[:, None], (0.5 / eta)[:, None]
 
     def at(x):
@@ -184,7 +198,7 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
         it += 1
         Jp = prog.prox_jacobian(y, Tx, eta, P)
         if Jp is None:
-            Jp = jacobian(lambda Y, k: prog.prox(Y, replicate(eta, k), replicate(P, k)), y)
+            Jp = jacobian(lambda Y, k: prog.prox(Y, replicate(eta, k), reps(k)), y)
         d, info = torch.linalg.solve_ex(torch.baddbmm(-eye, Jp, M), -F)
         MF = bmv(M, F)
         slope = -(MF * d).sum(-1) / eta
@@ -242,11 +256,12 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         L = torch.ones(B, dtype=dt, device=dev)
 
     proxf = prog.prox_fn(P)
+    reps, qreps = _replicas(P), _replicas(qp)
 
     def T(zz, step, k):
         if k == 1:  # no graph needed: the specialised prox
             return proxf(zz - step[:, None] * prog.grad(zz, P, qp), step)
-        return prog.fixed_point(zz, replicate(P, k), step, replicate(qp, k))
+        return prog.fixed_point(zz, reps(k), step, None if qp is None else qreps(k))
 
     x = proxf(z, 1 / L)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -310,8 +325,10 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
     tiny, eps = torch.finfo(dt).tiny, torch.finfo(dt).eps
     step = torch.ones(B, dtype=dt, device=z.device)
 
+    reps = _replicas(P)
+
     def T(zz, s, k):
-        return prog.fixed_point(zz, P if k == 1 else replicate(P, k), s)
+        return prog.fixed_point(zz, P if k == 1 else reps(k), s)
 
     done = torch.zeros(B, dtype=torch.bool, device=z.device)
     it, newton_at = 0, defaults.FP_NEWTON_START
@@ -355,6 +372,7 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     dt, dev = z.dtype, z.device
     eye = torch.eye(N, dtype=dt, device=dev)
     eps = torch.finfo(dt).eps
+    reps = _replicas(P)
 
     def fval(zz):
         if qp is None:
@@ -385,7 +403,7 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         if qp is not None:
             H = qp[0]
         else:
-            H = jacobian(lambda Z, k: prog.grad(Z, replicate(P, k)), z)
+            H = jacobian(lambda Z, k: prog.grad(Z, reps(k)), z)
             H = 0.5 * (H + H.transpose(-1, -2))
         Lc, info = torch.linalg.cholesky_ex(H)
         if bool((info != 0).any()):
