@@ -144,6 +144,9 @@ def _cvxpylayer_runner(layer, vals):
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
     torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s) "
+          "(run with OMP_NUM_THREADS=1 on a shared machine: idle worker threads of a busy "
+          "CPU slow tiny ops by 10x)")
     construction()
     sparsemax()
     cvxpylayers_compare(quick=quick)

@@ -189,7 +189,8 @@ class Program:
             if name in self.plan.prox:
                 pname, weight, hyper = self.plan.prox[name]
                 w = hyper if weight is None else eval_scalar(weight, env, cache, B) * hyper
-                w = torch.as_tensor(w, dtype=self._dtype(P)).expand(B)
+                t0 = next(iter(P.values()))
+                w = torch.as_tensor(w, dtype=t0.dtype, device=t0.device).expand(B)
                 if pname == "lasso":
                     kind = "nonneg_lasso" if name in self.plan.sets else "lasso"
                 elif pname == "group_lasso":
@@ -247,10 +248,6 @@ class Program:
             return outs[0] if single else torch.cat(outs, dim=-1)
 
         return prox
-
-    @staticmethod
-    def _dtype(P):
-        return next(iter(P.values())).dtype
 
     def penalty_fn(self, P):
         """:meth:`penalty` specialised to ``P`` (weights evaluated once): ``pen(z) -> (B,)``."""
