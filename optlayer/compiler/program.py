@@ -220,6 +220,7 @@ class Program:
         general = any(k == "general" for _, _, k, _ in parts)
         if general:
             return lambda z, step: self.prox(z, step, P)
+        parts = _merge_blocks(parts, B, next(iter(P.values())))
         single = len(parts) == 1
 
         def prox(z, step):
@@ -234,6 +235,14 @@ class Program:
                     y = torch.clamp(x, a[0], a[1])
                 elif kind == "simplex":
                     y = _simplex(x, a)
+                elif kind == "simplex_blocks":  # k equal-size simplex variables at once
+                    y = _simplex(x.reshape(x.shape[0], a.shape[1], -1), a).reshape(x.shape)
+                elif kind == "group_blocks":  # k equal-size group-l2 variables at once
+                    xb = x.reshape(x.shape[0], a.shape[1], -1)
+                    nrm = torch.linalg.vector_norm(xb, dim=-1, keepdim=True)
+                    t = (a * step[:, None])[..., None]
+                    den = torch.maximum(nrm, t).clamp_min(torch.finfo(x.dtype).tiny)
+                    y = (xb * (1 - t / den).clamp_min(0)).reshape(x.shape)
                 elif kind == "lasso":
                     t = (a * step)[:, None]
                     y = x - torch.clamp(x, -t, t)
@@ -384,6 +393,32 @@ class Program:
                 return iterate.mirror_solve(self, P, init, tol,
                                             maxiter or defaults.MAXITER["first_order"])
         raise OptTypeError(f"no iterative solver for method {m!r}")  # pragma: no cover
+
+
+def _merge_blocks(parts, B, like):
+    """Merge runs of adjacent simplex (or group-l2) variables of one size into one part
+    handled by a single batched call: ``(slice, None, kind_blocks, args (B, k))``."""
+    out = []
+    for part in parts:
+        sl, shape, kind, a = part
+        prev = out[-1] if out else None
+        size = sl.stop - sl.start
+        if kind in ("simplex", "group_lasso") and prev is not None \
+                and prev[2] in (kind, kind + "_blocks" if kind == "simplex" else "group_blocks") \
+                and prev[0].stop == sl.start and prev[4] == size:
+            vals = prev[3] if prev[2].endswith("blocks") else _as_col(prev[3], B, like)
+            merged = "simplex_blocks" if kind == "simplex" else "group_blocks"
+            out[-1] = (slice(prev[0].start, sl.stop), None, merged,
+                       torch.cat([vals, _as_col(a, B, like)], dim=1), size)
+        else:
+            out.append((sl, shape, kind, a, size))
+    return [(sl, shape, kind, a) for sl, shape, kind, a, _ in out]
+
+
+def _as_col(a, B, like):
+    """A per-item scalar (float, ``(B,)`` or ``(B, 1)``) as a ``(B, 1)`` tensor."""
+    t = torch.as_tensor(a, dtype=like.dtype, device=like.device)
+    return t.reshape(-1, 1).expand(B, 1) if t.numel() in (1, B) else t.reshape(B, 1)
 
 
 def _simplex(x, value):
