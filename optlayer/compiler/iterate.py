@@ -1,29 +1,31 @@
 """Forward solvers of a :class:`~optlayer.compiler.program.Program` for small batched problems.
 
 The layer's forward only has to *find* the solution; gradients come from the
-method's optimality map afterwards. So each method's first-order iteration
-(FISTA for ``proj_grad`` / ``prox_grad``, exponentiated gradient for
-``mirror_descent``) is followed, once it is close, by **Newton steps on the
-fixed-point residual** ``F(z) = T(z) - z`` of the same map ``T``:
+method's optimality map afterwards (``method=`` keeps its meaning). So the
+forward uses Newton steps on the fixed-point residual ``F(z) = T(z) - z`` of
+the method's own map ``T`` wherever they pay:
 
-    J = dT/dz (z) - I,   z <- z - J^{-1} F(z).
-
-For a quadratic ``f`` and a polyhedral set or prox (nonneg, box, simplex,
-l1) ``T`` is piecewise affine, so one step from a point with the right active
-pieces lands on the solution to rounding; for smooth pieces (entropy, l2
-balls, psd, non-quadratic ``f``) the steps converge quadratically. A step is
-kept only where it at least halves ``||F||``; elsewhere the first-order
-iteration goes on (and tries Newton again a few iterations later), so the
-first-order method remains the safeguard and the result is the same fixed
-point.
+* :func:`fbn_solve` -- quadratic ``f`` with simple sets / prox-able terms
+  (``proj_grad``, ``prox_grad``): forward-backward Newton, semismooth Newton
+  steps ``(J_prox M - I) d = -F`` with a line search on the forward-backward
+  envelope (globally convergent; exact in one step on the right active pieces
+  of a polyhedral set or prox).
+* :func:`prox_grad_solve` -- other ``proj_grad`` / ``prox_grad`` problems:
+  FISTA (backtracking, adaptive restart); after a few iterations a Newton step
+  ``z <- z - (dT/dz - I)^{-1} F(z)`` is kept where it at least halves
+  ``||F||``, else FISTA goes on and Newton is tried again later.
+* :func:`mirror_solve` -- ``mirror_descent``: exponentiated gradient with the
+  same Newton steps on the mirror-descent map.
+* :func:`newton_solve` -- ``stationary``: damped Newton with Armijo (one step
+  for a quadratic ``f``).
 
 Cost model: at the sizes of a layer (``N`` up to a few hundred, batch tens)
 every torch call costs microseconds of overhead, so the loops minimise calls:
 ``grad f`` by plain autograd (``torch.func`` transforms cost several times
 more per call here), Jacobians by one evaluation on ``N`` stacked copies of
 the batch (:func:`jacobian`), and for quadratic ``f`` matrix products with a
-precomputed ``(Q, p)`` and the exact step ``1 / lambda_max(Q)`` (no
-backtracking).
+precomputed ``(Q, p)`` and the step from ``lambda_max(Q)``.
+:func:`block_solve` is the matching dense solve of the implicit backward.
 """
 
 from __future__ import annotations
