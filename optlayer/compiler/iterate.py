@@ -328,9 +328,12 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
     step = torch.ones(B, dtype=dt, device=z.device)
 
     reps = _replicas(P)
+    md = prog.md_fn(P)
 
     def T(zz, s, k):
-        return prog.fixed_point(zz, P if k == 1 else reps(k), s)
+        if k == 1:  # no graph needed: the specialised step
+            return md(torch.log(zz.clamp_min(tiny)), prog.grad(zz, P), s)
+        return prog.fixed_point(zz, reps(k), s)
 
     done = torch.zeros(B, dtype=torch.bool, device=z.device)
     it, newton_at = 0, defaults.FP_NEWTON_START
@@ -347,11 +350,14 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
             fz, g = prog.value_and_grad(z, P)
             continue
         it += 1
+        logz = torch.log(z.clamp_min(tiny))
+        bound = fz + 16 * eps * fz.abs() - (g * z).sum(-1)
         for _ in range(60):
-            zn = prog.md_step(z, g, step, P)
+            zn = md(logz, g, step)
             fn = prog.f(zn, P)
-            kl = (zn * (torch.log(zn.clamp_min(tiny)) - torch.log(z.clamp_min(tiny)))).sum(-1)
-            ok = fn <= fz + (g * (zn - z)).sum(-1) + kl / step + 16 * eps * fz.abs()
+            # f(z+) <= f(z) + <g, z+ - z> + KL(z+, z) / step (relative smoothness)
+            ok = fn <= bound + (zn * (g + (torch.log(zn.clamp_min(tiny)) - logz) / step[:, None])
+                                ).sum(-1)
             if bool(ok.all()):
                 break
             step = torch.where(ok, step, 0.5 * step)

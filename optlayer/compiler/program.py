@@ -345,6 +345,40 @@ class Program:
             return self.md_step(z, self.grad(z, P, qp), step, P)
         return self.prox(z - step[:, None] * self.grad(z, P, qp), step, P)
 
+    def md_fn(self, P):
+        """:meth:`md_step` specialised to ``P`` (simplex values evaluated once), taking
+        ``log z`` (clamped at the smallest normal number) instead of ``z``:
+        ``md(logz, g, step) -> z+``."""
+        B = next(iter(P.values())).shape[0]
+        env, cache = P, dict(self.pvals(P))
+        parts = []
+        for name in self.layout.names:
+            v = self.plan.sets[name].args.get("value")
+            v = None if v is None else eval_scalar(v, env, cache, B)[:, None]
+            parts.append((self.layout.slices[name], len(self.layout.shapes[name]) == 1, v))
+        if len(parts) == 1 and parts[0][1]:
+            v = parts[0][2]
+
+            def md1(logz, g, step):
+                y = torch.softmax(logz - step[:, None] * g, dim=-1)
+                return y if v is None else v * y
+
+            return md1
+
+        def md(logz, g, step):
+            outs = []
+            for name, (sl, _vec, v) in zip(self.layout.names, parts, strict=True):
+                B_ = logz.shape[0]
+                shape = self.layout.shapes[name]
+                lg = (logz[:, sl] - step[:, None] * g[:, sl]).reshape(B_, *shape)
+                y = torch.softmax(lg, dim=-1)
+                if v is not None:
+                    y = y * v.reshape(B_, *([1] * len(shape)))
+                outs.append(y.reshape(B_, -1))
+            return torch.cat(outs, dim=-1)
+
+        return md
+
     def md_step(self, z, g, step, P):
         """Exponentiated-gradient step ``normalize(z exp(-step g))`` per simplex variable."""
         B = z.shape[0]
