@@ -205,9 +205,8 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
         MF = bmv(M, F)
         slope = -(MF * d).sum(-1) / eta
         newton = (info == 0) & torch.isfinite(slope) & (slope < 0)
-        if not bool(newton.all()):
-            d = torch.where(newton[:, None], d, F)
-            slope = torch.where(newton, slope, -(MF * F).sum(-1) / eta)
+        d = torch.where(newton[:, None], d, F)  # no host sync: the line search has one
+        slope = torch.where(newton, slope, -(MF * F).sum(-1) / eta)
         # Armijo on the envelope: phi(x + tau d) <= phi + c tau slope (+ a roundoff margin)
         bound, cslope = phi + 16 * eps * phi.abs(), 1e-4 * slope
         tau = torch.ones(B, dtype=dt, device=dev)
