@@ -19,6 +19,10 @@ __all__ = [
     "IPM_BACKWARD_REFINE_STEPS",
     "IPM_REFINE_BELOW",
     "IPM_COMPACT_MIN_BATCH",
+    "IPM_DENSE_MAX_SIZE",
+    "IPM_DENSE_MAX_WORK",
+    "IPM_POLISH_BELOW",
+    "IPM_POLISH_AT",
     "ipm_infeasibility_tol",
     "ipm_inaccurate_tol",
 ]
@@ -85,7 +89,7 @@ IPM_REG_FACTOR = 1.0
 IPM_REFINE_STEPS = 0
 
 #: Iterative refinement steps per KKT solve in the polish and backward pass.
-IPM_BACKWARD_REFINE_STEPS = 2
+IPM_BACKWARD_REFINE_STEPS = 1
 
 _IPM_INFEASIBILITY_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
 _IPM_INACCURATE_TOL = {torch.float64: 1e-6, torch.float32: 1e-3}
@@ -108,6 +112,28 @@ IPM_REFINE_BELOW = 1e-4
 #: ones only) once at most half are active, for working batches this large.
 IPM_COMPACT_MIN_BATCH = 8
 
+#: Small QP batches (full Newton system of ``N = n + 2m + me`` rows, at most
+#: IPM_DENSE_MAX_SIZE, and ``batch * N^2`` at most IPM_DENSE_MAX_WORK) are solved
+#: on that system with one LU per iteration: few tensor operations, which is
+#: what small problems cost. The others use the reduced Cholesky system. The
+#: crossover was measured on CPU, float64, one thread, fwd+bwd (dense/reduced
+#: ms): N=160 batch 1 7.1/11.3; N=32 batch 32 10.1/12.0, batch 64 24.8/17.7;
+#: N=64 batch 16 14.8/12.4; N=96 batch 4 12.7/12.8; the kkt layers of
+#: examples/problems at batch 32: lp (N=36) 11.9/15.5, quantile_regression
+#: (N=44) 23.3/28.2.
+IPM_DENSE_MAX_SIZE = 200
+IPM_DENSE_MAX_WORK = 6.4e4
+
+#: The small-problem interior point tries to finish by polishing on the active
+#: set once every running item's error is below this (and again after each
+#: further hundredfold decrease); the polished point must pass the KKT check.
+IPM_POLISH_BELOW = 1e-3
+
+#: The large-problem interior point iterates down to this error (or ``tol`` if
+#: larger) and then polishes on the active set; items whose polished point does
+#: not pass ``tol`` resume iterating down to ``tol`` and are polished again.
+IPM_POLISH_AT = 1e-8
+
 # compiler / OptLayer (optlayer.compiler, optlayer.layer)
 #: Unconstrained smooth problems with at most this many unknowns use Newton; larger ones FISTA.
 NEWTON_MAX_SIZE = 200
@@ -129,3 +155,7 @@ FBN_STEP_FRACTION = 0.95
 #: Backtracking trials (halving) along the Newton direction before the forward-backward
 #: Newton iteration falls back to the proximal-gradient point.
 FBN_MAXLS = 40
+#: Line-search trials per iteration of the convex interior point behind method "kkt"
+#: (halving: 2**-20 ~ 1e-6 is the smallest step tried; more trials only burn time at the
+#: roundoff floor, where every item must accept or exhaust its trials).
+CONVEX_KKT_MAXLS = 20

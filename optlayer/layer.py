@@ -6,7 +6,10 @@ gradients — ``custom_root(grad f)`` for ``stationary``,
 ``custom_fixed_point(T)`` on the method's fixed-point map for ``proj_grad``,
 ``prox_grad`` and ``mirror_descent``; the projection pattern is
 differentiated through the closed-form projection, and ``kkt`` through the
-batched QP solver's own implicit backward.
+batched QP solver's own implicit backward (a QP/LP after the epigraph rewrite)
+or, for general smooth convex constraints, by ``custom_root`` on the KKT map
+of :func:`optlayer.conditions.kkt` around the convex interior point. Epigraph
+variables of the rewrite are internal: only the user's variables are returned.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 
 from optlayer import defaults
 from optlayer.compiler import METHODS, canonicalize_qp, compile_problem, expand_params, explain_plan
+from optlayer.compiler.canon import solve_convex
 from optlayer.compiler.iterate import block_solve, jacobian, replicate
 from optlayer.compiler.lower import eval_like
 from optlayer.errors import BindingError, OptTypeError, report_status
@@ -139,6 +143,7 @@ class OptLayer(nn.Module):
             z = torch.where(failed_mask(status)[:, None], torch.full_like(z, torch.nan), z)
         self._last = z.detach()
         parts = self.program.layout.unpack(z)
+        parts = {k: parts[k] for k in self.problem.vars}  # kkt: drop epigraph variables
         if not batched:
             parts = {k: v[0] for k, v in parts.items()}
         if self._Solution is None:
@@ -214,6 +219,12 @@ class OptLayer(nn.Module):
         return z, status, 0, torch.zeros(B, dtype=z.dtype, device=z.device)
 
     def _kkt(self, P, B, dtype, device, tol):
+        """Method ``kkt``: the QP path (``solve_qp``, its own implicit backward) or the
+        general convex path (convex interior point, ``custom_root`` on the KKT map)."""
+        if self.plan.solver == "convex":
+            sol = solve_convex(self.program, P, tol=tol, maxiter=self.maxiter)
+            self._duals = (sol.ineq_dual, sol.eq_dual, sol.ineq_sizes, sol.eq_sizes)
+            return sol.z, sol.status, sol.iterations, sol.residual
         try:
             from optlayer.solvers import solve_qp
         except ImportError:  # pragma: no cover - depends on the solvers branch
@@ -236,7 +247,11 @@ class OptLayer(nn.Module):
 
         Returns:
             A tensor ``(B, rows)`` (or dict of them). Inequality multipliers
-            are ``>= 0``; with ``Q x + p + G'z + A'y = 0``.
+            are ``>= 0``; with ``Q x + p + G'z + A'y = 0`` (QP path) or
+            ``grad f + dg' lam + A' nu = 0`` (convex path), each for the
+            labelled constraint as written (a constraint rewritten with
+            epigraph variables, or a cone row, reports the multiplier of the
+            user's constraint).
 
         Raises:
             OptTypeError: not a kkt layer, no call yet, or an unknown label.
@@ -250,7 +265,8 @@ class OptLayer(nn.Module):
         out: dict = {}
         for items, sizes, dual in ((self.plan.ineq, isz, zi), (self.plan.eq, esz, ze)):
             start = 0
-            for (lab, _e, _c), k in zip(items, sizes, strict=True):
+            for row, k in zip(items, sizes, strict=True):
+                lab = row.label
                 if lab is not None:
                     d = dual[..., start:start + k]
                     out[lab] = torch.cat([out[lab], d], -1) if lab in out else d

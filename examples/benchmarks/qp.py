@@ -8,7 +8,8 @@ Q = MM'/n + 0.1 I (positive definite, so that qpth applies), a strictly feasible
 point built in; float64; n in {10, 50, 100}, batch in {1, 32, 128}.
 
 Timings: median wall clock of several repeats after a warm-up, all methods in
-the same process, forward only and forward + backward of the loss sum(c * x)
+the same process, alternating round by round (so that load drift on a shared
+machine hits them alike), forward only and forward + backward of the loss sum(c * x)
 with gradients for p, G, h, A, b. torch runs with one thread by default
 (``--threads``): the machine this was written on is shared, and oversubscribed
 OpenMP threads make every method's timing meaningless.
@@ -167,18 +168,22 @@ def cvxpylayers_method(n: int):
     return lambda data, backward: _run_torch(solve, data, backward)
 
 
-def timed(fn, data, backward, repeats, device):
-    fn(data, backward)                                  # warm-up
-    ts = []
+def timed(methods, data, backward, repeats, device):
+    """Median wall clock (ms) of each method, the methods alternating round by
+    round (after one warm-up call each) so that load drift hits them alike."""
+    ts = {name: [] for name in methods}
+    for fn in methods.values():
+        fn(data, backward)                              # warm-up
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn(data, backward)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
+        for name, fn in methods.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(data, backward)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            ts[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(v) for name, v in ts.items()}
 
 
 def errors(fn, data, refs, k):
@@ -233,17 +238,17 @@ def main():
                     host = [t.numpy() for t in ref_cpu]
                     refs = [reference(*(t[i] for t in host)) for i in range(args.ref_items)]
                     ref_data = [t.to(device) for t in ref_cpu]
+                slow = "cvxpylayers" in methods and n * B >= 50 * 32
+                reps = 3 if slow else (5 if n * B >= 50 * 32 else 9)
+                fwd = timed(methods, data, False, reps, device)
+                fb = timed(methods, data, True, reps, device)
                 for name, fn in methods.items():
-                    slow = name == "cvxpylayers" and n * B >= 50 * 32
-                    reps = 1 if slow else (3 if n * B >= 50 * 32 else 7)
-                    fwd = timed(fn, data, False, reps, device)
-                    fb = timed(fn, data, True, reps, device)
                     se = ge = float("nan")
                     if refs is not None and B == batches[0]:
                         se, ge = errors(fn, ref_data, refs, args.ref_items)
-                    rows.append((device.type, n, B, name, fwd, fb, se, ge))
-                    print(f"  {device.type:4s} n={n:3d} B={B:3d} {name:12s} fwd {fwd:9.1f} ms"
-                          f"  fwd+bwd {fb:9.1f} ms", flush=True)
+                    rows.append((device.type, n, B, name, fwd[name], fb[name], se, ge))
+                    print(f"  {device.type:4s} n={n:3d} B={B:3d} {name:12s} fwd {fwd[name]:9.1f} ms"
+                          f"  fwd+bwd {fb[name]:9.1f} ms", flush=True)
 
     print("\nAccuracy against the tight reference (Clarabel 1e-12 + KKT derivative):")
     print(f"{'dev':4s} {'n':>4s} {'method':12s} {'sol err':>10s} {'grad err':>10s}")

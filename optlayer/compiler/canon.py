@@ -1,9 +1,14 @@
-"""QP canonicalisation: a QP-shaped problem -> batched ``(Q, p, G, h, A, b)``.
+"""KKT canonicalisation: a rewritten problem -> QP data, or smooth functions for a convex
+interior point.
 
-For a quadratic objective ``f(z) = 1/2 z'Qz + p'z + c`` and affine
-constraint residuals ``g(z) = Gz - h <= 0``, ``a(z) = Az - b == 0`` (all as
-torch functions of the parameters), the data are recovered exactly from
-evaluations of the lowered IR:
+Both forms start from the :class:`~optlayer.compiler.epigraph.Rewrite` of the
+problem (every constraint a block of rows ``g <= 0`` / ``g == 0``, non-smooth
+atoms replaced by epigraph variables).
+
+**QP** (:func:`canonicalize_qp`). For a quadratic objective
+``f(z) = 1/2 z'Qz + p'z + c`` and affine rows ``g(z) = Gz - h <= 0``,
+``a(z) = Az - b == 0`` (all torch functions of the parameters), the data are
+recovered exactly from evaluations of the lowered IR:
 
 * ``p = grad f(0)``, ``Q[:, j] = grad f(e_j) - grad f(0)``;
 * ``h = -g(0)``, ``G[:, j] = g(e_j) - g(0)`` (same for ``A, b``).
@@ -11,15 +16,27 @@ evaluations of the lowered IR:
 All ``N + 1`` points are evaluated in one batched call; the result keeps the
 autograd graph to the parameters, so the QP solver's differentiable backward
 reaches them.
+
+**General smooth convex** (:func:`solve_convex`). ``f``, ``g`` (every
+inequality row, cone rows in their smooth form ``sum_squares(u) - s^2``) and
+the affine equality rows ``h`` are lowered to batched torch functions of
+``(z, params)``. The forward pass is
+:class:`optlayer.solvers.ConvexInteriorPoint` (no graph; ``A, b`` of the
+equalities read off as above); gradients come from ``custom_root`` on the KKT
+map of :func:`optlayer.conditions.kkt`,
+``F(z, nu, lam) = (grad f + dg' lam + dh' nu, h(z), lam * g(z))``,
+differentiated in the parameters (valid under strict complementarity).
 """
 
 from __future__ import annotations
 
 import torch
 
+from optlayer import defaults
+from optlayer.compiler.lower import Tape
 from optlayer.compiler.program import Program
 
-__all__ = ["canonicalize_qp"]
+__all__ = ["canonicalize_qp", "row_functions", "solve_convex"]
 
 
 def _points(B, N, dtype, device):
@@ -35,6 +52,51 @@ def _repeat(P, k):
 def _affine(values, B, N):
     v = values.reshape(B, N + 1, -1)
     return v[:, 1:, :].transpose(1, 2) - v[:, :1, :].transpose(1, 2), v[:, 0, :]
+
+
+class _Rows:
+    """Row blocks lowered to one function ``(z, P) -> (B, rows)`` (a :class:`Tape`);
+    ``phase_one=True`` lowers each row's phase-I form where it has one."""
+
+    def __init__(self, program: Program, rows, phase_one: bool = False) -> None:
+        self.program = program
+        self.rows = list(rows)
+        self.exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr
+                      for r in self.rows]
+        self.tape = Tape(self.exprs) if self.rows else None
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def blocks(self, z, P) -> list:
+        B = z.shape[0]
+        vals = self.tape.run(self.program.env(z, P))
+        out = []
+        for e in self.exprs:
+            v = vals[id(e)]
+            out.append(v.reshape(B, -1) if v.numel() >= B and v.dim() > 0 and v.shape[0] == B
+                       else v.reshape(1, -1).expand(B, -1))
+        return out
+
+    def __call__(self, z, P) -> torch.Tensor:
+        return torch.cat(self.blocks(z, P), dim=-1)
+
+    def sizes(self, z, P) -> list:
+        return [b.shape[-1] for b in self.blocks(z, P)]
+
+
+def row_functions(program: Program):
+    """``(g, h)``: the inequality and equality rows as functions ``(z, P) -> (B, rows)``
+    (falsy when there are no such rows)."""
+    return _Rows(program, program.plan.ineq), _Rows(program, program.plan.eq)
+
+
+def _affine_data(rows: _Rows, Z, PP, B, N):
+    if not rows:
+        return None, None, []
+    vals = rows.blocks(Z, PP)
+    M, m0 = _affine(torch.cat(vals, dim=-1), B, N)
+    return M, -m0, [v.shape[-1] for v in vals]
 
 
 def canonicalize_qp(program: Program, P, B: int, dtype, device):
@@ -55,21 +117,156 @@ def canonicalize_qp(program: Program, P, B: int, dtype, device):
                                    create_graph=any(t.requires_grad for t in P.values()))
     Q, p = _affine(g, B, N)
     Q = 0.5 * (Q + Q.transpose(-1, -2))
-    env, cache = program.env(Z, PP), {}
-
-    def rows(items):
-        if not items:
-            return None, None, []
-        vals, sizes = [], []
-        for _label, expr, _c in items:
-            r = expr.evaluate(env, cache)
-            r = r.reshape(B * (N + 1), -1) if r.numel() >= B * (N + 1) \
-                else r.reshape(1, -1).expand(B * (N + 1), -1)
-            vals.append(r)
-            sizes.append(r.shape[-1])
-        M, m0 = _affine(torch.cat(vals, dim=-1), B, N)
-        return M, -m0, sizes
-
-    G, h, isz = rows(program.plan.ineq)
-    A, b, esz = rows(program.plan.eq)
+    gfun, hfun = row_functions(program)
+    G, h, isz = _affine_data(gfun, Z, PP, B, N)
+    A, b, esz = _affine_data(hfun, Z, PP, B, N)
     return Q, p, G, h, A, b, isz, esz
+
+
+class ConvexSolution:
+    """Result of :func:`solve_convex`: ``z (B, N)`` (differentiable), the duals of the
+    rows ``ineq_dual (B, r)`` / ``eq_dual (B, q)`` (cone rows of labelled
+    constraints rescaled to the user's constraint), row sizes per block, and the
+    solver's ``status``, ``iterations`` and ``residual``."""
+
+    def __init__(self, z, ineq_dual, eq_dual, ineq_sizes, eq_sizes, status, iterations,
+                 residual):
+        self.z, self.ineq_dual, self.eq_dual = z, ineq_dual, eq_dual
+        self.ineq_sizes, self.eq_sizes = ineq_sizes, eq_sizes
+        self.status, self.iterations, self.residual = status, iterations, residual
+
+
+def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> ConvexSolution:
+    """Solve a KKT-classified smooth convex problem at parameters ``P`` (each ``(B, ...)``).
+
+    Forward: :class:`~optlayer.solvers.ConvexInteriorPoint` without a graph,
+    from the least-norm solution of the equalities (``z = 0`` without them) with
+    the epigraph variables strictly inside their rows; its phase I finds a
+    strictly feasible point or certifies infeasibility. Backward:
+    ``custom_root`` on :func:`optlayer.conditions.kkt` of ``(f, h, g)``, with a
+    dense LU per batch item.
+
+    Args:
+        program: the :class:`Program` of the rewritten problem.
+        P: parameter tensors, expanded to one batch dim ``B``.
+        tol, maxiter: interior point settings.
+
+    Returns:
+        :class:`ConvexSolution`.
+    """
+    from optlayer.conditions import kkt
+    from optlayer.implicit import custom_root
+    from optlayer.solvers import ConvexInteriorPoint
+    from optlayer.solvers._base import block_diagonal_solve
+
+    t0 = next(iter(P.values()))
+    B, N = t0.shape[0], program.layout.size
+    dtype, device = t0.dtype, t0.device
+    gfun, hfun = row_functions(program)
+    Pd = {k: v.detach() for k, v in P.items()}
+    eq = None
+    esz: list = []
+    z0 = None
+    if hfun:
+        A, b, esz = _affine_data(hfun, _points(B, N, dtype, device), _repeat(Pd, N + 1), B, N)
+        eq = (A, b)
+        # start on the equalities (least-norm point): then phase I runs whenever the
+        # inequalities are not strictly feasible there, and certifies infeasibility
+        z0 = (torch.linalg.pinv(A) @ b.unsqueeze(-1)).squeeze(-1)
+    z0 = _start(program, Pd, B, N, dtype, device, z0)
+    phase_one = None
+    if any(r.phase_one is not None for r in program.plan.ineq):
+        phase_one = _Rows(program, program.plan.ineq, phase_one=True)
+    ip = ConvexInteriorPoint(program.f, gfun if gfun else None, tol=tol, maxiter=maxiter,
+                             implicit_diff=False, on_failure="ignore",
+                             phase_one_fun=phase_one, maxls=defaults.CONVEX_KKT_MAXLS)
+    out = ip.run(z0, Pd, eq, Pd)
+    z, nu, lam = out.params
+    st = out.state
+    F = kkt(program.f, hfun if hfun else None, gfun if gfun else None)
+    sol = (z, nu if hfun else None, lam if gfun else None)
+    error = _kkt_error(F, sol, Pd, gfun)
+    status = _final_status(st.status, error, tol)
+    isz = gfun.sizes(z, Pd) if gfun else []
+    if any(t.requires_grad for t in P.values()):
+        keep = [s for s in sol if s is not None]
+
+        def optimality(x, Pa):
+            full, it = [], iter(x)
+            for s in sol:
+                full.append(None if s is None else next(it))
+            return tuple(r for r in F(tuple(full), Pa, Pa, Pa) if r is not None)
+
+        root = custom_root(optimality, solve=block_diagonal_solve(tuple(keep)))(
+            lambda init, Pa: tuple(keep))
+        res = root(None, P)
+        z = res[0]
+    ineq_dual = _scaled(program, gfun, lam.detach(), z.detach(), Pd, isz) if gfun else None
+    return ConvexSolution(z, ineq_dual, nu.detach() if hfun else None, isz, esz, status,
+                          int(st.iter_num.max()) if st.iter_num.numel() else 0, error)
+
+
+def _kkt_error(F, sol, P, gfun):
+    """``max(|grad L|, |h|, -lam'g, max(g)+, max(-lam)+)`` per item at the returned point
+    (stationarity, equalities, gap, primal and dual feasibility; inf where not finite)."""
+    with torch.no_grad():
+        stat, eq, comp = F(sol, P, P, P)
+        err = stat.norm(dim=-1)
+        if eq is not None:
+            err = torch.maximum(err, eq.norm(dim=-1))
+        if comp is not None:
+            z, lam = sol[0], sol[2]
+            err = torch.maximum(err, -comp.sum(-1))
+            err = torch.maximum(err, gfun(z, P).clamp_min(0).amax(-1))
+            err = torch.maximum(err, (-lam).clamp_min(0).amax(-1))
+    return torch.where(torch.isfinite(err), err, torch.inf)
+
+
+def _final_status(status, error, tol):
+    """Status from the KKT error recomputed at the returned point (as ``solve_qp`` does):
+    an item that stopped with MAX_ITER or NUMERICAL_ERROR (a line search that found no
+    decrease) is OPTIMAL when that error is within ``10 tol`` and OPTIMAL_INACCURATE
+    within ``1e3 tol``, the convention of the first-order solvers of :class:`Program`.
+    The interior point's error is absolute: at the roundoff floor of ``lam * g(z)``
+    (float32; multipliers ~1e4 in float64) it stalls just above ``tol``. INFEASIBLE and
+    NONFINITE_INPUT are kept."""
+    from optlayer.status import Status
+
+    stuck = (status == int(Status.MAX_ITER)) | (status == int(Status.NUMERICAL_ERROR))
+    status = torch.where(stuck & (error <= 10 * tol), int(Status.OPTIMAL), status)
+    status = torch.where(stuck & (error > 10 * tol) & (error <= 1e3 * tol),
+                         int(Status.OPTIMAL_INACCURATE), status)
+    return status.to(torch.int8)
+
+
+def _start(program, P, B, N, dtype, device, z=None):
+    """``z`` (default 0) for the user's variables; each epigraph variable one unit inside its
+    rows (``tight +- 1``, evaluated in creation order, so nested atoms see their arguments)."""
+    z = torch.zeros(B, N, dtype=dtype, device=device) if z is None else z
+    lay = program.layout
+    for var, tight, sign in program.plan.start:
+        val = tight.evaluate(program.env(z, P))
+        shape = lay.shapes[var.name]
+        val = val.reshape(-1, *shape).expand(B, *shape) + sign
+        z = z.clone()
+        z[:, lay.slices[var.name]] = val.reshape(B, -1)
+    return z
+
+
+def _scaled(program, gfun, lam, z, P, sizes):
+    """Multipliers of cone rows of labelled constraints, rescaled to ``norm2(u) <= s``."""
+    if not any(r.scale is not None for r in gfun.rows):
+        return lam
+    env = program.env(z, P)
+    parts, start = [], 0
+    for r, k in zip(gfun.rows, sizes, strict=True):
+        d = lam[:, start:start + k]
+        if r.scale is not None:
+            num, den = r.scale
+            cache: dict = {}
+            d = d * num.evaluate(env, cache).reshape(z.shape[0], -1)
+            if den is not None:
+                d = d / den.evaluate(env, cache).reshape(z.shape[0], -1)
+        parts.append(d)
+        start += k
+    return torch.cat(parts, dim=-1)

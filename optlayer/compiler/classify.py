@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from optlayer.compiler.epigraph import Unsupported, rewrite
 from optlayer.errors import OptTypeError
 from optlayer.ir import (
     Apply,
@@ -26,11 +27,8 @@ __all__ = ["METHODS", "SetSpec", "Plan", "classify"]
 #: Every method name, in the order of the method table.
 METHODS = ("projection", "stationary", "proj_grad", "prox_grad", "mirror_descent", "kkt")
 
-_PROJECTABLE = {"nonneg", "box", "simplex", "ball1", "ball2", "ballinf", "psd"}
+_PROJECTABLE = {"nonneg", "box", "simplex", "ball1", "ball2", "ballinf", "psd", "soc"}
 _NORM_BALL = {"norm1": "ball1", "norm2": "ball2", "norm_inf": "ballinf"}
-# atoms allowed in a QP-shaped objective (quadratic at most) or affine constraint
-_QP_ATOMS = {"add", "sub", "negate", "mul", "div", "matmul", "sum", "mean", "dot", "quad_form",
-             "sum_squares", "square", "transpose", "index", "trace", "diag", "power"}
 
 
 @dataclass
@@ -57,8 +55,18 @@ class Plan:
         sets: variable name -> :class:`SetSpec`.
         projection: ``(variable name, y Expr, scale)`` for the projection pattern.
         why: one line per reason, printed by ``explain()``.
-        ineq, eq: constraint residual expressions ``g <= 0`` / ``g == 0`` (labels kept)
-            for the KKT method.
+        ineq, eq: :class:`~optlayer.compiler.epigraph.Row` blocks ``g <= 0`` / ``g == 0``
+            (labels kept) for the KKT method, after the epigraph rewrite; empty when
+            the rewrite does not apply.
+        qp_shaped: the rewritten problem is a QP/LP (quadratic objective, affine rows).
+        solver: for ``kkt``: ``"qp"`` (:func:`optlayer.solvers.solve_qp`) or ``"convex"``
+            (:class:`optlayer.solvers.ConvexInteriorPoint`); None otherwise.
+        problem: the problem the :class:`Program` lowers: the user's, or for ``kkt`` the
+            rewritten one (user variables first, then the epigraph variables).
+        user_vars: the user's variable names, in order (what the layer returns).
+        notes: one line per atom the epigraph rewrite replaced.
+        start: for ``kkt``: how to start the epigraph variables strictly feasible
+            (:attr:`optlayer.compiler.epigraph.Rewrite.start`).
     """
 
     method: str
@@ -71,6 +79,11 @@ class Plan:
     ineq: list
     eq: list
     qp_shaped: bool
+    solver: str | None = None
+    problem: object = None
+    user_vars: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    start: list = field(default_factory=list)
 
 
 def _free(e) -> bool:
@@ -151,18 +164,6 @@ def _combine(name, f):
         return SetSpec("nonneg", {}, text)
     return SetSpec("box", {"lower": lower[0][0] if lower else None,
                            "upper": upper[0][0] if upper else None}, text)
-
-
-def _qp_expr(e) -> bool:
-    from optlayer.ir import postorder
-
-    for node in postorder(e):
-        if isinstance(node, Apply):
-            if node.atom.name not in _QP_ATOMS:
-                return False
-            if node.atom.name == "power" and node.static[0] not in (1, 2):
-                return False
-    return True
 
 
 def _projection_pattern(problem, terms, sets):
@@ -266,13 +267,23 @@ def classify(problem, method: str | None = None) -> Plan:
         applicable.append("mirror_descent")
         if has_entropy:
             why.append("entropy terms over simplices: the KL (mirror descent) geometry fits")
-    # KKT: everything left as constraints.
-    ineq, eq = _kkt_constraints(problem, facts, rest, sets, not_simple)
-    qp_shaped = ineq is not None and all_smooth and all(_qp_expr(e) for _, e in smooth) and all(
-        _qp_expr(g) and g.curvature.name in ("AFFINE", "CONSTANT") for _, g, _ in ineq + eq)
+    # KKT: every constraint becomes rows, non-smooth atoms become epigraph variables.
+    rw, rw_error = _rewrite(problem)
+    qp_shaped = rw is not None and rw.qp
+    solver = None
     if qp_shaped and _have_qp():
         applicable.append("kkt")
-        why.append("the objective is quadratic/linear and the constraints are affine: a QP")
+        solver = "qp"
+        why.append("the objective is quadratic/linear and the constraints are affine: a QP"
+                   + (" (after the epigraph rewrite)" if rw.aux else ""))
+    elif rw is not None and not qp_shaped and not applicable:
+        applicable.append("kkt")
+        solver = "convex"
+        why.append("the constraints are general smooth convex functions (after the epigraph "
+                   "rewrite): KKT with the convex interior point method")
+    if solver is not None and rw.aux:
+        why.append(f"non-smooth atoms became {len(rw.aux)} epigraph variable(s): "
+                   + "; ".join(rw.notes))
     if not applicable:
         reasons = []
         if nonsmooth_left:
@@ -281,21 +292,39 @@ def classify(problem, method: str | None = None) -> Plan:
         if qp_shaped:
             reasons.append("it is a QP (method 'kkt') but optlayer.solvers.solve_qp is not "
                            "available in this build")
-        elif rest or not_simple:
-            reasons.append("constraints that are neither simple sets nor affine with a "
-                           "quadratic objective")
+        elif rw_error is not None:
+            reasons.append(f"the KKT rewrite does not apply: {rw_error}")
+        hint = ("a psd variable can only be projected onto: keep `X in psd` its only "
+                "constraint (with a smooth objective)" if rw_error and "psd" in rw_error
+                else "write the problem in DCP form with convex constraints")
         raise OptTypeError("no method applies to this problem: " + "; ".join(reasons or ["?"]),
-                           hint="write non-smooth terms as lam * norm1(x) / norm2(x) of a "
-                                "variable, or use affine constraints with a quadratic objective")
+                           hint=hint)
     default = applicable[0]
     if "mirror_descent" in applicable and has_entropy and default != "projection":
         default = "mirror_descent"
     chosen = method or default
     if chosen not in applicable:
-        raise OptTypeError(f"method {chosen!r} does not apply to this problem",
-                           hint="applicable methods: " + ", ".join(applicable))
+        hint = "applicable methods: " + ", ".join(applicable)
+        if chosen == "kkt" and rw is not None:
+            hint += ("; kkt with the convex interior point is offered only when no other "
+                     "method applies (kkt with solve_qp whenever the problem is a QP/LP)")
+        raise OptTypeError(f"method {chosen!r} does not apply to this problem", hint=hint)
     applicable = [default] + [m for m in applicable if m != default]
-    return Plan(chosen, applicable, smooth, prox, sets, projection, why, ineq, eq, qp_shaped)
+    ineq, eq = (rw.ineq, rw.eq) if rw is not None else ([], [])
+    plan = Plan(chosen, applicable, smooth, prox, sets, projection, why, ineq, eq, qp_shaped,
+                solver=solver if chosen == "kkt" else None, problem=problem,
+                user_vars=list(problem.vars), notes=rw.notes if rw is not None else [])
+    if chosen == "kkt":
+        plan.smooth, plan.problem, plan.start = rw.smooth, rw.problem, rw.start
+    return plan
+
+
+def _rewrite(problem):
+    """The epigraph rewrite of ``problem``, or ``(None, reason)``."""
+    try:
+        return rewrite(problem), None
+    except Unsupported as e:
+        return None, e.message
 
 
 def _have_qp() -> bool:
@@ -310,36 +339,3 @@ def _has_entropy(e) -> bool:
     from optlayer.ir import postorder
 
     return any(isinstance(n, Apply) and n.atom.name in ("entropy", "kl_div") for n in postorder(e))
-
-
-def _kkt_constraints(problem, facts, rest, sets, not_simple):
-    """Residual expressions ``(label, g, kind)`` for ``g <= 0`` / ``g == 0`` (None: unsupported)."""
-    from optlayer.ir import sub
-
-    ineq, eq = [], []
-    for c in problem.constraints:
-        if isinstance(c, Membership):
-            kind = c.set.kind.name
-            args = {p: a for p, a in zip(c.set.kind.params, c.set.args, strict=False)}
-            x = c.expr
-            if kind == "nonneg":
-                ineq.append((c.label, sub(Constant(0), x), c))
-            elif kind == "box":
-                ineq.append((c.label, sub(args["lower"], x), c))
-                ineq.append((c.label, sub(x, args["upper"]), c))
-            elif kind == "simplex":
-                from optlayer.ir import apply
-
-                ineq.append((c.label, sub(Constant(0), x), c))
-                eq.append((c.label, sub(apply("sum", [x]), args["value"]), c))
-            else:
-                return None, None
-        elif c.op == "==":
-            eq.append((c.label, c.residual(), c))
-        else:
-            ineq.append((c.label, c.residual(), c))
-    for c in problem.attribute_constraints():
-        if isinstance(c, Membership):
-            return None, None
-        (eq if c.op == "==" else ineq).append((None, c.residual(), c))
-    return ineq, eq

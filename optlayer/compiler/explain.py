@@ -24,15 +24,24 @@ ROWS = {
             "KKT: Qx + p + G'z + A'y = 0, Ax = b, z * (Gx - h) = 0",
             "batched primal-dual interior point (optlayer.solvers.solve_qp); "
             "backward reuses its KKT system"),
+    "kkt_convex": ("general smooth convex constraints",
+                   "KKT: grad f + dg' lam + A' nu = 0, Ax = b, lam * g(x) = 0 "
+                   "(optlayer.conditions.kkt, custom_root)",
+                   "primal-dual convex interior point with autodiff Hessians "
+                   "(optlayer.solvers.ConvexInteriorPoint, phase I from z = 0)"),
 }
 
 
 def explain_plan(plan, problem) -> str:
     """Readable explanation of a :class:`~optlayer.compiler.Plan`."""
-    row, fmap, solver = ROWS[plan.method]
+    key = "kkt_convex" if plan.method == "kkt" and plan.solver == "convex" else plan.method
+    row, fmap, solver = ROWS[key]
     lines = [f"method: {plan.method}", f"  table row: {row}", "  why:"]
     lines += [f"    - {w}" for w in plan.why] or ["    - (forced)"]
     lines += [f"  optimality map: {fmap}", f"  solver: {solver}",
               f"  applicable methods: {', '.join(plan.applicable)} (default {plan.applicable[0]})",
               f"  variables: {', '.join(problem.vars)}"]
+    aux = [n for n in getattr(plan.problem, "vars", {}) if n not in problem.vars]
+    if aux:
+        lines.append(f"  epigraph variables (internal, not returned): {', '.join(aux)}")
     return "\n".join(lines)

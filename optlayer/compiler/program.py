@@ -31,6 +31,7 @@ from optlayer.compiler.iterate import SolveResult
 from optlayer.compiler.lower import Layout, Tape, eval_like, eval_scalar
 from optlayer.compiler.quadratic import bmv, is_quadratic, quadratic_data
 from optlayer.errors import OptTypeError
+from optlayer.ir import get_set
 
 __all__ = ["Program", "SolveResult"]
 
@@ -140,6 +141,8 @@ class Program:
             return torch.minimum(torch.maximum(x, lo), hi)
         if k == "psd":
             return projections.psd(x)
+        if k == "soc":  # (t, u) with t first: the registry adapts the catalog's (u, t)
+            return get_set("soc").project(x)
         if k == "simplex":
             v = a.get("value")
             v = 1.0 if v is None else eval_scalar(v, env, cache, B)

@@ -37,7 +37,8 @@ from optlayer.status import Status
 
 __all__ = [
     "Data", "Factor", "SplitFactor", "Result", "make_data", "pack", "factor", "kkt_solve",
-    "split_factor", "split_solve", "run_ipm",
+    "split_factor", "split_solve", "run_ipm", "residuals", "final_status",
+    "infeasibility_certificate", "unbounded_certificate", "split",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -118,7 +119,7 @@ def factor(d: Data, W: Tensor | None) -> Factor:
     """Factor ``[[Q + G'WG, A'], [A, 0]]`` (regularized; see the module doc)."""
     QA = d.Q if d.AtA is None else d.AtA      # AtA already holds Q + rho A'A
     if W is not None:
-        H = torch.baddbmm(QA, d.Gt * W.transpose(1, 2), d.G)
+        H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G * W)
     else:
         H = QA.clone()
     diag = H.diagonal(dim1=1, dim2=2)
@@ -246,22 +247,21 @@ def _newton(d: Data, f: Factor, r: _Res, rc_over_s: Tensor | None, refine: int):
         r1 = torch.baddbmm(r1, d.Gt, f.W * r.rz - rc_over_s, alpha=-1.0)
     r2 = None if d.A is None else -r.ry
     dx, dy = kkt_solve(d, f, r1, r2, refine)
-    prods = split(d, dx)
     if d.G is None:
-        return dx, None, None, dy, prods
-    Gdx = prods[1]
+        return dx, None, None, dy
+    Gdx = d.G @ dx
     dz = f.W * (Gdx + r.rz) - rc_over_s
     ds = -r.rz - Gdx
-    return dx, ds, dz, dy, prods
+    return dx, ds, dz, dy
 
 
-def _max_step(s, z, ds, dz, fraction: float) -> Tensor:
+def _max_step(s, z, ds, dz, fraction) -> Tensor:
     """Largest ``alpha <= 1`` with ``s + alpha ds, z + alpha dz >= (1 - fraction)(s, z)``."""
     worst = torch.minimum((ds / s).amin(dim=(1, 2)), (dz / z).amin(dim=(1, 2)))
     return (-fraction / worst.clamp(max=-fraction)).view(-1, 1, 1)
 
 
-def _infeasibility_certificate(d: Data, r: _Res, z, y, eps_inf: float) -> Tensor:
+def infeasibility_certificate(d: Data, Gtz_Aty: Tensor, z, y, eps_inf: float) -> Tensor:
     """True where ``(z, y)`` certify ``{x : Gx <= h, Ax = b}`` is empty.
 
     Farkas: ``z >= 0``, ``G'z + A'y = 0`` and ``h'z + b'y < 0``. Accepted when
@@ -271,10 +271,10 @@ def _infeasibility_certificate(d: Data, r: _Res, z, y, eps_inf: float) -> Tensor
     c = -(d.h * z).sum(dim=(1, 2))
     if d.A is not None:
         c = c - (d.b * y).sum(dim=(1, 2))
-    return (c > 0) & (_amax(r.Gtz_Aty) <= eps_inf * c)
+    return (c > 0) & (_amax(Gtz_Aty) <= eps_inf * c)
 
 
-def _unbounded_certificate(d: Data, dx, prods, eps_inf: float) -> Tensor:
+def unbounded_certificate(d: Data, dx, prods, eps_inf: float) -> Tensor:
     """True where ``dx`` is a ray of unboundedness.
 
     ``Q dx = 0``, ``A dx = 0``, ``G dx <= 0`` and ``p'dx < 0``, accepted when the
@@ -340,10 +340,79 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             want_factor: bool) -> Result:
     """Mehrotra predictor-corrector on every item where ``active`` is True.
 
-    Items leave the loop (and are frozen) when their residuals pass ``tol``
-    (OPTIMAL), a certificate is found (INFEASIBLE / UNBOUNDED) or a
-    factorization fails (NUMERICAL_ERROR, or OPTIMAL_INACCURATE when the frozen
-    iterate passes the loose tolerance). One host sync per iteration.
+    The iterations stop at ``max(tol, IPM_POLISH_AT)``; the polish on the
+    active set (:func:`_polish`) then usually solves the KKT system to
+    rounding. Items whose polished point does not pass ``tol`` resume the
+    iterations down to ``tol`` and are polished again. Statuses come from the
+    residuals of the returned point (:func:`final_status`).
+    """
+    dtype, dev = d.Q.dtype, d.Q.device
+    B = d.Q.shape[0]
+    m = 0 if d.G is None else d.G.shape[1]
+    x, s, z, y = _initial_point(d)
+    status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=dev)
+    iters = torch.zeros(B, dtype=torch.int64, device=dev)
+    stop = max(tol, defaults.IPM_POLISH_AT) if m else tol
+    state, running = _iterate(d, (x, s, z, y, status, iters), active, stop, tol, maxiter)
+    point, r, err, fac = _polish(d, state)
+    if stop > tol:
+        retry = (state[4] == int(Status.OPTIMAL)) & ~(err <= tol)
+        if bool(retry.any()):
+            x, s, z, y, status, iters = state
+            status = torch.where(retry, int(Status.MAX_ITER), status)
+            left = maxiter - int(iters.max())
+            state, again = _iterate(d, (x, s, z, y, status, iters), retry, tol, tol, left)
+            running = running | again
+            # polish the retried items again (only them: the others keep theirs)
+            idx = torch.nonzero(retry).view(-1)
+            p2, r2, e2, f2 = _polish(_take(d, idx), _gather(state, idx))
+            point = _scatter(point, idx, p2)
+            r = _Res(*_scatter(r, idx, r2))
+            err = err.index_copy(0, idx, e2)
+            fac = SplitFactor(*_scatter(fac, idx, f2))
+    x, s, z, y = point
+    status = state[4]
+    status = final_status(r, running=running, infeasible=status == int(Status.INFEASIBLE),
+                          unbounded=status == int(Status.UNBOUNDED), tol=tol,
+                          loose=defaults.ipm_inaccurate_tol(dtype))
+    return Result(x, y, z, s, status, state[5], r.pres, r.dres, r.gap,
+                  fac if want_factor else None)
+
+
+def _polish(d: Data, state):
+    """Solve the KKT system of the active set ``J = {z > s}`` at each item's point
+    (the factorization is the one the backward pass needs anyway) and keep the
+    polished point where its error is not worse. Returns the point, its
+    residuals and error, and the factorization."""
+    x, s, z, y, status, _ = state
+    m = 0 if z is None else z.shape[1]
+    fac = split_factor(d, s, z)
+    solved = (status == int(Status.OPTIMAL)) | (status == int(Status.OPTIMAL_INACCURATE)) \
+        | (status == int(Status.MAX_ITER))
+    px, pz, py = split_solve(d, fac, -d.p, d.h, d.b, refine=defaults.IPM_BACKWARD_REFINE_STEPS)
+    ps = None
+    if m:
+        pz = pz.clamp(min=0.0)
+        ps = (d.h - d.G @ px).clamp(min=0.0)
+    r1 = residuals(d, px, ps, pz, py)
+    r0 = residuals(d, x, s, z, y)
+    e1 = torch.maximum(torch.maximum(r1.dres, r1.pres), r1.gap)
+    e0 = torch.maximum(torch.maximum(r0.dres, r0.pres), r0.gap)
+    better = solved & (e1 <= e0) & fac.ok
+    b3 = better.view(-1, 1, 1)
+    point = tuple(None if a is None else torch.where(b3, a, b)
+                  for a, b in zip((px, ps, pz, py), (x, s, z, y), strict=True))
+    r = _Res(*(None if a is None else torch.where(better if a.dim() == 1 else b3, a, b)
+               for a, b in zip(r1, r0, strict=True)))
+    return point, r, torch.where(better, e1, e0), fac
+
+
+def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: int):
+    """The Mehrotra loop from ``state = (x, s, z, y, status, iters)`` on the items
+    where ``active``; items stop when their error is at most ``stop`` (OPTIMAL,
+    provisional), a certificate passes (INFEASIBLE / UNBOUNDED) or their
+    factorization fails (NUMERICAL_ERROR or OPTIMAL_INACCURATE). One host sync
+    per iteration. Returns the new state and the mask of items still running.
     """
     dtype = d.Q.dtype
     B = d.Q.shape[0]
@@ -351,9 +420,7 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
     loose = defaults.ipm_inaccurate_tol(dtype)
     m = 0 if d.G is None else d.G.shape[1]
     refine_steps = defaults.IPM_REFINE_STEPS
-    x, s, z, y = _initial_point(d)
-    status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=d.Q.device)
-    iters = torch.zeros(B, dtype=torch.int64, device=d.Q.device)
+    x, s, z, y, status, iters = state
     active = active.clone()
     code = {k: torch.tensor(int(k), dtype=torch.int8, device=d.Q.device) for k in Status}
     # Compaction: once at most half of the working items are active, the loop
@@ -371,9 +438,9 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
         r = residuals(d, x, s, z, y)
         err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
         settle(~torch.isfinite(err), Status.NUMERICAL_ERROR)
-        settle(err <= tol, Status.OPTIMAL)
+        settle(err <= stop, Status.OPTIMAL)
         if m:
-            settle(_infeasibility_certificate(d, r, z, y, eps_inf), Status.INFEASIBLE)
+            settle(infeasibility_certificate(d, r.Gtz_Aty, z, y, eps_inf), Status.INFEASIBLE)
         # the one host sync per iteration: worst residual and count of active items
         worst, count = torch.stack([torch.where(active, err, torch.full_like(err, -1.0)).max(),
                                     active.sum().to(err.dtype)]).tolist()
@@ -396,7 +463,7 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
         f = factor(d, W)
         if m:
             # predictor (affine scaling), then Mehrotra's centering corrector
-            dx, ds, dz, dy, prods = _newton(d, f, r, z, refine)
+            dx, ds, dz, dy = _newton(d, f, r, z, refine)
             a = _max_step(s, z, ds, dz, 1.0)
             mu = (r.sz / m).view(-1, 1, 1)
             mu_aff = ((s + a * ds) * (z + a * dz)).sum(dim=(1, 2), keepdim=True) / m
@@ -405,14 +472,16 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             # pushing s'z further only worsens the conditioning of W
             floor = (0.1 * tol / m) * r.obj_scale.view(-1, 1, 1)
             rc_over_s = (s * z + ds * dz - torch.maximum(sigma * mu, floor)) / s
-            dx, ds, dz, dy, prods = _newton(d, f, r, rc_over_s, refine)
-            a = _max_step(s, z, ds, dz, _STEP_FRACTION)
+            dx, ds, dz, dy = _newton(d, f, r, rc_over_s, refine)
+            # fraction to the boundary 1 - min(0.01, err): superlinear near the end
+            a = _max_step(s, z, ds, dz, 1.0 - err.clamp(max=1.0 - _STEP_FRACTION))
         else:
-            dx, ds, dz, dy, prods = _newton(d, f, r, None, refine)
+            dx, ds, dz, dy = _newton(d, f, r, None, refine)
             a = torch.ones(B, 1, 1, dtype=dtype, device=d.Q.device)
         finite = torch.isfinite(dx).all(dim=1).view(-1)
-        unb = _unbounded_certificate(d, dx, prods, eps_inf)
-        settle(unb & finite, Status.UNBOUNDED)
+        if it % 2 == 1 or it + 1 >= maxiter:   # every other iteration (a product with [Q; G; A])
+            unb = unbounded_certificate(d, dx, split(d, dx), eps_inf)
+            settle(unb & finite, Status.UNBOUNDED)
         broken = ~(f.ok & finite)
         settle(broken & (err <= loose), Status.OPTIMAL_INACCURATE)
         settle(broken, Status.NUMERICAL_ERROR)
@@ -427,41 +496,31 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
     if full is not None:
         x, s, z, y, status, iters = _scatter(full, idx, (x, s, z, y, status, iters))
         active = _scatter_mask(full_d.Q.shape[0], idx, active)
-        d = full_d
-    r = residuals(d, x, s, z, y)
+    return (x, s, z, y, status, iters), active
+
+
+def final_status(r: _Res, *, running: Tensor, infeasible: Tensor, unbounded: Tensor,
+                 tol: float, loose: float) -> Tensor:
+    """The status of each returned point from its recomputed residuals ``r``.
+
+    One rule each, later rules winning: NUMERICAL_ERROR by default (the loop
+    stopped without a verdict); OPTIMAL_INACCURATE where the error passes the
+    loose tolerance; MAX_ITER where the loop was still running and it does
+    not; OPTIMAL where the independent KKT check passes ``tol`` at the
+    returned point (however it was reached); INFEASIBLE / UNBOUNDED where a
+    certificate passed.
+    """
     err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
-    # polish: solve the KKT system of the active set J = {z > s} exactly (the
-    # factorization is the one the backward pass needs anyway) and keep the
-    # polished point for the items where its KKT residual is not worse
-    fac = split_factor(d, s, z)
-    solved = (status == int(Status.OPTIMAL)) | (status == int(Status.OPTIMAL_INACCURATE)) \
-        | (status == int(Status.MAX_ITER))
-    px, pz, py = split_solve(d, fac, -d.p, d.h, d.b, refine=defaults.IPM_BACKWARD_REFINE_STEPS)
-    ps = None
-    if m:
-        pz = pz.clamp(min=0.0)
-        ps = (d.h - d.G @ px).clamp(min=0.0)
-    pr = residuals(d, px, ps, pz, py)
-    perr = torch.maximum(torch.maximum(pr.dres, pr.pres), pr.gap)
-    better = solved & (perr <= err) & fac.ok
-    b3 = better.view(-1, 1, 1)
-    x = torch.where(b3, px, x)
-    y = _where(b3, py, y)
-    if m:
-        s = torch.where(b3, ps, s)
-        z = torch.where(b3, pz, z)
-    r = residuals(d, x, s, z, y)
-    err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
-    promote = (status == int(Status.OPTIMAL_INACCURATE)) & (err <= tol)
-    status = torch.where(promote, code[Status.OPTIMAL], status)
-    # independent check of what is returned: OPTIMAL only if the KKT residuals
-    # recomputed from the data at the returned point pass tol.
-    optimal = status == int(Status.OPTIMAL)
-    status = torch.where(optimal & ~(err <= tol), code[Status.OPTIMAL_INACCURATE], status)
-    status = torch.where(active & (err <= loose), code[Status.OPTIMAL_INACCURATE], status)
-    if not want_factor:
-        fac = None
-    return Result(x, y, z, s, status, iters, r.pres, r.dres, r.gap, fac)
+    status = torch.full(err.shape, int(Status.NUMERICAL_ERROR), dtype=torch.int8,
+                        device=err.device)
+    rules = ((err <= loose, Status.OPTIMAL_INACCURATE),
+             (running & ~(err <= loose), Status.MAX_ITER),
+             (err <= tol, Status.OPTIMAL),
+             (infeasible, Status.INFEASIBLE),
+             (unbounded, Status.UNBOUNDED))
+    for mask, st in rules:
+        status = torch.where(mask, int(st), status)
+    return status
 
 
 # --------------------------------------------------------------------------
@@ -504,7 +563,7 @@ def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
         J = z > s
         c = J.to(z.dtype)
         D = torch.zeros_like(z)
-        H = torch.baddbmm(QA, d.Gt * c.transpose(1, 2), d.G)
+        H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G * c)
         GJ = d.G * J
         EJ = 1.0 - c
         C, E = GJ, EJ
@@ -521,10 +580,10 @@ def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
     ok = info == 0
     Ls = HinvCt = None
     if C is not None:
-        HinvCt = _chol_solve(L, C.transpose(1, 2))
+        HinvCt = torch.cholesky_solve(C.transpose(1, 2), L)    # one call for many columns
         S = C @ HinvCt
-        S = S + torch.diag_embed(E.squeeze(-1))
         sdiag = S.diagonal(dim1=1, dim2=2)
+        sdiag.add_(E.squeeze(-1))
         sdiag.add_(sdiag.abs() * d.reg_rel + d.reg_abs * d.reg_rel)
         Ls, info_s = torch.linalg.cholesky_ex(S)
         ok = ok & (info_s == 0)

@@ -76,6 +76,10 @@ class ConvexInteriorPoint(IterativeSolver):
         ineq_fun: ``g(x, params_ineq) -> (*batch, r)``, or None.
         mu: barrier parameter growth factor.
         alpha, beta: line-search sufficient decrease and shrink factors.
+        phase_one_fun: inequality function for phase I only, or None (``ineq_fun``).
+            It must describe the same strictly feasible set, e.g. ``norm2(u) - s``
+            (defined everywhere) for ``sum_squares(u) / s - s`` (smooth, but defined
+            only for ``s > 0``).
 
     Example:
         >>> import torch
@@ -94,6 +98,7 @@ class ConvexInteriorPoint(IterativeSolver):
     alpha: float = 0.01
     beta: float = 0.5
     maxls: int = 50
+    phase_one_fun: Callable | None = None
 
     family: ClassVar[str] = "interior_point"
 
@@ -168,9 +173,14 @@ class ConvexInteriorPoint(IterativeSolver):
         P = (params_obj, params_eq, params_ineq)
         r = lam.shape[-1]
         n = x.shape[-1]
-        gap = -(self._g(x, params_ineq) * lam).sum(-1)
-        t = self.mu * max(r, 1) / gap.clamp_min(torch.finfo(x.dtype).tiny)
-        gx, rd, rc, rp = self._residuals(x, nu, lam, t, *P)
+        gx, rd, _, rp = self._residuals(x, nu, lam, torch.ones_like(lam[..., 0]), *P)
+        gap = -(gx * lam).sum(-1)
+        # Barrier weight from the surrogate gap, but no sharper than the residuals allow:
+        # a gap far below the dual/primal residual would pin x to the boundary of g <= 0
+        # (tiny steps, a stall), so the centring target follows the largest of the three.
+        target = torch.maximum(gap, torch.maximum(norm(rd), norm(rp)))
+        t = self.mu * max(r, 1) / target.clamp_min(torch.finfo(x.dtype).tiny)
+        rc = -lam * gx - 1.0 / t.unsqueeze(-1)
         Dg = self._jac_g(x, params_ineq)
 
         def lag(z):
@@ -234,8 +244,8 @@ class ConvexInteriorPoint(IterativeSolver):
     # -- phase I and run ---------------------------------------------------------------
     def _phase_one(self, x0, params_eq, params_ineq, tol):
         """Minimise ``s`` s.t. ``g(x) - s ≤ 0``, ``s ≥ -1``, ``Ax = b`` from a feasible (x0, s0)."""
-        g = self.ineq_fun
-        s0 = self._g(x0, params_ineq).amax(-1, keepdim=True) + 1.0
+        g = self.phase_one_fun or self.ineq_fun
+        s0 = g(x0, params_ineq).amax(-1, keepdim=True) + 1.0
 
         def f1(z, _p):
             return z[..., -1]

@@ -36,14 +36,16 @@ solution.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from optlayer import defaults
 from optlayer.errors import BindingError, report_status
+from optlayer.solvers import _qp_dense as dense
 from optlayer.solvers import _qp_ipm as ipm
+from optlayer.solvers._base import OptStep
 from optlayer.status import Status, check_on_failure, failed_mask
 
 __all__ = ["QPSolution", "KKTSolution", "QPState", "OptStep", "solve_qp", "InteriorPointQP"]
@@ -95,13 +97,6 @@ class QPState(NamedTuple):
     primal_residual: Tensor
     dual_residual: Tensor
     gap: Tensor
-
-
-class OptStep(NamedTuple):
-    """``(params, state)`` as returned by every ``Solver.run``."""
-
-    params: Any
-    state: Any
 
 
 # --------------------------------------------------------------------------
@@ -185,7 +180,12 @@ class _QPFunction(torch.autograd.Function):
     def forward(ctx, Q, p, G, h, A, b, finite, tol, maxiter):
         d = ipm.make_data(Q, p, G, h, A, b)
         want = any(ctx.needs_input_grad[:6])
-        res = ipm.run_ipm(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
+        n = Q.shape[1]
+        m = 0 if G is None else G.shape[1]
+        me = 0 if A is None else A.shape[1]
+        small = dense.use_dense(n, m, me, Q.shape[0])
+        run = dense.run_dense if small else ipm.run_ipm
+        res = run(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
         x = res.x.squeeze(-1)
         y = None if res.y is None else res.y.squeeze(-1)
         z = None if res.z is None else res.z.squeeze(-1)
@@ -194,9 +194,14 @@ class _QPFunction(torch.autograd.Function):
                              torch.full_like(res.status, int(Status.NONFINITE_INPUT)))
         if want:
             f = res.factor
-            ctx.save_for_backward(Q, G, A, res.x, res.y, res.z, f.L, f.Ls, f.HinvCt, f.C, f.E,
-                                  f.c, f.J, f.D, finite & f.ok)
-            ctx.reg = (d.reg_abs, d.reg_rel)
+            ctx.small = small
+            if small:
+                ctx.save_for_backward(G, A, res.x, res.y, res.z, f.LU, f.pivots, f.K, f.J,
+                                      finite & f.ok)
+            else:
+                ctx.save_for_backward(Q, G, A, res.x, res.y, res.z, f.L, f.Ls, f.HinvCt, f.C,
+                                      f.E, f.c, f.J, f.D, finite & f.ok)
+                ctx.reg = (d.reg_abs, d.reg_rel)
         outs = (x, y, z, s, status, res.iter_num, res.primal_residual, res.dual_residual,
                 res.gap)
         ctx.mark_non_differentiable(*outs[4:])
@@ -204,22 +209,30 @@ class _QPFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gx, gy, gz, gs, *unused):
-        Q, G, A, x, y, z, L, Ls, HinvCt, C, E, c, J, D, ok = ctx.saved_tensors
-        reg_abs, reg_rel = ctx.reg
-        AtA = None if A is None else torch.baddbmm(Q, A.transpose(1, 2), A, alpha=ipm._RHO)
-        d = ipm.pack(Q, None, G, None, A, None, AtA, reg_abs, reg_rel)
-        f = ipm.SplitFactor(L, Ls, HinvCt, C, E, c, J, D, ok)
+        if ctx.small:
+            G, A, x, y, z, LU, piv, K, J, ok = ctx.saved_tensors
+        else:
+            Q, G, A, x, y, z, L, Ls, HinvCt, C, E, c, J, D, ok = ctx.saved_tensors
         a1 = torch.zeros_like(x) if gx is None else gx.unsqueeze(-1)
         a3 = vs = a2 = None
         if G is not None:
             a3 = torch.zeros_like(z) if gz is None else gz.unsqueeze(-1)
             if gs is not None:
                 vs = gs.unsqueeze(-1)
-                a1 = a1 - d.Gt @ vs          # s = h - Gx
+                a1 = a1 - G.transpose(1, 2) @ vs          # s = h - Gx
         if A is not None:
             a2 = torch.zeros_like(y) if gy is None else gy.unsqueeze(-1)
-        u, zeta, w = ipm.split_solve(d, f, a1, a3, a2,
-                                     refine=defaults.IPM_BACKWARD_REFINE_STEPS)
+        refine = defaults.IPM_BACKWARD_REFINE_STEPS
+        if ctx.small:
+            f = dense.DenseFactor(LU, piv, K, J, ok)
+            m = 0 if G is None else G.shape[1]
+            u, zeta, w = dense.dense_grad_solve(f, x.shape[1], m, a1, a3, a2, refine)
+        else:
+            reg_abs, reg_rel = ctx.reg
+            AtA = None if A is None else torch.baddbmm(Q, A.transpose(1, 2), A, alpha=ipm._RHO)
+            d = ipm.pack(Q, None, G, None, A, None, AtA, reg_abs, reg_rel)
+            f = ipm.SplitFactor(L, Ls, HinvCt, C, E, c, J, D, ok)
+            u, zeta, w = ipm.split_solve(d, f, a1, a3, a2, refine=refine)
         # items whose factorization failed or whose data was not finite: zero gradient
         good = ok & torch.isfinite(u).all(dim=(1, 2))
         for t in (zeta, w):
@@ -307,16 +320,16 @@ def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = N
     args = [Qf, _flat(p, bshape, 1, B, dtype), _flat(G, bshape, 2, B, dtype),
             _flat(h, bshape, 1, B, dtype), _flat(A, bshape, 2, B, dtype),
             _flat(b, bshape, 1, B, dtype)]
-    finite = torch.ones(B, dtype=torch.bool, device=Qf.device)
-    for t in args:
-        if t is not None:
-            finite = finite & torch.isfinite(t).reshape(B, -1).all(dim=1)
-    clean = [None if t is None else
-             torch.where(finite.view(-1, *([1] * (t.dim() - 1))), t, torch.zeros_like(t))
-             for t in args]
+    given = [t for t in args if t is not None]
+    finite = torch.isfinite(torch.cat([t.reshape(B, -1) for t in given], dim=1)).all(dim=1)
+    clean = args
+    if not bool(finite.all()):   # zero the data of non-finite items (they are not solved)
+        clean = [None if t is None else
+                 torch.where(finite.view(-1, *([1] * (t.dim() - 1))), t, torch.zeros_like(t))
+                 for t in args]
     out = _QPFunction.apply(*clean, finite, tol, maxiter)
     x, y, z, s, status, iters, pres, dres, gap = out
-    if not finite.all():
+    if clean is not args:
         nanrow = (~finite).view(-1, 1)
         x = torch.where(nanrow, torch.full_like(x, float("nan")), x)
     if on_failure == "mask":

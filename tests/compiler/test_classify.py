@@ -58,9 +58,18 @@ def test_unknown_method():
 
 
 def test_no_method_names_the_term():
-    src = HEAD + "minimize norm1(A @ x - y)"
-    with pytest.raises(ol.OptTypeError, match="no method applies.*norm1"):
+    """A psd variable with another constraint: no projection method, and a psd cone has no
+    rows for the KKT solvers (no semidefinite solver)."""
+    src = ("dim n = 3\nparam C[n, n] symmetric\nvar X[n, n] psd\nminimize sum_squares(X - C)\n"
+           "subject to\n trace(X) == 1")
+    with pytest.raises(ol.OptTypeError, match="no method applies.*set psd cannot be written"):
         classify(ol.check(src, dims={}))
+
+
+def test_nonsmooth_objective_goes_to_kkt_through_the_epigraph():
+    plan = classify(ol.check(HEAD + "minimize norm1(A @ x - y)", dims={}))
+    assert plan.method == "kkt" and plan.solver == "qp"
+    assert list(plan.problem.vars) == ["x", "norm1_epi0"] and plan.user_vars == ["x"]
 
 
 def test_explain_names_row_map_and_solver():
@@ -69,3 +78,10 @@ def test_explain_names_row_map_and_solver():
     assert "x = proj_C(x - eta grad f(x))" in text
     assert "each var in one simple set" in text
     assert "x in nonneg (x >= 0)" in text
+
+
+def test_forcing_kkt_on_a_smooth_set_problem_explains_the_rule():
+    src = HEAD + "minimize sum(exp(x - y))\nsubject to\n x >= 0"
+    with pytest.raises(ol.OptTypeError, match="does not apply") as info:
+        classify(ol.check(src, dims={}), "kkt")
+    assert "offered only when no other method applies" in str(info.value)

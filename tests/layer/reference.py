@@ -37,6 +37,10 @@ def _atom(name, a, static):
              "mean": cp.sum, "diag": cp.diag}
     if name == "mean":
         return cp.sum(a[0]) / a[0].size
+    if name in ("max", "min"):  # max(x) reduces, max(a, b) is elementwise
+        if len(a) == 1:
+            return (cp.max if name == "max" else cp.min)(a[0])
+        return (cp.maximum if name == "max" else cp.minimum)(a[0], a[1])
     return table[name](*a)
 
 
@@ -55,10 +59,12 @@ def _set(kind, x, args):
         return [cp.norm(x, "inf") <= args[0]]
     if kind == "psd":
         return [x >> 0]
+    if kind == "soc":
+        return [cp.SOC(x[0], x[1:])]
     raise KeyError(kind)
 
 
-def _build(problem, leaf):
+def _build(problem, leaf, labels=None):
     vars_ = {n: cp.Variable(tuple(int(d) for d in v.shape), name=n,
                             symmetric="psd" in v.attrs or "symmetric" in v.attrs)
              for n, v in problem.vars.items()}
@@ -91,6 +97,8 @@ def _build(problem, leaf):
         else:
             lhs, rhs = conv(c.lhs), conv(c.rhs)
             cons.append({"==": lhs == rhs, "<=": lhs <= rhs, ">=": lhs >= rhs}[c.op])
+            if labels is not None and c.label:
+                labels[c.label] = cons[-1]
     return cp.Problem(obj, cons), vars_
 
 
@@ -104,6 +112,17 @@ def solve_reference(problem, values: dict):
     prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
     assert prob.status in ("optimal", "optimal_inaccurate"), prob.status
     return {n: v.value for n, v in vars_.items()}, float(prob.value)
+
+
+def solve_reference_duals(problem, values: dict):
+    """Like :func:`solve_reference`, plus ``{label: dual}`` of labelled ``<=, >=, ==``
+    constraints (cvxpy's sign: inequality duals >= 0)."""
+    labels: dict = {}
+    prob, vars_ = _build(problem, lambda node: np.asarray(values[node.name], dtype=float), labels)
+    prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    assert prob.status in ("optimal", "optimal_inaccurate"), prob.status
+    duals = {k: np.atleast_1d(np.asarray(c.dual_value, dtype=float)) for k, c in labels.items()}
+    return {n: v.value for n, v in vars_.items()}, float(prob.value), duals
 
 
 def build_cvxpy(problem):

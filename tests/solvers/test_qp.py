@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from optlayer import defaults
 from optlayer.errors import BindingError, SolverError
 from optlayer.solvers.qp import InteriorPointQP, solve_qp
 from optlayer.status import OptimizationWarning, Status
@@ -13,6 +14,16 @@ from optlayer.status import OptimizationWarning, Status
 cp = pytest.importorskip("cvxpy")
 
 F64 = torch.float64
+
+
+@pytest.fixture(params=["dense", "reduced"], autouse=True)
+def kernel(request, monkeypatch):
+    """Every test runs on both interior point kernels: the full Newton system with
+    LU (small problems) and the reduced system with Cholesky (larger ones)."""
+    dense = request.param == "dense"
+    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", 10**9 if dense else 0)
+    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", float("inf") if dense else 0.0)
+    return request.param
 
 
 def _t(a):
@@ -177,7 +188,7 @@ def test_mixed_batch_solves_the_good_items_exactly():
     assert torch.isnan(sol.x[2]).all()
 
 
-def test_batched_equals_loop(monkeypatch):
+def test_batched_equals_loop(monkeypatch, kernel):
     # 10 items of varying difficulty plus one infeasible one: the loop drops
     # finished items once half are done (compaction), which must not change
     # any item's result
@@ -193,11 +204,15 @@ def test_batched_equals_loop(monkeypatch):
     h[3, 1] = h[3, 0]
     stacked = [_t(a) for a in (Q, p, G, h, A, b)]
     sol = solve_qp(*stacked, on_failure="ignore")
-    assert taken, "the test batch should exercise compaction"
+    if kernel == "reduced":
+        assert taken, "the test batch should exercise compaction"
     for i in range(10):
         one = solve_qp(*[a[i] for a in stacked], on_failure="ignore")
         assert sol.status[i] == one.status
-        assert sol.iter_num[i] == one.iter_num
+        if kernel == "reduced":
+            # the small-problem kernel tries its polish when the whole batch is
+            # close, so an item may take more iterations in a batch than alone
+            assert sol.iter_num[i] == one.iter_num
         if i == 3:
             assert one.status.item() == Status.INFEASIBLE
             continue
@@ -281,6 +296,40 @@ def test_interior_point_qp_run_matches_solve_qp():
 
 def test_maxiter_is_reported_not_optimal():
     args = _args(_random_qp(31, 6, 8, 2))
+    sol = solve_qp(*args, maxiter=1, on_failure="ignore")
+    assert sol.status.item() == Status.MAX_ITER
+    assert sol.iter_num.item() == 1 and sol.error.item() > defaults.ipm_inaccurate_tol(F64)
+
+
+def test_a_point_passing_the_kkt_check_is_optimal_even_at_the_cap():
+    # two iterations find the active set; the polish on it solves the KKT system
+    args = _args(_random_qp(31, 6, 8, 2))
     sol = solve_qp(*args, maxiter=2, on_failure="ignore")
-    assert sol.status.item() in (Status.MAX_ITER, Status.OPTIMAL_INACCURATE)
     assert sol.iter_num.item() == 2
+    assert sol.error.item() <= defaults.tol(F64) and sol.status.item() == Status.OPTIMAL
+    _, x_ref, _ = _cvxpy(*_random_qp(31, 6, 8, 2))
+    np.testing.assert_allclose(sol.x.numpy(), x_ref, atol=1e-8)
+
+
+@pytest.mark.parametrize("at", [1e-1, 1e-4], ids=["polish-early", "polish-mid"])
+def test_a_failed_early_polish_resumes_the_iterations(monkeypatch, at):
+    # polishing on an active set guessed too early fails the KKT check; the items
+    # must go on iterating and still end OPTIMAL at the reference solution
+    monkeypatch.setattr(defaults, "IPM_POLISH_AT", at)
+    monkeypatch.setattr(defaults, "IPM_POLISH_BELOW", at)
+    insts = [_random_qp(40 + i, 6, 8, 2) for i in range(6)]
+    stacked = [_t(np.stack([inst[k] for inst in insts])) for k in range(6)]
+    sol = solve_qp(*stacked, on_failure="raise")
+    for i, inst in enumerate(insts):
+        _, x_ref, _ = _cvxpy(*inst)
+        np.testing.assert_allclose(sol.x[i].numpy(), x_ref, atol=1e-7)
+
+
+def test_kernel_choice_follows_the_work_estimate(monkeypatch):
+    from optlayer.solvers._qp_dense import use_dense
+
+    monkeypatch.undo()                            # the shipped thresholds, not the fixture's
+    assert use_dense(10, 10, 2, 1) and use_dense(10, 10, 2, 32)
+    assert not use_dense(10, 10, 2, 128)          # 128 LUs of 32x32 cost more than Cholesky
+    assert use_dense(50, 50, 10, 1) and not use_dense(50, 50, 10, 32)
+    assert not use_dense(100, 100, 20, 1)         # N = 320 is above the size cap

@@ -1,0 +1,386 @@
+"""Batched interior point for small QPs: one LU of the full Newton system (private).
+
+For small problems an interior point iteration costs what its number of
+tensor operations costs, not its flops. This kernel keeps that number low by
+working on the unreduced system: the iterate is one tensor
+``v = [x; s; z; y]`` (``(B, N, 1)``, ``N = n + 2m + me``) and the KKT map is
+affine in ``v`` except for the complementarity rows::
+
+    F(v) = [Qx + p + G'z + A'y;  Gx + s - h;  Ax - b;  s * z]
+         = J0 v + c0 + [0; 0; 0; s * z]
+
+so every residual is one ``baddbmm`` and every Newton matrix is ``J0`` with
+the ``2m`` entries ``z`` and ``s`` written into its complementarity rows, one
+``index_copy``. Mehrotra's predictor and corrector share one LU factorization
+(partial pivoting keeps the unreduced system well conditioned near the
+solution, where ``z / s`` spans twenty decades). The loop freezes converged
+items by giving them a zero step.
+
+At the end the active set ``J = {z > s}`` defines the KKT system of its limit
+(the same system :mod:`optlayer.solvers._qp_ipm` factors with Cholesky)::
+
+    [ Q    G_J'  A' ] [x  ]   [-p  ]
+    [ G_J  0     0  ] [z_J] = [h_J ]        z_i = 0 for i not in J
+    [ A    0     0  ] [y  ]   [b   ]
+
+assembled as one symmetric ``(n + m + me)`` matrix (rows of inactive
+constraints become ``z_i = 0``), factored once by LU: its solve polishes the
+solution and its transposed solve is the backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from optlayer import defaults
+from optlayer.solvers import _qp_ipm as ipm
+
+__all__ = ["DenseFactor", "use_dense", "run_dense", "dense_grad_solve"]
+
+
+def use_dense(n: int, m: int, me: int, batch: int) -> bool:
+    """True when this kernel is the cheaper one. Its batched LU of the full
+    ``N = n + 2m + me`` system grows with ``batch * N^2`` at these sizes (a
+    per-matrix cost), against the per-operation overhead the reduced kernel
+    pays; the threshold ``defaults.IPM_DENSE_MAX_WORK`` is the measured
+    crossover."""
+    N = n + 2 * m + me
+    return N <= defaults.IPM_DENSE_MAX_SIZE and batch * N ** 2 <= defaults.IPM_DENSE_MAX_WORK
+
+
+class DenseFactor(NamedTuple):
+    """LU of the active-set KKT matrix at the returned point (polish and backward)."""
+
+    LU: Tensor           # (B, k, k), k = n + m + me
+    pivots: Tensor       # (B, k)
+    K: Tensor            # (B, k, k) the unregularized active-set matrix (refinement)
+    J: Tensor | None     # (B, m, 1) bool, the active set
+    ok: Tensor           # (B,) bool
+
+
+class _Layout(NamedTuple):
+    n: int
+    m: int
+    me: int
+    N: int
+    J0: Tensor           # (B, N, N) exact linear part of the Jacobian
+    Jreg: Tensor         # (B, N * N) J0 + diagonal regularization, flattened
+    c0: Tensor           # (B, N, 1)
+    idx: Tensor          # (2m,) flat positions of the complementarity entries
+    perm: Tensor         # (2m,) positions in v of the values written there
+
+
+def _layout(d: ipm.Data) -> _Layout:
+    Q = d.Q
+    B, n, _ = Q.shape
+    m = 0 if d.G is None else d.G.shape[1]
+    me = 0 if d.A is None else d.A.shape[1]
+    N = n + 2 * m + me
+    os, oz, oy, rc = n, n + m, n + 2 * m, n + m + me
+    J0 = Q.new_zeros(B, N, N)
+    J0[:, :n, :n] = Q
+    c0 = [d.p]
+    if m:
+        J0[:, :n, oz:oy] = d.Gt
+        J0[:, n:n + m, :n] = d.G
+        J0[:, n:n + m, os:oz] = torch.eye(m, dtype=Q.dtype, device=Q.device)
+        c0.append(-d.h)
+    if me:
+        J0[:, :n, oy:] = d.At
+        J0[:, n + m:rc, :n] = d.A
+        c0.append(-d.b)
+    if m:
+        c0.append(Q.new_zeros(B, m, 1))
+    c0 = torch.cat(c0, dim=1) if len(c0) > 1 else c0[0]
+    # regularization: +delta on the x block, -delta against the y columns (dependent rows of A)
+    delta = d.reg_abs.view(B, 1)
+    Jreg = J0.clone()
+    Jreg[:, :n, :n].diagonal(dim1=1, dim2=2).add_(delta)
+    if me:
+        Jreg[:, n + m:rc, oy:].diagonal(dim1=1, dim2=2).sub_(delta)
+    i = torch.arange(m, device=Q.device)
+    idx = torch.cat([(rc + i) * N + os + i, (rc + i) * N + oz + i])
+    perm = torch.cat([oz + i, os + i])
+    return _Layout(n, m, me, N, J0, Jreg.reshape(B, N * N), c0, idx, perm)
+
+
+def _newton_lu(L: _Layout, v: Tensor):
+    """LU of the Newton matrix at ``v`` (complementarity entries from ``v``)."""
+    B = v.shape[0]
+    J = L.Jreg
+    if L.m:
+        J = J.index_copy(1, L.idx, v.view(B, L.N).index_select(1, L.perm))
+    LU, piv, info = torch.linalg.lu_factor_ex(J.view(B, L.N, L.N))
+    return LU, piv, info == 0
+
+
+def _step_to_boundary(vsz: Tensor, dsz: Tensor, fraction) -> Tensor:
+    """Largest ``a <= 1`` with ``vsz - a * dsz >= (1 - fraction) vsz`` (``vsz > 0``)."""
+    worst = (dsz / vsz).amax(dim=(1, 2), keepdim=True)
+    return fraction / worst.clamp(min=fraction)
+
+
+def _error(L: _Layout, d: ipm.Data, v: Tensor, R: Tensor, scale: Tensor):
+    """``max(|R| * scale, s'z / max(1, |1/2 x'Qx + p'x|))`` and ``s * z`` (``(B, m, 1)``).
+
+    ``R`` is the linear residual (zero complementarity rows). The row scales
+    use the data only (``1 / (1 + |p|)`` on the dual rows, ``1 / (1 + |h|)``
+    and ``1 / (1 + |b|)`` on the primal rows): each is at least the scale
+    :func:`optlayer.solvers._qp_ipm.residuals` uses, so this test is never
+    looser than the one that decides the status.
+    """
+    err = torch.linalg.vector_norm(R * scale, ord=float("inf"), dim=(1, 2))
+    if not L.m:
+        return err, None
+    sz = v[:, L.n:L.n + 2 * L.m].unflatten(1, (2, L.m)).prod(dim=1)
+    x = v[:, :L.n]
+    obj = (x * torch.baddbmm(d.p, d.Q, x, alpha=0.5)).sum(dim=(1, 2))
+    gap = sz.sum(dim=(1, 2)) / obj.abs().clamp(min=1.0)
+    return torch.maximum(err, gap), sz
+
+
+def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
+              want_factor: bool) -> ipm.Result:
+    """Mehrotra predictor-corrector on the full Newton system (see the module doc).
+
+    Items stop when their error (:func:`_error`) is at most ``tol``, when a
+    certificate of infeasibility or unboundedness passes (checked every third
+    iteration from the fifth on), or when their Newton system breaks down;
+    the statuses are assigned at the end from the residuals of the returned
+    point (:func:`_finish`).
+    """
+    L = _layout(d)
+    n, m, me = L.n, L.m, L.me
+    k = n + m + me
+    B, dev = d.Q.shape[0], d.Q.device
+    eps_inf = defaults.ipm_infeasibility_tol(d.Q.dtype)
+    iters = torch.zeros(B, dtype=torch.int64, device=dev)
+    running = active.clone()
+    dv = d.p.new_zeros(B, L.N, 1)     # the last direction (the unbounded certificate at exit)
+    polish_at, pol = defaults.IPM_POLISH_BELOW, None
+    infeasible = torch.zeros_like(running)
+    unbounded = torch.zeros_like(running)
+
+    def row_scale(t):
+        tn = torch.linalg.vector_norm(t, ord=float("inf"), dim=(1, 2), keepdim=True)
+        return (1.0 / (1.0 + tn)).expand(B, t.shape[1], 1)
+
+    scale = [row_scale(t) for t in (d.p, d.h, d.b) if t is not None]
+    if m:
+        scale.append(d.p.new_zeros(B, m, 1))
+    scale = torch.cat(scale, dim=1)
+    ab = slice(n, n + 2 * m)            # s and z, contiguous in v
+
+    # start: CVXOPT's point (s = -z from a least-squares step at s = z = 1), shifted inside
+    v = torch.cat([d.Q.new_zeros(B, n, 1), d.Q.new_ones(B, 2 * m, 1),
+                   d.Q.new_zeros(B, me, 1)], dim=1)
+    LU, piv, ok = _newton_lu(L, v)
+    R = torch.baddbmm(L.c0, L.J0, v)
+    if m:
+        R[:, k:] = 2.0
+    v = v - torch.linalg.lu_solve(LU, piv, R)
+    if m:
+        sz = v[:, ab].view(B, 2, m)
+        low = -sz.amin(dim=2, keepdim=True)
+        sz.add_(torch.where(low >= 0, 1.0 + low, torch.zeros_like(low)))
+
+    for it in range(maxiter + 1):
+        R = torch.baddbmm(L.c0, L.J0, v)
+        err, sz = _error(L, d, v, R, scale)
+        running = running & (err > tol)          # NaN errors stop too (statuses at the end)
+        if m and it >= 5 and it % 3 == 2:
+            cert = running & _infeasible(d, L, v, eps_inf)
+            infeasible = infeasible | cert
+            running = running & ~cert
+        worst = float(torch.where(running, err, -1.0).amax())
+        if it == maxiter or worst < 0:
+            break
+        if m and worst <= polish_at:
+            # the active set is most likely known: try to finish by polishing on it
+            polish_at = worst * 1e-2
+            pol = _polish(d, *_split(v, n, m, me))
+            if bool((~active | infeasible | unbounded | (err <= tol) | (pol.err <= tol)).all()):
+                break
+            pol = None
+        LU, piv, ok = _newton_lu(L, v)
+        if m:
+            vsz = v[:, ab]
+            R[:, k:] = sz
+            dv = torch.linalg.lu_solve(LU, piv, R)                      # predictor: v - a dv
+            dsz = dv[:, ab]
+            a = _step_to_boundary(vsz, dsz, 1.0)
+            nxt = torch.addcmul(vsz, a, dsz, value=-1.0)
+            mu = sz.sum(dim=(1, 2), keepdim=True)
+            mu_aff = nxt.unflatten(1, (2, m)).prod(dim=1).sum(dim=(1, 2), keepdim=True)
+            # Mehrotra's centering sigma = (mu_aff / mu)^3, target floored a decade below tol
+            target = (mu_aff / mu).clamp(0.0, 1.0).pow(3).mul(mu / m).clamp(min=0.1 * tol / m)
+            R[:, k:] = dsz.unflatten(1, (2, m)).prod(dim=1).add_(sz).sub_(target)
+            dv = torch.linalg.lu_solve(LU, piv, R)                      # corrector
+            # fraction to the boundary 1 - min(0.01, err): superlinear near the end
+            a = _step_to_boundary(vsz, dv[:, ab],
+                                  1.0 - err.clamp(max=1.0 - ipm._STEP_FRACTION).view(-1, 1, 1))
+        else:
+            dv = torch.linalg.lu_solve(LU, piv, R)
+            a = torch.ones_like(dv[:, :1])
+        if it >= 5 and it % 3 == 2:
+            unb = running & _unbounded(d, L, -dv[:, :n], eps_inf)
+            unbounded = unbounded | unb
+            running = running & ~unb
+        # frozen items keep their point; a non-finite direction makes the next error NaN
+        running = running & ok
+        r3 = running.view(-1, 1, 1)
+        v = torch.where(r3, torch.addcmul(v, a, dv, value=-1.0), v)
+        iters += running
+
+    # items that stopped without converging: the certificates at their last point
+    # (an infeasible or unbounded item may break down between two periodic checks)
+    open_ = active & ~infeasible & ~unbounded & ~(err <= tol)
+    if pol is not None:                      # stopped by a polish that passed
+        open_ = open_ & ~(pol.err <= tol)
+    if bool(open_.any()):
+        if m:
+            infeasible = infeasible | (open_ & _infeasible(d, L, v, eps_inf))
+        unbounded = unbounded | (open_ & ~infeasible & _unbounded(d, L, -dv[:, :n], eps_inf))
+
+    x, s, z, y = _split(v, n, m, me)
+    if pol is None:
+        pol = _polish(d, x, s, z, y)
+    return _finish(d, (x, s, z, y), pol, err, active, running, infeasible, unbounded, iters,
+                   tol, want_factor)
+
+
+def _split(v: Tensor, n: int, m: int, me: int):
+    x = v[:, :n]
+    s = v[:, n:n + m] if m else None
+    z = v[:, n + m:n + 2 * m] if m else None
+    y = v[:, n + 2 * m:] if me else None
+    return x, s, z, y
+
+
+def _infeasible(d: ipm.Data, L: _Layout, v: Tensor, eps_inf: float) -> Tensor:
+    zy = v[:, L.n + L.m:]
+    z, y = zy[:, :L.m], (zy[:, L.m:] if L.me else None)
+    return ipm.infeasibility_certificate(d, d.KT @ zy, z, y, eps_inf)
+
+
+def _unbounded(d: ipm.Data, L: _Layout, dx: Tensor, eps_inf: float) -> Tensor:
+    return ipm.unbounded_certificate(d, dx, ipm.split(d, dx), eps_inf)
+
+
+# --------------------------------------------------------------------------
+# the active-set system: polish and backward
+# --------------------------------------------------------------------------
+
+def _base(d: ipm.Data) -> Tensor:
+    """``[[Q, G', A'], [G, 0, 0], [A, 0, 0]]``."""
+    B, n, _ = d.Q.shape
+    k = d.KA.shape[1]
+    K = d.Q.new_zeros(B, k, k)
+    K[:, :, :n] = d.KA
+    if d.KT is not None:
+        K[:, :n, n:] = d.KT
+    return K
+
+
+def dense_factor(d: ipm.Data, s: Tensor | None, z: Tensor | None) -> DenseFactor:
+    """Factor the active-set KKT matrix at ``(s, z)`` (``J = {z > s}``)."""
+    B, n, _ = d.Q.shape
+    m = 0 if d.G is None else d.G.shape[1]
+    me = 0 if d.A is None else d.A.shape[1]
+    K = _base(d)
+    delta = d.reg_abs.view(B, 1)
+    reg = [delta.expand(B, n)]
+    J = None
+    if m:
+        J = z > s
+        c = J.to(z.dtype).view(B, m)
+        keep = torch.cat([c.new_ones(B, n), c, c.new_ones(B, me)], dim=1)
+        K = K * (keep.unsqueeze(2) * keep.unsqueeze(1))
+        K[:, n:n + m, n:n + m].diagonal(dim1=1, dim2=2).copy_(1.0 - c)
+        reg.append(-delta * c)
+    if me:
+        reg.append(-delta.expand(B, me))
+    Kreg = K.clone()
+    Kreg.diagonal(dim1=1, dim2=2).add_(torch.cat(reg, dim=1))
+    LU, piv, info = torch.linalg.lu_factor_ex(Kreg)
+    return DenseFactor(LU, piv, K, J, info == 0)
+
+
+def dense_solve(f: DenseFactor, rhs: Tensor, *, adjoint: bool, refine: int) -> Tensor:
+    """Solve ``K u = rhs`` (or ``K' u = rhs``) with ``refine`` refinement steps."""
+    u = torch.linalg.lu_solve(f.LU, f.pivots, rhs, adjoint=adjoint)
+    K = f.K.transpose(1, 2) if adjoint else f.K
+    for _ in range(refine):
+        u = u + torch.linalg.lu_solve(f.LU, f.pivots, rhs - K @ u, adjoint=adjoint)
+    return u
+
+
+def dense_grad_solve(f: DenseFactor, n: int, m: int, a1, a3, a2, refine: int):
+    """Backward: the transposed active-set system for ``(gx, gz, gy)``; returns the
+    multipliers ``(u, zeta, w)`` in the layout of :func:`_qp_ipm.split_solve`."""
+    parts = [a1]
+    if a3 is not None:
+        parts.append(a3)
+    if a2 is not None:
+        parts.append(a2)
+    rhs = torch.cat(parts, dim=1) if len(parts) > 1 else a1
+    lam = dense_solve(f, rhs, adjoint=True, refine=refine)
+    u = lam[:, :n]
+    zeta = None if a3 is None else lam[:, n:n + m] * f.J
+    w = None if a2 is None else lam[:, n + m:]
+    return u, zeta, w
+
+
+class _Polished(NamedTuple):
+    fac: DenseFactor
+    point: tuple            # (x, s, z, y) solving the active-set KKT system
+    r: ipm._Res
+    err: Tensor
+
+
+def _polish(d: ipm.Data, x, s, z, y) -> _Polished:
+    """Solve the KKT system of the active set ``{z > s}`` of the point given."""
+    n = d.Q.shape[1]
+    m = 0 if z is None else z.shape[1]
+    fac = dense_factor(d, s, z)
+    rhs = [-d.p]
+    if m:
+        rhs.append(torch.where(fac.J, d.h, torch.zeros_like(d.h)))
+    if d.A is not None:
+        rhs.append(d.b)
+    sol = dense_solve(fac, torch.cat(rhs, dim=1) if len(rhs) > 1 else rhs[0], adjoint=False,
+                      refine=defaults.IPM_BACKWARD_REFINE_STEPS)
+    px = sol[:, :n]
+    pz = ps = py = None
+    if m:
+        pz = sol[:, n:n + m].clamp(min=0.0)
+        ps = (d.h - d.G @ px).clamp(min=0.0)
+    if d.A is not None:
+        py = sol[:, n + m:]
+    r = ipm.residuals(d, px, ps, pz, py)
+    return _Polished(fac, (px, ps, pz, py), r, torch.maximum(torch.maximum(r.dres, r.pres),
+                                                             r.gap))
+
+
+def _finish(d, point, pol: _Polished, err, active, running, infeasible, unbounded, iters, tol,
+            want_factor):
+    """Return the polished point where it passes tol or its error is not above the
+    loop's ``err`` (which bounds the iterate's from above), else the iterate; the
+    statuses come from the residuals of what is returned."""
+    better = active & ~infeasible & ~unbounded & pol.fac.ok & ((pol.err <= tol) | (pol.err <= err))
+    if bool(better.all()):
+        (x, s, z, y), r = pol.point, pol.r
+    else:
+        b3 = better.view(-1, 1, 1)
+        r0 = ipm.residuals(d, *point)
+        x, s, z, y = (None if a is None else torch.where(b3, a, b)
+                      for a, b in zip(pol.point, point, strict=True))
+        r = ipm._Res(*(None if a is None else torch.where(better if a.dim() == 1 else b3, a, b)
+                       for a, b in zip(pol.r, r0, strict=True)))
+    status = ipm.final_status(r, running=running, infeasible=infeasible, unbounded=unbounded,
+                              tol=tol, loose=defaults.ipm_inaccurate_tol(d.Q.dtype))
+    return ipm.Result(x, y, z, s, status, iters, r.pres, r.dres, r.gap,
+                      pol.fac if want_factor else None)

@@ -1,0 +1,197 @@
+"""The epigraph rewrite, one case per EPIGRAPH entry: the atom in the objective and in a
+labelled constraint; solution and the constraint's multiplier against cvxpy, gradients
+against central finite differences of tightly solved layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import optlayer as ol
+from optlayer.compiler.epigraph import EPIGRAPH, rewrite
+from optlayer.layer import random_params
+
+from .reference import solve_reference_duals
+
+EXAMPLES = Path(__file__).parents[2] / "examples" / "problems"
+HEAD = ("dim m = 6\ndim n = 3\nparam A[m, n]\nparam b[m]\nparam C[2, n]\nparam d[2]\n"
+        "var x[n]\n")
+
+# id -> (atom, objective, labelled constraint, solver); every EPIGRAPH entry has a case
+CASES = {
+    "abs": ("abs", "minimize sum(abs(A @ x - b)) + 0.5 * sum_squares(x)",
+            "lab: sum(abs(C @ x - d)) <= 0.5", "qp"),
+    "pos": ("pos", "minimize sum(pos(A @ x - b)) + 0.5 * sum_squares(x)",
+            "lab: sum(pos(C @ x - d)) <= 0.2", "qp"),
+    "neg": ("neg", "minimize sum(neg(A @ x - b)) + 0.5 * sum_squares(x)",
+            "lab: sum(neg(C @ x - d)) <= 0.2", "qp"),
+    "norm1": ("norm1", "minimize norm1(A @ x - b) + 0.5 * sum_squares(x)",
+              "lab: norm1(C @ x - d) <= 1", "qp"),
+    "norm_inf": ("norm_inf", "minimize norm_inf(A @ x - b) + 0.5 * sum_squares(x)",
+                 "lab: norm_inf(C @ x - d) <= 0.5", "qp"),
+    "max": ("max", "minimize max(A @ x - b) + 0.5 * sum_squares(x)",
+            "lab: max(C @ x - d) <= 0.2", "qp"),
+    "max_pair": ("max", "minimize sum(max(A @ x - b, 0.3 * (b - A @ x))) + 0.5 * sum_squares(x)",
+                 "lab: sum(max(C @ x - d, 0)) <= 0.2", "qp"),
+    "min": ("min", "maximize min(A @ x - b) - 0.5 * sum_squares(x)",
+            "lab: min(C @ x - d) >= -0.3", "qp"),
+    "min_pair": ("min", "maximize sum(min(A @ x - b, 0.5 * (A @ x))) - 0.5 * sum_squares(x)",
+                 "lab: sum(min(C @ x, 1)) >= -0.3", "qp"),
+    "norm2": ("norm2", "minimize norm2(A @ x - b) + 0.5 * sum_squares(x)",
+              "lab: norm2(C @ x - d) <= 0.5", "convex"),
+    "norm2_variable_rhs": ("norm2", "minimize sum_squares(A @ x - b)",
+                           "lab: norm2(C @ x - d) <= 0.2 * sum(x) + 0.5", "convex"),
+}
+PARAMS = [pytest.param(c, id=k) for k, c in CASES.items()]
+
+
+def _layer(case, **kw):
+    _atom, obj, con, _solver = case
+    return ol.compile(HEAD + obj + "\nsubject to\n    " + con, **kw)
+
+
+def test_every_epigraph_entry_has_a_case():
+    assert {c[0] for c in CASES.values()} == set(EPIGRAPH)
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_solution_and_dual_match_cvxpy(case):
+    layer = _layer(case)
+    assert layer.method == "kkt" and layer.plan.solver == case[3]
+    vals = random_params(layer.problem, seed=11)
+    x = layer(**vals)
+    ref, _obj, duals = solve_reference_duals(layer.problem, {k: v.numpy() for k, v in vals.items()})
+    # Clarabel stops near 1e-7 on second-order cones; the QP cases are exact to 1e-8
+    tol = 1e-8 if case[3] == "qp" else 2e-6
+    np.testing.assert_allclose(x.numpy(), ref["x"], atol=tol, rtol=0)
+    ours = layer.duals("lab").reshape(-1).numpy()
+    np.testing.assert_allclose(ours, duals["lab"], atol=10 * tol, rtol=0)
+    assert ours.min() >= 0
+
+
+def _fd_check(layer, vals, seed):
+    names = list(vals)
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(layer(**vals).shape, generator=gen, dtype=torch.float64)
+    v = {k: torch.randn(t.shape, generator=gen, dtype=torch.float64) for k, t in vals.items()}
+    inputs = {k: t.clone().requires_grad_(True) for k, t in vals.items()}
+    grads = torch.autograd.grad((layer(**inputs) * w).sum(), [inputs[k] for k in names],
+                                allow_unused=True)  # d is unused in some cases
+    analytic = sum((g * v[k]).sum() for k, g in zip(names, grads, strict=True) if g is not None)
+    eps = 1e-5
+    with torch.no_grad():
+        plus = (layer(**{k: t + eps * v[k] for k, t in vals.items()}) * w).sum()
+        minus = (layer(**{k: t - eps * v[k] for k, t in vals.items()}) * w).sum()
+    numeric = (plus - minus) / (2 * eps)
+    assert abs(float(analytic) - float(numeric)) <= 1e-6 * max(1.0, abs(float(numeric)))
+    return float(numeric)
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_gradient_matches_finite_differences(case):
+    layer = _layer(case, tol=1e-13, maxiter=500)
+    vals = random_params(layer.problem, seed=12)
+    assert abs(_fd_check(layer, vals, 3)) > 0  # the solution does move with the data
+
+
+def test_shared_subexpression_gets_one_epigraph_variable():
+    src = HEAD + "let r = abs(A @ x - b)\nminimize sum(r) + 0.1 * sum(pos(r - 1)) + sum_squares(x)"
+    layer = ol.compile(src)
+    aux = [n for n in layer.program.problem.vars if n != "x"]
+    assert len(aux) == 2 and layer.program.layout.size == 3 + 6 + 6
+    vals = random_params(layer.problem, seed=1)
+    ref, _obj, _d = solve_reference_duals(layer.problem, {k: v.numpy() for k, v in vals.items()})
+    np.testing.assert_allclose(layer(**vals).numpy(), ref["x"], atol=1e-8, rtol=0)
+
+
+def test_nested_atoms_and_several_variables():
+    """pos(abs(.) - c) nests two rewrites; only the user's variables come back."""
+    src = ("dim n = 4\nparam y[n]\nparam c pos\nvar u[n]\nvar v\n"
+           "minimize sum(pos(abs(u - y) - c)) + sum_squares(u) + square(v - 1) + abs(v)\n")
+    layer = ol.compile(src)
+    vals = random_params(layer.problem, seed=2)
+    out = layer(**vals)
+    assert out._fields == ("u", "v")
+    ref, _obj, _d = solve_reference_duals(layer.problem, {k: t.numpy() for k, t in vals.items()})
+    np.testing.assert_allclose(out.u.numpy(), ref["u"], atol=1e-8, rtol=0)
+    np.testing.assert_allclose(float(out.v), float(ref["v"]), atol=1e-8, rtol=0)
+    assert "epigraph variables (internal, not returned)" in layer.explain()
+
+
+def test_batched_duals_have_one_row_per_item():
+    layer = _layer(CASES["norm_inf"])
+    vals = random_params(layer.problem, batch=3, seed=4)
+    x = layer(**vals)
+    assert x.shape == (3, 3) and layer.duals("lab").shape == (3, 1)
+    for i in range(3):
+        xi = layer(**{k: t[i] for k, t in vals.items()})
+        torch.testing.assert_close(x[i], xi, atol=1e-9, rtol=0)
+
+
+def test_rewrite_rows_are_affine_for_piecewise_linear_atoms():
+    prob = ol.check(HEAD + CASES["abs"][1] + "\nsubject to\n    " + CASES["abs"][2], dims={})
+    rw = rewrite(prob)
+    assert rw.qp and all(r.expr.degree == 1 for r in rw.ineq)
+    assert [r.label for r in rw.ineq].count("lab") == 1
+
+
+def test_psd_next_to_other_constraints_is_reported():
+    src = ("dim n = 3\nparam C[n, n] symmetric\nvar X[n, n] psd\nminimize sum_squares(X - C)\n"
+           "subject to\n    trace(X) == 1")
+    with pytest.raises(ol.OptTypeError, match="set psd cannot be written as rows"):
+        ol.compile(src)
+
+
+# item 1 has no feasible point: an inequality alone (sum_squares(x) <= -1), or together with
+# an equality (sum(x) == 1 forces sum_squares(x) >= 1/4 > 0.1)
+INFEASIBLE = {
+    "inequality": ("", [2.0, -1.0]),
+    "with_equality": ("    s: sum(x) == 1\n", [2.0, 0.1]),
+}
+
+
+@pytest.mark.parametrize("extra,radius", list(INFEASIBLE.values()), ids=list(INFEASIBLE))
+def test_convex_path_certifies_infeasible_items_and_masks_them(extra, radius):
+    layer = ol.compile("dim n = 4\nparam c[n]\nparam a\nvar x[n]\nminimize sum_squares(x - c)\n"
+                       "subject to\n    q: sum_squares(x) <= a\n" + extra, on_failure="mask")
+    assert layer.plan.solver == "convex"
+    c = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    c.requires_grad_(True)
+    x = layer(c=c, a=torch.tensor(radius, dtype=torch.float64))
+    assert layer.info.status.tolist() == [0, int(ol.Status.INFEASIBLE)]
+    assert bool(x[1].isnan().all()) and bool(x[0].isfinite().all())
+    x.nan_to_num().sum().backward()
+    assert bool((c.grad[1] == 0).all()) and bool(c.grad[0].abs().sum() > 0)
+
+
+def test_explain_names_the_convex_interior_point():
+    text = ol.load(EXAMPLES / "robust_ls.opt").explain()
+    assert "table row: general smooth convex constraints" in text
+    assert "ConvexInteriorPoint" in text and "optlayer.conditions.kkt" in text
+
+
+def _labelled_kkt_examples():
+    out = []
+    for p in sorted(EXAMPLES.glob("*.opt")):
+        layer = ol.load(p)
+        if "kkt" in layer.plan.applicable and any(
+                getattr(c, "label", None) for c in layer.problem.constraints):
+            out.append(pytest.param(p, id=p.stem))
+    return out
+
+
+@pytest.mark.parametrize("path", _labelled_kkt_examples())
+def test_example_duals_match_cvxpy(path):
+    """Multipliers of every labelled constraint (equalities with cvxpy's sign too), through
+    the QP path and the convex path alike."""
+    layer = ol.load(path, method="kkt")
+    vals = random_params(layer.problem, seed=1)
+    layer(**vals)
+    _ref, _obj, duals = solve_reference_duals(layer.problem,
+                                              {k: v.numpy() for k, v in vals.items()})
+    assert duals
+    for label, d in duals.items():
+        np.testing.assert_allclose(layer.duals(label).reshape(-1).numpy(), d, atol=1e-5, rtol=0)
