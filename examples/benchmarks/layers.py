@@ -79,7 +79,7 @@ def sparsemax(batch=256, n=100):
           f"{'ok' if r <= 1.5 else 'ABOVE BAR'}")
 
 
-def cvxpylayers_compare(batch=32, quick=False, repeats=5):
+def cvxpylayers_compare(batch=32, quick=False, repeats=7):
     print(f"3. forward+backward at batch {batch}: optlayer vs cvxpylayers, bar >= 10x faster"
           " (wall-clock medians; the CPU-time ratio in brackets)")
     try:
