@@ -443,10 +443,10 @@ def block_solve(B: int, N: int, dense=None):
     The system is block diagonal (one ``N x N`` block per item).
 
     * In a plain first-order backward, ``dense()`` (when given) returns the Jacobian
-      ``J (B, N, N)`` of the optimality map at the solution, built by
-      :func:`jacobian` in one stacked evaluation; the solve uses ``J`` or ``J'``,
-      whichever agrees with one product of ``matvec`` (the check also catches a
-      ``dense`` that belongs to another call).
+      ``J (B, N, N)`` of the optimality map at the solution (closed form, or
+      :func:`jacobian` in one stacked evaluation); the solve uses ``J`` or ``J'``,
+      whichever agrees with one product of ``matvec`` with a fixed vector of
+      distinct weights (the check also catches a ``dense`` of another call).
     * Otherwise (or when the check fails), for small ``N`` the blocks are
       materialised with ``N`` products (column ``j`` of every block at once, from
       the basis vector ``e_j`` in every item; differentiable, so second-order
@@ -464,11 +464,13 @@ def block_solve(B: int, N: int, dense=None):
         if dense is not None and dense[0] is not None and not torch.is_grad_enabled() \
                 and not _functorch_active():
             J = dense[0]()
-            col = matvec(eye[0].expand(B, N).reshape(-1)).reshape(B, N)
-            scale = col.abs().amax() + 1
-            tol = 100 * torch.finfo(b.dtype).eps ** 0.5 * scale
+            # one product with a vector of distinct weights (not a basis vector: a stale
+            # matrix that shares a column with the right one must not pass)
+            w = torch.arange(1, N + 1, dtype=b.dtype, device=b.device).sqrt()
+            Aw = matvec(w.expand(B, N).reshape(-1)).reshape(B, N)
+            tol = 100 * torch.finfo(b.dtype).eps ** 0.5 * (Aw.abs().amax() + w[-1])
             for cand in (J.transpose(-1, -2), J):
-                if cand.dtype == b.dtype and bool(((cand[..., 0] - col).abs() <= tol).all()):
+                if cand.dtype == b.dtype and bool(((cand @ w - Aw).abs() <= tol).all()):
                     A = cand
                     break
         if A is None and N > defaults.IMPLICIT_LOOP_MAX:
