@@ -138,6 +138,23 @@ IPM_POLISH_AT = 1e-8
 #: Unconstrained smooth problems with at most this many unknowns use Newton; larger ones FISTA.
 NEWTON_MAX_SIZE = 200
 
+#: Dense quadratic data (Q, p) of a quadratic smooth part up to this many unknowns.
+QUADRATIC_MAX_SIZE = 500
+#: Fixed-point methods try Newton steps on T(z) - z after this many first-order iterations,
+FP_NEWTON_START = 5
+#: and again this many iterations after a step that did not halve the residual,
+FP_NEWTON_EVERY = 10
+#: for problems with at most this many unknowns (dense N x N Jacobians).
+FP_NEWTON_MAX_SIZE = 200
+#: The layer's implicit backward materialises its per-item Jacobian block column by
+#: column (N products, no vmap) up to this many unknowns.
+IMPLICIT_LOOP_MAX = 64
+#: Forward-backward Newton (quadratic f): step eta = this fraction of 1 / lambda_max(Q)
+#: (below 1 keeps the envelope's metric I - eta Q positive definite).
+FBN_STEP_FRACTION = 0.95
+#: Backtracking trials (halving) along the Newton direction before the forward-backward
+#: Newton iteration falls back to the proximal-gradient point.
+FBN_MAXLS = 40
 #: Line-search trials per iteration of the convex interior point behind method "kkt"
 #: (halving: 2**-20 ~ 1e-6 is the smallest step tried; more trials only burn time at the
 #: roundoff floor, where every item must accept or exhaust its trials).

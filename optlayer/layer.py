@@ -14,6 +14,7 @@ variables of the rewrite are internal: only the user's variables are returned.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import namedtuple
 from typing import NamedTuple
@@ -24,6 +25,7 @@ from torch import nn
 from optlayer import defaults
 from optlayer.compiler import METHODS, canonicalize_qp, compile_problem, expand_params, explain_plan
 from optlayer.compiler.canon import solve_convex
+from optlayer.compiler.iterate import block_solve, jacobian, replicate
 from optlayer.compiler.lower import eval_like
 from optlayer.errors import BindingError, OptTypeError, report_status
 from optlayer.implicit import custom_fixed_point, custom_root
@@ -96,6 +98,7 @@ class OptLayer(nn.Module):
         self.info: LayerInfo | None = None
         self._last = None
         self._duals = None
+        self._implicit: dict = {}
         names = list(problem.vars)
         self._Solution = namedtuple("Solution", names) if len(names) > 1 else None
 
@@ -129,8 +132,10 @@ class OptLayer(nn.Module):
         else:
             init = self._init(warm_start, P, B, dtype, device)
             Pd = {k: v.detach() for k, v in P.items()}
-            r = self.program.solve(Pd, init, tol=tol, maxiter=self.maxiter)
-            z = self._attach(r, P)
+            with torch.no_grad():
+                qp = self.program.quad(Pd) if self.program.quadratic else None
+            r = self.program.solve(Pd, init, tol=tol, maxiter=self.maxiter, qp=qp)
+            z = self._attach(r, P, qp)
             status, iters, res = r.status, r.iterations, r.residual
         self.info = LayerInfo(status, iters, res, m)
         report_status(status, self.on_failure, f"OptLayer ({m})")
@@ -162,26 +167,43 @@ class OptLayer(nn.Module):
             return self._last
         return self.program.init(P, B, dtype, device)
 
-    def _attach(self, r, P):
-        """Implicit gradients on the solved ``z`` through the method's optimality map."""
-        if not any(t.requires_grad for t in P.values()) and not torch.is_grad_enabled():
+    def _attach(self, r, P, qp):
+        """Implicit gradients on the solved ``z`` through the method's optimality map.
+
+        The map is the lowered one (the tape, differentiable in ``P``). Its
+        per-item Jacobian block for the backward solve is built here once per call
+        (see :func:`optlayer.compiler.iterate.block_solve`): in closed form from
+        ``qp = (Q, p)`` (computed without a graph) for a quadratic smooth part,
+        else from one stacked evaluation. The decorated identity solver is cached
+        per shape, so the eager check of the map in :func:`optlayer.custom_root`
+        runs once, not at every call.
+        """
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in P.values()):
             return r.z
-        if not any(t.requires_grad for t in P.values()):
-            return r.z
-        program, z_star = self.program, r.z
-        if self.plan.method == "stationary":
-            def F(z, Pa):
-                return program.grad(z, Pa)
+        B, N = r.z.shape
+        key = (B, N)
+        entry = self._implicit.get(key)
+        program = self.program
+        stationary = self.plan.method == "stationary"
+        if entry is None:
+            dense = [None]  # the Jacobian builder of the current call (see block_solve)
+            solve = block_solve(B, N, dense)
+            if stationary:
+                def F(z, step, Pa):
+                    return program.grad(z, Pa)
 
-            solver = custom_root(F)(lambda init, Pa: z_star)
-        else:
-            step = r.step.detach()
+                fn = custom_root(F, solve=solve)(_identity_solver)
+            else:
+                def T(z, step, Pa):
+                    return program.fixed_point(z, Pa, step)
 
-            def T(z, Pa):
-                return program.fixed_point(z, Pa, step)
-
-            solver = custom_fixed_point(T)(lambda init, Pa: z_star)
-        return solver(None, P)
+                fn = custom_fixed_point(T, solve=solve)(_identity_solver)
+            entry = self._implicit[key] = (fn, dense)
+        fn, dense = entry
+        z_star, step = r.z.detach(), r.step.detach()
+        Pd = {k: v.detach() for k, v in P.items()}
+        dense[0] = functools.partial(_map_jacobian, program, z_star, step, Pd, qp, stationary)
+        return fn(r.z, step, P)
 
     def _project(self, P, B):
         name, y_expr, _scale = self.plan.projection
@@ -190,7 +212,9 @@ class OptLayer(nn.Module):
         y = eval_like(y_expr, env, cache, B, shape)
         x = self.program._set_projection(name, y, env, cache, B)
         z = x.reshape(B, -1)
-        status = torch.where(torch.isfinite(z).all(-1), 0,
+        # one reduction, then a test on (B,): a row sum is finite iff the row is (a finite
+        # row so large that its sum overflows is reported too, as a numerical error)
+        status = torch.where(torch.isfinite(z.sum(-1)), 0,
                              int(Status.NUMERICAL_ERROR)).to(torch.int8)
         return z, status, 0, torch.zeros(B, dtype=z.dtype, device=z.device)
 
@@ -253,6 +277,30 @@ class OptLayer(nn.Module):
             raise OptTypeError(f"no labelled constraint {label!r}",
                                hint="labels: " + (", ".join(out) or "none"))
         return out[label]
+
+
+def _map_jacobian(program, z, step, P, qp, stationary):
+    """Per-item Jacobian ``(B, N, N)`` of the layer's optimality map at ``z`` (no graph):
+    ``Q`` or ``J_prox (I - step Q) - I`` in closed form where available, else one stacked
+    evaluation (:func:`optlayer.compiler.iterate.jacobian`)."""
+    N = z.shape[1]
+    eye = torch.eye(N, dtype=z.dtype, device=z.device)
+    if stationary:
+        if qp is not None:
+            return qp[0]
+        return jacobian(lambda Z, k: program.grad(Z, replicate(P, k)), z)
+    if qp is not None and program.plan.method != "mirror_descent":
+        y = z - step[:, None] * (qp[0] @ z.unsqueeze(-1)).squeeze(-1) - step[:, None] * qp[1]
+        Jp = program.prox_jacobian(y, program.prox(y, step, P), step, P)
+        if Jp is not None:
+            return Jp @ (eye - step[:, None, None] * qp[0]) - eye
+    return jacobian(lambda Z, k: program.fixed_point(Z, replicate(P, k), replicate(step, k),
+                                                     replicate(qp, k)), z) - eye
+
+
+def _identity_solver(init, *args):
+    """The forward solve already ran: the implicit wrapper receives ``z*`` as ``init``."""
+    return init
 
 
 def build_layer(problem, **options) -> OptLayer:

@@ -12,9 +12,11 @@
   a per-item status, iteration count and residual.
 
 ``z`` is the flat ``(B, N)`` packing of the variables (:class:`Layout`).
-The solvers here are minimal batched loops (Newton with backtracking, FISTA
-with backtracking and adaptive restart, exponentiated gradient); the layer
-wraps them with ``custom_root`` / ``custom_fixed_point`` for gradients.
+The forward solvers live in :mod:`optlayer.compiler.iterate` (first-order
+iterations finished by Newton steps on the fixed-point residual); the layer
+wraps them with ``custom_root`` / ``custom_fixed_point`` for gradients. When
+the smooth part is quadratic (:func:`~optlayer.compiler.quadratic.is_quadratic`)
+``grad f`` is ``Qz + p`` with ``(Q, p)`` read off once per call (:meth:`Program.quad`).
 """
 
 from __future__ import annotations
@@ -23,22 +25,15 @@ import torch
 
 from optlayer import defaults, projections
 from optlayer import prox as prox_catalog
+from optlayer.compiler import iterate
 from optlayer.compiler.classify import Plan
+from optlayer.compiler.iterate import SolveResult
 from optlayer.compiler.lower import Layout, Tape, eval_like, eval_scalar
+from optlayer.compiler.quadratic import bmv, is_quadratic, quadratic_data
 from optlayer.errors import OptTypeError
 from optlayer.ir import get_set
-from optlayer.status import Status
 
 __all__ = ["Program", "SolveResult"]
-
-
-class SolveResult:
-    """Forward result: ``z (B, N)``, ``status`` int8 ``(B,)``, ``iterations`` (int),
-    ``residual (B,)`` and the last accepted ``step (B,)``."""
-
-    def __init__(self, z, status, iterations, residual, step):
-        self.z, self.status, self.iterations = z, status, iterations
-        self.residual, self.step = residual, step
 
 
 class Program:
@@ -57,6 +52,9 @@ class Program:
         pexprs += [a for spec in plan.sets.values() for a in spec.args.values() if a is not None]
         self.param_tape = Tape(pexprs) if pexprs else None
         self._pv = (None, {})
+        #: True when f is quadratic and small enough for a dense (Q, p) per item.
+        self.quadratic = (self.layout.size <= defaults.QUADRATIC_MAX_SIZE
+                          and is_quadratic([e for _, e in plan.smooth]))
 
     def pvals(self, P) -> dict:
         """Values of the parameter-only expressions (prox weights, set arguments); cached
@@ -102,10 +100,25 @@ class Program:
         return {name: apply(_atom_of(p), [self.problem.vars[name]])
                 for name, (p, _w, _h) in self.plan.prox.items()}
 
-    def grad(self, z, P) -> torch.Tensor:
-        """``grad f(z)`` (``(B, N)``) by ``torch.func.grad``: differentiable, composes with
-        autograd and torch.func (the implicit backward differentiates it)."""
-        return torch.func.grad(lambda zz: self.f(zz, P).sum())(z)
+    def quad(self, P):
+        """``(Q, p)`` with ``f(z) = 1/2 z'Qz + p'z + c`` (only for :attr:`quadratic`);
+        differentiable in ``P`` when a parameter requires grad."""
+        t = next(iter(P.values()))
+        return quadratic_data(self.f, P, t.shape[0], self.layout.size, t.dtype, t.device)
+
+    def grad(self, z, P, qp=None) -> torch.Tensor:
+        """``grad f(z)`` (``(B, N)``), differentiable in ``z`` and ``P``: ``Qz + p`` for
+        ``qp = (Q, p)``; else plain autograd with ``create_graph`` (``torch.func.grad``
+        under a torch.func transform, where autograd.grad cannot run)."""
+        if qp is not None:
+            return bmv(qp[0], z) + qp[1]
+        if _functorch_active():
+            return torch.func.grad(lambda zz: self.f(zz, P).sum())(z)
+        graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            zz = z if (graph and z.requires_grad) else z.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.f(zz, P).sum(), zz, create_graph=graph)
+        return g
 
     def value_and_grad(self, z, P):
         with torch.enable_grad():
@@ -133,7 +146,7 @@ class Program:
         if k == "simplex":
             v = a.get("value")
             v = 1.0 if v is None else eval_scalar(v, env, cache, B)
-            return projections.simplex(x, v)
+            return _simplex(x, v)
         fn = {"ball1": projections.l1_ball, "ball2": projections.l2_ball,
               "ballinf": projections.linf_ball}[k]
         r = a.get("radius")
@@ -161,14 +174,216 @@ class Program:
             out[name] = y
         return self.layout.pack(out)
 
-    # --------------------------------------------------------- optimality maps
-    def fixed_point(self, z, P, step) -> torch.Tensor:
-        """The method's fixed-point map ``T(z)`` (``z = T(z)`` at the solution)."""
-        if self.plan.method == "mirror_descent":
-            return self._md_step(z, self.grad(z, P), step, P)
-        return self.prox(z - step[:, None] * self.grad(z, P), step, P)
+    def prox_fn(self, P):
+        """:meth:`prox` specialised to the parameters ``P`` of one forward solve.
 
-    def _md_step(self, z, g, step, P):
+        Weights and set arguments are evaluated once; each call then costs a few
+        torch operations per variable (no unpacking for a single variable). Sets
+        without a specialisation (balls, psd) use :meth:`prox`'s general path.
+
+        Returns:
+            ``prox(z, step)`` with ``step (B,)``, equal to ``self.prox(z, step, P)``.
+        """
+        B = next(iter(P.values())).shape[0]
+        env, cache = P, dict(self.pvals(P))
+        parts = []
+        for name in self.layout.names:
+            sl, shape = self.layout.slices[name], self.layout.shapes[name]
+            if name in self.plan.prox:
+                pname, weight, hyper = self.plan.prox[name]
+                w = hyper if weight is None else eval_scalar(weight, env, cache, B) * hyper
+                t0 = next(iter(P.values()))
+                w = torch.as_tensor(w, dtype=t0.dtype, device=t0.device).expand(B)
+                if pname == "lasso":
+                    kind = "nonneg_lasso" if name in self.plan.sets else "lasso"
+                elif pname == "group_lasso":
+                    kind = "group_lasso"
+                else:
+                    kind, w = "general", None
+                parts.append((sl, shape, kind, w))
+            elif name in self.plan.sets:
+                spec = self.plan.sets[name]
+                if spec.kind == "nonneg":
+                    parts.append((sl, shape, "nonneg", None))
+                elif spec.kind == "box":
+                    a = spec.args
+                    lo = eval_like(a["lower"], env, cache, B, shape).reshape(B, -1) \
+                        if a.get("lower") is not None else None
+                    hi = eval_like(a["upper"], env, cache, B, shape).reshape(B, -1) \
+                        if a.get("upper") is not None else None
+                    parts.append((sl, shape, "box", (lo, hi)))
+                elif spec.kind == "simplex" and len(shape) == 1:
+                    v = spec.args.get("value")
+                    v = 1.0 if v is None else eval_scalar(v, env, cache, B)[:, None]
+                    parts.append((sl, shape, "simplex", v))
+                else:
+                    parts.append((sl, shape, "general", None))
+            else:
+                parts.append((sl, shape, "free", None))
+        general = any(k == "general" for _, _, k, _ in parts)
+        if general:
+            return lambda z, step: self.prox(z, step, P)
+        parts = _merge_blocks(parts, B, next(iter(P.values())))
+        single = len(parts) == 1
+
+        def prox(z, step):
+            outs = []
+            for sl, _shape, kind, a in parts:
+                x = z if single else z[:, sl]
+                if kind == "free":
+                    y = x
+                elif kind == "nonneg":
+                    y = x.clamp_min(0)
+                elif kind == "box":
+                    y = torch.clamp(x, a[0], a[1])
+                elif kind == "simplex":
+                    y = _simplex(x, a)
+                elif kind == "simplex_blocks":  # k equal-size simplex variables at once
+                    y = _simplex(x.reshape(x.shape[0], a.shape[1], -1), a).reshape(x.shape)
+                elif kind == "group_blocks":  # k equal-size group-l2 variables at once
+                    xb = x.reshape(x.shape[0], a.shape[1], -1)
+                    nrm = torch.linalg.vector_norm(xb, dim=-1, keepdim=True)
+                    t = (a * step[:, None])[..., None]
+                    den = torch.maximum(nrm, t).clamp_min(torch.finfo(x.dtype).tiny)
+                    y = (xb * (1 - t / den).clamp_min(0)).reshape(x.shape)
+                elif kind == "lasso":
+                    t = (a * step)[:, None]
+                    y = x - torch.clamp(x, -t, t)
+                elif kind == "nonneg_lasso":
+                    y = (x - (a * step)[:, None]).clamp_min(0)
+                else:  # group_lasso on the whole variable
+                    nrm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+                    t = (a * step)[:, None]
+                    den = torch.maximum(nrm, t).clamp_min(torch.finfo(x.dtype).tiny)
+                    y = x * (1 - t / den).clamp_min(0)
+                outs.append(y)
+            return outs[0] if single else torch.cat(outs, dim=-1)
+
+        return prox
+
+    def penalty_fn(self, P):
+        """:meth:`penalty` specialised to ``P`` (weights evaluated once): ``pen(z) -> (B,)``."""
+        if not self.plan.prox:
+            return lambda z: z.new_zeros(z.shape[0])
+        B = next(iter(P.values())).shape[0]
+        env, cache = P, dict(self.pvals(P))
+        terms = []
+        for name, (pname, weight, _hyper) in self.plan.prox.items():
+            w = None if weight is None else eval_scalar(weight, env, cache, B)
+            terms.append((self.layout.slices[name], _PENALTY[pname], w))
+
+        def pen(z):
+            out = 0
+            for sl, norm, w in terms:
+                v = norm(z[:, sl])
+                out = out + (v if w is None else w * v)
+            return out
+
+        return pen
+
+    def penalty(self, z, P) -> torch.Tensor:
+        """Value ``(B,)`` of the prox-able terms at ``z`` (``weight * norm(x)``); the set
+        indicators are not included (callers compare feasible points)."""
+        B = z.shape[0]
+        env, cache = P, dict(self.pvals(P))
+        out = z.new_zeros(B)
+        for name, x in self.layout.unpack(z).items():
+            if name not in self.plan.prox:
+                continue
+            pname, weight, _hyper = self.plan.prox[name]
+            x = x.reshape(B, -1)
+            norm = _PENALTY[pname](x)
+            out = out + (norm if weight is None else eval_scalar(weight, env, cache, B) * norm)
+        return out
+
+    def prox_jacobian(self, y, x, step, P):
+        """Jacobian ``(B, N, N)`` of :meth:`prox` at ``y`` given ``x = prox(y)``, in closed
+        form where the pieces are simple (free, nonneg, box, simplex, l1 and group-l2
+        proxes); None when some variable needs autograd (balls, psd)."""
+        B, N = y.shape
+        blocks = []
+        ys, xs = self.layout.unpack(y), self.layout.unpack(x)
+        for name in self.layout.names:
+            yv, xv = ys[name].reshape(B, -1), xs[name].reshape(B, -1)
+            n = yv.shape[1]
+            kind = self.plan.prox[name][0] if name in self.plan.prox else \
+                self.plan.sets[name].kind if name in self.plan.sets else None
+            if kind is None:
+                J = torch.eye(n, dtype=y.dtype, device=y.device).expand(B, n, n)
+            elif kind in ("nonneg", "box"):
+                J = torch.diag_embed((xv == yv).to(y.dtype))
+            elif kind == "lasso":
+                J = torch.diag_embed((xv != 0).to(y.dtype))
+            elif kind == "simplex":
+                s = (xv > 0).to(y.dtype)
+                J = torch.diag_embed(s) - s[:, :, None] * s[:, None, :] \
+                    / s.sum(-1).clamp_min(1)[:, None, None]
+            elif kind == "group_lasso":
+                ny = yv.norm(dim=-1)
+                keep = (xv != 0).any(-1)
+                r = torch.where(keep, 1 - xv.norm(dim=-1) / torch.where(keep, ny, 1), 0.0)
+                c = torch.where(keep, 1 / torch.where(keep, ny, 1), 0.0)  # 1 - factor = r
+                u = yv * c[:, None]
+                eye = torch.eye(n, dtype=y.dtype, device=y.device)
+                factor = 1 - r
+                J = factor[:, None, None] * eye + (r * keep)[:, None, None] \
+                    * u[:, :, None] * u[:, None, :]
+                J = torch.where(keep[:, None, None], J, torch.zeros_like(J))
+            else:
+                return None
+            blocks.append(J)
+        if len(blocks) == 1:
+            return blocks[0]
+        out = y.new_zeros(B, N, N)
+        for name, J in zip(self.layout.names, blocks, strict=True):
+            sl = self.layout.slices[name]
+            out[:, sl, sl] = J
+        return out
+
+    # --------------------------------------------------------- optimality maps
+    def fixed_point(self, z, P, step, qp=None) -> torch.Tensor:
+        """The method's fixed-point map ``T(z)`` (``z = T(z)`` at the solution) with
+        per-item step ``step (B,)``; ``qp = (Q, p)`` for a quadratic ``f``."""
+        if self.plan.method == "mirror_descent":
+            return self.md_step(z, self.grad(z, P, qp), step, P)
+        return self.prox(z - step[:, None] * self.grad(z, P, qp), step, P)
+
+    def md_fn(self, P):
+        """:meth:`md_step` specialised to ``P`` (simplex values evaluated once), taking
+        ``log z`` (clamped at the smallest normal number) instead of ``z``:
+        ``md(logz, g, step) -> z+``."""
+        B = next(iter(P.values())).shape[0]
+        env, cache = P, dict(self.pvals(P))
+        parts = []
+        for name in self.layout.names:
+            v = self.plan.sets[name].args.get("value")
+            v = None if v is None else eval_scalar(v, env, cache, B)[:, None]
+            parts.append((self.layout.slices[name], len(self.layout.shapes[name]) == 1, v))
+        if len(parts) == 1 and parts[0][1]:
+            v = parts[0][2]
+
+            def md1(logz, g, step):
+                y = torch.softmax(logz - step[:, None] * g, dim=-1)
+                return y if v is None else v * y
+
+            return md1
+
+        def md(logz, g, step):
+            outs = []
+            for name, (sl, _vec, v) in zip(self.layout.names, parts, strict=True):
+                B_ = logz.shape[0]
+                shape = self.layout.shapes[name]
+                lg = (logz[:, sl] - step[:, None] * g[:, sl]).reshape(B_, *shape)
+                y = torch.softmax(lg, dim=-1)
+                if v is not None:
+                    y = y * v.reshape(B_, *([1] * len(shape)))
+                outs.append(y.reshape(B_, -1))
+            return torch.cat(outs, dim=-1)
+
+        return md
+
+    def md_step(self, z, g, step, P):
+        """Exponentiated-gradient step ``normalize(z exp(-step g))`` per simplex variable."""
         B = z.shape[0]
         env, cache = P, dict(self.pvals(P))
         parts, gparts = self.layout.unpack(z), self.layout.unpack(g)
@@ -195,147 +410,83 @@ class Program:
         return z
 
     # ---------------------------------------------------------------- solvers
-    def solve(self, P, init, *, tol, maxiter) -> SolveResult:
+    def solve(self, P, init, *, tol, maxiter, qp=None) -> SolveResult:
+        """Forward solve (no graph) from ``init (B, N)``; ``qp``: :meth:`quad` of ``P``."""
         m = self.plan.method
         with torch.no_grad():
             if m == "stationary":
                 if self.layout.size <= defaults.NEWTON_MAX_SIZE:
-                    return self._newton(P, init, tol, maxiter or defaults.MAXITER["newton"])
-                return self._fista(P, init, tol, maxiter or defaults.MAXITER["first_order"])
+                    return iterate.newton_solve(self, P, init, tol,
+                                                maxiter or defaults.MAXITER["newton"], qp)
+                return iterate.prox_grad_solve(self, P, init, tol,
+                                               maxiter or defaults.MAXITER["first_order"], qp)
             if m in ("proj_grad", "prox_grad"):
-                return self._fista(P, init, tol, maxiter or defaults.MAXITER["first_order"])
+                if qp is not None and self.layout.size <= defaults.FP_NEWTON_MAX_SIZE:
+                    return iterate.fbn_solve(self, P, init, tol,
+                                             maxiter or defaults.MAXITER["first_order"], qp)
+                return iterate.prox_grad_solve(self, P, init, tol,
+                                               maxiter or defaults.MAXITER["first_order"], qp)
             if m == "mirror_descent":
-                return self._mirror(P, init, tol, maxiter or defaults.MAXITER["first_order"])
+                return iterate.mirror_solve(self, P, init, tol,
+                                            maxiter or defaults.MAXITER["first_order"])
         raise OptTypeError(f"no iterative solver for method {m!r}")  # pragma: no cover
 
-    def _hessian(self, z, P):
-        with torch.enable_grad():
-            zz = z.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self.f(zz, P).sum(), zz, create_graph=True)
-            cols = [torch.autograd.grad(g[:, j].sum(), zz, retain_graph=True)[0]
-                    for j in range(z.shape[1])]
-        return g.detach(), torch.stack(cols, dim=-1)
 
-    def _newton(self, P, z, tol, maxiter):
-        B = z.shape[0]
-        status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=z.device)
-        res = torch.full((B,), torch.inf, dtype=z.dtype, device=z.device)
-        eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
-        it, best, stalled = 0, None, 0
-        for it in range(1, maxiter + 1):  # noqa: B007
-            g, H = self._hessian(z, P)
-            res = g.norm(dim=-1)
-            done = res <= tol * (1 + z.norm(dim=-1))
-            if bool(done.all()):
-                it -= 1
-                break
-            # Newton converges quadratically; no progress for 3 steps = roundoff floor
-            worst = float(torch.where(done, 0, res).max())
-            stalled = stalled + 1 if best is not None and worst > 0.5 * best else 0
-            best = worst if best is None else min(best, worst)
-            if stalled >= 3:
-                break
-            H = 0.5 * (H + H.transpose(-1, -2))
-            L, info = torch.linalg.cholesky_ex(H)
-            bad = info != 0
-            if bool(bad.any()):
-                shift = (H.diagonal(dim1=-2, dim2=-1).abs().amax(-1) * 1e-8 + 1e-12)
-                L, info = torch.linalg.cholesky_ex(H + shift[:, None, None] * eye)
-            d = -torch.cholesky_solve(g[..., None], L)[..., 0]
-            f0 = self.f(z, P)
-            t = torch.ones(B, dtype=z.dtype, device=z.device)
-            slope = (g * d).sum(-1)
-            for _ in range(30):
-                fz = self.f(z + t[:, None] * d, P)
-                # Armijo, with a roundoff margin (near the solution f changes below ulps)
-                ok = (fz <= f0 + 1e-4 * t * slope + 16 * torch.finfo(z.dtype).eps * f0.abs()) \
-                    | ~torch.isfinite(f0) | (slope >= 0)
-                if bool(ok.all()):
-                    break
-                t = torch.where(ok, t, 0.5 * t)
-            z = torch.where(done[:, None], z, z + t[:, None] * d)
-        g = self.value_and_grad(z, P)[1]
-        res = g.norm(dim=-1)
-        ok = res <= tol * (1 + z.norm(dim=-1)) * 10
-        status = torch.where(ok, torch.zeros_like(status), status)
-        status = torch.where(torch.isfinite(z).all(-1), status,
-                             torch.full_like(status, int(Status.NUMERICAL_ERROR)))
-        return SolveResult(z, status, it, res, torch.ones_like(res))
-
-    def _fista(self, P, z, tol, maxiter):
-        B = z.shape[0]
-        dt, dev = z.dtype, z.device
-        L = torch.ones(B, dtype=dt, device=dev)
-        x = self.prox(z, 1 / L, P)
-        y, t = x, torch.ones(B, dtype=dt, device=dev)
-        res = torch.full((B,), torch.inf, dtype=dt, device=dev)
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        it = 0
-        for it in range(1, maxiter + 1):  # noqa: B007
-            fy, gy = self.value_and_grad(y, P)
-            for _ in range(60):
-                xn = self.prox(y - gy / L[:, None], 1 / L, P)
-                d = xn - y
-                # sufficient decrease, with a roundoff margin of a few ulps of f
-                fxn = self.f(xn, P)
-                bound = fy + (gy * d).sum(-1) + 0.5 * L * (d * d).sum(-1)
-                ok = fxn <= bound + 16 * torch.finfo(dt).eps * fy.abs()
-                if bool(ok.all()):
-                    break
-                L = torch.where(ok, L, 2 * L)
-            res = (L * d.norm(dim=-1)) / (1 + xn.norm(dim=-1))
-            # gradient-based adaptive restart (O'Donoghue & Candes): no function values
-            restart = ((y - xn) * (xn - x)).sum(-1) > 0
-            tn = 0.5 * (1 + torch.sqrt(1 + 4 * t * t))
-            yn = xn + ((t - 1) / tn)[:, None] * (xn - x)
-            yn = torch.where(restart[:, None], xn, yn)
-            tn = torch.where(restart, torch.ones_like(tn), tn)
-            done = res <= tol
-            x, y, t = xn, yn, tn
-            if bool(done.all()):
-                break
-        # final residual of the fixed-point map with the last accepted step
-        step = 1 / L
-        Tx = self.prox(x - step[:, None] * self.value_and_grad(x, P)[1], step, P)
-        res = (Tx - x).norm(dim=-1) / (step * (1 + x.norm(dim=-1)))
-        status = _status(res, tol, x)
-        return SolveResult(x, status, it, res, step)
-
-    def _mirror(self, P, z, tol, maxiter):
-        B = z.shape[0]
-        dt, dev = z.dtype, z.device
-        step = torch.ones(B, dtype=dt, device=dev)
-        res = torch.full((B,), torch.inf, dtype=dt, device=dev)
-        it = 0
-        fz, g = self.value_and_grad(z, P)
-        for it in range(1, maxiter + 1):  # noqa: B007
-            for _ in range(60):
-                zn = self._md_step(z, g, step, P)
-                fn = self.f(zn, P)
-                tiny = torch.finfo(dt).tiny
-                kl = (zn * (torch.log(zn.clamp_min(tiny)) - torch.log(z.clamp_min(tiny)))).sum(-1)
-                ok = fn <= fz + (g * (zn - z)).sum(-1) + kl / step \
-                    + 16 * torch.finfo(dt).eps * fz.abs()
-                if bool(ok.all()):
-                    break
-                step = torch.where(ok, step, 0.5 * step)
-            res = (zn - z).norm(dim=-1) / step
-            z = zn
-            fz, g = self.value_and_grad(z, P)
-            if bool((res <= tol).all()):
-                break
-        zn = self._md_step(z, g, step, P)
-        res = (zn - z).norm(dim=-1) / step
-        return SolveResult(z, _status(res, tol, z), it, res, step)
+def _merge_blocks(parts, B, like):
+    """Merge runs of adjacent simplex (or group-l2) variables of one size into one part
+    handled by a single batched call: ``(slice, None, kind_blocks, args (B, k))``."""
+    out = []
+    for part in parts:
+        sl, shape, kind, a = part
+        prev = out[-1] if out else None
+        size = sl.stop - sl.start
+        if kind in ("simplex", "group_lasso") and prev is not None \
+                and prev[2] in (kind, kind + "_blocks" if kind == "simplex" else "group_blocks") \
+                and prev[0].stop == sl.start and prev[4] == size:
+            vals = prev[3] if prev[2].endswith("blocks") else _as_col(prev[3], B, like)
+            merged = "simplex_blocks" if kind == "simplex" else "group_blocks"
+            out[-1] = (slice(prev[0].start, sl.stop), None, merged,
+                       torch.cat([vals, _as_col(a, B, like)], dim=1), size)
+        else:
+            out.append((sl, shape, kind, a, size))
+    return [(sl, shape, kind, a) for sl, shape, kind, a, _ in out]
 
 
-def _status(res, tol, z):
-    s = torch.full(res.shape, int(Status.MAX_ITER), dtype=torch.int8, device=res.device)
-    s = torch.where(res <= tol * 10, torch.zeros_like(s), s)
-    s = torch.where(res <= tol * 1e3, torch.where(s == 0, s, torch.full_like(s, int(
-        Status.OPTIMAL_INACCURATE))), s)
-    return torch.where(torch.isfinite(z).all(-1) & torch.isfinite(res), s,
-                       torch.full_like(s, int(Status.NUMERICAL_ERROR)))
+def _as_col(a, B, like):
+    """A per-item scalar (float, ``(B,)`` or ``(B, 1)``) as a ``(B, 1)`` tensor."""
+    t = torch.as_tensor(a, dtype=like.dtype, device=like.device)
+    return t.reshape(-1, 1).expand(B, 1) if t.numel() in (1, B) else t.reshape(B, 1)
+
+
+def _simplex(x, value):
+    """Projection onto ``{z >= 0 : sum(z) = value}`` along the last dim (sort-based), in
+    the fewest torch calls (the layer's sparsemax is measured against the closed form).
+
+    The same point as :func:`optlayer.projections.simplex`. Autograd gives its exact
+    Jacobian ``diag(s) - s s'/|S|`` (``s`` the support): the threshold is the mean of the
+    ``rho`` largest entries minus ``value / rho``, with the integer ``rho`` constant.
+    """
+    n = x.shape[-1]
+    u = torch.sort(x, dim=-1, descending=True).values
+    if isinstance(value, torch.Tensor):
+        value = value.reshape(value.shape + (1,) * (x.dim() - value.dim()))
+    css = u.cumsum(-1) - value
+    k = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
+    rho = (u * k > css).sum(-1, keepdim=True).clamp_min(1)
+    tau = css.gather(-1, rho - 1) / rho
+    return (x - tau).clamp_min(0)
+
+
+_PENALTY = {
+    "lasso": lambda x: x.abs().sum(-1),
+    "group_lasso": lambda x: torch.linalg.vector_norm(x, dim=-1),
+    "linf": lambda x: x.abs().amax(-1),
+}
+
+
+def _functorch_active() -> bool:
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 def _atom_of(prox_name: str) -> str:

@@ -12,11 +12,13 @@ from optlayer.conditions import batched_hessian, stationary
 from optlayer.solvers._base import (
     IterativeSolver,
     OptStep,
+    _functorch_active,
     batch_shape_of,
     norm,
     value_and_grad,
     vdot,
 )
+from optlayer.tree import flatten
 
 __all__ = ["Newton", "NewtonState", "LBFGS", "LBFGSState"]
 
@@ -40,6 +42,23 @@ def _armijo(fun, x, fx, g, d, args, kwargs, c1, decrease, maxls):
     return torch.where(accepted.unsqueeze(-1), x_acc, x), s
 
 
+def _hessian(fun, x, args, kwargs):
+    """``∇²f(x)`` per item. Without a graph to keep (the implicit-diff loop runs under
+    ``no_grad``) the ``n`` columns are ``n`` backward passes of one gradient graph, several
+    times cheaper than the ``vmap`` of :func:`optlayer.conditions.batched_hessian` at small
+    ``n``; that one (differentiable, transform-safe) is used otherwise."""
+    leaves = [t for t in flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+    graph = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in leaves))
+    if graph or _functorch_active():
+        return batched_hessian(fun, x, *args, **kwargs)
+    with torch.enable_grad():
+        z = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(fun(z, *args, **kwargs).sum(), z, create_graph=True)
+        cols = [torch.autograd.grad(g[..., j].sum(), z, retain_graph=True)[0]
+                for j in range(x.shape[-1])]
+    return torch.stack(cols, dim=-1)
+
+
 class NewtonState(NamedTuple):
     """State of :class:`Newton`: ``iter_num, error (= ‖∇f(x)‖), status``, value, grad."""
 
@@ -54,8 +73,9 @@ class NewtonState(NamedTuple):
 class Newton(IterativeSolver):
     """Damped Newton's method for smooth ``min_x f(x, *args)`` (small ``n``).
 
-    Direction ``d = -(∇²f(x) + δI)⁻¹ ∇f(x)`` with the Hessian from ``n`` JVPs of
-    the gradient (``torch.func``) and a Cholesky factorisation; where the
+    Direction ``d = -(∇²f(x) + δI)⁻¹ ∇f(x)`` with the Hessian from ``n`` products
+    with the gradient (backward passes of one graph; ``torch.func`` JVPs when unrolling
+    or under a transform) and a Cholesky factorisation; where the
     Hessian is not positive definite the damping ``δ`` grows (up to 8 times by
     ×100 from ``damping``) and, failing that, the item takes a gradient step.
     Armijo backtracking on ``f``; converged when ``‖∇f(x)‖ ≤ tol``.
@@ -117,7 +137,7 @@ class Newton(IterativeSolver):
 
     def update(self, params, state, *args, **kwargs) -> OptStep:
         x, g = params, state.grad
-        H = batched_hessian(self.fun, x, *args, **kwargs)
+        H = _hessian(self.fun, x, args, kwargs)
         d = self._direction(H, g)
         x_new, _ = _armijo(self.fun, x, state.value, g, d, args, kwargs, self.c1, 0.5, self.maxls)
         value, grad = value_and_grad(self.fun, x_new, *args, **kwargs)

@@ -1,0 +1,179 @@
+"""The compiler's forward solvers (optlayer.compiler.iterate / quadratic): quadratic data,
+stacked-copy Jacobians, forward-backward Newton vs cvxpy and vs the plain first-order
+loop, Newton steps in mirror descent, reported non-convergence, the backward's dense
+Jacobian check."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+import optlayer as ol
+from optlayer import defaults
+from optlayer.compiler import expand_params, iterate
+from optlayer.compiler.quadratic import is_quadratic, lambda_max
+from optlayer.layer import random_params
+
+D = torch.float64
+
+
+def _bound(layer, batch, seed):
+    vals = random_params(layer.problem, batch=batch, seed=seed)
+    P, B, _ = expand_params(layer.problem, layer.problem.check_params(vals))
+    return vals, P, B
+
+
+def test_jacobian_matches_jacrev():
+    A = torch.randn(4, 4, dtype=D, generator=torch.Generator().manual_seed(0))
+
+    def G(z):
+        return torch.tanh(z @ A.T) + z**3
+
+    z = torch.randn(3, 4, dtype=D, generator=torch.Generator().manual_seed(1))
+    J = iterate.jacobian(lambda Z, k: G(Z), z)
+    ref = torch.stack([torch.func.jacrev(G)(z[b:b + 1])[0, :, 0, :] for b in range(3)])
+    torch.testing.assert_close(J, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("sum_squares(A @ x - y) + 2 * quad_form(x, S) + y @ x", True),
+    ("sum_squares(x) / r + mean(square(x))", True),
+    ("sum(exp(x))", False),
+    ("square(sum_squares(x))", False),  # degree 4
+    ("sum_squares(x)^2", False),
+    ("sum(exp(y)) * sum_squares(x)", True),  # parameter-only factors are constants
+], ids=["lsq_quadform", "div_by_param", "exp", "quartic", "quartic_power", "param_atom"])
+def test_is_quadratic(text, expected):
+    src = (f"dim n = 3\nparam A[n, n]\nparam S[n, n] psd\nparam y[n]\nparam r pos\nvar x[n]\n"
+           f"minimize {text}\n")
+    layer = ol.compile(src)
+    assert is_quadratic([e for _, e in layer.plan.smooth]) is expected
+    assert layer.program.quadratic is expected
+
+
+def test_quadratic_data_is_exact():
+    layer = ol.load("examples/problems/elastic_net.opt")
+    _vals, P, B = _bound(layer, 3, 0)
+    prog = layer.program
+    Q, p = prog.quad(P)
+    z = torch.randn(B, prog.layout.size, dtype=D, generator=torch.Generator().manual_seed(2))
+    zero = torch.zeros_like(z)
+    lhs = prog.f(z, P) - prog.f(zero, P)
+    rhs = 0.5 * (z * (Q @ z.unsqueeze(-1)).squeeze(-1)).sum(-1) + (p * z).sum(-1)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(Q, Q.transpose(-1, -2))
+    assert bool((lambda_max(Q) >= torch.linalg.eigvalsh(Q)[..., -1] - 1e-12).all())
+
+
+SRC_SIMPLEX = """dim n = 6
+param M[n, n]
+param q[n]
+var x[n]
+minimize 0.5 * sum_squares(M @ x) + 0.01 * sum_squares(x) + q @ x
+subject to
+    x in simplex
+"""
+
+SRC_LASSO = """dim n = 6
+param M[n, n]
+param q[n]
+param lam pos
+var x[n]
+minimize 0.5 * sum_squares(M @ x) + q @ x + lam * norm1(x)
+"""
+
+
+@pytest.mark.parametrize("src", [SRC_SIMPLEX, SRC_LASSO], ids=["simplex", "lasso"])
+def test_forward_backward_newton_matches_cvxpy(src):
+    """Random QPs (seeded batch of 16; on the lasso one, full semismooth Newton steps
+    without a line search cycle on 7 items): the envelope line search reaches the cvxpy
+    solution on every item."""
+    layer = ol.compile(src)
+    assert layer.program.quadratic
+    vals, P, B = _bound(layer, 16, 3)
+    qp = layer.program.quad(P)
+    r = iterate.fbn_solve(layer.program, P, torch.zeros(B, 6, dtype=D), 1e-12, 500, qp)
+    assert r.status.tolist() == [0] * B
+    for b in range(B):
+        M, q = vals["M"][b].numpy(), vals["q"][b].numpy()
+        x = cp.Variable(6)
+        obj = 0.5 * cp.sum_squares(M @ x) + q @ x
+        if "simplex" in src:
+            cons = [x >= 0, cp.sum(x) == 1]
+            obj = obj + 0.01 * cp.sum_squares(x)
+        else:
+            cons = []
+            obj = obj + float(vals["lam"][b]) * cp.norm(x, 1)
+        cp.Problem(cp.Minimize(obj), cons).solve(
+            solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+        np.testing.assert_allclose(r.z[b].numpy(), x.value, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["svm_dual", "group_lasso", "portfolio"])
+def test_forward_backward_newton_agrees_with_first_order(name):
+    layer = ol.load(f"examples/problems/{name}.opt")
+    _vals, P, B = _bound(layer, 8, 0)
+    prog = layer.program
+    z0 = prog.init(P, B, D, "cpu")
+    fast = iterate.fbn_solve(prog, P, z0, 1e-12, 500, prog.quad(P))
+    slow = iterate.prox_grad_solve(prog, P, z0, 1e-12, 20000, None)
+    assert fast.status.tolist() == [0] * B and slow.status.tolist() == [0] * B
+    assert fast.iterations <= 30
+    torch.testing.assert_close(fast.z, slow.z, atol=1e-8, rtol=0)
+
+
+def test_newton_steps_in_mirror_descent_agree_with_plain_eg(monkeypatch):
+    layer = ol.load("examples/problems/entropic_assignment.opt")
+    _vals, P, B = _bound(layer, 4, 1)
+    prog = layer.program
+    z0 = prog.init(P, B, D, "cpu")
+    fast = iterate.mirror_solve(prog, P, z0, 1e-12, 5000)
+    monkeypatch.setattr(defaults, "FP_NEWTON_MAX_SIZE", 0)
+    plain = iterate.mirror_solve(prog, P, z0, 1e-12, 5000)
+    assert fast.iterations < plain.iterations
+    torch.testing.assert_close(fast.z, plain.z, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["lasso", "water_filling", "entropy_simplex", "huber_regression"])
+def test_non_convergence_is_reported(name):
+    layer = ol.load(f"examples/problems/{name}.opt", maxiter=1, on_failure="ignore")
+    layer(**random_params(layer.problem, batch=3, seed=0))
+    assert bool((layer.info.status != 0).all())
+
+
+def test_backward_ignores_a_stale_dense_jacobian():
+    """The dense Jacobian of another call is detected by the matvec check; the gradient
+    equals the one of a fresh layer."""
+    layer = ol.load("examples/problems/lasso.opt")
+    v1 = {k: t.requires_grad_() for k, t in random_params(layer.problem, batch=3, seed=0).items()}
+    v2 = {k: t.requires_grad_() for k, t in random_params(layer.problem, batch=3, seed=1).items()}
+    out1 = layer(**v1)
+    layer(**v2)  # replaces the layer's dense Jacobian builder
+    g_stale = torch.autograd.grad(out1.sum(), list(v1.values()))
+    fresh = ol.load("examples/problems/lasso.opt")
+    g_ref = torch.autograd.grad(fresh(**v1).sum(), list(v1.values()))
+    for a, b in zip(g_stale, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_second_order_through_the_layer():
+    """A create_graph backward takes the differentiable N-product path: the derivative of
+    a gradient matches a central finite difference of that gradient."""
+    layer = ol.compile("dim n = 3\nparam y[n]\nparam lam pos\nvar x[n]\n"
+                       "minimize sum(exp(x)) + sum_squares(x - y) + lam * sum_squares(x)\n",
+                       tol=1e-13)
+    lam = torch.tensor(0.7, dtype=D)
+
+    def g(yy):
+        yy = yy.detach().requires_grad_()
+        (gy,) = torch.autograd.grad((layer(y=yy, lam=lam) ** 2).sum(), yy, create_graph=True)
+        return yy, gy
+
+    y0 = torch.tensor([0.3, -0.2, 0.5], dtype=D)
+    yy, gy = g(y0)
+    (hv,) = torch.autograd.grad(gy.sum(), yy)
+    eps, e0 = 1e-5, torch.eye(3, dtype=D)[0]
+    fd = (g(y0 + eps * e0)[1].sum() - g(y0 - eps * e0)[1].sum()).detach() / (2 * eps)
+    torch.testing.assert_close(hv[0], fd, atol=1e-6, rtol=0)
