@@ -11,19 +11,11 @@ from optlayer.errors import BindingError, SolverError
 from optlayer.solvers.qp import InteriorPointQP, solve_qp
 from optlayer.status import OptimizationWarning, Status
 
+from ._kernels import kernel  # noqa: F401  (autouse: every test runs on both kernels)
+
 cp = pytest.importorskip("cvxpy")
 
 F64 = torch.float64
-
-
-@pytest.fixture(params=["dense", "reduced"], autouse=True)
-def kernel(request, monkeypatch):
-    """Every test runs on both interior point kernels: the full Newton system with
-    LU (small problems) and the reduced system with Cholesky (larger ones)."""
-    dense = request.param == "dense"
-    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", 10**9 if dense else 0)
-    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", float("inf") if dense else 0.0)
-    return request.param
 
 
 def _t(a):
@@ -188,7 +180,7 @@ def test_mixed_batch_solves_the_good_items_exactly():
     assert torch.isnan(sol.x[2]).all()
 
 
-def test_batched_equals_loop(monkeypatch, kernel):
+def test_batched_equals_loop(monkeypatch, kernel):  # noqa: F811 (the fixture)
     # 10 items of varying difficulty plus one infeasible one: the loop drops
     # finished items once half are done (compaction), which must not change
     # any item's result

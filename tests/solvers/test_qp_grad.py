@@ -6,20 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from optlayer import defaults
 from optlayer.solvers.qp import solve_qp
 
+from ._kernels import kernel  # noqa: F401  (autouse: every test runs on both kernels)
+
 F64 = torch.float64
-
-
-@pytest.fixture(params=["dense", "reduced"], autouse=True)
-def kernel(request, monkeypatch):
-    """Every test runs on both interior point kernels: the full Newton system with
-    LU (small problems) and the reduced system with Cholesky (larger ones)."""
-    dense = request.param == "dense"
-    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", 10**9 if dense else 0)
-    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", float("inf") if dense else 0.0)
-    return request.param
 
 
 def _instance(seed, n, m, me, *, lp=False):
