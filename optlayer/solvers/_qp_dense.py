@@ -219,9 +219,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             target = (mu_aff / mu).clamp(0.0, 1.0).pow(3).mul(mu / m).clamp(min=0.1 * tol / m)
             R[:, k:] = dsz.unflatten(1, (2, m)).prod(dim=1).add_(sz).sub_(target)
             dv = torch.linalg.lu_solve(LU, piv, R)                      # corrector
-            # fraction to the boundary 1 - min(0.01, err): superlinear near the end
-            a = _step_to_boundary(vsz, dv[:, ab],
-                                  1.0 - err.clamp(max=1.0 - ipm._STEP_FRACTION).view(-1, 1, 1))
+            a = _step_to_boundary(vsz, dv[:, ab], ipm.boundary_fraction(err).view(-1, 1, 1))
         else:
             dv = torch.linalg.lu_solve(LU, piv, R)
             a = torch.ones_like(dv[:, :1])

@@ -38,7 +38,7 @@ from optlayer.status import Status
 __all__ = [
     "Data", "Factor", "SplitFactor", "Result", "make_data", "pack", "factor", "kkt_solve",
     "split_factor", "split_solve", "run_ipm", "residuals", "final_status",
-    "infeasibility_certificate", "unbounded_certificate", "split",
+    "infeasibility_certificate", "unbounded_certificate", "split", "boundary_fraction",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -253,6 +253,17 @@ def _newton(d: Data, f: Factor, r: _Res, rc_over_s: Tensor | None, refine: int):
     dz = f.W * (Gdx + r.rz) - rc_over_s
     ds = -r.rz - Gdx
     return dx, ds, dz, dy
+
+
+def boundary_fraction(err: Tensor) -> Tensor:
+    """Fraction of the step to the boundary: ``1 - min(0.01, max(err, sqrt(eps)))``.
+
+    Far from the solution 0.99; near it ``1 - err``, which makes the last
+    iterations converge superlinearly; never closer than ``sqrt(eps)`` of the
+    dtype (float32 iterates that close to the boundary break the factorization).
+    """
+    floor = defaults.eps(err.dtype) ** 0.5
+    return 1.0 - err.clamp(min=floor, max=1.0 - _STEP_FRACTION)
 
 
 def _max_step(s, z, ds, dz, fraction) -> Tensor:
@@ -473,8 +484,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             floor = (0.1 * tol / m) * r.obj_scale.view(-1, 1, 1)
             rc_over_s = (s * z + ds * dz - torch.maximum(sigma * mu, floor)) / s
             dx, ds, dz, dy = _newton(d, f, r, rc_over_s, refine)
-            # fraction to the boundary 1 - min(0.01, err): superlinear near the end
-            a = _max_step(s, z, ds, dz, 1.0 - err.clamp(max=1.0 - _STEP_FRACTION))
+            a = _max_step(s, z, ds, dz, boundary_fraction(err))
         else:
             dx, ds, dz, dy = _newton(d, f, r, None, refine)
             a = torch.ones(B, 1, 1, dtype=dtype, device=d.Q.device)
