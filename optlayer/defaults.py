@@ -23,6 +23,8 @@ __all__ = [
     "IPM_DENSE_MAX_WORK",
     "IPM_POLISH_BELOW",
     "IPM_POLISH_AT",
+    "IPM_REG_BOOST",
+    "IPM_REG_RETRIES",
     "ipm_infeasibility_tol",
     "ipm_inaccurate_tol",
 ]
@@ -133,6 +135,14 @@ IPM_POLISH_BELOW = 1e-3
 #: larger) and then polishes on the active set; items whose polished point does
 #: not pass ``tol`` resume iterating down to ``tol`` and are polished again.
 IPM_POLISH_AT = 1e-8
+
+#: When the reduced interior point's factorization of an item fails, the item
+#: takes no step and retries with its absolute diagonal regularization
+#: multiplied by IPM_REG_BOOST, at most IPM_REG_RETRIES times (then
+#: NUMERICAL_ERROR). The residuals are always recomputed from the data, so a
+#: larger regularization only changes the direction, not the answer.
+IPM_REG_BOOST = 1e4
+IPM_REG_RETRIES = 3
 
 # compiler / OptLayer (optlayer.compiler, optlayer.layer)
 #: Unconstrained smooth problems with at most this many unknowns use Newton; larger ones FISTA.

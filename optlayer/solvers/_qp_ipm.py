@@ -115,15 +115,16 @@ def pack(Q, p, G, h, A, b, AtA, reg_abs, reg_rel) -> Data:
     return Data(Q, p, G, h, A, b, Gt, At, AtA, reg_abs, reg_rel, KA, KT)
 
 
-def factor(d: Data, W: Tensor | None) -> Factor:
-    """Factor ``[[Q + G'WG, A'], [A, 0]]`` (regularized; see the module doc)."""
+def factor(d: Data, W: Tensor | None, boost: Tensor | None = None) -> Factor:
+    """Factor ``[[Q + G'WG, A'], [A, 0]]`` (regularized; see the module doc;
+    ``boost`` (B, 1) multiplies the absolute regularization per item)."""
     QA = d.Q if d.AtA is None else d.AtA      # AtA already holds Q + rho A'A
     if W is not None:
         H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G * W)
     else:
         H = QA.clone()
     diag = H.diagonal(dim1=1, dim2=2)
-    diag.add_(diag.abs() * d.reg_rel + d.reg_abs)
+    diag.add_(diag.abs() * d.reg_rel + (d.reg_abs if boost is None else d.reg_abs * boost))
     L, info = torch.linalg.cholesky_ex(H)
     ok = info == 0
     Ls = HinvAt = None
@@ -422,8 +423,11 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
     """The Mehrotra loop from ``state = (x, s, z, y, status, iters)`` on the items
     where ``active``; items stop when their error is at most ``stop`` (OPTIMAL,
     provisional), a certificate passes (INFEASIBLE / UNBOUNDED) or their
-    factorization fails (NUMERICAL_ERROR or OPTIMAL_INACCURATE). One host sync
-    per iteration. Returns the new state and the mask of items still running.
+    factorization keeps failing (NUMERICAL_ERROR or OPTIMAL_INACCURATE): an item
+    whose factorization fails takes no step and retries with its absolute
+    regularization multiplied by ``IPM_REG_BOOST``, at most ``IPM_REG_RETRIES``
+    times. One host sync per iteration. Returns the new state and the mask of
+    items still running.
     """
     dtype = d.Q.dtype
     B = d.Q.shape[0]
@@ -432,6 +436,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
     m = 0 if d.G is None else d.G.shape[1]
     refine_steps = defaults.IPM_REFINE_STEPS
     x, s, z, y, status, iters = state
+    boost = torch.ones_like(x[:, :1, 0])             # (B, 1) regularization multiplier
     active = active.clone()
     code = {k: torch.tensor(int(k), dtype=torch.int8, device=d.Q.device) for k in Status}
     # Compaction: once at most half of the working items are active, the loop
@@ -459,19 +464,19 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             break
         nw = active.shape[0]
         if nw >= defaults.IPM_COMPACT_MIN_BATCH and count <= nw // 2:
-            state = (x, s, z, y, status, iters)
+            state = (x, s, z, y, status, iters, boost)
             full = state if full is None else _scatter(full, idx, state)
             keep = torch.nonzero(active).view(-1)
             idx = keep if idx is None else idx[keep]
             d = _take(full_d, idx)
-            x, s, z, y, status, iters = _gather(full, idx)
+            x, s, z, y, status, iters, boost = _gather(full, idx)
             active = torch.ones(idx.shape[0], dtype=torch.bool, device=idx.device)
             r = residuals(d, x, s, z, y)
             err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
             B = idx.shape[0]
         refine = 0 if worst > defaults.IPM_REFINE_BELOW else refine_steps
         W = None if m == 0 else z / s
-        f = factor(d, W)
+        f = factor(d, W, boost)
         if m:
             # predictor (affine scaling), then Mehrotra's centering corrector
             dx, ds, dz, dy = _newton(d, f, r, z, refine)
@@ -493,9 +498,11 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             unb = unbounded_certificate(d, dx, split(d, dx), eps_inf)
             settle(unb & finite, Status.UNBOUNDED)
         broken = ~(f.ok & finite)
-        settle(broken & (err <= loose), Status.OPTIMAL_INACCURATE)
-        settle(broken, Status.NUMERICAL_ERROR)
-        act = active.view(-1, 1, 1)
+        retry = broken & (boost.view(-1) < defaults.IPM_REG_BOOST ** defaults.IPM_REG_RETRIES)
+        boost = torch.where(retry.view(-1, 1), boost * defaults.IPM_REG_BOOST, boost)
+        settle(broken & ~retry & (err <= loose), Status.OPTIMAL_INACCURATE)
+        settle(broken & ~retry, Status.NUMERICAL_ERROR)
+        act = (active & ~broken).view(-1, 1, 1)
         x = torch.where(act, torch.addcmul(x, a, dx), x)
         y = _where(act, None if y is None else torch.addcmul(y, a, dy), y)
         if m:
@@ -504,7 +511,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         iters = iters + active.to(iters.dtype)
 
     if full is not None:
-        x, s, z, y, status, iters = _scatter(full, idx, (x, s, z, y, status, iters))
+        x, s, z, y, status, iters, _ = _scatter(full, idx, (x, s, z, y, status, iters, boost))
         active = _scatter_mask(full_d.Q.shape[0], idx, active)
     return (x, s, z, y, status, iters), active
 
