@@ -34,6 +34,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 
 from optlayer import defaults
+from optlayer.conditions import batched_hessian
 from optlayer.errors import OptTypeError, report_status
 from optlayer.implicit import custom_root
 from optlayer.linalg import solve_lu
@@ -96,6 +97,30 @@ def value_and_grad(fun, x, *args, **kwargs):
     if not graph:
         vals = vals.detach()
     return vals, g
+
+
+def hessian(fun, x, *args, **kwargs) -> torch.Tensor:
+    """``∇²fun(x)`` per item, ``(*batch, n, n)``.
+
+    Without a graph to keep (a solver loop under ``no_grad``) the ``n`` columns
+    are ``n`` backward passes of one gradient graph, several times cheaper than
+    the ``vmap`` of :func:`optlayer.conditions.batched_hessian` at small ``n``;
+    that one (differentiable, transform-safe) is used when a graph is needed or
+    under a torch.func transform.
+    """
+    leaves = [t for t in flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+    graph = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in leaves))
+    if graph or _functorch_active():
+        return batched_hessian(fun, x, *args, **kwargs)
+    with torch.enable_grad():
+        z = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(fun(z, *args, **kwargs).sum(), z, create_graph=True)
+        if not g.requires_grad:                  # fun is affine in x
+            return x.new_zeros(x.shape + x.shape[-1:])
+        cols = [torch.autograd.grad(g[..., j].sum(), z, retain_graph=True,
+                                    materialize_grads=True)[0]
+                for j in range(x.shape[-1])]
+    return torch.stack(cols, dim=-1)
 
 
 def _functorch_active() -> bool:

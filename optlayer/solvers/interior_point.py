@@ -20,9 +20,17 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from optlayer import defaults
-from optlayer.conditions import batched_hessian, kkt
+from optlayer.conditions import kkt
 from optlayer.errors import OptTypeError
-from optlayer.solvers._base import IterativeSolver, OptStep, batch_shape_of, norm, select
+from optlayer.solvers._base import (
+    IterativeSolver,
+    OptStep,
+    batch_shape_of,
+    hessian,
+    norm,
+    select,
+    value_and_grad,
+)
 from optlayer.status import Status
 
 __all__ = ["ConvexInteriorPoint", "InteriorPointState"]
@@ -113,14 +121,15 @@ class ConvexInteriorPoint(IterativeSolver):
         F = kkt(self.fun, _affine if params_eq is not None else None, self.ineq_fun)
         return F(params, params_obj, params_eq, params_ineq)
 
-    def _lagrangian_grad(self, x, nu, lam, params_obj, params_eq, params_ineq):
-        def lag(z):
-            val = self.fun(z, params_obj).sum()
-            if self.ineq_fun is not None:
-                val = val + (lam * self.ineq_fun(z, params_ineq)).sum()
-            return val
+    def _lagrangian(self, z, lam, params_obj, params_ineq):
+        """``f(z) + λᵀg(z)`` per item."""
+        val = self.fun(z, params_obj)
+        if self.ineq_fun is not None:
+            val = val + (lam * self.ineq_fun(z, params_ineq)).sum(-1)
+        return val
 
-        gr = torch.func.grad(lag)(x)
+    def _lagrangian_grad(self, x, nu, lam, params_obj, params_eq, params_ineq):
+        _, gr = value_and_grad(self._lagrangian, x, lam, params_obj, params_ineq)
         if params_eq is not None:
             gr = gr + _mv(params_eq[0].mT, nu)
         return gr
@@ -183,13 +192,7 @@ class ConvexInteriorPoint(IterativeSolver):
         rc = -lam * gx - 1.0 / t.unsqueeze(-1)
         Dg = self._jac_g(x, params_ineq)
 
-        def lag(z):
-            val = self.fun(z, params_obj)
-            if self.ineq_fun is not None:
-                val = val + (lam * self.ineq_fun(z, params_ineq)).sum(-1)
-            return val
-
-        H = batched_hessian(lag, x)
+        H = hessian(self._lagrangian, x, lam, params_obj, params_ineq)
         w = -lam / gx  # > 0 in the interior
         Hred = H + Dg.mT @ (w.unsqueeze(-1) * Dg)
         # A tiny ridge keeps directions that no term curves (a variable absent from

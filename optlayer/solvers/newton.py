@@ -8,17 +8,16 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
-from optlayer.conditions import batched_hessian, stationary
+from optlayer.conditions import stationary
 from optlayer.solvers._base import (
     IterativeSolver,
     OptStep,
-    _functorch_active,
     batch_shape_of,
+    hessian,
     norm,
     value_and_grad,
     vdot,
 )
-from optlayer.tree import flatten
 
 __all__ = ["Newton", "NewtonState", "LBFGS", "LBFGSState"]
 
@@ -40,23 +39,6 @@ def _armijo(fun, x, fx, g, d, args, kwargs, c1, decrease, maxls):
             break
         s = torch.where(accepted, s, s * decrease)
     return torch.where(accepted.unsqueeze(-1), x_acc, x), s
-
-
-def _hessian(fun, x, args, kwargs):
-    """``∇²f(x)`` per item. Without a graph to keep (the implicit-diff loop runs under
-    ``no_grad``) the ``n`` columns are ``n`` backward passes of one gradient graph, several
-    times cheaper than the ``vmap`` of :func:`optlayer.conditions.batched_hessian` at small
-    ``n``; that one (differentiable, transform-safe) is used otherwise."""
-    leaves = [t for t in flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-    graph = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in leaves))
-    if graph or _functorch_active():
-        return batched_hessian(fun, x, *args, **kwargs)
-    with torch.enable_grad():
-        z = x.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(fun(z, *args, **kwargs).sum(), z, create_graph=True)
-        cols = [torch.autograd.grad(g[..., j].sum(), z, retain_graph=True)[0]
-                for j in range(x.shape[-1])]
-    return torch.stack(cols, dim=-1)
 
 
 class NewtonState(NamedTuple):
@@ -137,7 +119,7 @@ class Newton(IterativeSolver):
 
     def update(self, params, state, *args, **kwargs) -> OptStep:
         x, g = params, state.grad
-        H = _hessian(self.fun, x, args, kwargs)
+        H = hessian(self.fun, x, *args, **kwargs)
         d = self._direction(H, g)
         x_new, _ = _armijo(self.fun, x, state.value, g, d, args, kwargs, self.c1, 0.5, self.maxls)
         value, grad = value_and_grad(self.fun, x_new, *args, **kwargs)
