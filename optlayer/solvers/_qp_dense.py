@@ -16,7 +16,7 @@ the ``2m`` entries ``z`` and ``s`` written into its complementarity rows, one
 solution, where ``z / s`` spans twenty decades). The loop freezes converged
 items by giving them a zero step.
 
-At the end the active set ``J = {z > s}`` defines the KKT system of its limit
+The active set ``J = {z > s}`` defines the KKT system of its limit
 (the same system :mod:`optlayer.solvers._qp_ipm` factors with Cholesky)::
 
     [ Q    G_J'  A' ] [x  ]   [-p  ]
@@ -25,7 +25,11 @@ At the end the active set ``J = {z > s}`` defines the KKT system of its limit
 
 assembled as one symmetric ``(n + m + me)`` matrix (rows of inactive
 constraints become ``z_i = 0``), factored once by LU: its solve polishes the
-solution and its transposed solve is the backward pass.
+solution and its transposed solve is the backward pass. The polish is tried
+as soon as every running item's error is below ``IPM_POLISH_BELOW`` (and
+again after each hundredfold decrease); when every item's polished point
+passes the KKT check the loop stops there, usually several iterations before
+the interior point itself would reach ``tol``.
 """
 
 from __future__ import annotations
