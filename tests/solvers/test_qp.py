@@ -326,37 +326,3 @@ def test_kernel_choice_follows_the_work_estimate(monkeypatch):
     assert use_dense(50, 50, 10, 1) and not use_dense(50, 50, 10, 32)
     assert not use_dense(100, 100, 20, 1)         # N = 320 is above the size cap
 
-
-def test_a_failed_factorization_retries_with_more_regularization(monkeypatch, kernel):  # noqa: F811
-    # the reduced kernel's Cholesky reports a failure for item 0 on its third call:
-    # the item must take no step, retry with a boosted diagonal and still end OPTIMAL
-    if kernel != "reduced":
-        pytest.skip("the retry belongs to the reduced kernel")
-    from optlayer.solvers import _qp_ipm
-
-    calls, boosts = [], []
-    real, real_factor = torch.linalg.cholesky_ex, _qp_ipm.factor
-
-    def flaky(H, *a, **k):
-        L, info = real(H, *a, **k)
-        if H.shape[-1] == 6:                   # the (n x n) reduced operator
-            calls.append(1)
-            if len(calls) == 3:                # the second loop iteration
-                info = info.clone()
-                info[0] = 1
-        return L, info
-
-    def spy(d, W, boost=None):
-        if boost is not None:
-            boosts.append(boost[0].item())
-        return real_factor(d, W, boost)
-
-    monkeypatch.setattr(_qp_ipm.torch.linalg, "cholesky_ex", flaky)
-    monkeypatch.setattr(_qp_ipm, "factor", spy)
-    insts = [_random_qp(60 + i, 6, 8, 2) for i in range(3)]
-    stacked = [_t(np.stack([inst[k] for inst in insts])) for k in range(6)]
-    sol = solve_qp(*stacked, on_failure="raise")
-    assert max(boosts) == defaults.IPM_REG_BOOST        # item 0 retried once, boosted
-    for i, inst in enumerate(insts):
-        _, x_ref, _ = _cvxpy(*inst)
-        np.testing.assert_allclose(sol.x[i].numpy(), x_ref, atol=1e-8)
