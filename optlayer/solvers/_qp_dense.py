@@ -376,12 +376,8 @@ def _finish(d, point, pol: _Polished, err, active, running, infeasible, unbounde
     if bool(better.all()):
         (x, s, z, y), r = pol.point, pol.r
     else:
-        b3 = better.view(-1, 1, 1)
-        r0 = ipm.residuals(d, *point)
-        x, s, z, y = (None if a is None else torch.where(b3, a, b)
-                      for a, b in zip(pol.point, point, strict=True))
-        r = ipm._Res(*(None if a is None else torch.where(better if a.dim() == 1 else b3, a, b)
-                       for a, b in zip(pol.r, r0, strict=True)))
+        (x, s, z, y), r = ipm.pick(better, (pol.point, pol.r),
+                                   (point, ipm.residuals(d, *point)))
     status = ipm.final_status(r, running=running, infeasible=infeasible, unbounded=unbounded,
                               tol=tol, loose=defaults.ipm_inaccurate_tol(d.Q.dtype))
     return ipm.Result(x, y, z, s, status, iters, r.pres, r.dres, r.gap,

@@ -38,7 +38,7 @@ from optlayer.status import Status
 __all__ = [
     "Data", "Factor", "SplitFactor", "Result", "make_data", "pack", "factor", "kkt_solve",
     "split_factor", "split_solve", "run_ipm", "residuals", "final_status",
-    "infeasibility_certificate", "unbounded_certificate", "split", "boundary_fraction",
+    "infeasibility_certificate", "unbounded_certificate", "split", "boundary_fraction", "pick",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -411,12 +411,18 @@ def _polish(d: Data, state):
     e1 = torch.maximum(torch.maximum(r1.dres, r1.pres), r1.gap)
     e0 = torch.maximum(torch.maximum(r0.dres, r0.pres), r0.gap)
     better = solved & (e1 <= e0) & fac.ok
-    b3 = better.view(-1, 1, 1)
-    point = tuple(None if a is None else torch.where(b3, a, b)
-                  for a, b in zip((px, ps, pz, py), (x, s, z, y), strict=True))
-    r = _Res(*(None if a is None else torch.where(better if a.dim() == 1 else b3, a, b)
-               for a, b in zip(r1, r0, strict=True)))
+    point, r = pick(better, ((px, ps, pz, py), r1), ((x, s, z, y), r0))
     return point, r, torch.where(better, e1, e0), fac
+
+
+def pick(mask: Tensor, new, old):
+    """``(point, residuals)`` of ``new`` where ``mask`` (per item), else of ``old``;
+    ``point`` a tuple of ``(B, k, 1)`` tensors or None, residuals a :class:`_Res`."""
+    def sel(a, b):
+        return None if a is None else torch.where(mask.view((-1,) + (1,) * (a.dim() - 1)), a, b)
+
+    point = tuple(sel(a, b) for a, b in zip(new[0], old[0], strict=True))
+    return point, _Res(*(sel(a, b) for a, b in zip(new[1], old[1], strict=True)))
 
 
 def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: int):
