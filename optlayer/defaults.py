@@ -21,6 +21,10 @@ __all__ = [
     "IPM_COMPACT_MIN_BATCH",
     "IPM_DENSE_MAX_SIZE",
     "IPM_DENSE_MAX_WORK",
+    "IPM_LU_MAX_WORK",
+    "IPM_RESCUE_MAX_SIZE",
+    "IPM_DIVERGED",
+    "IPM_STALL_ITERS",
     "IPM_POLISH_BELOW",
     "IPM_POLISH_AT",
     "IPM_REG_BOOST",
@@ -114,19 +118,39 @@ IPM_REFINE_BELOW = 1e-4
 #: ones only) once at most half are active, for working batches this large.
 IPM_COMPACT_MIN_BATCH = 8
 
-#: Small QP batches (full Newton system of ``N = n + 2m + me`` rows, at most
-#: IPM_DENSE_MAX_SIZE, and ``batch * N^2`` at most IPM_DENSE_MAX_WORK) are solved
-#: on that system with one LU per iteration: few tensor operations, which is
-#: what small problems cost. The others use the reduced Cholesky system. The
-#: crossover was measured on CPU, float64, one thread, fwd+bwd (dense/reduced
-#: ms): N=160 batch 1 7.1/11.3; N=32 batch 32 10.1/12.0, batch 64 24.8/17.7;
-#: N=64 batch 16 14.8/12.4; N=96 batch 4 12.7/12.8; the kkt layers of
-#: examples/problems at batch 32: lp (N=36) 11.9/15.5, quantile_regression
-#: (N=44) 23.3/28.2.
+#: Which interior point kernel solves a QP batch (``_qp_dense.kernel_for``),
+#: with ``N = n + 2m + me`` rows in the full Newton system: up to
+#: IPM_DENSE_MAX_SIZE rows and ``batch * N^2`` up to IPM_DENSE_MAX_WORK, the
+#: loop on the full system (few tensor operations, which is what small
+#: problems cost), its Newton direction by one LU of the full matrix while
+#: ``batch * N^2`` is at most IPM_LU_MAX_WORK, else by the Cholesky
+#: factorization of the reduced system; larger batches use the reduced kernel.
+#: Crossovers measured on CPU, float64, one thread, fwd+bwd of the
+#: examples/benchmarks/qp.py family (ms, full-lu / full-cholesky / reduced):
+#: n=10 batch 1 6.7/8.6/12.8, batch 8 10.8/12.9/17.3, batch 32 11.7/10.4/13.6;
+#: n=20 batch 8 16.0/15.6/18.9, batch 32 35.9/25.1/29.5; n=30 batch 32
+#: 77.8/44.6/41.4; n=50 batch 1 11.3/11.6/19.1, batch 8 38.5/25.8/30.0,
+#: batch 32 262/147/66.7; n=100 batch 1 (N=320) -/22.6/19.7; the kkt layers
+#: at batch 32: lad_regression (N=53) 30.1/19.9/22.8, hinge_svm 26.9/18.3/21.5.
 IPM_DENSE_MAX_SIZE = 200
-IPM_DENSE_MAX_WORK = 6.4e4
+IPM_DENSE_MAX_WORK = 2e5
+IPM_LU_MAX_WORK = 3e4
 
-#: The small-problem interior point tries to finish by polishing on the active
+#: Items the Cholesky-based kernels leave without a verdict (OPTIMAL,
+#: INFEASIBLE or UNBOUNDED) are solved again on the full Newton system with LU
+#: when it has at most this many rows: as the duals of an infeasible problem
+#: diverge, the reduced system loses the accuracy a certificate needs.
+IPM_RESCUE_MAX_SIZE = 200
+
+#: Where that rescue is available, the Cholesky-based kernels stop an item
+#: (NUMERICAL_ERROR, then the rescue) whose KKT error has grown IPM_DIVERGED
+#: times over its first one (infeasible problems whose certificate the reduced
+#: system cannot resolve) or has not halved its best in IPM_STALL_ITERS
+#: iterations (float32, where ``W = z / s`` nears ``1 / eps``).
+IPM_DIVERGED = 1e6
+IPM_STALL_ITERS = 5
+
+#: The full-system interior point loop tries to finish by polishing on the active
 #: set once every running item's error is below this (and again after each
 #: further hundredfold decrease); the polished point must pass the KKT check.
 IPM_POLISH_BELOW = 1e-3

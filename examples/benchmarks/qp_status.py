@@ -1,12 +1,13 @@
-"""Status honesty of solve_qp on random QPs and LPs, both kernels, against Clarabel.
+"""Status honesty of solve_qp on random QPs and LPs, each kernel, against Clarabel.
 
 Run:  python examples/benchmarks/qp_status.py [--trials 150] [--seed 0]
 
 Draws random instances (PD QPs, LPs and rank-2 PSD QPs with a bounding box;
 n in [2, 12), up to 14 inequalities and 3 equalities; about 15% made
 infeasible by negative slacks), solves each with cvxpy/Clarabel and with
-solve_qp on each kernel (the full Newton system with LU, and the reduced
-system with Cholesky), and prints how the statuses line up. The line that
+solve_qp on each of its three kernels (the loop on the full Newton system
+with its direction by LU or by the reduced system's Cholesky factorization,
+and the reduced kernel), and prints how the statuses line up. The line that
 must read 0: items returned OPTIMAL whose solution differs from Clarabel's
 by more than 1e-5 (relative), or OPTIMAL on an instance Clarabel proves
 infeasible.
@@ -30,7 +31,10 @@ try:
 except ImportError:  # pragma: no cover - the bench extra
     cp = None
 
-KERNELS = {"dense": (10**9, float("inf")), "reduced": (0, 0.0)}
+#: kernel -> (IPM_DENSE_MAX_SIZE, IPM_DENSE_MAX_WORK, IPM_LU_MAX_WORK) forcing it
+KERNELS = {"full-lu": (10**9, float("inf"), float("inf")),
+           "full-cholesky": (10**9, float("inf"), 0.0),
+           "reduced": (0, 0.0, 0.0)}
 
 
 def instance(rng):
@@ -88,8 +92,9 @@ def main():
         except cp.SolverError:
             continue
         tensors = [None if a is None else torch.tensor(a, dtype=torch.float64) for a in data]
-        for kernel, (size, work) in KERNELS.items():
+        for kernel, (size, work, lu) in KERNELS.items():
             defaults.IPM_DENSE_MAX_SIZE, defaults.IPM_DENSE_MAX_WORK = size, work
+            defaults.IPM_LU_MAX_WORK = lu
             sol = solve_qp(*tensors, on_failure="ignore")
             status = Status(int(sol.status))
             table[(kernel, ref_status, status.name)] += 1
@@ -99,9 +104,9 @@ def main():
                 elif ref_status == "optimal":
                     err = np.abs(sol.x.numpy() - x_ref).max() / max(1.0, np.abs(x_ref).max())
                     wrong += err > 1e-5
-    print(f"{'kernel':8s} {'Clarabel':12s} {'solve_qp':20s} count")
+    print(f"{'kernel':14s} {'Clarabel':12s} {'solve_qp':20s} count")
     for (kernel, ref, ours), k in sorted(table.items()):
-        print(f"{kernel:8s} {ref:12s} {ours:20s} {k}")
+        print(f"{kernel:14s} {ref:12s} {ours:20s} {k}")
     print(f"OPTIMAL but wrong (must be 0): {wrong}")
 
 

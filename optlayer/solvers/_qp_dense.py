@@ -1,4 +1,4 @@
-"""Batched interior point for small QPs: one LU of the full Newton system (private).
+"""Batched interior point for small QPs on the full Newton system (private).
 
 For small problems an interior point iteration costs what its number of
 tensor operations costs, not its flops. This kernel keeps that number low by
@@ -15,6 +15,14 @@ the ``2m`` entries ``z`` and ``s`` written into its complementarity rows, one
 (partial pivoting keeps the unreduced system well conditioned near the
 solution, where ``z / s`` spans twenty decades). The loop freezes converged
 items by giving them a zero step.
+
+Where a batch of LUs of the ``N x N`` matrix costs more than the operations
+it saves (``kernel_for``: ``"full-cholesky"``), the same loop takes its
+Newton direction from the reduced system instead (:class:`_ReducedNewton`:
+``ds`` and ``dz`` eliminated, one Cholesky of ``Q + G'WG`` per iteration, as
+in :mod:`optlayer.solvers._qp_ipm`); a failed factorization then retries with
+more regularization, and hopeless items stop early for
+:func:`optlayer.solvers.qp`'s LU rescue.
 
 The active set ``J = {z > s}`` defines the KKT system of its limit
 (the same system :mod:`optlayer.solvers._qp_ipm` factors with Cholesky)::
@@ -42,17 +50,26 @@ from torch import Tensor
 from optlayer import defaults
 from optlayer.solvers import _qp_ipm as ipm
 
-__all__ = ["DenseFactor", "use_dense", "run_dense", "dense_grad_solve"]
+__all__ = ["DenseFactor", "kernel_for", "run_dense", "dense_grad_solve"]
 
 
-def use_dense(n: int, m: int, me: int, batch: int) -> bool:
-    """True when this kernel is the cheaper one. Its batched LU of the full
-    ``N = n + 2m + me`` system grows with ``batch * N^2`` at these sizes (a
-    per-matrix cost), against the per-operation overhead the reduced kernel
-    pays; the threshold ``defaults.IPM_DENSE_MAX_WORK`` is the measured
-    crossover."""
+def kernel_for(n: int, m: int, me: int, batch: int) -> str:
+    """Which interior point runs a batch: ``"full-lu"``, ``"full-cholesky"``
+    (this module's loop, its Newton direction by LU of the full system or by
+    the Cholesky factorization of the reduced one) or ``"reduced"``
+    (:mod:`optlayer.solvers._qp_ipm`).
+
+    This loop costs few tensor operations but holds ``batch * N^2`` numbers
+    (``N = n + 2m + me``), and its LU grows with that too; the reduced kernel
+    costs about twice the operations per iteration but only ``O(n (n + m))``
+    memory per item. The thresholds in :mod:`optlayer.defaults` are the
+    measured crossovers.
+    """
     N = n + 2 * m + me
-    return N <= defaults.IPM_DENSE_MAX_SIZE and batch * N ** 2 <= defaults.IPM_DENSE_MAX_WORK
+    work = batch * N ** 2
+    if N > defaults.IPM_DENSE_MAX_SIZE or work > defaults.IPM_DENSE_MAX_WORK:
+        return "reduced"
+    return "full-lu" if work <= defaults.IPM_LU_MAX_WORK else "full-cholesky"
 
 
 class DenseFactor(NamedTuple):
@@ -71,13 +88,13 @@ class _Layout(NamedTuple):
     me: int
     N: int
     J0: Tensor           # (B, N, N) exact linear part of the Jacobian
-    Jreg: Tensor         # (B, N * N) J0 + diagonal regularization, flattened
+    Jreg: Tensor | None  # (B, N * N) J0 + diagonal regularization, flattened (LU only)
     c0: Tensor           # (B, N, 1)
-    idx: Tensor          # (2m,) flat positions of the complementarity entries
-    perm: Tensor         # (2m,) positions in v of the values written there
+    idx: Tensor | None   # (2m,) flat positions of the complementarity entries (LU only)
+    perm: Tensor | None  # (2m,) positions in v of the values written there (LU only)
 
 
-def _layout(d: ipm.Data) -> _Layout:
+def _layout(d: ipm.Data, lu: bool) -> _Layout:
     Q = d.Q
     B, n, _ = Q.shape
     m = 0 if d.G is None else d.G.shape[1]
@@ -99,6 +116,8 @@ def _layout(d: ipm.Data) -> _Layout:
     if m:
         c0.append(Q.new_zeros(B, m, 1))
     c0 = torch.cat(c0, dim=1) if len(c0) > 1 else c0[0]
+    if not lu:
+        return _Layout(n, m, me, N, J0, None, c0, None, None)
     # regularization: +delta on the x block, -delta against the y columns (dependent rows of A)
     delta = d.reg_abs.view(B, 1)
     Jreg = J0.clone()
@@ -119,6 +138,53 @@ def _newton_lu(L: _Layout, v: Tensor):
         J = J.index_copy(1, L.idx, v.view(B, L.N).index_select(1, L.perm))
     LU, piv, info = torch.linalg.lu_factor_ex(J.view(B, L.N, L.N))
     return LU, piv, info == 0
+
+
+class _ReducedNewton:
+    """The Newton system of the loop solved by the reduced (normal-equation)
+    Cholesky factorization of :mod:`_qp_ipm` instead of one LU of the full
+    ``N x N`` matrix: eliminating ``ds`` and ``dz`` from::
+
+        Q dx + G'dz + A'dy = rx,  G dx + ds = rz,  A dx = ry,  z ds + s dz = rc
+
+        gives ``(Q + G'WG) dx + A'dy = rx - G't``, ``W = z / s``,
+        ``t = (rc - z rz) / s``, then ``dz = t + W G dx`` and ``ds = rz - G dx``.
+    """
+
+    def __init__(self, d: ipm.Data, L: _Layout, v: Tensor, boost: Tensor):
+        self.d, self.L = d, L
+        n, m = L.n, L.m
+        self.s = v[:, n:n + m] if m else None
+        self.z = v[:, n + m:n + 2 * m] if m else None
+        self.f = ipm.factor(d, None if not m else self.z / self.s, boost)
+        self.ok = self.f.ok
+
+    def solve(self, R: Tensor) -> Tensor:
+        d, L, f = self.d, self.L, self.f
+        n, m, k = L.n, L.m, L.n + L.m + L.me
+        rx = R[:, :n]
+        ry = R[:, n + m:k] if L.me else None
+        if not m:
+            dx, dy = ipm.kkt_solve(d, f, rx, ry, refine=0)
+            return dx if dy is None else torch.cat([dx, dy], dim=1)
+        rz = R[:, n:n + m]
+        t = torch.addcmul(R[:, k:], self.z, rz, value=-1.0).div_(self.s)
+        dx, dy = ipm.kkt_solve(d, f, torch.baddbmm(rx, d.Gt, t, alpha=-1.0), ry, refine=0)
+        Gdx = d.G @ dx
+        parts = [dx, rz - Gdx, torch.addcmul(t, f.W, Gdx)]
+        if dy is not None:
+            parts.append(dy)
+        return torch.cat(parts, dim=1)
+
+
+class _FullNewton:
+    """The Newton system of the loop solved by one LU of the full matrix."""
+
+    def __init__(self, d: ipm.Data, L: _Layout, v: Tensor, boost: Tensor):
+        self.LU, self.piv, self.ok = _newton_lu(L, v)
+
+    def solve(self, R: Tensor) -> Tensor:
+        return torch.linalg.lu_solve(self.LU, self.piv, R)
 
 
 def _step_to_boundary(vsz: Tensor, dsz: Tensor, fraction) -> Tensor:
@@ -147,7 +213,7 @@ def _error(L: _Layout, d: ipm.Data, v: Tensor, R: Tensor, scale: Tensor):
 
 
 def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
-              want_factor: bool) -> ipm.Result:
+              want_factor: bool, reduced: bool = False) -> ipm.Result:
     """Mehrotra predictor-corrector on the full Newton system (see the module doc).
 
     Items stop when their error (:func:`_error`) is at most ``tol``, when a
@@ -156,7 +222,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     the statuses are assigned at the end from the residuals of the returned
     point (:func:`_finish`).
     """
-    L = _layout(d)
+    L = _layout(d, lu=not reduced)
     n, m, me = L.n, L.m, L.me
     k = n + m + me
     B, dev = d.Q.shape[0], d.Q.device
@@ -181,11 +247,13 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     # start: CVXOPT's point (s = -z from a least-squares step at s = z = 1), shifted inside
     v = torch.cat([d.Q.new_zeros(B, n, 1), d.Q.new_ones(B, 2 * m, 1),
                    d.Q.new_zeros(B, me, 1)], dim=1)
-    LU, piv, ok = _newton_lu(L, v)
+    newton = _ReducedNewton if reduced else _FullNewton
+    boost = d.Q.new_ones(B, 1)
+    track = None
     R = torch.baddbmm(L.c0, L.J0, v)
     if m:
         R[:, k:] = 2.0
-    v = v - torch.linalg.lu_solve(LU, piv, R)
+    v = v - newton(d, L, v, boost).solve(R)
     if m:
         sz = v[:, ab].view(B, 2, m)
         low = -sz.amin(dim=2, keepdim=True)
@@ -195,10 +263,13 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         R = torch.baddbmm(L.c0, L.J0, v)
         err, sz = _error(L, d, v, R, scale)
         running = running & (err > tol)          # NaN errors stop too (statuses at the end)
-        if m and it >= 5 and it % 3 == 2:
+        if m and (reduced or (it >= 5 and it % 3 == 2)):
             cert = running & _infeasible(d, L, v, eps_inf)
             infeasible = infeasible | cert
             running = running & ~cert
+        if reduced:    # hopeless items stop early: solve_qp's LU rescue takes them over
+            hopeless, track = ipm.watch(err, track)
+            running = running & ~hopeless
         worst = float(torch.where(running, err, -1.0).amax())
         if it == maxiter or worst < 0:
             break
@@ -209,11 +280,12 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             if bool((~active | infeasible | unbounded | (err <= tol) | (pol.err <= tol)).all()):
                 break
             pol = None
-        LU, piv, ok = _newton_lu(L, v)
+        nt = newton(d, L, v, boost)
+        ok = nt.ok
         if m:
             vsz = v[:, ab]
             R[:, k:] = sz
-            dv = torch.linalg.lu_solve(LU, piv, R)                      # predictor: v - a dv
+            dv = nt.solve(R)                                            # predictor: v - a dv
             dsz = dv[:, ab]
             a = _step_to_boundary(vsz, dsz, 1.0)
             nxt = torch.addcmul(vsz, a, dsz, value=-1.0)
@@ -222,19 +294,26 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             # Mehrotra's centering sigma = (mu_aff / mu)^3, target floored a decade below tol
             target = (mu_aff / mu).clamp(0.0, 1.0).pow(3).mul(mu / m).clamp(min=0.1 * tol / m)
             R[:, k:] = dsz.unflatten(1, (2, m)).prod(dim=1).add_(sz).sub_(target)
-            dv = torch.linalg.lu_solve(LU, piv, R)                      # corrector
+            dv = nt.solve(R)                                            # corrector
             a = _step_to_boundary(vsz, dv[:, ab], ipm.boundary_fraction(err).view(-1, 1, 1))
         else:
-            dv = torch.linalg.lu_solve(LU, piv, R)
+            dv = nt.solve(R)
             a = torch.ones_like(dv[:, :1])
         if it >= 5 and it % 3 == 2:
             unb = running & _unbounded(d, L, -dv[:, :n], eps_inf)
             unbounded = unbounded | unb
             running = running & ~unb
-        # frozen items keep their point; a non-finite direction makes the next error NaN
-        running = running & ok
-        r3 = running.view(-1, 1, 1)
-        v = torch.where(r3, torch.addcmul(v, a, dv, value=-1.0), v)
+        # frozen items keep their point; a non-finite direction makes the next error NaN.
+        # A failed Cholesky retries with more regularization (as in _qp_ipm); a failed LU stops.
+        step = running & ok
+        if reduced:
+            most = defaults.IPM_REG_BOOST ** defaults.IPM_REG_RETRIES
+            retry = running & ~ok & (boost.view(-1) < most)
+            boost = torch.where(retry.view(-1, 1), boost * defaults.IPM_REG_BOOST, boost)
+            running = step | retry
+        else:
+            running = step
+        v = torch.where(step.view(-1, 1, 1), torch.addcmul(v, a, dv, value=-1.0), v)
         iters += running
 
     # items that stopped without converging: the certificates at their last point
@@ -252,6 +331,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         pol = _polish(d, x, s, z, y)
     return _finish(d, (x, s, z, y), pol, err, active, running, infeasible, unbounded, iters,
                    tol, want_factor)
+
 
 
 def _split(v: Tensor, n: int, m: int, me: int):

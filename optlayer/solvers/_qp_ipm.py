@@ -37,7 +37,7 @@ from optlayer.status import Status
 
 __all__ = [
     "Data", "Factor", "SplitFactor", "Result", "make_data", "pack", "factor", "kkt_solve",
-    "split_factor", "split_solve", "run_ipm", "residuals", "final_status",
+    "split_factor", "split_solve", "run_ipm", "take", "merge", "watch", "residuals", "final_status",
     "infeasibility_certificate", "unbounded_certificate", "split", "boundary_fraction", "pick",
 ]
 
@@ -328,20 +328,55 @@ def _where(mask: Tensor, new: Tensor | None, old: Tensor | None):
     return None if new is None else torch.where(mask, new, old)
 
 
-def _take(d: Data, idx: Tensor) -> Data:
+def take(d: Data, idx: Tensor) -> Data:
+    """The items ``idx`` of the batch ``d``."""
     def t(v):
         return None if v is None else v.index_select(0, idx)
     return pack(t(d.Q), t(d.p), t(d.G), t(d.h), t(d.A), t(d.b), t(d.AtA), t(d.reg_abs),
                 d.reg_rel)
 
 
+def merge(res: Result, idx: Tensor, again: Result) -> Result:
+    """``res`` with the items ``idx`` replaced by ``again`` (``again``'s
+    iterations added to theirs; the factors must be of one type)."""
+    def put(a, b):
+        return None if a is None else a.index_copy(0, idx, b)
+
+    fac = res.factor
+    if fac is not None:
+        fac = type(fac)(*(put(a, b) for a, b in zip(fac, again.factor, strict=True)))
+    return Result(*(put(a, b) for a, b in zip(res[:5], again[:5], strict=True)),
+                  res.iter_num.index_add(0, idx, again.iter_num),
+                  *(put(a, b) for a, b in zip(res[6:9], again[6:9], strict=True)), fac)
+
+
 def _gather(state, idx):
-    return tuple(None if v is None else v.index_select(0, idx) for v in state)
+    """The items ``idx`` of a tuple of batched tensors (None and nested tuples kept)."""
+    return tuple(None if v is None else _gather(v, idx) if isinstance(v, tuple)
+                 else v.index_select(0, idx) for v in state)
 
 
 def _scatter(full, idx, part):
-    return tuple(None if f is None else f.index_copy(0, idx, p)
-                 for f, p in zip(full, part, strict=True))
+    """``full`` with the items ``idx`` replaced by ``part`` (tuples as in :func:`_gather`)."""
+    return tuple(None if f is None else _scatter(f, idx, p) if isinstance(f, tuple)
+                 else f.index_copy(0, idx, p) for f, p in zip(full, part, strict=True))
+
+
+def watch(err: Tensor, track: tuple | None):
+    """Per item, True where an iterate is hopeless: its error grew
+    ``IPM_DIVERGED`` times over its first one (seen on infeasible problems
+    whose certificate the normal equations cannot resolve), or has not halved
+    its best in ``IPM_STALL_ITERS`` iterations (float32 near ``W ~ 1/eps``).
+    ``track = (first, best, since)`` per item, None on the first call; returns
+    ``(hopeless, track)``."""
+    if track is None:
+        return torch.zeros_like(err, dtype=torch.bool), (err, err, torch.zeros_like(err))
+    first, best, since = track
+    better = err < 0.5 * best
+    best = torch.where(better, err, best)
+    since = torch.where(better, 0.0, since + 1.0)
+    hopeless = (err > defaults.IPM_DIVERGED * first) | (since >= defaults.IPM_STALL_ITERS)
+    return hopeless, (first, best, since)
 
 
 def _scatter_mask(B: int, idx: Tensor, part: Tensor) -> Tensor:
@@ -349,7 +384,7 @@ def _scatter_mask(B: int, idx: Tensor, part: Tensor) -> Tensor:
 
 
 def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
-            want_factor: bool) -> Result:
+            want_factor: bool, give_up: bool = False) -> Result:
     """Mehrotra predictor-corrector on every item where ``active`` is True.
 
     The iterations stop at ``max(tol, IPM_POLISH_AT)``; the polish on the
@@ -365,7 +400,8 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
     status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int8, device=dev)
     iters = torch.zeros(B, dtype=torch.int64, device=dev)
     stop = max(tol, defaults.IPM_POLISH_AT) if m else tol
-    state, running = _iterate(d, (x, s, z, y, status, iters), active, stop, tol, maxiter)
+    state, running = _iterate(d, (x, s, z, y, status, iters), active, stop, tol, maxiter,
+                              give_up)
     point, r, err, fac = _polish(d, state)
     if stop > tol:
         retry = (state[4] == int(Status.OPTIMAL)) & ~(err <= tol)
@@ -373,11 +409,12 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             x, s, z, y, status, iters = state
             status = torch.where(retry, int(Status.MAX_ITER), status)
             left = maxiter - int(iters.max())
-            state, again = _iterate(d, (x, s, z, y, status, iters), retry, tol, tol, left)
+            state, again = _iterate(d, (x, s, z, y, status, iters), retry, tol, tol, left,
+                                    give_up)
             running = running | again
             # polish the retried items again (only them: the others keep theirs)
             idx = torch.nonzero(retry).view(-1)
-            p2, r2, e2, f2 = _polish(_take(d, idx), _gather(state, idx))
+            p2, r2, e2, f2 = _polish(take(d, idx), _gather(state, idx))
             point = _scatter(point, idx, p2)
             r = _Res(*_scatter(r, idx, r2))
             err = err.index_copy(0, idx, e2)
@@ -425,7 +462,8 @@ def pick(mask: Tensor, new, old):
     return point, _Res(*(sel(a, b) for a, b in zip(new[1], old[1], strict=True)))
 
 
-def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: int):
+def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: int,
+             give_up: bool):
     """The Mehrotra loop from ``state = (x, s, z, y, status, iters)`` on the items
     where ``active``; items stop when their error is at most ``stop`` (OPTIMAL,
     provisional), a certificate passes (INFEASIBLE / UNBOUNDED) or their
@@ -449,6 +487,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
     # continues on the active ones only (frozen items are written back to the
     # full-batch tensors). ``idx`` maps working items to batch items.
     full_d, idx, full = d, None, None
+    track = None       # for give_up: see watch()
 
     def settle(mask, st):
         nonlocal status, active
@@ -463,6 +502,9 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         settle(err <= stop, Status.OPTIMAL)
         if m:
             settle(infeasibility_certificate(d, r.Gtz_Aty, z, y, eps_inf), Status.INFEASIBLE)
+        if give_up:
+            hopeless, track = watch(err, track)
+            settle(hopeless, Status.NUMERICAL_ERROR)
         # the one host sync per iteration: worst residual and count of active items
         worst, count = torch.stack([torch.where(active, err, torch.full_like(err, -1.0)).max(),
                                     active.sum().to(err.dtype)]).tolist()
@@ -470,12 +512,12 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             break
         nw = active.shape[0]
         if nw >= defaults.IPM_COMPACT_MIN_BATCH and count <= nw // 2:
-            state = (x, s, z, y, status, iters, boost)
+            state = (x, s, z, y, status, iters, boost, track)
             full = state if full is None else _scatter(full, idx, state)
             keep = torch.nonzero(active).view(-1)
             idx = keep if idx is None else idx[keep]
-            d = _take(full_d, idx)
-            x, s, z, y, status, iters, boost = _gather(full, idx)
+            d = take(full_d, idx)
+            x, s, z, y, status, iters, boost, track = _gather(full, idx)
             active = torch.ones(idx.shape[0], dtype=torch.bool, device=idx.device)
             r = residuals(d, x, s, z, y)
             err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
@@ -517,7 +559,8 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         iters = iters + active.to(iters.dtype)
 
     if full is not None:
-        x, s, z, y, status, iters, _ = _scatter(full, idx, (x, s, z, y, status, iters, boost))
+        x, s, z, y, status, iters, _, _ = _scatter(full, idx, (x, s, z, y, status, iters, boost,
+                                                              track))
         active = _scatter_mask(full_d.Q.shape[0], idx, active)
     return (x, s, z, y, status, iters), active
 

@@ -7,16 +7,21 @@ Solves, for every item of a batch at once::
                 Ax  = b          (dual y)
 
 with Q symmetric positive semidefinite (zero for LPs); either constraint block
-may be absent. The forward pass is Mehrotra's predictor-corrector on the
-reduced (normal-equation) KKT system with batched Cholesky factorizations;
-items that converge are frozen while the others continue, and the final point
-is polished by an exact solve on its active set. Infeasibility and
+may be absent. The forward pass is Mehrotra's predictor-corrector with one
+of three kernels chosen by a work estimate (``_qp_dense.kernel_for``): the
+loop on the full Newton system with its direction by LU (small batches of
+small problems) or by the Cholesky factorization of the reduced
+(normal-equation) system, or the reduced kernel (``_qp_ipm``) for large
+batches. Items that converge are frozen while the others continue, and the
+final point is polished by an exact solve on its active set; items a
+Cholesky-based kernel leaves without a verdict are solved again with LU
+(:func:`_run`). Infeasibility and
 unboundedness are reported only when a Farkas certificate passes an explicit
 check, and OPTIMAL only when the KKT residuals recomputed from the data at the
 returned point are below ``tol``.
 
 The backward pass differentiates the KKT conditions (OptNet; Blondel et al.,
-Table 1, KKT map) and reuses the factorization of the reduced KKT operator at
+Table 1, KKT map) and reuses the factorization of the active-set KKT system at
 the returned point, computed once at the end of the forward pass; it does no
 factorization of its own.
 
@@ -173,6 +178,44 @@ def _flat(t: Tensor | None, bshape, core: int, B: int, dtype) -> Tensor | None:
 # the differentiable solve
 # --------------------------------------------------------------------------
 
+def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool) -> ipm.Result:
+    """The kernel :func:`_qp_dense.kernel_for` picks. When the full Newton
+    system has at most ``defaults.IPM_RESCUE_MAX_SIZE`` rows (see there), the
+    Cholesky-based kernels give up early on hopeless items
+    (:func:`_qp_ipm.watch`), and the items they leave without a verdict
+    (OPTIMAL, INFEASIBLE or UNBOUNDED) with iterations to spare are solved
+    again on the full system with LU, in what is left of ``maxiter``."""
+    B, n, _ = d.Q.shape
+    m = 0 if d.G is None else d.G.shape[1]
+    me = 0 if d.A is None else d.A.shape[1]
+    kernel = dense.kernel_for(n, m, me, B)
+    rescue = n + 2 * m + me <= defaults.IPM_RESCUE_MAX_SIZE
+    if kernel == "reduced":
+        res = ipm.run_ipm(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
+                          give_up=rescue)
+    else:
+        res = dense.run_dense(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
+                              reduced=kernel == "full-cholesky")
+    if kernel == "full-lu" or not rescue:
+        return res
+    lost = finite & ~_has_verdict(res.status) & (res.iter_num < maxiter)
+    if not bool(lost.any()):
+        return res
+    idx = torch.nonzero(lost).view(-1)
+    left = maxiter - int(res.iter_num.index_select(0, idx).max())
+    part = ipm.take(d, idx)
+    again = dense.run_dense(part, active=torch.ones_like(idx, dtype=torch.bool), tol=tol,
+                            maxiter=left, want_factor=want and kernel != "reduced")
+    if want and kernel == "reduced":   # the reduced kernel's backward, at the point found
+        again = again._replace(factor=ipm.split_factor(part, again.s, again.z))
+    return ipm.merge(res, idx, again)
+
+
+def _has_verdict(status: Tensor) -> Tensor:
+    return (status == int(Status.OPTIMAL)) | (status == int(Status.INFEASIBLE)) \
+        | (status == int(Status.UNBOUNDED))
+
+
 class _QPFunction(torch.autograd.Function):
     """Inputs (B, ...) tensors; outputs x, y, z, s (differentiable) + diagnostics."""
 
@@ -183,9 +226,8 @@ class _QPFunction(torch.autograd.Function):
         n = Q.shape[1]
         m = 0 if G is None else G.shape[1]
         me = 0 if A is None else A.shape[1]
-        small = dense.use_dense(n, m, me, Q.shape[0])
-        run = dense.run_dense if small else ipm.run_ipm
-        res = run(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
+        small = dense.kernel_for(n, m, me, Q.shape[0]) != "reduced"
+        res = _run(d, finite, tol, maxiter, want)
         x = res.x.squeeze(-1)
         y = None if res.y is None else res.y.squeeze(-1)
         z = None if res.z is None else res.z.squeeze(-1)

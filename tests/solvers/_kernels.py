@@ -1,8 +1,9 @@
-"""The two interior point kernels of ``solve_qp``, as an autouse fixture.
+"""The three interior point kernels of ``solve_qp``, as an autouse fixture.
 
-A test module that imports :func:`kernel` runs each of its tests twice: on the
-full Newton system with LU (small batches of small problems) and on the
-reduced system with Cholesky (the others).
+A test module that imports :func:`kernel` runs each of its tests three times:
+on the loop over the full Newton system with its direction by LU
+(``full-lu``) or by the reduced system's Cholesky factorization
+(``full-cholesky``), and on the reduced kernel (``reduced``).
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ import pytest
 
 from optlayer import defaults
 
+#: kernel -> (IPM_DENSE_MAX_SIZE, IPM_DENSE_MAX_WORK, IPM_LU_MAX_WORK) forcing it
+FORCE = {
+    "full-lu": (10**9, float("inf"), float("inf")),
+    "full-cholesky": (10**9, float("inf"), 0.0),
+    "reduced": (0, 0.0, 0.0),
+}
 
-@pytest.fixture(params=["dense", "reduced"], autouse=True)
+
+@pytest.fixture(params=list(FORCE), autouse=True)
 def kernel(request, monkeypatch):
-    dense = request.param == "dense"
-    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", 10**9 if dense else 0)
-    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", float("inf") if dense else 0.0)
+    size, work, lu = FORCE[request.param]
+    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", size)
+    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", work)
+    monkeypatch.setattr(defaults, "IPM_LU_MAX_WORK", lu)
     return request.param

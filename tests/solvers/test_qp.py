@@ -187,8 +187,8 @@ def test_batched_equals_loop(monkeypatch, kernel):  # noqa: F811 (the fixture)
     from optlayer.solvers import _qp_ipm
 
     taken = []
-    real_take = _qp_ipm._take
-    monkeypatch.setattr(_qp_ipm, "_take", lambda d, idx: taken.append(idx) or real_take(d, idx))
+    real_take = _qp_ipm.take
+    monkeypatch.setattr(_qp_ipm, "take", lambda d, idx: taken.append(idx) or real_take(d, idx))
     insts = [_random_qp(10 + i, 5, 6, 2) for i in range(10)]
     Q, p, G, h, A, b = (np.stack([inst[k] for inst in insts]) for k in range(6))
     h[3, :] = -10.0 - np.abs(G[3]).sum(axis=1) * 10   # item 3 made infeasible...
@@ -318,11 +318,14 @@ def test_a_failed_early_polish_resumes_the_iterations(monkeypatch, at):
 
 
 def test_kernel_choice_follows_the_work_estimate(monkeypatch):
-    from optlayer.solvers._qp_dense import use_dense
+    from optlayer.solvers._qp_dense import kernel_for
 
     monkeypatch.undo()                            # the shipped thresholds, not the fixture's
-    assert use_dense(10, 10, 2, 1) and use_dense(10, 10, 2, 32)
-    assert not use_dense(10, 10, 2, 128)          # 128 LUs of 32x32 cost more than Cholesky
-    assert use_dense(50, 50, 10, 1) and not use_dense(50, 50, 10, 32)
-    assert not use_dense(100, 100, 20, 1)         # N = 320 is above the size cap
+    assert kernel_for(10, 10, 2, 1) == "full-lu"  # N = 32: one small LU per iteration
+    assert kernel_for(10, 10, 2, 32) == "full-cholesky"   # 32 LUs of 32x32 cost more
+    assert kernel_for(10, 10, 2, 512) == "reduced"        # batch * N^2 above the cap
+    assert kernel_for(50, 50, 10, 1) == "full-lu"
+    assert kernel_for(50, 50, 10, 4) == "full-cholesky"
+    assert kernel_for(50, 50, 10, 32) == "reduced"
+    assert kernel_for(100, 100, 20, 1) == "reduced"       # N = 320 is above the size cap
 
