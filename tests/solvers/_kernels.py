@@ -20,10 +20,15 @@ FORCE = {
 }
 
 
-@pytest.fixture(params=list(FORCE), autouse=True)
-def kernel(request, monkeypatch):
-    size, work, lu = FORCE[request.param]
+def force(monkeypatch, name: str) -> str:
+    """Make ``solve_qp`` run the kernel ``name`` for the rest of the test."""
+    size, work, lu = FORCE[name]
     monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", size)
     monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", work)
     monkeypatch.setattr(defaults, "IPM_LU_MAX_WORK", lu)
-    return request.param
+    return name
+
+
+@pytest.fixture(params=list(FORCE), autouse=True)
+def kernel(request, monkeypatch):
+    return force(monkeypatch, request.param)

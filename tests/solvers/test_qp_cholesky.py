@@ -12,7 +12,7 @@ from optlayer.solvers import _qp_ipm
 from optlayer.solvers.qp import solve_qp
 from optlayer.status import Status
 
-from ._kernels import FORCE
+from ._kernels import force
 from .test_qp import _cvxpy, _random_qp, _t
 
 cp = pytest.importorskip("cvxpy")
@@ -22,11 +22,7 @@ CHOLESKY = ["full-cholesky", "reduced"]
 
 @pytest.fixture(params=CHOLESKY)
 def kernel(request, monkeypatch):
-    size, work, lu = FORCE[request.param]
-    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", size)
-    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", work)
-    monkeypatch.setattr(defaults, "IPM_LU_MAX_WORK", lu)
-    return request.param
+    return force(monkeypatch, request.param)
 
 
 def _stack(insts):
