@@ -202,7 +202,13 @@ class OptLayer(nn.Module):
         fn, dense = entry
         z_star, step = r.z.detach(), r.step.detach()
         Pd = {k: v.detach() for k, v in P.items()}
-        dense[0] = functools.partial(_map_jacobian, program, z_star, step, Pd, qp, stationary)
+        if r.jacobian is not None and not stationary:
+            # dT/dx at the last iterate x (z* = T(x), ||z* - x|| within the tolerance):
+            # the forward's last Newton evaluation (block_solve checks it against F)
+            dense[0] = functools.partial(_minus_eye, r.jacobian)
+        else:
+            dense[0] = functools.partial(_map_jacobian, program, z_star, step, Pd, qp,
+                                         stationary)
         return fn(r.z, step, P)
 
     def _project(self, P, B):
@@ -296,6 +302,10 @@ def _map_jacobian(program, z, step, P, qp, stationary):
             return Jp @ (eye - step[:, None, None] * qp[0]) - eye
     return jacobian(lambda Z, k: program.fixed_point(Z, replicate(P, k), replicate(step, k),
                                                      replicate(qp, k)), z) - eye
+
+
+def _minus_eye(J):
+    return J - torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
 
 
 def _identity_solver(init, *args):

@@ -42,11 +42,13 @@ __all__ = ["SolveResult", "block_solve", "jacobian", "replicate", "prox_grad_sol
 
 class SolveResult:
     """Forward result: ``z (B, N)``, ``status`` int8 ``(B,)``, ``iterations`` (int),
-    ``residual (B,)`` and the step ``(B,)`` of the fixed-point map at the solution."""
+    ``residual (B,)``, the step ``(B,)`` of the fixed-point map at the solution and,
+    when the last Newton evaluation gave it, ``jacobian``: ``dT/dx (B, N, N)`` at the
+    last iterate ``x`` with ``z = T(x)`` (else None)."""
 
-    def __init__(self, z, status, iterations, residual, step):
+    def __init__(self, z, status, iterations, residual, step, jacobian=None):
         self.z, self.status, self.iterations = z, status, iterations
-        self.residual, self.step = residual, step
+        self.residual, self.step, self.jacobian = residual, step, jacobian
 
 
 def replicate(t, k: int):
@@ -116,32 +118,73 @@ def status_of(res, tol, z):
                        torch.full_like(s, int(Status.NUMERICAL_ERROR)))
 
 
-def _newton_trial(T, x, step, pending):
-    """One Newton step on ``F = T(., step) - .`` at ``x``, kept where it halves ``||F||``.
+def value_and_jacobian(T, x, step):
+    """``T(x)`` and the per-item Jacobian ``dT/dx (B, N, N)`` from one evaluation of ``T``
+    on ``N + 1`` stacked copies of the batch (the first ``N`` give the rows as in
+    :func:`jacobian`, the last one the value).
 
     Args:
-        T: ``T(z, step, k)`` on ``k`` stacked copies of the batch.
+        T: ``T(Z, step, k)`` on ``k`` stacked copies of the batch.
         x, step: the point ``(B, N)`` and step ``(B,)``.
-        pending: items to update.
-
-    Returns:
-        ``(x_new, kept (B,), residual (B,))``; the residual is
-        ``||F|| / (step (1 + ||x||))`` at the returned point.
     """
     B, N = x.shape
-    Tx = T(x, step, 1)
-    J = jacobian(lambda Z, k: T(Z, replicate(step, k), k), x)
-    Fx = Tx - x
-    J = J - torch.eye(N, dtype=x.dtype, device=x.device)
-    d, info = torch.linalg.solve_ex(J, -Fx)
-    xt = x + d
-    Ft = T(xt, step, 1) - xt
-    nF, nFt = Fx.norm(dim=-1), Ft.norm(dim=-1)
-    ok = pending & (info == 0) & torch.isfinite(nFt) & torch.isfinite(xt).all(-1) \
-        & (nFt <= 0.5 * nF)
-    x_new = torch.where(ok[:, None], xt, x)
-    res = torch.where(ok, nFt, nF) / (step * (1 + x_new.norm(dim=-1)))
-    return x_new, ok, res
+    with torch.enable_grad():
+        Z = x.detach().repeat(N + 1, 1).requires_grad_(True)
+        out = T(Z, step.repeat(N + 1), N + 1)
+        # copy j < N takes the cotangent e_j (row j of the Jacobian), copy N none
+        E = torch.eye(N + 1, N, dtype=x.dtype, device=x.device).repeat_interleave(B, dim=0)
+        (rows,) = torch.autograd.grad(out, Z, E, allow_unused=True)
+    Tx = out[N * B:].detach()
+    if rows is None:
+        return Tx, x.new_zeros(B, N, N)
+    return Tx, rows[:N * B].reshape(N, B, N).transpose(0, 1)
+
+
+class _Newton:
+    """Newton steps on ``F = T(., step) - .`` with ``T(x)`` and ``dT/dx`` cached at the
+    current point: a trial costs one :func:`value_and_jacobian` at the trial point, whose
+    value and Jacobian serve the next trial (and the layer's backward) when it is kept."""
+
+    def __init__(self, T):
+        self.T, self.at = T, None  # at: (x, step, Tx, J) of the last evaluation
+
+    def values(self, x, step):
+        a = self.at
+        if a is None or a[0] is not x or a[1] is not step:
+            Tx, J = value_and_jacobian(self.T, x, step)
+            self.at = a = (x, step, Tx, J)
+        return a[2], a[3]
+
+    def trial(self, x, step, pending):
+        """One Newton step at ``x``, kept where it halves ``||F||``.
+
+        Returns:
+            ``(x_new, kept (B,), residual (B,))``; the residual is
+            ``||F|| / (step (1 + ||x||))`` at the returned point.
+        """
+        N = x.shape[1]
+        Tx, J = self.values(x, step)
+        Fx = Tx - x
+        eye = torch.eye(N, dtype=x.dtype, device=x.device)
+        d, info = torch.linalg.solve_ex(J - eye, -Fx)
+        xt = x + d
+        Tt, Jt = value_and_jacobian(self.T, xt, step)
+        Ft = Tt - xt
+        nF, nFt = Fx.norm(dim=-1), Ft.norm(dim=-1)
+        ok = pending & (info == 0) & torch.isfinite(nFt) & torch.isfinite(xt).all(-1) \
+            & (nFt <= 0.5 * nF)
+        x_new = torch.where(ok[:, None], xt, x)
+        self.at = (x_new, step, torch.where(ok[:, None], Tt, Tx),
+                   torch.where(ok[:, None, None], Jt, J))
+        res = torch.where(ok, nFt, nF) / (step * (1 + x_new.norm(dim=-1)))
+        return x_new, ok, res
+
+    def finish(self, x, step):
+        """``(T(x), dT/dx or None)``: the cached pair when it is at ``x`` and ``step``."""
+        a = self.at
+        if a is not None and a[0] is x and a[1] is step:
+            return a[2], a[3]
+        return self.T(x, step, 1), None
 
 
 def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
@@ -250,6 +293,8 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     B, N = z.shape
     dt, dev = z.dtype, z.device
     eps = torch.finfo(dt).eps
+    reps, qreps = _replicas(P), _replicas(qp)
+    newton_ok = N <= defaults.FP_NEWTON_MAX_SIZE
     if qp is not None:
         Q, p = qp
         L = lambda_max(Q)
@@ -257,22 +302,23 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         L = torch.ones(B, dtype=dt, device=dev)
 
     proxf = prog.prox_fn(P)
-    reps, qreps = _replicas(P), _replicas(qp)
 
     def T(zz, step, k):
         if k == 1:  # no graph needed: the specialised prox
             return proxf(zz - step[:, None] * prog.grad(zz, P, qp), step)
         return prog.fixed_point(zz, reps(k), step, None if qp is None else qreps(k))
 
-    x = proxf(z, 1 / L)
+    step = 1 / L
+    x = proxf(z, step)
+    newton = _Newton(T)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     it, newton_at = 0, defaults.FP_NEWTON_START
     y, t = x, torch.ones(B, dtype=dt, device=dev)
     while it < maxiter and not bool(done.all()):
-        if it >= newton_at and N <= defaults.FP_NEWTON_MAX_SIZE:
+        if it >= newton_at and newton_ok:
             it += 1
             pending = ~done
-            x, ok, res = _newton_trial(T, x, 1 / L, pending)
+            x, ok, res = newton.trial(x, step, pending)
             done = done | (ok & (res <= tol))
             y = torch.where(ok[:, None], x, y)
             t = torch.where(ok, torch.ones_like(t), t)
@@ -299,6 +345,7 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
                 if bool(ok.all()):
                     break
                 L = torch.where(ok, L, 2 * L)
+            step = 1 / L
         res = (L * d.norm(dim=-1)) / (1 + xn.norm(dim=-1))
         # gradient-based adaptive restart (O'Donoghue & Candes): no function values
         restart = ((y - xn) * (xn - x)).sum(-1) > 0
@@ -312,19 +359,24 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         done = done | (res <= tol)
         if bool(done.all()):
             break
-    step = 1 / L
-    Tx = T(x, step, 1)
+    Tx, J = newton.finish(x, step)
     res = (Tx - x).norm(dim=-1) / (step * (1 + x.norm(dim=-1)))
-    return SolveResult(Tx, status_of(res, tol, Tx), it, res, step)
+    return SolveResult(Tx, status_of(res, tol, Tx), it, res, step, J)
+
 
 
 def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
     """Exponentiated gradient with backtracking (relative smoothness in KL) and Newton
-    steps on the mirror-descent map ``T(z) = normalize(z exp(-eta grad f(z)))``."""
+    steps on the mirror-descent map ``T(z) = normalize(z exp(-eta grad f(z)))``.
+
+    The first step is ``eta = 1 / lambda_max(Z^1/2 H Z^1/2)`` at the initial point
+    (``H`` the Hessian of ``f``, ``Z = diag(z)``: the curvature of ``f`` relative to the
+    entropy there), capped at ``defaults.MD_STEP_MAX``; for ``f = <c, z> + tau
+    sum z log z`` it is ``1 / tau``, where ``T`` is constant and one Newton step is exact.
+    """
     B, N = z.shape
     dt = z.dtype
     tiny, eps = torch.finfo(dt).tiny, torch.finfo(dt).eps
-    step = torch.ones(B, dtype=dt, device=z.device)
 
     reps = _replicas(P)
     md = prog.md_fn(P)
@@ -334,21 +386,33 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
             return md(torch.log(zz.clamp_min(tiny)), prog.grad(zz, P), s)
         return prog.fixed_point(zz, reps(k), s)
 
+    newton_ok = N <= defaults.FP_NEWTON_MAX_SIZE
+    if newton_ok:
+        H = jacobian(lambda Z, k: prog.grad(Z, reps(k)), z)
+        r = z.clamp_min(0).sqrt()
+        R = r[:, :, None] * (0.5 * (H + H.transpose(-1, -2))) * r[:, None, :]
+        lam = torch.linalg.eigvalsh(R)[:, -1]
+        step = 1 / lam.clamp_min(1 / defaults.MD_STEP_MAX)
+        step = torch.where(torch.isfinite(step), step, torch.ones_like(step))
+    else:
+        step = torch.ones(B, dtype=dt, device=z.device)
+    newton = _Newton(T)
     done = torch.zeros(B, dtype=torch.bool, device=z.device)
     it, newton_at = 0, defaults.FP_NEWTON_START
-    fz, g = prog.value_and_grad(z, P)
+    fg = None
     while it < maxiter:
-        if it >= newton_at and N <= defaults.FP_NEWTON_MAX_SIZE:
+        if it >= newton_at and newton_ok:
             it += 1
             pending = ~done
-            z, ok, res = _newton_trial(T, z, step, pending)
+            z, ok, res = newton.trial(z, step, pending)
             done = done | (ok & (res <= tol))
             if bool(done.all()):
                 break
             newton_at = it if bool((ok | ~pending).all()) else it + defaults.FP_NEWTON_EVERY
-            fz, g = prog.value_and_grad(z, P)
+            fg = None
             continue
         it += 1
+        fz, g = prog.value_and_grad(z, P) if fg is None else fg
         logz = torch.log(z.clamp_min(tiny))
         bound = fz + 16 * eps * fz.abs() - (g * z).sum(-1)
         for _ in range(60):
@@ -365,10 +429,11 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
         done = done | (res <= tol)
         if bool(done.all()):
             break
-        fz, g = prog.value_and_grad(z, P)
-    Tz = T(z, step, 1)
+        fg = None
+    Tz, J = newton.finish(z, step)
     res = (Tz - z).norm(dim=-1) / (step * (1 + z.norm(dim=-1)))
-    return SolveResult(Tz, status_of(res, tol, Tz), it, res, step)
+    return SolveResult(Tz, status_of(res, tol, Tz), it, res, step, J)
+
 
 
 def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:

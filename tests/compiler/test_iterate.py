@@ -136,7 +136,8 @@ def test_newton_steps_in_mirror_descent_agree_with_plain_eg(monkeypatch):
     torch.testing.assert_close(fast.z, plain.z, atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["lasso", "water_filling", "entropy_simplex", "huber_regression"])
+@pytest.mark.parametrize("name", ["lasso", "water_filling", "entropic_assignment",
+                                  "huber_regression"])
 def test_non_convergence_is_reported(name):
     layer = ol.load(f"examples/problems/{name}.opt", maxiter=1, on_failure="ignore")
     layer(**random_params(layer.problem, batch=3, seed=0))
