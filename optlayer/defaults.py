@@ -172,3 +172,6 @@ CONVEX_KKT_MAXLS = 20
 #: Mirror descent's first step comes from the curvature at the initial point (see
 #: iterate.mirror_solve); at most this (linear objectives have no curvature).
 MD_STEP_MAX = 1e3
+#: Forward-backward Newton: trial steps 1, 1/2, ... tried in one stacked evaluation once a
+#: line search has been needed (then halving on, up to FBN_MAXLS trials).
+FBN_LS_BATCH = 4

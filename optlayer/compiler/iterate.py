@@ -217,15 +217,26 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
     M = eye - eta[:, None, None] * Q
     prox, penalty = prog.prox_fn(P), prog.penalty_fn(P)
     reps = _replicas(P)
-    eta_c, half_eta = eta[:, None], (0.5 / eta)[:, None]
 
-    def at(x):
-        g = bmv(Q, x) + p
-        y = x - eta_c * g
-        Tx = prox(y, eta)
-        F = Tx - x
-        phi = (x * (0.5 * (g + p)) + F * (g + half_eta * F)).sum(-1) + penalty(Tx)
-        return (x, y, Tx, F, phi)
+    def make_at(Q, p, eta, prox, penalty):
+        eta_c, half_eta = eta[:, None], (0.5 / eta)[:, None]
+
+        def at(x):
+            g = bmv(Q, x) + p
+            y = x - eta_c * g
+            Tx = prox(y, eta)
+            F = Tx - x
+            phi = (x * (0.5 * (g + p)) + F * (g + half_eta * F)).sum(-1) + penalty(Tx)
+            return (x, y, Tx, F, phi)
+
+        return at
+
+    at = make_at(Q, p, eta, prox, penalty)
+    # the first K trial steps 1, 1/2, ..., 2^(1-K) of the line search in one evaluation on
+    # K stacked copies of the batch (built at the first step that is not a full one)
+    K = defaults.FBN_LS_BATCH
+    taus = 0.5 ** torch.arange(K, dtype=dt, device=dev)
+    at_k = None
 
     def pick(mask, a, b):  # per item: a where mask, else b (for the tuple of at())
         m2 = mask[:, None]
@@ -234,6 +245,7 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
 
     cur = at(z)
     it = 0
+    rows = torch.arange(B, device=dev)
     while True:
         x, y, Tx, F, phi = cur
         res = F.norm(dim=-1) / (eta * (1 + x.norm(dim=-1)))
@@ -252,22 +264,38 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
         slope = torch.where(newton, slope, -(MF * F).sum(-1) / eta)
         # Armijo on the envelope: phi(x + tau d) <= phi + c tau slope (+ a roundoff margin)
         bound, cslope = phi + 16 * eps * phi.abs(), 1e-4 * slope
-        tau = torch.ones(B, dtype=dt, device=dev)
-        trial = at(x + d)
-        ok = trial[4] <= bound + cslope
-        accepted = done | ok
-        if bool(accepted.all()):  # the usual case: full steps
-            cur = trial if not bool(done.any()) else pick(done, cur, trial)
-            continue
-        new = pick(ok & ~done, trial, cur)
+        if at_k is None:
+            trial = at(x + d)
+            ok = trial[4] <= bound + cslope
+            accepted = done | ok
+            if bool(accepted.all()):  # the usual case: full steps
+                cur = trial if not bool(done.any()) else pick(done, cur, trial)
+                continue
+            new = pick(ok & ~done, trial, cur)
+            tau = torch.where(accepted, 1.0, 0.5).to(dt)
+            at_k = make_at(Q.repeat(K, 1, 1), p.repeat(K, 1), eta.repeat(K),
+                           prog.prox_fn(reps(K)), prog.penalty_fn(reps(K)))
+        else:
+            X = (x + taus[:, None, None] * d).reshape(K * B, N)
+            trials = at_k(X)
+            okk = trials[4].reshape(K, B) <= bound + taus[:, None] * cslope
+            first = okk.to(torch.uint8).argmax(0)  # the largest step that passes
+            ok = okk.any(0)
+            trial = tuple(t.reshape(K, B, *t.shape[1:])[first, rows] for t in trials)
+            accepted = done | ok
+            if bool(accepted.all()):
+                cur = trial if not bool(done.any()) else pick(done, cur, trial)
+                continue
+            new = pick(ok & ~done, trial, cur)
+            tau = torch.where(accepted, 1.0, 0.5 ** K).to(dt)
         for _ in range(defaults.FBN_MAXLS - 1):
-            tau = torch.where(accepted, tau, 0.5 * tau)
             trial = at(x + tau[:, None] * d)
             ok = ~accepted & (trial[4] <= bound + tau * cslope)
             new = pick(ok, trial, new)
             accepted = accepted | ok
             if bool(accepted.all()):
                 break
+            tau = torch.where(accepted, tau, 0.5 * tau)
         if not bool(accepted.all()):  # keep the proximal-gradient point (phi decreases)
             new = pick(~accepted, at(Tx), new)
         cur = new
