@@ -215,7 +215,7 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
     eta = defaults.FBN_STEP_FRACTION / lambda_max(Q)
     eye = torch.eye(N, dtype=dt, device=dev)
     M = eye - eta[:, None, None] * Q
-    prox, penalty = prog.prox_fn(P), prog.penalty_fn(P)
+    prox, penalty, prox_jac = prog.prox_fn(P), prog.penalty_fn(P), prog.prox_jacobian_fn(P)
     reps = _replicas(P)
 
     def make_at(Q, p, eta, prox, penalty):
@@ -253,8 +253,9 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
         if it >= maxiter or bool(done.all()):
             break
         it += 1
-        Jp = prog.prox_jacobian(y, Tx, eta, P)
-        if Jp is None:
+        if prox_jac is not None:
+            Jp = prox_jac(y, Tx, eta)
+        else:
             Jp = jacobian(lambda Y, k: prog.prox(Y, replicate(eta, k), reps(k)), y)
         d, info = torch.linalg.solve_ex(torch.baddbmm(-eye, Jp, M), -F)
         MF = bmv(M, F)

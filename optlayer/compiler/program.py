@@ -174,32 +174,27 @@ class Program:
             out[name] = y
         return self.layout.pack(out)
 
-    def prox_fn(self, P):
-        """:meth:`prox` specialised to the parameters ``P`` of one forward solve.
-
-        Weights and set arguments are evaluated once; each call then costs a few
-        torch operations per variable (no unpacking for a single variable). Sets
-        without a specialisation (balls, psd) use :meth:`prox`'s general path.
-
-        Returns:
-            ``prox(z, step)`` with ``step (B,)``, equal to ``self.prox(z, step, P)``.
-        """
+    def _prox_parts(self, P):
+        """The pieces of :meth:`prox` for the parameters ``P``: ``[(slice, shape, kind,
+        args)]`` with weights and set arguments evaluated, adjacent equal-size simplex or
+        group-l2 variables merged; None when some variable has no specialisation (balls,
+        psd, matrix simplices, other proxes)."""
         B = next(iter(P.values())).shape[0]
         env, cache = P, dict(self.pvals(P))
+        t0 = next(iter(P.values()))
         parts = []
         for name in self.layout.names:
             sl, shape = self.layout.slices[name], self.layout.shapes[name]
             if name in self.plan.prox:
                 pname, weight, hyper = self.plan.prox[name]
                 w = hyper if weight is None else eval_scalar(weight, env, cache, B) * hyper
-                t0 = next(iter(P.values()))
                 w = torch.as_tensor(w, dtype=t0.dtype, device=t0.device).expand(B)
                 if pname == "lasso":
                     kind = "nonneg_lasso" if name in self.plan.sets else "lasso"
                 elif pname == "group_lasso":
                     kind = "group_lasso"
                 else:
-                    kind, w = "general", None
+                    return None
                 parts.append((sl, shape, kind, w))
             elif name in self.plan.sets:
                 spec = self.plan.sets[name]
@@ -217,13 +212,24 @@ class Program:
                     v = 1.0 if v is None else eval_scalar(v, env, cache, B)[:, None]
                     parts.append((sl, shape, "simplex", v))
                 else:
-                    parts.append((sl, shape, "general", None))
+                    return None
             else:
                 parts.append((sl, shape, "free", None))
-        general = any(k == "general" for _, _, k, _ in parts)
-        if general:
+        return _merge_blocks(parts, B, t0)
+
+    def prox_fn(self, P):
+        """:meth:`prox` specialised to the parameters ``P`` of one forward solve.
+
+        Weights and set arguments are evaluated once; each call then costs a few
+        torch operations per variable (no unpacking for a single variable). Sets
+        without a specialisation (balls, psd) use :meth:`prox`'s general path.
+
+        Returns:
+            ``prox(z, step)`` with ``step (B,)``, equal to ``self.prox(z, step, P)``.
+        """
+        parts = self._prox_parts(P)
+        if parts is None:
             return lambda z, step: self.prox(z, step, P)
-        parts = _merge_blocks(parts, B, next(iter(P.values())))
         single = len(parts) == 1
 
         def prox(z, step):
@@ -261,6 +267,63 @@ class Program:
 
         return prox
 
+    def prox_jacobian_fn(self, P):
+        """The Jacobian of :meth:`prox_fn` in closed form, specialised to ``P``.
+
+        Every specialised piece has a Jacobian ``diag(d) + low rank`` per block:
+        ``diag(x == y)`` (nonneg, box), ``diag(x != 0)`` (l1 proxes), ``diag(s) -
+        s s' / |S|`` (simplex, ``s`` the support) and ``(1 - t/|y|) I + t/|y| u u'``
+        with ``u = y / |y|`` (group l2, zero when ``x = 0``); equal-size blocks are
+        computed together.
+
+        Returns:
+            ``jac(y, x, step) -> (B, N, N)`` (``x = prox(y, step)``), or None when
+            :meth:`prox_fn` has no specialisation (then use autograd).
+        """
+        parts = self._prox_parts(P)
+        if parts is None:
+            return None
+        single = len(parts) == 1
+
+        def jac(y, x, step):
+            B = y.shape[0]
+            diag, blocks = [], []
+            for sl, _shape, kind, a in parts:
+                yv, xv = (y, x) if single else (y[:, sl], x[:, sl])
+                if kind == "free":
+                    diag.append(torch.ones_like(yv))
+                elif kind in ("nonneg", "box"):
+                    diag.append((xv == yv).to(y.dtype))
+                elif kind in ("lasso", "nonneg_lasso"):
+                    diag.append((xv != 0).to(y.dtype))
+                else:
+                    diag.append(torch.zeros_like(yv))
+                    k = 1 if kind in ("simplex", "group_lasso") else a.shape[1]
+                    yb, xb = yv.reshape(B, k, -1), xv.reshape(B, k, -1)
+                    if kind in ("simplex", "simplex_blocks"):
+                        sb = (xb > 0).to(y.dtype)
+                        Jb = torch.diag_embed(sb) - sb[..., :, None] * sb[..., None, :] \
+                            / sb.sum(-1).clamp_min(1)[..., None, None]
+                    else:  # group l2
+                        ny = torch.linalg.vector_norm(yb, dim=-1)
+                        keep = (xb != 0).any(-1)
+                        r = torch.where(keep, (ny - torch.linalg.vector_norm(xb, dim=-1))
+                                        / torch.where(keep, ny, 1), 0.0)  # t / |y|
+                        u = yb / torch.where(keep, ny, 1)[..., None]
+                        eye = torch.eye(yb.shape[-1], dtype=y.dtype, device=y.device)
+                        Jb = ((1 - r) * keep)[..., None, None] * eye \
+                            + (r * keep)[..., None, None] * u[..., :, None] * u[..., None, :]
+                    blocks.append((sl, k, Jb))
+            J = torch.diag_embed(diag[0] if single else torch.cat(diag, dim=-1))
+            for sl, k, Jb in blocks:
+                m = Jb.shape[-1]
+                Jsub = J if single else J[:, sl, sl]
+                # the k diagonal m x m blocks of the (k m) x (k m) sub-block
+                Jsub.view(B, k, m, k, m).diagonal(dim1=1, dim2=3).copy_(
+                    Jb.permute(0, 2, 3, 1))
+            return J
+
+        return jac
     def penalty_fn(self, P):
         """:meth:`penalty` specialised to ``P`` (weights evaluated once): ``pen(z) -> (B,)``."""
         if not self.plan.prox:
@@ -298,47 +361,9 @@ class Program:
 
     def prox_jacobian(self, y, x, step, P):
         """Jacobian ``(B, N, N)`` of :meth:`prox` at ``y`` given ``x = prox(y)``, in closed
-        form where the pieces are simple (free, nonneg, box, simplex, l1 and group-l2
-        proxes); None when some variable needs autograd (balls, psd)."""
-        B, N = y.shape
-        blocks = []
-        ys, xs = self.layout.unpack(y), self.layout.unpack(x)
-        for name in self.layout.names:
-            yv, xv = ys[name].reshape(B, -1), xs[name].reshape(B, -1)
-            n = yv.shape[1]
-            kind = self.plan.prox[name][0] if name in self.plan.prox else \
-                self.plan.sets[name].kind if name in self.plan.sets else None
-            if kind is None:
-                J = torch.eye(n, dtype=y.dtype, device=y.device).expand(B, n, n)
-            elif kind in ("nonneg", "box"):
-                J = torch.diag_embed((xv == yv).to(y.dtype))
-            elif kind == "lasso":
-                J = torch.diag_embed((xv != 0).to(y.dtype))
-            elif kind == "simplex":
-                s = (xv > 0).to(y.dtype)
-                J = torch.diag_embed(s) - s[:, :, None] * s[:, None, :] \
-                    / s.sum(-1).clamp_min(1)[:, None, None]
-            elif kind == "group_lasso":
-                ny = yv.norm(dim=-1)
-                keep = (xv != 0).any(-1)
-                r = torch.where(keep, 1 - xv.norm(dim=-1) / torch.where(keep, ny, 1), 0.0)
-                c = torch.where(keep, 1 / torch.where(keep, ny, 1), 0.0)  # 1 - factor = r
-                u = yv * c[:, None]
-                eye = torch.eye(n, dtype=y.dtype, device=y.device)
-                factor = 1 - r
-                J = factor[:, None, None] * eye + (r * keep)[:, None, None] \
-                    * u[:, :, None] * u[:, None, :]
-                J = torch.where(keep[:, None, None], J, torch.zeros_like(J))
-            else:
-                return None
-            blocks.append(J)
-        if len(blocks) == 1:
-            return blocks[0]
-        out = y.new_zeros(B, N, N)
-        for name, J in zip(self.layout.names, blocks, strict=True):
-            sl = self.layout.slices[name]
-            out[:, sl, sl] = J
-        return out
+        form (:meth:`prox_jacobian_fn`); None when some variable needs autograd."""
+        jac = self.prox_jacobian_fn(P)
+        return None if jac is None else jac(y, x, step)
 
     # --------------------------------------------------------- optimality maps
     def fixed_point(self, z, P, step, qp=None) -> torch.Tensor:
