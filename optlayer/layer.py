@@ -165,7 +165,7 @@ class OptLayer(nn.Module):
                 and self._last.dtype == dtype and self._last.device == device \
                 and bool(torch.isfinite(self._last).all()):
             return self._last
-        return self.program.init(P, B, dtype, device)
+        return None  # the program's default start
 
     def _attach(self, r, P, qp):
         """Implicit gradients on the solved ``z`` through the method's optimality map.

@@ -187,7 +187,7 @@ class _Newton:
         return self.T(x, step, 1), None
 
 
-def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
+def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
     """Forward-backward Newton for ``min 1/2 z'Qz + p'z + g(z)`` (``g``: set indicators and
     prox-able terms of the plan), globalised on the forward-backward envelope.
 
@@ -221,13 +221,13 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
     def make_at(Q, p, eta, prox, penalty):
         eta_c, half_eta = eta[:, None], (0.5 / eta)[:, None]
 
-        def at(x):
+        def at(x):  # the state [x | y | T(x) | F | phi] packed in one (B, 4N + 1) tensor
             g = bmv(Q, x) + p
             y = x - eta_c * g
             Tx = prox(y, eta)
             F = Tx - x
             phi = (x * (0.5 * (g + p)) + F * (g + half_eta * F)).sum(-1) + penalty(Tx)
-            return (x, y, Tx, F, phi)
+            return torch.cat([x, y, Tx, F, phi[:, None]], dim=-1)
 
         return at
 
@@ -238,16 +238,22 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
     taus = 0.5 ** torch.arange(K, dtype=dt, device=dev)
     at_k = None
 
-    def pick(mask, a, b):  # per item: a where mask, else b (for the tuple of at())
-        m2 = mask[:, None]
-        return tuple(torch.where(m2 if u.dim() == 2 else mask, u, v)
-                     for u, v in zip(a, b, strict=True))
+    def pick(mask, a, b):  # per item: state a where mask, else b
+        return torch.where(mask[:, None], a, b)
 
+    if cold and not prog.plan.prox:
+        # a cold start with sets only: from the unconstrained minimiser -Q^-1 p where Q is
+        # definite (often inside, or its projection on the right pieces); with l1 / group
+        # terms the given start (zero) is the better guess (sparse solutions)
+        Lc, cinfo = torch.linalg.cholesky_ex(Q)
+        z0 = -torch.cholesky_solve(p.unsqueeze(-1), Lc).squeeze(-1)
+        z = torch.where(((cinfo == 0) & torch.isfinite(z0).all(-1))[:, None], z0, z)
     cur = at(z)
     it = 0
     rows = torch.arange(B, device=dev)
     while True:
-        x, y, Tx, F, phi = cur
+        x, y, Tx, F, phi = cur[:, :N], cur[:, N:2 * N], cur[:, 2 * N:3 * N], \
+            cur[:, 3 * N:4 * N], cur[:, -1]
         res = F.norm(dim=-1) / (eta * (1 + x.norm(dim=-1)))
         done = res <= tol
         if it >= maxiter or bool(done.all()):
@@ -267,7 +273,7 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
         bound, cslope = phi + 16 * eps * phi.abs(), 1e-4 * slope
         if at_k is None:
             trial = at(x + d)
-            ok = trial[4] <= bound + cslope
+            ok = trial[:, -1] <= bound + cslope
             accepted = done | ok
             if bool(accepted.all()):  # the usual case: full steps
                 cur = trial if not bool(done.any()) else pick(done, cur, trial)
@@ -277,12 +283,11 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
             at_k = make_at(Q.repeat(K, 1, 1), p.repeat(K, 1), eta.repeat(K),
                            prog.prox_fn(reps(K)), prog.penalty_fn(reps(K)))
         else:
-            X = (x + taus[:, None, None] * d).reshape(K * B, N)
-            trials = at_k(X)
-            okk = trials[4].reshape(K, B) <= bound + taus[:, None] * cslope
+            trials = at_k((x + taus[:, None, None] * d).reshape(K * B, N)).reshape(K, B, -1)
+            okk = trials[:, :, -1] <= bound + taus[:, None] * cslope
             first = okk.to(torch.uint8).argmax(0)  # the largest step that passes
             ok = okk.any(0)
-            trial = tuple(t.reshape(K, B, *t.shape[1:])[first, rows] for t in trials)
+            trial = trials[first, rows]
             accepted = done | ok
             if bool(accepted.all()):
                 cur = trial if not bool(done.any()) else pick(done, cur, trial)
@@ -291,7 +296,7 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
             tau = torch.where(accepted, 1.0, 0.5 ** K).to(dt)
         for _ in range(defaults.FBN_MAXLS - 1):
             trial = at(x + tau[:, None] * d)
-            ok = ~accepted & (trial[4] <= bound + tau * cslope)
+            ok = ~accepted & (trial[:, -1] <= bound + tau * cslope)
             new = pick(ok, trial, new)
             accepted = accepted | ok
             if bool(accepted.all()):
@@ -300,7 +305,7 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
         if not bool(accepted.all()):  # keep the proximal-gradient point (phi decreases)
             new = pick(~accepted, at(Tx), new)
         cur = new
-    x, _y, Tx, F, _phi = cur
+    x, Tx, F = cur[:, :N], cur[:, 2 * N:3 * N].contiguous(), cur[:, 3 * N:4 * N]
     res = F.norm(dim=-1) / (eta * (1 + x.norm(dim=-1)))
     return SolveResult(Tx, status_of(res, tol, Tx), it, res, eta)
 

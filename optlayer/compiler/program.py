@@ -52,6 +52,7 @@ class Program:
         pexprs += [a for spec in plan.sets.values() for a in spec.args.values() if a is not None]
         self.param_tape = Tape(pexprs) if pexprs else None
         self._pv = (None, {})
+        self._parts = (None, None)
         #: True when f is quadratic and small enough for a dense (Q, p) per item.
         self.quadratic = (self.layout.size <= defaults.QUADRATIC_MAX_SIZE
                           and is_quadratic([e for _, e in plan.smooth]))
@@ -178,7 +179,15 @@ class Program:
         """The pieces of :meth:`prox` for the parameters ``P``: ``[(slice, shape, kind,
         args)]`` with weights and set arguments evaluated, adjacent equal-size simplex or
         group-l2 variables merged; None when some variable has no specialisation (balls,
-        psd, matrix simplices, other proxes)."""
+        psd, matrix simplices, other proxes). Cached for the last ``P`` dict, as
+        :meth:`pvals`."""
+        if self._parts[0] is P:
+            return self._parts[1]
+        parts = self._compute_prox_parts(P)
+        self._parts = (P, parts)
+        return parts
+
+    def _compute_prox_parts(self, P):
         B = next(iter(P.values())).shape[0]
         env, cache = P, dict(self.pvals(P))
         t0 = next(iter(P.values()))
@@ -436,8 +445,13 @@ class Program:
 
     # ---------------------------------------------------------------- solvers
     def solve(self, P, init, *, tol, maxiter, qp=None) -> SolveResult:
-        """Forward solve (no graph) from ``init (B, N)``; ``qp``: :meth:`quad` of ``P``."""
+        """Forward solve (no graph) from ``init (B, N)``, or from the default start when
+        ``init`` is None; ``qp``: :meth:`quad` of ``P``."""
         m = self.plan.method
+        cold = init is None
+        if cold:
+            t = next(iter(P.values()))
+            init = self.init(P, t.shape[0], t.dtype, t.device)
         with torch.no_grad():
             if m == "stationary":
                 if self.layout.size <= defaults.NEWTON_MAX_SIZE:
@@ -448,7 +462,8 @@ class Program:
             if m in ("proj_grad", "prox_grad"):
                 if qp is not None and self.layout.size <= defaults.FP_NEWTON_MAX_SIZE:
                     return iterate.fbn_solve(self, P, init, tol,
-                                             maxiter or defaults.MAXITER["first_order"], qp)
+                                             maxiter or defaults.MAXITER["first_order"], qp,
+                                             cold=cold)
                 return iterate.prox_grad_solve(self, P, init, tol,
                                                maxiter or defaults.MAXITER["first_order"], qp)
             if m == "mirror_descent":

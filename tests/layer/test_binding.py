@@ -68,7 +68,7 @@ def test_unbatched_params_broadcast_against_batched(layer):
 
 def _hard_layer(on_failure):
     return ol.compile("dim n = 3\nparam A[n, n]\nparam b[n]\nvar x[n]\n"
-                      "minimize sum_squares(A @ x - b)\nsubject to\n x >= 0",
+                      "minimize sum_squares(A @ x - b)\nsubject to\n x >= 0\n x <= 0.4",
                       on_failure=on_failure, maxiter=2)
 
 
