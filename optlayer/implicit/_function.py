@@ -213,22 +213,21 @@ def vjp_core(spec: RootSpec, sol_leaves, arg_tensors, cot_leaves, needed=None) -
     out: list = [None] * len(arg_tensors)
     system = "∂₁F(x*, θ)ᵀ u = v"
     if _plain_first_order():
-        consts = [a.detach() for a in arg_tensors]
+        # one graph of F in (x, θ): the matvecs differentiate it in x only (autograd
+        # runs just the nodes on a path to x), the final product in θ only
+        full = [a.detach() for a in arg_tensors]
+        for i in diff:
+            full[i] = full[i].requires_grad_()
         with torch.enable_grad():
             xr = x.detach().requires_grad_()
-            fx = spec.F(xr, consts)
+            fx = spec.F(xr, full)
 
         def matvec(w):
             return torch.autograd.grad(fx, xr, w, retain_graph=True)[0]
 
         u = _solve(spec, matvec, v.detach(), system)
         if diff:
-            with torch.enable_grad():
-                full = list(consts)
-                for i in diff:
-                    full[i] = consts[i].requires_grad_()
-                fa = spec.F(x.detach(), full)
-            grads = torch.autograd.grad(fa, [full[i] for i in diff], -u, allow_unused=True)
+            grads = torch.autograd.grad(fx, [full[i] for i in diff], -u, allow_unused=True)
             for i, g in zip(diff, grads, strict=True):
                 out[i] = g
         return out
