@@ -220,6 +220,13 @@ class Program:
                     v = spec.args.get("value")
                     v = 1.0 if v is None else eval_scalar(v, env, cache, B)[:, None]
                     parts.append((sl, shape, "simplex", v))
+                elif spec.kind in ("ball1", "ball2", "ballinf"):
+                    r = spec.args.get("radius")
+                    r = 1.0 if r is None else eval_scalar(r, env, cache, B)
+                    r = torch.as_tensor(r, dtype=t0.dtype, device=t0.device).expand(B)
+                    parts.append((sl, shape, spec.kind, r))
+                elif spec.kind == "psd":
+                    parts.append((sl, shape, "psd", shape[-1]))
                 else:
                     return None
             else:
@@ -231,7 +238,8 @@ class Program:
 
         Weights and set arguments are evaluated once; each call then costs a few
         torch operations per variable (no unpacking for a single variable). Sets
-        without a specialisation (balls, psd) use :meth:`prox`'s general path.
+        without a specialisation (second-order cones, matrix simplices) use
+        :meth:`prox`'s general path.
 
         Returns:
             ``prox(z, step)`` with ``step (B,)``, equal to ``self.prox(z, step, P)``.
@@ -266,6 +274,14 @@ class Program:
                     y = x - torch.clamp(x, -t, t)
                 elif kind == "nonneg_lasso":
                     y = (x - (a * step)[:, None]).clamp_min(0)
+                elif kind == "ball1":
+                    y = projections.l1_ball(x, a)
+                elif kind == "ball2":
+                    y = projections.l2_ball(x, a)
+                elif kind == "ballinf":
+                    y = torch.clamp(x, -a[:, None], a[:, None])
+                elif kind == "psd":
+                    y = projections.psd(x.reshape(-1, a, a)).reshape(x.shape)
                 else:  # group_lasso on the whole variable
                     nrm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
                     t = (a * step)[:, None]
@@ -279,10 +295,11 @@ class Program:
     def prox_jacobian_fn(self, P):
         """The Jacobian of :meth:`prox_fn` in closed form, specialised to ``P``.
 
-        Every specialised piece has a Jacobian ``diag(d) + low rank`` per block:
-        ``diag(x == y)`` (nonneg, box), ``diag(x != 0)`` (l1 proxes), ``diag(s) -
-        s s' / |S|`` (simplex, ``s`` the support) and ``(1 - t/|y|) I + t/|y| u u'``
-        with ``u = y / |y|`` (group l2, zero when ``x = 0``); equal-size blocks are
+        Per variable: ``diag(x == y)`` (nonneg, box, l-inf ball), ``diag(x != 0)`` (l1
+        proxes), ``diag(s) - s s' / |S|`` (simplex, ``s`` the support; with signs for
+        the l1 ball), ``(1 - t/|y|) I + t/|y| u u'`` with ``u = y / |y|`` (group l2,
+        zero when ``x = 0``; ``r/|y| (I - u u')`` for the l2 ball) and the
+        Daleckii-Krein form for the PSD cone; equal-size simplex / group blocks are
         computed together.
 
         Returns:
@@ -301,8 +318,11 @@ class Program:
                 yv, xv = (y, x) if single else (y[:, sl], x[:, sl])
                 if kind == "free":
                     diag.append(torch.ones_like(yv))
-                elif kind in ("nonneg", "box"):
+                elif kind in ("nonneg", "box", "ballinf"):
                     diag.append((xv == yv).to(y.dtype))
+                elif kind in ("ball1", "ball2", "psd"):
+                    diag.append(torch.zeros_like(yv))
+                    blocks.append((sl, 1, _set_jacobian(kind, yv, xv, a)[:, None]))
                 elif kind in ("lasso", "nonneg_lasso"):
                     diag.append((xv != 0).to(y.dtype))
                 else:
@@ -323,6 +343,8 @@ class Program:
                         Jb = ((1 - r) * keep)[..., None, None] * eye \
                             + (r * keep)[..., None, None] * u[..., :, None] * u[..., None, :]
                     blocks.append((sl, k, Jb))
+            if single and blocks and blocks[0][1] == 1:
+                return blocks[0][2][:, 0]
             J = torch.diag_embed(diag[0] if single else torch.cat(diag, dim=-1))
             for sl, k, Jb in blocks:
                 m = Jb.shape[-1]
@@ -496,6 +518,43 @@ def _as_col(a, B, like):
     """A per-item scalar (float, ``(B,)`` or ``(B, 1)``) as a ``(B, 1)`` tensor."""
     t = torch.as_tensor(a, dtype=like.dtype, device=like.device)
     return t.reshape(-1, 1).expand(B, 1) if t.numel() in (1, B) else t.reshape(B, 1)
+
+
+def _set_jacobian(kind, y, x, a):
+    """Jacobian ``(B, n, n)`` of the projection ``x = P(y)`` onto an l1 / l2 ball of radius
+    ``a (B,)`` or (``kind == "psd"``, ``a = m``) the PSD cone of ``m x m`` matrices
+    (flattened row-major, the symmetric part projected)."""
+    B, n = y.shape
+    eye = torch.eye(n, dtype=y.dtype, device=y.device)
+    if kind == "ball1":  # outside: sign(y) simplex(|y|): diag(s) - sigma sigma' / |S|
+        inside = (y.abs().sum(-1) <= a)[:, None, None]
+        s = (x != 0).to(y.dtype)
+        sig = torch.sign(y) * s
+        J = torch.diag_embed(s) - sig[:, :, None] * sig[:, None, :] \
+            / s.sum(-1).clamp_min(1)[:, None, None]
+        return torch.where(inside, eye, J)
+    if kind == "ball2":  # outside: r / |y| (I - u u')
+        nrm = torch.linalg.vector_norm(y, dim=-1)
+        out = nrm > a
+        safe = torch.where(out, nrm, 1.0)
+        u = y / safe[:, None]
+        J = (a / safe)[:, None, None] * (eye - u[:, :, None] * u[:, None, :])
+        return torch.where(out[:, None, None], J, eye)
+    # psd (Daleckii-Krein): dP[H] = V (Gamma o V' sym(H) V) V', Gamma_ij the divided
+    # differences of max(., 0) (its derivative on near-ties, as projections.psd)
+    m = a
+    Y = y.reshape(B, m, m)
+    w, V = torch.linalg.eigh(0.5 * (Y + Y.transpose(-1, -2)))
+    fw = torch.relu(w)
+    dw = w[:, :, None] - w[:, None, :]
+    scale = w.abs().amax(-1)[:, None, None].clamp_min(1.0)
+    tie = dw.abs() <= 1e3 * torch.finfo(w.dtype).eps * scale
+    deriv = (w > 0).to(w.dtype)
+    gamma = torch.where(tie, 0.5 * (deriv[:, :, None] + deriv[:, None, :]),
+                        (fw[:, :, None] - fw[:, None, :]) / torch.where(tie, 1.0, dw))
+    K = (V[:, :, None, :, None] * V[:, None, :, None, :]).reshape(B, n, n)  # V kron V
+    J = (K * gamma.reshape(B, 1, n)) @ K.transpose(1, 2)
+    return 0.5 * (J + J.reshape(B, n, m, m).transpose(-1, -2).reshape(B, n, n))
 
 
 def _simplex(x, value):

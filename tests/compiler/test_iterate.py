@@ -205,6 +205,11 @@ _PROX_JAC = {
              "minimize sum_squares(u - y[0:n]) + sum_squares(v - y[n:2 * n])"
              " + sum_squares(w - y[2 * n:3 * n]) + square(s - y[3 * n]) + lam * norm1(v)"
              "\nsubject to\n u >= 0\n w in simplex\n s <= 0.5",
+    "balls": "dim n = 3\nparam y[3 * n]\nparam r pos\nvar u[n]\nvar v[n]\nvar w[n]\n"
+             "minimize sum_squares(u - y[0:n]) + sum_squares(v - y[n:2 * n])"
+             " + sum_squares(w - y[2 * n:3 * n])"
+             "\nsubject to\n u in ball1(r)\n v in ball2(r)\n w in ballinf(0.7)",
+    "psd": "dim n = 3\nparam C[n, n]\nvar X[n, n] psd\nminimize sum_squares(X - C)",
 }
 
 
