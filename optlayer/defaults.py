@@ -175,3 +175,6 @@ MD_STEP_MAX = 1e3
 #: Forward-backward Newton: trial steps 1, 1/2, ... tried in one stacked evaluation once a
 #: line search has been needed (then halving on, up to FBN_MAXLS trials).
 FBN_LS_BATCH = 4
+#: A Newton step on a fixed-point residual is kept where it cuts ||T(z) - z|| at least
+#: by this factor (else first-order iterations go on for the batch).
+FP_NEWTON_DECREASE = 0.9

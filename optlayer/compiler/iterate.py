@@ -11,9 +11,9 @@ the method's own map ``T`` wherever they pay:
   envelope (globally convergent; exact in one step on the right active pieces
   of a polyhedral set or prox).
 * :func:`prox_grad_solve` -- other ``proj_grad`` / ``prox_grad`` problems:
-  FISTA (backtracking, adaptive restart); after a few iterations a Newton step
-  ``z <- z - (dT/dz - I)^{-1} F(z)`` is kept where it at least halves
-  ``||F||``, else FISTA goes on and Newton is tried again later.
+  Newton steps ``z <- z - (dT/dz - I)^{-1} F(z)`` from the start, kept where they
+  cut ``||F||`` by ``defaults.FP_NEWTON_DECREASE``; where they do not, FISTA
+  (backtracking, adaptive restart) goes on and Newton is tried again later.
 * :func:`mirror_solve` -- ``mirror_descent``: exponentiated gradient with the
   same Newton steps on the mirror-descent map.
 * :func:`newton_solve` -- ``stationary``: damped Newton with Armijo (one step
@@ -156,7 +156,7 @@ class _Newton:
         return a[2], a[3]
 
     def trial(self, x, step, pending):
-        """One Newton step at ``x``, kept where it halves ``||F||``.
+        """One Newton step at ``x``, kept where it cuts ``||F||`` by ``FP_NEWTON_DECREASE``.
 
         Returns:
             ``(x_new, kept (B,), residual (B,))``; the residual is
@@ -172,7 +172,7 @@ class _Newton:
         Ft = Tt - xt
         nF, nFt = Fx.norm(dim=-1), Ft.norm(dim=-1)
         ok = pending & (info == 0) & torch.isfinite(nFt) & torch.isfinite(xt).all(-1) \
-            & (nFt <= 0.5 * nF)
+            & (nFt <= defaults.FP_NEWTON_DECREASE * nF)
         x_new = torch.where(ok[:, None], xt, x)
         self.at = (x_new, step, torch.where(ok[:, None], Tt, Tx),
                    torch.where(ok[:, None, None], Jt, J))
@@ -185,6 +185,15 @@ class _Newton:
         if a is not None and a[0] is x and a[1] is step:
             return a[2], a[3]
         return self.T(x, step, 1), None
+
+
+def _retry(ok, pending, it: int, gap: int) -> tuple[int, int]:
+    """When to try Newton next: at once where every pending item kept its Newton step,
+    else after ``gap`` first-order iterations; the gap doubles after a trial where no
+    pending item gained (so items where Newton does not pay cost O(log) wasted trials)."""
+    if bool((ok | ~pending).all()):
+        return it, defaults.FP_NEWTON_EVERY
+    return it + gap, gap if bool(ok.any()) else 2 * gap
 
 
 def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
@@ -346,7 +355,7 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     x = proxf(z, step)
     newton = _Newton(T)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    it, newton_at = 0, defaults.FP_NEWTON_START
+    it, newton_at, gap = 0, defaults.FP_NEWTON_START, defaults.FP_NEWTON_EVERY
     y, t = x, torch.ones(B, dtype=dt, device=dev)
     while it < maxiter and not bool(done.all()):
         if it >= newton_at and newton_ok:
@@ -358,10 +367,9 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             t = torch.where(ok, torch.ones_like(t), t)
             if bool(done.all()):
                 break
-            # every pending item halved its residual: Newton again at once, else
-            # first-order iterations first
-            again = bool((ok | ~pending).all())
-            newton_at = it if again else it + defaults.FP_NEWTON_EVERY
+            # every pending item kept its step: Newton again at once, else
+            # first-order iterations first (see _retry)
+            newton_at, gap = _retry(ok, pending, it, gap)
             continue
         it += 1
         if qp is not None:
@@ -432,7 +440,7 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
         step = torch.ones(B, dtype=dt, device=z.device)
     newton = _Newton(T)
     done = torch.zeros(B, dtype=torch.bool, device=z.device)
-    it, newton_at = 0, defaults.FP_NEWTON_START
+    it, newton_at, gap = 0, defaults.FP_NEWTON_START, defaults.FP_NEWTON_EVERY
     fg = None
     while it < maxiter:
         if it >= newton_at and newton_ok:
@@ -442,7 +450,7 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
             done = done | (ok & (res <= tol))
             if bool(done.all()):
                 break
-            newton_at = it if bool((ok | ~pending).all()) else it + defaults.FP_NEWTON_EVERY
+            newton_at, gap = _retry(ok, pending, it, gap)
             fg = None
             continue
         it += 1
