@@ -52,7 +52,7 @@ class Program:
         pexprs += [a for spec in plan.sets.values() for a in spec.args.values() if a is not None]
         self.param_tape = Tape(pexprs) if pexprs else None
         self._pv = (None, {})
-        self._parts = (None, None)
+        self._parts: list = []  # (P, parts) of the last few parameter dicts
         #: True when f is quadratic and small enough for a dense (Q, p) per item.
         self.quadratic = (self.layout.size <= defaults.QUADRATIC_MAX_SIZE
                           and is_quadratic([e for _, e in plan.smooth]))
@@ -179,12 +179,13 @@ class Program:
         """The pieces of :meth:`prox` for the parameters ``P``: ``[(slice, shape, kind,
         args)]`` with weights and set arguments evaluated, adjacent equal-size simplex or
         group-l2 variables merged; None when some variable has no specialisation (balls,
-        psd, matrix simplices, other proxes). Cached for the last ``P`` dict, as
-        :meth:`pvals`."""
-        if self._parts[0] is P:
-            return self._parts[1]
+        psd, matrix simplices, other proxes). Cached for the last few ``P`` dicts (the
+        solvers reuse one dict, and one per number of stacked copies)."""
+        for q, parts in self._parts:
+            if q is P:
+                return parts
         parts = self._compute_prox_parts(P)
-        self._parts = (P, parts)
+        self._parts = [(P, parts)] + self._parts[:3]
         return parts
 
     def _compute_prox_parts(self, P):
@@ -402,7 +403,7 @@ class Program:
         per-item step ``step (B,)``; ``qp = (Q, p)`` for a quadratic ``f``."""
         if self.plan.method == "mirror_descent":
             return self.md_step(z, self.grad(z, P, qp), step, P)
-        return self.prox(z - step[:, None] * self.grad(z, P, qp), step, P)
+        return self.prox_fn(P)(z - step[:, None] * self.grad(z, P, qp), step)
 
     def md_fn(self, P):
         """:meth:`md_step` specialised to ``P`` (simplex values evaluated once), taking
@@ -469,6 +470,13 @@ class Program:
     def solve(self, P, init, *, tol, maxiter, qp=None) -> SolveResult:
         """Forward solve (no graph) from ``init (B, N)``, or from the default start when
         ``init`` is None; ``qp``: :meth:`quad` of ``P``."""
+        self._parts = []
+        try:
+            return self._solve(P, init, tol, maxiter, qp)
+        finally:
+            self._parts = []  # drop the stacked copies' entries
+
+    def _solve(self, P, init, tol, maxiter, qp) -> SolveResult:
         m = self.plan.method
         cold = init is None
         if cold:
