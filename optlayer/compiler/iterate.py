@@ -507,11 +507,13 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         done = res <= tol * (1 + z.norm(dim=-1))
         if bool(done.all()):
             break
-        # Newton converges quadratically; no progress for 3 steps = roundoff floor
-        worst = float(torch.where(done, 0, res).max())
+        # Newton converges quadratically; no progress for 3 steps near the solution =
+        # roundoff floor (far from it, damped steps across the pieces of a piecewise
+        # smooth gradient, e.g. huber, may take a while)
+        worst = float(torch.where(done, 0, res / (1 + z.norm(dim=-1))).max())
         stalled = stalled + 1 if best is not None and worst > 0.5 * best else 0
         best = worst if best is None else min(best, worst)
-        if stalled >= 3:
+        if stalled >= 3 and worst <= tol ** 0.5:
             break
         it += 1
         if qp is not None:

@@ -259,3 +259,19 @@ def test_backward_with_the_forward_jacobian_of_another_call(name):
     g_ref = torch.autograd.grad(out.sum(), list(v1.values()))
     for a, b in zip(g_stale, g_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+
+
+def test_newton_keeps_going_across_huber_pieces():
+    """Damped Newton steps across the pieces of a piecewise-quadratic objective make slow
+    progress for a few iterations; that is not the roundoff floor (these items used to
+    stop with MAX_ITER after 3 iterations)."""
+    layer = ol.load("examples/problems/huber_regression.opt")
+    vals = random_params(layer.problem, batch=8, seed=1)
+    w = layer(**vals)
+    assert layer.info.status.tolist() == [0] * 8
+    wr = w.detach().requires_grad_()
+    r = torch.einsum("bmn,bn->bm", vals["X"], wr) - vals["t"]
+    a = r.abs()
+    f = torch.where(a <= 1, a * a, 2 * a - 1).sum() + (vals["lam"][:, None] * wr * wr).sum()
+    (g,) = torch.autograd.grad(f, wr)
+    assert float(g.abs().max()) <= 1e-8
