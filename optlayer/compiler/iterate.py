@@ -433,6 +433,8 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
         H = jacobian(lambda Z, k: prog.grad(Z, reps(k)), z)
         r = z.clamp_min(0).sqrt()
         R = r[:, :, None] * (0.5 * (H + H.transpose(-1, -2))) * r[:, None, :]
+        # zero entries (a warm start) give 0 * inf: no curvature there
+        R = torch.where(torch.isfinite(R), R, 0.0)
         lam = torch.linalg.eigvalsh(R)[:, -1]
         step = 1 / lam.clamp_min(1 / defaults.MD_STEP_MAX)
         step = torch.where(torch.isfinite(step), step, torch.ones_like(step))
