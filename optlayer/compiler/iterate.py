@@ -290,7 +290,7 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
             new = pick(ok & ~done, trial, cur)
             tau = torch.where(accepted, 1.0, 0.5).to(dt)
             at_k = make_at(Q.repeat(K, 1, 1), p.repeat(K, 1), eta.repeat(K),
-                           prog.prox_fn(reps(K)), prog.penalty_fn(reps(K)))
+                           prog.prox_fn(P, K), prog.penalty_fn(P, K))
         else:
             trials = at_k((x + taus[:, None, None] * d).reshape(K * B, N)).reshape(K, B, -1)
             okk = trials[:, :, -1] <= bound + taus[:, None] * cslope

@@ -234,7 +234,7 @@ class Program:
                 parts.append((sl, shape, "free", None))
         return _merge_blocks(parts, B, t0)
 
-    def prox_fn(self, P):
+    def prox_fn(self, P, copies: int = 1):
         """:meth:`prox` specialised to the parameters ``P`` of one forward solve.
 
         Weights and set arguments are evaluated once; each call then costs a few
@@ -242,12 +242,21 @@ class Program:
         without a specialisation (second-order cones, matrix simplices) use
         :meth:`prox`'s general path.
 
+        Args:
+            P: parameters, each ``(B, ...)``.
+            copies: for ``z`` holding this many stacked copies of the batch (the
+                evaluated weights are repeated, not re-evaluated).
+
         Returns:
-            ``prox(z, step)`` with ``step (B,)``, equal to ``self.prox(z, step, P)``.
+            ``prox(z, step)`` with ``step (copies B,)``, equal to
+            ``self.prox(z, step, replicate(P, copies))``.
         """
         parts = self._prox_parts(P)
         if parts is None:
-            return lambda z, step: self.prox(z, step, P)
+            Pk = P if copies == 1 else iterate.replicate(P, copies)
+            return lambda z, step: self.prox(z, step, Pk)
+        if copies > 1:
+            parts = [(sl, shape, kind, _repeat(a, copies)) for sl, shape, kind, a in parts]
         single = len(parts) == 1
 
         def prox(z, step):
@@ -356,15 +365,16 @@ class Program:
             return J
 
         return jac
-    def penalty_fn(self, P):
-        """:meth:`penalty` specialised to ``P`` (weights evaluated once): ``pen(z) -> (B,)``."""
+    def penalty_fn(self, P, copies: int = 1):
+        """:meth:`penalty` specialised to ``P`` (weights evaluated once): ``pen(z) -> (B,)``
+        (``copies``: as in :meth:`prox_fn`)."""
         if not self.plan.prox:
             return lambda z: z.new_zeros(z.shape[0])
         B = next(iter(P.values())).shape[0]
         env, cache = P, dict(self.pvals(P))
         terms = []
         for name, (pname, weight, _hyper) in self.plan.prox.items():
-            w = None if weight is None else eval_scalar(weight, env, cache, B)
+            w = None if weight is None else _repeat(eval_scalar(weight, env, cache, B), copies)
             terms.append((self.layout.slices[name], _PENALTY[pname], w))
 
         def pen(z):
@@ -520,6 +530,16 @@ def _merge_blocks(parts, B, like):
         else:
             out.append((sl, shape, kind, a, size))
     return [(sl, shape, kind, a) for sl, shape, kind, a, _ in out]
+
+
+def _repeat(a, k: int):
+    """An evaluated prox argument (None, a number, a ``(B, ...)`` tensor or a tuple of
+    them) for ``k`` stacked copies of the batch."""
+    if k == 1 or a is None or isinstance(a, (int, float)):
+        return a
+    if isinstance(a, tuple):
+        return tuple(_repeat(t, k) for t in a)
+    return a.repeat(k, *([1] * (a.dim() - 1)))
 
 
 def _as_col(a, B, like):
