@@ -490,20 +490,11 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     eps = torch.finfo(dt).eps
     reps = _replicas(P)
 
-    def fval(zz):
-        if qp is None:
-            return prog.f(zz, P)
-        Q, p = qp
-        return 0.5 * (zz * torch.matmul(Q, zz.unsqueeze(-1)).squeeze(-1)).sum(-1) \
-            + (p * zz).sum(-1)
-
-    def value_and_grad(zz):
-        if qp is None:
-            return prog.value_and_grad(zz, P)
-        return fval(zz), torch.matmul(qp[0], zz.unsqueeze(-1)).squeeze(-1) + qp[1]
-
     it, best, stalled = 0, None, 0
-    f0, g = value_and_grad(z)
+    if qp is not None:
+        f0, g = None, bmv(qp[0], z) + qp[1]
+    else:
+        f0, g = prog.value_and_grad(z, P)
     res = g.norm(dim=-1)
     while it < maxiter:
         done = res <= tol * (1 + z.norm(dim=-1))
@@ -528,10 +519,17 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             shift = H.diagonal(dim1=-2, dim2=-1).abs().amax(-1) * 1e-8 + 1e-12
             Lc, info = torch.linalg.cholesky_ex(H + shift[:, None, None] * eye)
         d = -torch.cholesky_solve(g.unsqueeze(-1), Lc).squeeze(-1)
+        if qp is not None:
+            # quadratic f: the full step (also with the shift) decreases f by at least
+            # half its slope, so Armijo holds at t = 1
+            z = torch.where(done[:, None], z, z + d)
+            g = bmv(qp[0], z) + qp[1]
+            res = g.norm(dim=-1)
+            continue
         t = torch.ones(B, dtype=dt, device=dev)
         slope = (g * d).sum(-1)
         for _ in range(30):
-            fz = fval(z + t[:, None] * d)
+            fz = prog.f(z + t[:, None] * d, P)
             # Armijo, with a roundoff margin (near the solution f changes below ulps)
             ok = (fz <= f0 + 1e-4 * t * slope + 16 * eps * f0.abs()) \
                 | ~torch.isfinite(f0) | (slope >= 0)
@@ -539,7 +537,7 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
                 break
             t = torch.where(ok, t, 0.5 * t)
         z = torch.where(done[:, None], z, z + t[:, None] * d)
-        f0, g = value_and_grad(z)
+        f0, g = prog.value_and_grad(z, P)
         res = g.norm(dim=-1)
     ok = res <= tol * (1 + z.norm(dim=-1)) * 10
     status = torch.where(ok, 0, int(Status.MAX_ITER)).to(torch.int8)
