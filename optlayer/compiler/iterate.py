@@ -546,16 +546,19 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     return SolveResult(z, status, it, res, torch.ones_like(res))
 
 
-def block_solve(B: int, N: int, dense=None):
+def block_solve(B: int, N: int, blocks=None):
     """A linear solve for ``custom_root`` / ``custom_fixed_point`` on a ``(B, N)`` solution.
 
     The system is block diagonal (one ``N x N`` block per item).
 
-    * In a plain first-order backward, ``dense()`` (when given) returns the Jacobian
-      ``J (B, N, N)`` of the optimality map at the solution (closed form, or
-      :func:`jacobian` in one stacked evaluation); the solve uses ``J`` or ``J'``,
-      whichever agrees with one product of ``matvec`` with a fixed vector of
-      distinct weights (the check also catches a ``dense`` of another call).
+    * In a plain first-order backward, ``blocks(x, args, kwargs)`` (when given) is
+      called with the point of this solve (:func:`optlayer.implicit.solve_point`:
+      the call's own saved solution and arguments, so another call's forward cannot
+      interfere) and returns ``(J, verify)``: the Jacobian ``J (B, N, N)`` of the
+      optimality map (closed form, or :func:`jacobian` in one stacked evaluation),
+      or None. The system matrix is ``J'``; with ``verify`` (a ``J`` evaluated near,
+      not at, the solution) the solve uses ``J'`` or ``J``, whichever agrees with
+      one product of ``matvec`` with a fixed vector of distinct weights, if any.
     * Otherwise (or when the check fails), for small ``N`` the blocks are
       materialised with ``N`` products (column ``j`` of every block at once, from
       the basis vector ``e_j`` in every item; differentiable, so second-order
@@ -563,30 +566,34 @@ def block_solve(B: int, N: int, dense=None):
       :mod:`optlayer.linalg` on the regrouped blocks.
     In every case one batched LU solves all blocks.
     """
+    from optlayer.implicit import solve_point
     from optlayer.linalg import solve_lu
 
     def solve(matvec, b, **options):
         if b.ndim != 1 or b.shape[0] != B * N:  # pragma: no cover - not our layout
             return solve_lu(matvec, b, **options)
-        eye = torch.eye(N, dtype=b.dtype, device=b.device)
         A = None
-        if dense is not None and dense[0] is not None and not torch.is_grad_enabled() \
-                and not _functorch_active():
-            J = dense[0]()
-            # one product with a vector of distinct weights (not a basis vector: a stale
-            # matrix that shares a column with the right one must not pass)
-            w = torch.arange(1, N + 1, dtype=b.dtype, device=b.device).sqrt()
-            Aw = matvec(w.expand(B, N).reshape(-1)).reshape(B, N)
-            tol = 100 * torch.finfo(b.dtype).eps ** 0.5 * (Aw.abs().amax() + w[-1])
-            for cand in (J.transpose(-1, -2), J):
-                if cand.dtype == b.dtype and bool(((cand @ w - Aw).abs() <= tol).all()):
-                    A = cand
-                    break
+        point = solve_point() if blocks is not None else None
+        if point is not None and not torch.is_grad_enabled() and not _functorch_active():
+            J, verify = blocks(*point)
+            if J is not None and J.dtype == b.dtype and not verify:
+                A = J.transpose(-1, -2)
+            elif J is not None and J.dtype == b.dtype:
+                # one product with a vector of distinct weights (not a basis vector: a
+                # matrix that shares a column with the right one must not pass)
+                w = torch.arange(1, N + 1, dtype=b.dtype, device=b.device).sqrt()
+                Aw = matvec(w.expand(B, N).reshape(-1)).reshape(B, N)
+                tol = 100 * torch.finfo(b.dtype).eps ** 0.5 * (Aw.abs().amax() + w[-1])
+                for cand in (J.transpose(-1, -2), J):
+                    if bool(((cand @ w - Aw).abs() <= tol).all()):
+                        A = cand
+                        break
         if A is None and N > defaults.IMPLICIT_LOOP_MAX:
             x = solve_lu(lambda V: matvec(V.reshape(-1)).reshape(B, N), b.reshape(B, N),
                          **options)
             return x.reshape(-1)
         if A is None:
+            eye = torch.eye(N, dtype=b.dtype, device=b.device)
             cols = [matvec(eye[j].expand(B, N).reshape(-1)).reshape(B, N) for j in range(N)]
             A = torch.stack(cols, dim=-1)
         return solve_lu(A, b.reshape(B, N), **options).reshape(-1)

@@ -144,9 +144,9 @@ def test_non_convergence_is_reported(name):
     assert bool((layer.info.status != 0).all())
 
 
-def test_backward_ignores_a_stale_dense_jacobian():
-    """The dense Jacobian of another call is detected by the matvec check; the gradient
-    equals the one of a fresh layer."""
+def test_backward_after_an_interleaved_call():
+    """The backward's dense blocks come from the call's own saved values: another call
+    between a forward and its backward leaves the gradient equal to a fresh layer's."""
     layer = ol.load("examples/problems/lasso.opt")
     v1 = {k: t.requires_grad_() for k, t in random_params(layer.problem, batch=3, seed=0).items()}
     v2 = {k: t.requires_grad_() for k, t in random_params(layer.problem, batch=3, seed=1).items()}
@@ -246,8 +246,9 @@ def test_entropy_simplex_is_one_newton_step():
 
 @pytest.mark.parametrize("name", ["entropic_assignment", "water_filling"])
 def test_backward_with_the_forward_jacobian_of_another_call(name):
-    """The backward reuses the forward's last Jacobian; after an interleaved call the check
-    rejects it and the gradient still equals a fresh layer's."""
+    """The backward reuses the forward's last Jacobian, saved with its own call (and
+    checked against one product of the map): after an interleaved call the gradient still
+    equals a fresh layer's."""
     layer = ol.load(f"examples/problems/{name}.opt")
     v1 = {k: t.requires_grad_() for k, t in random_params(layer.problem, batch=3, seed=0).items()}
     v2 = {k: t.requires_grad_() for k, t in random_params(layer.problem, batch=3, seed=1).items()}
