@@ -407,6 +407,26 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
 
 
 
+def md_value_and_jacobian(md, z, g, H, step):
+    """The mirror-descent step on one vector simplex variable and its Jacobian from the
+    gradient ``g`` and Hessian ``H`` of ``f`` at ``z``: with ``y = T(z) = v softmax(log z
+    - step g)``, ``dT/dz = (diag(y) - y y' / v)(diag(1 / z) - step H)`` (``1 / z`` zero
+    where ``log`` is clamped at the smallest normal number).
+
+    Args:
+        md: :meth:`~optlayer.compiler.program.Program.md_fn` of the parameters.
+        z, g: ``(B, N)``; ``H``: ``(B, N, N)``; ``step``: ``(B,)``.
+
+    Returns:
+        ``(T(z), dT/dz)``.
+    """
+    tiny = torch.finfo(z.dtype).tiny
+    y = md(torch.log(z.clamp_min(tiny)), g, step)
+    S = torch.diag_embed(y) - y[:, :, None] * (y / y.sum(-1, keepdim=True))[:, None, :]
+    inv = torch.where(z > tiny, 1 / z.clamp_min(tiny), 0.0)
+    return y, S * inv[:, None, :] - step[:, None, None] * (S @ H)
+
+
 def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
     """Exponentiated gradient with backtracking (relative smoothness in KL) and Newton
     steps on the mirror-descent map ``T(z) = normalize(z exp(-eta grad f(z)))``.
@@ -429,8 +449,9 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
         return prog.fixed_point(zz, reps(k), s)
 
     newton_ok = N <= defaults.FP_NEWTON_MAX_SIZE
+    newton = _Newton(T)
     if newton_ok:
-        H = jacobian(lambda Z, k: prog.grad(Z, reps(k)), z)
+        g, H = value_and_jacobian(lambda Z, s, k: prog.grad(Z, reps(k)), z, z.new_ones(B))
         r = z.clamp_min(0).sqrt()
         R = r[:, :, None] * (0.5 * (H + H.transpose(-1, -2))) * r[:, None, :]
         # zero entries (a warm start) give 0 * inf: no curvature there
@@ -438,9 +459,11 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
         lam = torch.linalg.eigvalsh(R)[:, -1]
         step = 1 / lam.clamp_min(1 / defaults.MD_STEP_MAX)
         step = torch.where(torch.isfinite(step), step, torch.ones_like(step))
+        if len(prog.layout.names) == 1 and len(prog.layout.shapes[prog.layout.names[0]]) == 1:
+            # one vector variable: T(z) and dT/dz at the start from the same g and H
+            newton.at = (z, step, *md_value_and_jacobian(md, z, g, H, step))
     else:
         step = torch.ones(B, dtype=dt, device=z.device)
-    newton = _Newton(T)
     done = torch.zeros(B, dtype=torch.bool, device=z.device)
     it, newton_at, gap = 0, defaults.FP_NEWTON_START, defaults.FP_NEWTON_EVERY
     fg = None

@@ -276,3 +276,21 @@ def test_newton_keeps_going_across_huber_pieces():
     f = torch.where(a <= 1, a * a, 2 * a - 1).sum() + (vals["lam"][:, None] * wr * wr).sum()
     (g,) = torch.autograd.grad(f, wr)
     assert float(g.abs().max()) <= 1e-8
+
+
+@pytest.mark.parametrize("name", ["entropic_assignment", "kl_projection"])
+def test_mirror_step_jacobian_from_the_hessian(name):
+    """The closed-form mirror-descent Jacobian from (g, H) equals autograd's on the map."""
+    layer = ol.load(f"examples/problems/{name}.opt")
+    _vals, P, B = _bound(layer, 4, 2)
+    prog = layer.program
+    g = torch.Generator().manual_seed(5)
+    z = torch.softmax(torch.randn(B, prog.layout.size, dtype=D, generator=g), dim=-1)
+    step = 0.2 + torch.rand(B, dtype=D, generator=g)
+    reps = iterate._replicas(P)
+    gz, H = iterate.value_and_jacobian(lambda Z, s, k: prog.grad(Z, reps(k)), z, z.new_ones(B))
+    Tz, J = iterate.md_value_and_jacobian(prog.md_fn(P), z, gz, H, step)
+    Tr, Jr = iterate.value_and_jacobian(
+        lambda Z, s, k: prog.fixed_point(Z, reps(k), s), z, step)
+    torch.testing.assert_close(Tz, Tr, rtol=0, atol=1e-14)
+    torch.testing.assert_close(J, Jr, rtol=0, atol=1e-12)
