@@ -152,7 +152,8 @@ NEWTON_MAX_SIZE = 200
 QUADRATIC_MAX_SIZE = 500
 #: Fixed-point methods try Newton steps on T(z) - z after this many first-order iterations,
 FP_NEWTON_START = 0
-#: and again this many iterations after a step that did not halve the residual,
+#: and again this many iterations after a trial some item rejected (doubled after a trial
+#: no item kept; see FP_NEWTON_DECREASE),
 FP_NEWTON_EVERY = 1
 #: for problems with at most this many unknowns (dense N x N Jacobians).
 FP_NEWTON_MAX_SIZE = 200
