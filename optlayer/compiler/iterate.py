@@ -280,29 +280,34 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
         slope = torch.where(newton, slope, -(MF * F).sum(-1) / eta)
         # Armijo on the envelope: phi(x + tau d) <= phi + c tau slope (+ a roundoff margin)
         bound, cslope = phi + 16 * eps * phi.abs(), 1e-4 * slope
-        if at_k is None:
+        first_ls = at_k is None
+        if first_ls:
             trial = at(x + d)
             ok = trial[:, -1] <= bound + cslope
             accepted = done | ok
             if bool(accepted.all()):  # the usual case: full steps
                 cur = trial if not bool(done.any()) else pick(done, cur, trial)
                 continue
-            new = pick(ok & ~done, trial, cur)
-            tau = torch.where(accepted, 1.0, 0.5).to(dt)
+            cur = pick(ok & ~done, trial, cur)  # x, d, bound stay those of this iteration
             at_k = make_at(Q.repeat(K, 1, 1), p.repeat(K, 1), eta.repeat(K),
                            prog.prox_fn(P, K), prog.penalty_fn(P, K))
-        else:
-            trials = at_k((x + taus[:, None, None] * d).reshape(K * B, N)).reshape(K, B, -1)
-            okk = trials[:, :, -1] <= bound + taus[:, None] * cslope
-            first = okk.to(torch.uint8).argmax(0)  # the largest step that passes
-            ok = okk.any(0)
-            trial = trials[first, rows]
-            accepted = done | ok
-            if bool(accepted.all()):
-                cur = trial if not bool(done.any()) else pick(done, cur, trial)
-                continue
-            new = pick(ok & ~done, trial, cur)
-            tau = torch.where(accepted, 1.0, 0.5 ** K).to(dt)
+        # K trial steps in one evaluation: 1, ..., 2^(1-K) (after a rejected full step
+        # in this iteration: 1/2, ..., 2^-K)
+        tk = taus * 0.5 if first_ls else taus
+        trials = at_k((x + tk[:, None, None] * d).reshape(K * B, N)).reshape(K, B, -1)
+        okk = ~accepted & (trials[:, :, -1] <= bound + tk[:, None] * cslope) if first_ls \
+            else trials[:, :, -1] <= bound + tk[:, None] * cslope
+        first = okk.to(torch.uint8).argmax(0)  # the largest step that passes
+        ok = okk.any(0)
+        trial = trials[first, rows]
+        if not first_ls:
+            accepted = done
+        new = pick(ok & ~accepted, trial, cur)
+        accepted = accepted | ok
+        if bool(accepted.all()):
+            cur = new
+            continue
+        tau = torch.where(accepted, 1.0, 0.5 ** (K + 1 if first_ls else K)).to(dt)
         for _ in range(defaults.FBN_MAXLS - 1):
             trial = at(x + tau[:, None] * d)
             ok = ~accepted & (trial[:, -1] <= bound + tau * cslope)
