@@ -15,7 +15,8 @@ the method's own map ``T`` wherever they pay:
   cut ``||F||`` by ``defaults.FP_NEWTON_DECREASE``; where they do not, FISTA
   (backtracking, adaptive restart) goes on and Newton is tried again later.
 * :func:`mirror_solve` -- ``mirror_descent``: exponentiated gradient with the
-  same Newton steps on the mirror-descent map.
+  same Newton steps on the mirror-descent map, whose step comes from the
+  curvature of ``f`` relative to the entropy at the start.
 * :func:`newton_solve` -- ``stationary``: damped Newton with Armijo (one step
   for a quadratic ``f``).
 
@@ -23,7 +24,8 @@ Cost model: at the sizes of a layer (``N`` up to a few hundred, batch tens)
 every torch call costs microseconds of overhead, so the loops minimise calls:
 ``grad f`` by plain autograd (``torch.func`` transforms cost several times
 more per call here), Jacobians by one evaluation on ``N`` stacked copies of
-the batch (:func:`jacobian`), and for quadratic ``f`` matrix products with a
+the batch (:func:`jacobian`; :func:`value_and_jacobian` adds the value), and
+for quadratic ``f`` matrix products with a
 precomputed ``(Q, p)`` and the step from ``lambda_max(Q)``.
 :func:`block_solve` is the matching dense solve of the implicit backward.
 """
@@ -36,8 +38,9 @@ from optlayer import defaults
 from optlayer.compiler.quadratic import bmv, lambda_max
 from optlayer.status import Status
 
-__all__ = ["SolveResult", "block_solve", "jacobian", "replicate", "prox_grad_solve",
-           "mirror_solve", "newton_solve", "status_of"]
+__all__ = ["SolveResult", "block_solve", "jacobian", "value_and_jacobian", "replicate",
+           "fbn_solve", "prox_grad_solve", "md_value_and_jacobian", "mirror_solve",
+           "newton_solve", "status_of"]
 
 
 class SolveResult:
