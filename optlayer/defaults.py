@@ -175,9 +175,10 @@ NEWTON_MAX_SIZE = 200
 #: Dense quadratic data (Q, p) of a quadratic smooth part up to this many unknowns.
 QUADRATIC_MAX_SIZE = 500
 #: Fixed-point methods try Newton steps on T(z) - z after this many first-order iterations,
-FP_NEWTON_START = 5
-#: and again this many iterations after a step that did not halve the residual,
-FP_NEWTON_EVERY = 10
+FP_NEWTON_START = 0
+#: and again this many iterations after a trial some item rejected (doubled after a trial
+#: no item kept; see FP_NEWTON_DECREASE),
+FP_NEWTON_EVERY = 1
 #: for problems with at most this many unknowns (dense N x N Jacobians).
 FP_NEWTON_MAX_SIZE = 200
 #: The layer's implicit backward materialises its per-item Jacobian block column by
@@ -193,3 +194,12 @@ FBN_MAXLS = 40
 #: (halving: 2**-20 ~ 1e-6 is the smallest step tried; more trials only burn time at the
 #: roundoff floor, where every item must accept or exhaust its trials).
 CONVEX_KKT_MAXLS = 20
+#: Mirror descent's first step comes from the curvature at the initial point (see
+#: iterate.mirror_solve); at most this (linear objectives have no curvature).
+MD_STEP_MAX = 1e3
+#: Forward-backward Newton: trial steps 1, 1/2, ... tried in one stacked evaluation once a
+#: line search has been needed (then halving on, up to FBN_MAXLS trials).
+FBN_LS_BATCH = 4
+#: A Newton step on a fixed-point residual is kept where it cuts ||T(z) - z|| at least
+#: by this factor (else first-order iterations go on for the batch).
+FP_NEWTON_DECREASE = 0.9

@@ -165,45 +165,51 @@ class OptLayer(nn.Module):
                 and self._last.dtype == dtype and self._last.device == device \
                 and bool(torch.isfinite(self._last).all()):
             return self._last
-        return self.program.init(P, B, dtype, device)
+        return None  # the program's default start
 
     def _attach(self, r, P, qp):
         """Implicit gradients on the solved ``z`` through the method's optimality map.
 
         The map is the lowered one (the tape, differentiable in ``P``). Its
-        per-item Jacobian block for the backward solve is built here once per call
-        (see :func:`optlayer.compiler.iterate.block_solve`): in closed form from
-        ``qp = (Q, p)`` (computed without a graph) for a quadratic smooth part,
-        else from one stacked evaluation. The decorated identity solver is cached
-        per shape, so the eager check of the map in :func:`optlayer.custom_root`
-        runs once, not at every call.
+        per-item Jacobian block for the backward solve
+        (:func:`optlayer.compiler.iterate.block_solve`) is built in the backward
+        from the call's saved values: the forward's last Newton Jacobian when there
+        is one (checked there against one product of the map), else in closed form
+        from ``qp = (Q, p)`` (computed without a graph) for a quadratic smooth part,
+        else from one stacked evaluation. Those values travel as extra arguments of
+        the implicit function (the map ignores them), so they belong to this call
+        whatever other calls run before its backward. The decorated identity solver
+        is cached per shape, so the eager check of the map in
+        :func:`optlayer.custom_root` runs once per shape, not at every call.
         """
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in P.values()):
             return r.z
         B, N = r.z.shape
         key = (B, N)
-        entry = self._implicit.get(key)
+        fn = self._implicit.get(key)
         program = self.program
         stationary = self.plan.method == "stationary"
-        if entry is None:
-            dense = [None]  # the Jacobian builder of the current call (see block_solve)
-            solve = block_solve(B, N, dense)
+        if fn is None:
+            solve = block_solve(B, N, functools.partial(_map_blocks, program, stationary))
             if stationary:
-                def F(z, step, Pa):
+                def F(z, step, Pa, extra):
                     return program.grad(z, Pa)
 
                 fn = custom_root(F, solve=solve)(_identity_solver)
             else:
-                def T(z, step, Pa):
+                def T(z, step, Pa, extra):
                     return program.fixed_point(z, Pa, step)
 
                 fn = custom_fixed_point(T, solve=solve)(_identity_solver)
-            entry = self._implicit[key] = (fn, dense)
-        fn, dense = entry
-        z_star, step = r.z.detach(), r.step.detach()
-        Pd = {k: v.detach() for k, v in P.items()}
-        dense[0] = functools.partial(_map_jacobian, program, z_star, step, Pd, qp, stationary)
-        return fn(r.z, step, P)
+            self._implicit[key] = fn
+        if r.jacobian is not None and not stationary:
+            # dT/dx at the last iterate x (z* = T(x), ||z* - x|| within the tolerance)
+            extra = {"forward_jacobian": r.jacobian}
+        elif qp is not None:
+            extra = {"Q": qp[0].detach(), "p": qp[1].detach()}
+        else:
+            extra = {}
+        return fn(r.z, r.step.detach(), P, extra)
 
     def _project(self, P, B):
         name, y_expr, _scale = self.plan.projection
@@ -279,6 +285,18 @@ class OptLayer(nn.Module):
         return out[label]
 
 
+def _map_blocks(program, stationary, x, args, kwargs):
+    """``(J, verify)`` for :func:`optlayer.compiler.iterate.block_solve` from the saved
+    values of one call: the forward's Jacobian (``dT/dx - I`` near the solution, to be
+    verified) or :func:`_map_jacobian` at the solution."""
+    step, P, extra = args
+    z = x.reshape(step.shape[0], -1)
+    if "forward_jacobian" in extra:
+        return _minus_eye(extra["forward_jacobian"]), True
+    qp = (extra["Q"], extra["p"]) if "Q" in extra else None
+    return _map_jacobian(program, z, step, P, qp, stationary), False
+
+
 def _map_jacobian(program, z, step, P, qp, stationary):
     """Per-item Jacobian ``(B, N, N)`` of the layer's optimality map at ``z`` (no graph):
     ``Q`` or ``J_prox (I - step Q) - I`` in closed form where available, else one stacked
@@ -296,6 +314,10 @@ def _map_jacobian(program, z, step, P, qp, stationary):
             return Jp @ (eye - step[:, None, None] * qp[0]) - eye
     return jacobian(lambda Z, k: program.fixed_point(Z, replicate(P, k), replicate(step, k),
                                                      replicate(qp, k)), z) - eye
+
+
+def _minus_eye(J):
+    return J - torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
 
 
 def _identity_solver(init, *args):

@@ -11,11 +11,12 @@ the method's own map ``T`` wherever they pay:
   envelope (globally convergent; exact in one step on the right active pieces
   of a polyhedral set or prox).
 * :func:`prox_grad_solve` -- other ``proj_grad`` / ``prox_grad`` problems:
-  FISTA (backtracking, adaptive restart); after a few iterations a Newton step
-  ``z <- z - (dT/dz - I)^{-1} F(z)`` is kept where it at least halves
-  ``||F||``, else FISTA goes on and Newton is tried again later.
+  Newton steps ``z <- z - (dT/dz - I)^{-1} F(z)`` from the start, kept where they
+  cut ``||F||`` by ``defaults.FP_NEWTON_DECREASE``; where they do not, FISTA
+  (backtracking, adaptive restart) goes on and Newton is tried again later.
 * :func:`mirror_solve` -- ``mirror_descent``: exponentiated gradient with the
-  same Newton steps on the mirror-descent map.
+  same Newton steps on the mirror-descent map, whose step comes from the
+  curvature of ``f`` relative to the entropy at the start.
 * :func:`newton_solve` -- ``stationary``: damped Newton with Armijo (one step
   for a quadratic ``f``).
 
@@ -23,7 +24,8 @@ Cost model: at the sizes of a layer (``N`` up to a few hundred, batch tens)
 every torch call costs microseconds of overhead, so the loops minimise calls:
 ``grad f`` by plain autograd (``torch.func`` transforms cost several times
 more per call here), Jacobians by one evaluation on ``N`` stacked copies of
-the batch (:func:`jacobian`), and for quadratic ``f`` matrix products with a
+the batch (:func:`jacobian`; :func:`value_and_jacobian` adds the value), and
+for quadratic ``f`` matrix products with a
 precomputed ``(Q, p)`` and the step from ``lambda_max(Q)``.
 :func:`block_solve` is the matching dense solve of the implicit backward.
 """
@@ -36,17 +38,20 @@ from optlayer import defaults
 from optlayer.compiler.quadratic import bmv, lambda_max
 from optlayer.status import Status
 
-__all__ = ["SolveResult", "block_solve", "jacobian", "replicate", "prox_grad_solve",
-           "mirror_solve", "newton_solve", "status_of"]
+__all__ = ["SolveResult", "block_solve", "jacobian", "value_and_jacobian", "replicate",
+           "fbn_solve", "prox_grad_solve", "md_value_and_jacobian", "mirror_solve",
+           "newton_solve", "status_of"]
 
 
 class SolveResult:
     """Forward result: ``z (B, N)``, ``status`` int8 ``(B,)``, ``iterations`` (int),
-    ``residual (B,)`` and the step ``(B,)`` of the fixed-point map at the solution."""
+    ``residual (B,)``, the step ``(B,)`` of the fixed-point map at the solution and,
+    when the last Newton evaluation gave it, ``jacobian``: ``dT/dx (B, N, N)`` at the
+    last iterate ``x`` with ``z = T(x)`` (else None)."""
 
-    def __init__(self, z, status, iterations, residual, step):
+    def __init__(self, z, status, iterations, residual, step, jacobian=None):
         self.z, self.status, self.iterations = z, status, iterations
-        self.residual, self.step = residual, step
+        self.residual, self.step, self.jacobian = residual, step, jacobian
 
 
 def replicate(t, k: int):
@@ -116,35 +121,85 @@ def status_of(res, tol, z):
                        torch.full_like(s, int(Status.NUMERICAL_ERROR)))
 
 
-def _newton_trial(T, x, step, pending):
-    """One Newton step on ``F = T(., step) - .`` at ``x``, kept where it halves ``||F||``.
+def value_and_jacobian(T, x, step):
+    """``T(x)`` and the per-item Jacobian ``dT/dx (B, N, N)`` from one evaluation of ``T``
+    on ``N + 1`` stacked copies of the batch (the first ``N`` give the rows as in
+    :func:`jacobian`, the last one the value).
 
     Args:
-        T: ``T(z, step, k)`` on ``k`` stacked copies of the batch.
+        T: ``T(Z, step, k)`` on ``k`` stacked copies of the batch.
         x, step: the point ``(B, N)`` and step ``(B,)``.
-        pending: items to update.
-
-    Returns:
-        ``(x_new, kept (B,), residual (B,))``; the residual is
-        ``||F|| / (step (1 + ||x||))`` at the returned point.
     """
     B, N = x.shape
-    Tx = T(x, step, 1)
-    J = jacobian(lambda Z, k: T(Z, replicate(step, k), k), x)
-    Fx = Tx - x
-    J = J - torch.eye(N, dtype=x.dtype, device=x.device)
-    d, info = torch.linalg.solve_ex(J, -Fx)
-    xt = x + d
-    Ft = T(xt, step, 1) - xt
-    nF, nFt = Fx.norm(dim=-1), Ft.norm(dim=-1)
-    ok = pending & (info == 0) & torch.isfinite(nFt) & torch.isfinite(xt).all(-1) \
-        & (nFt <= 0.5 * nF)
-    x_new = torch.where(ok[:, None], xt, x)
-    res = torch.where(ok, nFt, nF) / (step * (1 + x_new.norm(dim=-1)))
-    return x_new, ok, res
+    with torch.enable_grad():
+        Z = x.detach().repeat(N + 1, 1).requires_grad_(True)
+        out = T(Z, step.repeat(N + 1), N + 1)
+        # copy j < N takes the cotangent e_j (row j of the Jacobian), copy N none
+        E = torch.eye(N + 1, N, dtype=x.dtype, device=x.device).repeat_interleave(B, dim=0)
+        (rows,) = torch.autograd.grad(out, Z, E, allow_unused=True)
+    Tx = out[N * B:].detach()
+    if rows is None:
+        return Tx, x.new_zeros(B, N, N)
+    return Tx, rows[:N * B].reshape(N, B, N).transpose(0, 1)
 
 
-def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
+class _Newton:
+    """Newton steps on ``F = T(., step) - .`` with ``T(x)`` and ``dT/dx`` cached at the
+    current point: a trial costs one :func:`value_and_jacobian` at the trial point, whose
+    value and Jacobian serve the next trial (and the layer's backward) when it is kept."""
+
+    def __init__(self, T):
+        self.T, self.at = T, None  # at: (x, step, Tx, J) of the last evaluation
+
+    def values(self, x, step):
+        a = self.at
+        if a is None or a[0] is not x or a[1] is not step:
+            Tx, J = value_and_jacobian(self.T, x, step)
+            self.at = a = (x, step, Tx, J)
+        return a[2], a[3]
+
+    def trial(self, x, step, pending):
+        """One Newton step at ``x``, kept where it cuts ``||F||`` by ``FP_NEWTON_DECREASE``.
+
+        Returns:
+            ``(x_new, kept (B,), residual (B,))``; the residual is
+            ``||F|| / (step (1 + ||x||))`` at the returned point.
+        """
+        N = x.shape[1]
+        Tx, J = self.values(x, step)
+        Fx = Tx - x
+        eye = torch.eye(N, dtype=x.dtype, device=x.device)
+        d, info = torch.linalg.solve_ex(J - eye, -Fx)
+        xt = x + d
+        Tt, Jt = value_and_jacobian(self.T, xt, step)
+        Ft = Tt - xt
+        nF, nFt = Fx.norm(dim=-1), Ft.norm(dim=-1)
+        ok = pending & (info == 0) & torch.isfinite(nFt) & torch.isfinite(xt).all(-1) \
+            & (nFt <= defaults.FP_NEWTON_DECREASE * nF)
+        x_new = torch.where(ok[:, None], xt, x)
+        self.at = (x_new, step, torch.where(ok[:, None], Tt, Tx),
+                   torch.where(ok[:, None, None], Jt, J))
+        res = torch.where(ok, nFt, nF) / (step * (1 + x_new.norm(dim=-1)))
+        return x_new, ok, res
+
+    def finish(self, x, step):
+        """``(T(x), dT/dx or None)``: the cached pair when it is at ``x`` and ``step``."""
+        a = self.at
+        if a is not None and a[0] is x and a[1] is step:
+            return a[2], a[3]
+        return self.T(x, step, 1), None
+
+
+def _retry(ok, pending, it: int, gap: int) -> tuple[int, int]:
+    """When to try Newton next: at once where every pending item kept its Newton step,
+    else after ``gap`` first-order iterations; the gap doubles after a trial where no
+    pending item gained (so items where Newton does not pay cost O(log) wasted trials)."""
+    if bool((ok | ~pending).all()):
+        return it, defaults.FP_NEWTON_EVERY
+    return it + gap, gap if bool(ok.any()) else 2 * gap
+
+
+def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
     """Forward-backward Newton for ``min 1/2 z'Qz + p'z + g(z)`` (``g``: set indicators and
     prox-able terms of the plan), globalised on the forward-backward envelope.
 
@@ -172,34 +227,53 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
     eta = defaults.FBN_STEP_FRACTION / lambda_max(Q)
     eye = torch.eye(N, dtype=dt, device=dev)
     M = eye - eta[:, None, None] * Q
-    prox, penalty = prog.prox_fn(P), prog.penalty_fn(P)
+    prox, penalty, prox_jac = prog.prox_fn(P), prog.penalty_fn(P), prog.prox_jacobian_fn(P)
     reps = _replicas(P)
-    eta_c, half_eta = eta[:, None], (0.5 / eta)[:, None]
 
-    def at(x):
-        g = bmv(Q, x) + p
-        y = x - eta_c * g
-        Tx = prox(y, eta)
-        F = Tx - x
-        phi = (x * (0.5 * (g + p)) + F * (g + half_eta * F)).sum(-1) + penalty(Tx)
-        return (x, y, Tx, F, phi)
+    def make_at(Q, p, eta, prox, penalty):
+        eta_c, half_eta = eta[:, None], (0.5 / eta)[:, None]
 
-    def pick(mask, a, b):  # per item: a where mask, else b (for the tuple of at())
-        m2 = mask[:, None]
-        return tuple(torch.where(m2 if u.dim() == 2 else mask, u, v)
-                     for u, v in zip(a, b, strict=True))
+        def at(x):  # the state [x | y | T(x) | F | phi] packed in one (B, 4N + 1) tensor
+            g = bmv(Q, x) + p
+            y = x - eta_c * g
+            Tx = prox(y, eta)
+            F = Tx - x
+            phi = (x * (0.5 * (g + p)) + F * (g + half_eta * F)).sum(-1) + penalty(Tx)
+            return torch.cat([x, y, Tx, F, phi[:, None]], dim=-1)
 
+        return at
+
+    at = make_at(Q, p, eta, prox, penalty)
+    # the first K trial steps 1, 1/2, ..., 2^(1-K) of the line search in one evaluation on
+    # K stacked copies of the batch (built at the first step that is not a full one)
+    K = defaults.FBN_LS_BATCH
+    taus = 0.5 ** torch.arange(K, dtype=dt, device=dev)
+    at_k = None
+
+    def pick(mask, a, b):  # per item: state a where mask, else b
+        return torch.where(mask[:, None], a, b)
+
+    if cold and not prog.plan.prox:
+        # a cold start with sets only: from the unconstrained minimiser -Q^-1 p where Q is
+        # definite (often inside, or its projection on the right pieces); with l1 / group
+        # terms the given start (zero) is the better guess (sparse solutions)
+        Lc, cinfo = torch.linalg.cholesky_ex(Q)
+        z0 = -torch.cholesky_solve(p.unsqueeze(-1), Lc).squeeze(-1)
+        z = torch.where(((cinfo == 0) & torch.isfinite(z0).all(-1))[:, None], z0, z)
     cur = at(z)
     it = 0
+    rows = torch.arange(B, device=dev)
     while True:
-        x, y, Tx, F, phi = cur
+        x, y, Tx, F, phi = cur[:, :N], cur[:, N:2 * N], cur[:, 2 * N:3 * N], \
+            cur[:, 3 * N:4 * N], cur[:, -1]
         res = F.norm(dim=-1) / (eta * (1 + x.norm(dim=-1)))
         done = res <= tol
         if it >= maxiter or bool(done.all()):
             break
         it += 1
-        Jp = prog.prox_jacobian(y, Tx, eta, P)
-        if Jp is None:
+        if prox_jac is not None:
+            Jp = prox_jac(y, Tx, eta)
+        else:
             Jp = jacobian(lambda Y, k: prog.prox(Y, replicate(eta, k), reps(k)), y)
         d, info = torch.linalg.solve_ex(torch.baddbmm(-eye, Jp, M), -F)
         MF = bmv(M, F)
@@ -209,26 +283,46 @@ def fbn_solve(prog, P, z, tol, maxiter, qp) -> SolveResult:
         slope = torch.where(newton, slope, -(MF * F).sum(-1) / eta)
         # Armijo on the envelope: phi(x + tau d) <= phi + c tau slope (+ a roundoff margin)
         bound, cslope = phi + 16 * eps * phi.abs(), 1e-4 * slope
-        tau = torch.ones(B, dtype=dt, device=dev)
-        trial = at(x + d)
-        ok = trial[4] <= bound + cslope
-        accepted = done | ok
-        if bool(accepted.all()):  # the usual case: full steps
-            cur = trial if not bool(done.any()) else pick(done, cur, trial)
+        first_ls = at_k is None
+        if first_ls:
+            trial = at(x + d)
+            ok = trial[:, -1] <= bound + cslope
+            accepted = done | ok
+            if bool(accepted.all()):  # the usual case: full steps
+                cur = trial if not bool(done.any()) else pick(done, cur, trial)
+                continue
+            cur = pick(ok & ~done, trial, cur)  # x, d, bound stay those of this iteration
+            at_k = make_at(Q.repeat(K, 1, 1), p.repeat(K, 1), eta.repeat(K),
+                           prog.prox_fn(P, K), prog.penalty_fn(P, K))
+        # K trial steps in one evaluation: 1, ..., 2^(1-K) (after a rejected full step
+        # in this iteration: 1/2, ..., 2^-K)
+        tk = taus * 0.5 if first_ls else taus
+        trials = at_k((x + tk[:, None, None] * d).reshape(K * B, N)).reshape(K, B, -1)
+        okk = ~accepted & (trials[:, :, -1] <= bound + tk[:, None] * cslope) if first_ls \
+            else trials[:, :, -1] <= bound + tk[:, None] * cslope
+        first = okk.to(torch.uint8).argmax(0)  # the largest step that passes
+        ok = okk.any(0)
+        trial = trials[first, rows]
+        if not first_ls:
+            accepted = done
+        new = pick(ok & ~accepted, trial, cur)
+        accepted = accepted | ok
+        if bool(accepted.all()):
+            cur = new
             continue
-        new = pick(ok & ~done, trial, cur)
+        tau = torch.where(accepted, 1.0, 0.5 ** (K + 1 if first_ls else K)).to(dt)
         for _ in range(defaults.FBN_MAXLS - 1):
-            tau = torch.where(accepted, tau, 0.5 * tau)
             trial = at(x + tau[:, None] * d)
-            ok = ~accepted & (trial[4] <= bound + tau * cslope)
+            ok = ~accepted & (trial[:, -1] <= bound + tau * cslope)
             new = pick(ok, trial, new)
             accepted = accepted | ok
             if bool(accepted.all()):
                 break
+            tau = torch.where(accepted, tau, 0.5 * tau)
         if not bool(accepted.all()):  # keep the proximal-gradient point (phi decreases)
             new = pick(~accepted, at(Tx), new)
         cur = new
-    x, _y, Tx, F, _phi = cur
+    x, Tx, F = cur[:, :N], cur[:, 2 * N:3 * N].contiguous(), cur[:, 3 * N:4 * N]
     res = F.norm(dim=-1) / (eta * (1 + x.norm(dim=-1)))
     return SolveResult(Tx, status_of(res, tol, Tx), it, res, eta)
 
@@ -250,6 +344,8 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     B, N = z.shape
     dt, dev = z.dtype, z.device
     eps = torch.finfo(dt).eps
+    reps, qreps = _replicas(P), _replicas(qp)
+    newton_ok = N <= defaults.FP_NEWTON_MAX_SIZE
     if qp is not None:
         Q, p = qp
         L = lambda_max(Q)
@@ -257,31 +353,31 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         L = torch.ones(B, dtype=dt, device=dev)
 
     proxf = prog.prox_fn(P)
-    reps, qreps = _replicas(P), _replicas(qp)
 
     def T(zz, step, k):
         if k == 1:  # no graph needed: the specialised prox
             return proxf(zz - step[:, None] * prog.grad(zz, P, qp), step)
         return prog.fixed_point(zz, reps(k), step, None if qp is None else qreps(k))
 
-    x = proxf(z, 1 / L)
+    step = 1 / L
+    x = proxf(z, step)
+    newton = _Newton(T)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    it, newton_at = 0, defaults.FP_NEWTON_START
+    it, newton_at, gap = 0, defaults.FP_NEWTON_START, defaults.FP_NEWTON_EVERY
     y, t = x, torch.ones(B, dtype=dt, device=dev)
     while it < maxiter and not bool(done.all()):
-        if it >= newton_at and N <= defaults.FP_NEWTON_MAX_SIZE:
+        if it >= newton_at and newton_ok:
             it += 1
             pending = ~done
-            x, ok, res = _newton_trial(T, x, 1 / L, pending)
+            x, ok, res = newton.trial(x, step, pending)
             done = done | (ok & (res <= tol))
             y = torch.where(ok[:, None], x, y)
             t = torch.where(ok, torch.ones_like(t), t)
             if bool(done.all()):
                 break
-            # every pending item halved its residual: Newton again at once, else
-            # first-order iterations first
-            again = bool((ok | ~pending).all())
-            newton_at = it if again else it + defaults.FP_NEWTON_EVERY
+            # every pending item kept its step: Newton again at once, else
+            # first-order iterations first (see _retry)
+            newton_at, gap = _retry(ok, pending, it, gap)
             continue
         it += 1
         if qp is not None:
@@ -299,6 +395,7 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
                 if bool(ok.all()):
                     break
                 L = torch.where(ok, L, 2 * L)
+            step = 1 / L
         res = (L * d.norm(dim=-1)) / (1 + xn.norm(dim=-1))
         # gradient-based adaptive restart (O'Donoghue & Candes): no function values
         restart = ((y - xn) * (xn - x)).sum(-1) > 0
@@ -312,19 +409,44 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         done = done | (res <= tol)
         if bool(done.all()):
             break
-    step = 1 / L
-    Tx = T(x, step, 1)
+    Tx, J = newton.finish(x, step)
     res = (Tx - x).norm(dim=-1) / (step * (1 + x.norm(dim=-1)))
-    return SolveResult(Tx, status_of(res, tol, Tx), it, res, step)
+    return SolveResult(Tx, status_of(res, tol, Tx), it, res, step, J)
+
+
+
+def md_value_and_jacobian(md, z, g, H, step):
+    """The mirror-descent step on one vector simplex variable and its Jacobian from the
+    gradient ``g`` and Hessian ``H`` of ``f`` at ``z``: with ``y = T(z) = v softmax(log z
+    - step g)``, ``dT/dz = (diag(y) - y y' / v)(diag(1 / z) - step H)`` (``1 / z`` zero
+    where ``log`` is clamped at the smallest normal number).
+
+    Args:
+        md: :meth:`~optlayer.compiler.program.Program.md_fn` of the parameters.
+        z, g: ``(B, N)``; ``H``: ``(B, N, N)``; ``step``: ``(B,)``.
+
+    Returns:
+        ``(T(z), dT/dz)``.
+    """
+    tiny = torch.finfo(z.dtype).tiny
+    y = md(torch.log(z.clamp_min(tiny)), g, step)
+    S = torch.diag_embed(y) - y[:, :, None] * (y / y.sum(-1, keepdim=True))[:, None, :]
+    inv = torch.where(z > tiny, 1 / z.clamp_min(tiny), 0.0)
+    return y, S * inv[:, None, :] - step[:, None, None] * (S @ H)
 
 
 def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
     """Exponentiated gradient with backtracking (relative smoothness in KL) and Newton
-    steps on the mirror-descent map ``T(z) = normalize(z exp(-eta grad f(z)))``."""
+    steps on the mirror-descent map ``T(z) = normalize(z exp(-eta grad f(z)))``.
+
+    The first step is ``eta = 1 / lambda_max(Z^1/2 H Z^1/2)`` at the initial point
+    (``H`` the Hessian of ``f``, ``Z = diag(z)``: the curvature of ``f`` relative to the
+    entropy there), capped at ``defaults.MD_STEP_MAX``; for ``f = <c, z> + tau
+    sum z log z`` it is ``1 / tau``, where ``T`` is constant and one Newton step is exact.
+    """
     B, N = z.shape
     dt = z.dtype
     tiny, eps = torch.finfo(dt).tiny, torch.finfo(dt).eps
-    step = torch.ones(B, dtype=dt, device=z.device)
 
     reps = _replicas(P)
     md = prog.md_fn(P)
@@ -334,21 +456,38 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
             return md(torch.log(zz.clamp_min(tiny)), prog.grad(zz, P), s)
         return prog.fixed_point(zz, reps(k), s)
 
+    newton_ok = N <= defaults.FP_NEWTON_MAX_SIZE
+    newton = _Newton(T)
+    if newton_ok:
+        g, H = value_and_jacobian(lambda Z, s, k: prog.grad(Z, reps(k)), z, z.new_ones(B))
+        r = z.clamp_min(0).sqrt()
+        R = r[:, :, None] * (0.5 * (H + H.transpose(-1, -2))) * r[:, None, :]
+        # zero entries (a warm start) give 0 * inf: no curvature there
+        R = torch.where(torch.isfinite(R), R, 0.0)
+        lam = torch.linalg.eigvalsh(R)[:, -1]
+        step = 1 / lam.clamp_min(1 / defaults.MD_STEP_MAX)
+        step = torch.where(torch.isfinite(step), step, torch.ones_like(step))
+        if len(prog.layout.names) == 1 and len(prog.layout.shapes[prog.layout.names[0]]) == 1:
+            # one vector variable: T(z) and dT/dz at the start from the same g and H
+            newton.at = (z, step, *md_value_and_jacobian(md, z, g, H, step))
+    else:
+        step = torch.ones(B, dtype=dt, device=z.device)
     done = torch.zeros(B, dtype=torch.bool, device=z.device)
-    it, newton_at = 0, defaults.FP_NEWTON_START
-    fz, g = prog.value_and_grad(z, P)
+    it, newton_at, gap = 0, defaults.FP_NEWTON_START, defaults.FP_NEWTON_EVERY
+    fg = None
     while it < maxiter:
-        if it >= newton_at and N <= defaults.FP_NEWTON_MAX_SIZE:
+        if it >= newton_at and newton_ok:
             it += 1
             pending = ~done
-            z, ok, res = _newton_trial(T, z, step, pending)
+            z, ok, res = newton.trial(z, step, pending)
             done = done | (ok & (res <= tol))
             if bool(done.all()):
                 break
-            newton_at = it if bool((ok | ~pending).all()) else it + defaults.FP_NEWTON_EVERY
-            fz, g = prog.value_and_grad(z, P)
+            newton_at, gap = _retry(ok, pending, it, gap)
+            fg = None
             continue
         it += 1
+        fz, g = prog.value_and_grad(z, P) if fg is None else fg
         logz = torch.log(z.clamp_min(tiny))
         bound = fz + 16 * eps * fz.abs() - (g * z).sum(-1)
         for _ in range(60):
@@ -365,10 +504,11 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
         done = done | (res <= tol)
         if bool(done.all()):
             break
-        fz, g = prog.value_and_grad(z, P)
-    Tz = T(z, step, 1)
+        fg = None
+    Tz, J = newton.finish(z, step)
     res = (Tz - z).norm(dim=-1) / (step * (1 + z.norm(dim=-1)))
-    return SolveResult(Tz, status_of(res, tol, Tz), it, res, step)
+    return SolveResult(Tz, status_of(res, tol, Tz), it, res, step, J)
+
 
 
 def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
@@ -381,30 +521,23 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     eps = torch.finfo(dt).eps
     reps = _replicas(P)
 
-    def fval(zz):
-        if qp is None:
-            return prog.f(zz, P)
-        Q, p = qp
-        return 0.5 * (zz * torch.matmul(Q, zz.unsqueeze(-1)).squeeze(-1)).sum(-1) \
-            + (p * zz).sum(-1)
-
-    def value_and_grad(zz):
-        if qp is None:
-            return prog.value_and_grad(zz, P)
-        return fval(zz), torch.matmul(qp[0], zz.unsqueeze(-1)).squeeze(-1) + qp[1]
-
     it, best, stalled = 0, None, 0
-    f0, g = value_and_grad(z)
+    if qp is not None:
+        f0, g = None, bmv(qp[0], z) + qp[1]
+    else:
+        f0, g = prog.value_and_grad(z, P)
     res = g.norm(dim=-1)
     while it < maxiter:
         done = res <= tol * (1 + z.norm(dim=-1))
         if bool(done.all()):
             break
-        # Newton converges quadratically; no progress for 3 steps = roundoff floor
-        worst = float(torch.where(done, 0, res).max())
+        # Newton converges quadratically; no progress for 3 steps near the solution =
+        # roundoff floor (far from it, damped steps across the pieces of a piecewise
+        # smooth gradient, e.g. huber, may take a while)
+        worst = float(torch.where(done, 0, res / (1 + z.norm(dim=-1))).max())
         stalled = stalled + 1 if best is not None and worst > 0.5 * best else 0
         best = worst if best is None else min(best, worst)
-        if stalled >= 3:
+        if stalled >= 3 and worst <= tol ** 0.5:
             break
         it += 1
         if qp is not None:
@@ -417,10 +550,17 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             shift = H.diagonal(dim1=-2, dim2=-1).abs().amax(-1) * 1e-8 + 1e-12
             Lc, info = torch.linalg.cholesky_ex(H + shift[:, None, None] * eye)
         d = -torch.cholesky_solve(g.unsqueeze(-1), Lc).squeeze(-1)
+        if qp is not None:
+            # quadratic f: the full step (also with the shift) decreases f by at least
+            # half its slope, so Armijo holds at t = 1
+            z = torch.where(done[:, None], z, z + d)
+            g = bmv(qp[0], z) + qp[1]
+            res = g.norm(dim=-1)
+            continue
         t = torch.ones(B, dtype=dt, device=dev)
         slope = (g * d).sum(-1)
         for _ in range(30):
-            fz = fval(z + t[:, None] * d)
+            fz = prog.f(z + t[:, None] * d, P)
             # Armijo, with a roundoff margin (near the solution f changes below ulps)
             ok = (fz <= f0 + 1e-4 * t * slope + 16 * eps * f0.abs()) \
                 | ~torch.isfinite(f0) | (slope >= 0)
@@ -428,7 +568,7 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
                 break
             t = torch.where(ok, t, 0.5 * t)
         z = torch.where(done[:, None], z, z + t[:, None] * d)
-        f0, g = value_and_grad(z)
+        f0, g = prog.value_and_grad(z, P)
         res = g.norm(dim=-1)
     ok = res <= tol * (1 + z.norm(dim=-1)) * 10
     status = torch.where(ok, 0, int(Status.MAX_ITER)).to(torch.int8)
@@ -437,16 +577,19 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     return SolveResult(z, status, it, res, torch.ones_like(res))
 
 
-def block_solve(B: int, N: int, dense=None):
+def block_solve(B: int, N: int, blocks=None):
     """A linear solve for ``custom_root`` / ``custom_fixed_point`` on a ``(B, N)`` solution.
 
     The system is block diagonal (one ``N x N`` block per item).
 
-    * In a plain first-order backward, ``dense()`` (when given) returns the Jacobian
-      ``J (B, N, N)`` of the optimality map at the solution (closed form, or
-      :func:`jacobian` in one stacked evaluation); the solve uses ``J`` or ``J'``,
-      whichever agrees with one product of ``matvec`` with a fixed vector of
-      distinct weights (the check also catches a ``dense`` of another call).
+    * In a plain first-order backward, ``blocks(x, args, kwargs)`` (when given) is
+      called with the point of this solve (:func:`optlayer.implicit.solve_point`:
+      the call's own saved solution and arguments, so another call's forward cannot
+      interfere) and returns ``(J, verify)``: the Jacobian ``J (B, N, N)`` of the
+      optimality map (closed form, or :func:`jacobian` in one stacked evaluation),
+      or None. The system matrix is ``J'``; with ``verify`` (a ``J`` evaluated near,
+      not at, the solution) the solve uses ``J'`` or ``J``, whichever agrees with
+      one product of ``matvec`` with a fixed vector of distinct weights, if any.
     * Otherwise (or when the check fails), for small ``N`` the blocks are
       materialised with ``N`` products (column ``j`` of every block at once, from
       the basis vector ``e_j`` in every item; differentiable, so second-order
@@ -454,30 +597,34 @@ def block_solve(B: int, N: int, dense=None):
       :mod:`optlayer.linalg` on the regrouped blocks.
     In every case one batched LU solves all blocks.
     """
+    from optlayer.implicit import solve_point
     from optlayer.linalg import solve_lu
 
     def solve(matvec, b, **options):
         if b.ndim != 1 or b.shape[0] != B * N:  # pragma: no cover - not our layout
             return solve_lu(matvec, b, **options)
-        eye = torch.eye(N, dtype=b.dtype, device=b.device)
         A = None
-        if dense is not None and dense[0] is not None and not torch.is_grad_enabled() \
-                and not _functorch_active():
-            J = dense[0]()
-            # one product with a vector of distinct weights (not a basis vector: a stale
-            # matrix that shares a column with the right one must not pass)
-            w = torch.arange(1, N + 1, dtype=b.dtype, device=b.device).sqrt()
-            Aw = matvec(w.expand(B, N).reshape(-1)).reshape(B, N)
-            tol = 100 * torch.finfo(b.dtype).eps ** 0.5 * (Aw.abs().amax() + w[-1])
-            for cand in (J.transpose(-1, -2), J):
-                if cand.dtype == b.dtype and bool(((cand @ w - Aw).abs() <= tol).all()):
-                    A = cand
-                    break
+        point = solve_point() if blocks is not None else None
+        if point is not None and not torch.is_grad_enabled() and not _functorch_active():
+            J, verify = blocks(*point)
+            if J is not None and J.dtype == b.dtype and not verify:
+                A = J.transpose(-1, -2)
+            elif J is not None and J.dtype == b.dtype:
+                # one product with a vector of distinct weights (not a basis vector: a
+                # matrix that shares a column with the right one must not pass)
+                w = torch.arange(1, N + 1, dtype=b.dtype, device=b.device).sqrt()
+                Aw = matvec(w.expand(B, N).reshape(-1)).reshape(B, N)
+                tol = 100 * torch.finfo(b.dtype).eps ** 0.5 * (Aw.abs().amax() + w[-1])
+                for cand in (J.transpose(-1, -2), J):
+                    if bool(((cand @ w - Aw).abs() <= tol).all()):
+                        A = cand
+                        break
         if A is None and N > defaults.IMPLICIT_LOOP_MAX:
             x = solve_lu(lambda V: matvec(V.reshape(-1)).reshape(B, N), b.reshape(B, N),
                          **options)
             return x.reshape(-1)
         if A is None:
+            eye = torch.eye(N, dtype=b.dtype, device=b.device)
             cols = [matvec(eye[j].expand(B, N).reshape(-1)).reshape(B, N) for j in range(N)]
             A = torch.stack(cols, dim=-1)
         return solve_lu(A, b.reshape(B, N), **options).reshape(-1)

@@ -52,6 +52,7 @@ class Program:
         pexprs += [a for spec in plan.sets.values() for a in spec.args.values() if a is not None]
         self.param_tape = Tape(pexprs) if pexprs else None
         self._pv = (None, {})
+        self._parts: list = []  # (P, parts) of the last few parameter dicts
         #: True when f is quadratic and small enough for a dense (Q, p) per item.
         self.quadratic = (self.layout.size <= defaults.QUADRATIC_MAX_SIZE
                           and is_quadratic([e for _, e in plan.smooth]))
@@ -174,32 +175,36 @@ class Program:
             out[name] = y
         return self.layout.pack(out)
 
-    def prox_fn(self, P):
-        """:meth:`prox` specialised to the parameters ``P`` of one forward solve.
+    def _prox_parts(self, P):
+        """The pieces of :meth:`prox` for the parameters ``P``: ``[(slice, shape, kind,
+        args)]`` with weights and set arguments evaluated, adjacent equal-size simplex or
+        group-l2 variables merged; None when some variable has no specialisation (balls,
+        psd, matrix simplices, other proxes). Cached for the last few ``P`` dicts (the
+        solvers reuse one dict, and one per number of stacked copies)."""
+        for q, parts in self._parts:
+            if q is P:
+                return parts
+        parts = self._compute_prox_parts(P)
+        self._parts = [(P, parts)] + self._parts[:3]
+        return parts
 
-        Weights and set arguments are evaluated once; each call then costs a few
-        torch operations per variable (no unpacking for a single variable). Sets
-        without a specialisation (balls, psd) use :meth:`prox`'s general path.
-
-        Returns:
-            ``prox(z, step)`` with ``step (B,)``, equal to ``self.prox(z, step, P)``.
-        """
+    def _compute_prox_parts(self, P):
         B = next(iter(P.values())).shape[0]
         env, cache = P, dict(self.pvals(P))
+        t0 = next(iter(P.values()))
         parts = []
         for name in self.layout.names:
             sl, shape = self.layout.slices[name], self.layout.shapes[name]
             if name in self.plan.prox:
                 pname, weight, hyper = self.plan.prox[name]
                 w = hyper if weight is None else eval_scalar(weight, env, cache, B) * hyper
-                t0 = next(iter(P.values()))
                 w = torch.as_tensor(w, dtype=t0.dtype, device=t0.device).expand(B)
                 if pname == "lasso":
                     kind = "nonneg_lasso" if name in self.plan.sets else "lasso"
                 elif pname == "group_lasso":
                     kind = "group_lasso"
                 else:
-                    kind, w = "general", None
+                    return None
                 parts.append((sl, shape, kind, w))
             elif name in self.plan.sets:
                 spec = self.plan.sets[name]
@@ -216,14 +221,42 @@ class Program:
                     v = spec.args.get("value")
                     v = 1.0 if v is None else eval_scalar(v, env, cache, B)[:, None]
                     parts.append((sl, shape, "simplex", v))
+                elif spec.kind in ("ball1", "ball2", "ballinf"):
+                    r = spec.args.get("radius")
+                    r = 1.0 if r is None else eval_scalar(r, env, cache, B)
+                    r = torch.as_tensor(r, dtype=t0.dtype, device=t0.device).expand(B)
+                    parts.append((sl, shape, spec.kind, r))
+                elif spec.kind == "psd":
+                    parts.append((sl, shape, "psd", shape[-1]))
                 else:
-                    parts.append((sl, shape, "general", None))
+                    return None
             else:
                 parts.append((sl, shape, "free", None))
-        general = any(k == "general" for _, _, k, _ in parts)
-        if general:
-            return lambda z, step: self.prox(z, step, P)
-        parts = _merge_blocks(parts, B, next(iter(P.values())))
+        return _merge_blocks(parts, B, t0)
+
+    def prox_fn(self, P, copies: int = 1):
+        """:meth:`prox` specialised to the parameters ``P`` of one forward solve.
+
+        Weights and set arguments are evaluated once; each call then costs a few
+        torch operations per variable (no unpacking for a single variable). Sets
+        without a specialisation (second-order cones, matrix simplices) use
+        :meth:`prox`'s general path.
+
+        Args:
+            P: parameters, each ``(B, ...)``.
+            copies: for ``z`` holding this many stacked copies of the batch (the
+                evaluated weights are repeated, not re-evaluated).
+
+        Returns:
+            ``prox(z, step)`` with ``step (copies B,)``, equal to
+            ``self.prox(z, step, replicate(P, copies))``.
+        """
+        parts = self._prox_parts(P)
+        if parts is None:
+            Pk = P if copies == 1 else iterate.replicate(P, copies)
+            return lambda z, step: self.prox(z, step, Pk)
+        if copies > 1:
+            parts = [(sl, shape, kind, _repeat(a, copies)) for sl, shape, kind, a in parts]
         single = len(parts) == 1
 
         def prox(z, step):
@@ -251,6 +284,14 @@ class Program:
                     y = x - torch.clamp(x, -t, t)
                 elif kind == "nonneg_lasso":
                     y = (x - (a * step)[:, None]).clamp_min(0)
+                elif kind == "ball1":
+                    y = projections.l1_ball(x, a)
+                elif kind == "ball2":
+                    y = projections.l2_ball(x, a)
+                elif kind == "ballinf":
+                    y = torch.clamp(x, -a[:, None], a[:, None])
+                elif kind == "psd":
+                    y = projections.psd(x.reshape(-1, a, a)).reshape(x.shape)
                 else:  # group_lasso on the whole variable
                     nrm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
                     t = (a * step)[:, None]
@@ -261,15 +302,79 @@ class Program:
 
         return prox
 
-    def penalty_fn(self, P):
-        """:meth:`penalty` specialised to ``P`` (weights evaluated once): ``pen(z) -> (B,)``."""
+    def prox_jacobian_fn(self, P):
+        """The Jacobian of :meth:`prox_fn` in closed form, specialised to ``P``.
+
+        Per variable: ``diag(x == y)`` (nonneg, box, l-inf ball), ``diag(x != 0)`` (l1
+        proxes), ``diag(s) - s s' / |S|`` (simplex, ``s`` the support; with signs for
+        the l1 ball), ``(1 - t/|y|) I + t/|y| u u'`` with ``u = y / |y|`` (group l2,
+        zero when ``x = 0``; ``r/|y| (I - u u')`` for the l2 ball) and the
+        Daleckii-Krein form for the PSD cone; equal-size simplex / group blocks are
+        computed together.
+
+        Returns:
+            ``jac(y, x, step) -> (B, N, N)`` (``x = prox(y, step)``), or None when
+            :meth:`prox_fn` has no specialisation (then use autograd).
+        """
+        parts = self._prox_parts(P)
+        if parts is None:
+            return None
+        single = len(parts) == 1
+
+        def jac(y, x, step):
+            B = y.shape[0]
+            diag, blocks = [], []
+            for sl, _shape, kind, a in parts:
+                yv, xv = (y, x) if single else (y[:, sl], x[:, sl])
+                if kind == "free":
+                    diag.append(torch.ones_like(yv))
+                elif kind in ("nonneg", "box", "ballinf"):
+                    diag.append((xv == yv).to(y.dtype))
+                elif kind in ("ball1", "ball2", "psd"):
+                    diag.append(torch.zeros_like(yv))
+                    blocks.append((sl, 1, _set_jacobian(kind, yv, xv, a)[:, None]))
+                elif kind in ("lasso", "nonneg_lasso"):
+                    diag.append((xv != 0).to(y.dtype))
+                else:
+                    diag.append(torch.zeros_like(yv))
+                    k = 1 if kind in ("simplex", "group_lasso") else a.shape[1]
+                    yb, xb = yv.reshape(B, k, -1), xv.reshape(B, k, -1)
+                    if kind in ("simplex", "simplex_blocks"):
+                        sb = (xb > 0).to(y.dtype)
+                        Jb = torch.diag_embed(sb) - sb[..., :, None] * sb[..., None, :] \
+                            / sb.sum(-1).clamp_min(1)[..., None, None]
+                    else:  # group l2
+                        ny = torch.linalg.vector_norm(yb, dim=-1)
+                        keep = (xb != 0).any(-1)
+                        r = torch.where(keep, (ny - torch.linalg.vector_norm(xb, dim=-1))
+                                        / torch.where(keep, ny, 1), 0.0)  # t / |y|
+                        u = yb / torch.where(keep, ny, 1)[..., None]
+                        eye = torch.eye(yb.shape[-1], dtype=y.dtype, device=y.device)
+                        Jb = ((1 - r) * keep)[..., None, None] * eye \
+                            + (r * keep)[..., None, None] * u[..., :, None] * u[..., None, :]
+                    blocks.append((sl, k, Jb))
+            if single and blocks and blocks[0][1] == 1:
+                return blocks[0][2][:, 0]
+            J = torch.diag_embed(diag[0] if single else torch.cat(diag, dim=-1))
+            for sl, k, Jb in blocks:
+                m = Jb.shape[-1]
+                Jsub = J if single else J[:, sl, sl]
+                # the k diagonal m x m blocks of the (k m) x (k m) sub-block
+                Jsub.view(B, k, m, k, m).diagonal(dim1=1, dim2=3).copy_(
+                    Jb.permute(0, 2, 3, 1))
+            return J
+
+        return jac
+    def penalty_fn(self, P, copies: int = 1):
+        """:meth:`penalty` specialised to ``P`` (weights evaluated once): ``pen(z) -> (B,)``
+        (``copies``: as in :meth:`prox_fn`)."""
         if not self.plan.prox:
             return lambda z: z.new_zeros(z.shape[0])
         B = next(iter(P.values())).shape[0]
         env, cache = P, dict(self.pvals(P))
         terms = []
         for name, (pname, weight, _hyper) in self.plan.prox.items():
-            w = None if weight is None else eval_scalar(weight, env, cache, B)
+            w = None if weight is None else _repeat(eval_scalar(weight, env, cache, B), copies)
             terms.append((self.layout.slices[name], _PENALTY[pname], w))
 
         def pen(z):
@@ -298,47 +403,9 @@ class Program:
 
     def prox_jacobian(self, y, x, step, P):
         """Jacobian ``(B, N, N)`` of :meth:`prox` at ``y`` given ``x = prox(y)``, in closed
-        form where the pieces are simple (free, nonneg, box, simplex, l1 and group-l2
-        proxes); None when some variable needs autograd (balls, psd)."""
-        B, N = y.shape
-        blocks = []
-        ys, xs = self.layout.unpack(y), self.layout.unpack(x)
-        for name in self.layout.names:
-            yv, xv = ys[name].reshape(B, -1), xs[name].reshape(B, -1)
-            n = yv.shape[1]
-            kind = self.plan.prox[name][0] if name in self.plan.prox else \
-                self.plan.sets[name].kind if name in self.plan.sets else None
-            if kind is None:
-                J = torch.eye(n, dtype=y.dtype, device=y.device).expand(B, n, n)
-            elif kind in ("nonneg", "box"):
-                J = torch.diag_embed((xv == yv).to(y.dtype))
-            elif kind == "lasso":
-                J = torch.diag_embed((xv != 0).to(y.dtype))
-            elif kind == "simplex":
-                s = (xv > 0).to(y.dtype)
-                J = torch.diag_embed(s) - s[:, :, None] * s[:, None, :] \
-                    / s.sum(-1).clamp_min(1)[:, None, None]
-            elif kind == "group_lasso":
-                ny = yv.norm(dim=-1)
-                keep = (xv != 0).any(-1)
-                r = torch.where(keep, 1 - xv.norm(dim=-1) / torch.where(keep, ny, 1), 0.0)
-                c = torch.where(keep, 1 / torch.where(keep, ny, 1), 0.0)  # 1 - factor = r
-                u = yv * c[:, None]
-                eye = torch.eye(n, dtype=y.dtype, device=y.device)
-                factor = 1 - r
-                J = factor[:, None, None] * eye + (r * keep)[:, None, None] \
-                    * u[:, :, None] * u[:, None, :]
-                J = torch.where(keep[:, None, None], J, torch.zeros_like(J))
-            else:
-                return None
-            blocks.append(J)
-        if len(blocks) == 1:
-            return blocks[0]
-        out = y.new_zeros(B, N, N)
-        for name, J in zip(self.layout.names, blocks, strict=True):
-            sl = self.layout.slices[name]
-            out[:, sl, sl] = J
-        return out
+        form (:meth:`prox_jacobian_fn`); None when some variable needs autograd."""
+        jac = self.prox_jacobian_fn(P)
+        return None if jac is None else jac(y, x, step)
 
     # --------------------------------------------------------- optimality maps
     def fixed_point(self, z, P, step, qp=None) -> torch.Tensor:
@@ -346,7 +413,7 @@ class Program:
         per-item step ``step (B,)``; ``qp = (Q, p)`` for a quadratic ``f``."""
         if self.plan.method == "mirror_descent":
             return self.md_step(z, self.grad(z, P, qp), step, P)
-        return self.prox(z - step[:, None] * self.grad(z, P, qp), step, P)
+        return self.prox_fn(P)(z - step[:, None] * self.grad(z, P, qp), step)
 
     def md_fn(self, P):
         """:meth:`md_step` specialised to ``P`` (simplex values evaluated once), taking
@@ -411,8 +478,20 @@ class Program:
 
     # ---------------------------------------------------------------- solvers
     def solve(self, P, init, *, tol, maxiter, qp=None) -> SolveResult:
-        """Forward solve (no graph) from ``init (B, N)``; ``qp``: :meth:`quad` of ``P``."""
+        """Forward solve (no graph) from ``init (B, N)``, or from the default start when
+        ``init`` is None; ``qp``: :meth:`quad` of ``P``."""
+        self._parts = []
+        try:
+            return self._solve(P, init, tol, maxiter, qp)
+        finally:
+            self._parts = []  # drop the stacked copies' entries
+
+    def _solve(self, P, init, tol, maxiter, qp) -> SolveResult:
         m = self.plan.method
+        cold = init is None
+        if cold:
+            t = next(iter(P.values()))
+            init = self.init(P, t.shape[0], t.dtype, t.device)
         with torch.no_grad():
             if m == "stationary":
                 if self.layout.size <= defaults.NEWTON_MAX_SIZE:
@@ -423,7 +502,8 @@ class Program:
             if m in ("proj_grad", "prox_grad"):
                 if qp is not None and self.layout.size <= defaults.FP_NEWTON_MAX_SIZE:
                     return iterate.fbn_solve(self, P, init, tol,
-                                             maxiter or defaults.MAXITER["first_order"], qp)
+                                             maxiter or defaults.MAXITER["first_order"], qp,
+                                             cold=cold)
                 return iterate.prox_grad_solve(self, P, init, tol,
                                                maxiter or defaults.MAXITER["first_order"], qp)
             if m == "mirror_descent":
@@ -452,10 +532,57 @@ def _merge_blocks(parts, B, like):
     return [(sl, shape, kind, a) for sl, shape, kind, a, _ in out]
 
 
+def _repeat(a, k: int):
+    """An evaluated prox argument (None, a number, a ``(B, ...)`` tensor or a tuple of
+    them) for ``k`` stacked copies of the batch."""
+    if k == 1 or a is None or isinstance(a, (int, float)):
+        return a
+    if isinstance(a, tuple):
+        return tuple(_repeat(t, k) for t in a)
+    return a.repeat(k, *([1] * (a.dim() - 1)))
+
+
 def _as_col(a, B, like):
     """A per-item scalar (float, ``(B,)`` or ``(B, 1)``) as a ``(B, 1)`` tensor."""
     t = torch.as_tensor(a, dtype=like.dtype, device=like.device)
     return t.reshape(-1, 1).expand(B, 1) if t.numel() in (1, B) else t.reshape(B, 1)
+
+
+def _set_jacobian(kind, y, x, a):
+    """Jacobian ``(B, n, n)`` of the projection ``x = P(y)`` onto an l1 / l2 ball of radius
+    ``a (B,)`` or (``kind == "psd"``, ``a = m``) the PSD cone of ``m x m`` matrices
+    (flattened row-major, the symmetric part projected)."""
+    B, n = y.shape
+    eye = torch.eye(n, dtype=y.dtype, device=y.device)
+    if kind == "ball1":  # outside: sign(y) simplex(|y|): diag(s) - sigma sigma' / |S|
+        inside = (y.abs().sum(-1) <= a)[:, None, None]
+        s = (x != 0).to(y.dtype)
+        sig = torch.sign(y) * s
+        J = torch.diag_embed(s) - sig[:, :, None] * sig[:, None, :] \
+            / s.sum(-1).clamp_min(1)[:, None, None]
+        return torch.where(inside, eye, J)
+    if kind == "ball2":  # outside: r / |y| (I - u u')
+        nrm = torch.linalg.vector_norm(y, dim=-1)
+        out = nrm > a
+        safe = torch.where(out, nrm, 1.0)
+        u = y / safe[:, None]
+        J = (a / safe)[:, None, None] * (eye - u[:, :, None] * u[:, None, :])
+        return torch.where(out[:, None, None], J, eye)
+    # psd (Daleckii-Krein): dP[H] = V (Gamma o V' sym(H) V) V', Gamma_ij the divided
+    # differences of max(., 0) (its derivative on near-ties, as projections.psd)
+    m = a
+    Y = y.reshape(B, m, m)
+    w, V = torch.linalg.eigh(0.5 * (Y + Y.transpose(-1, -2)))
+    fw = torch.relu(w)
+    dw = w[:, :, None] - w[:, None, :]
+    scale = w.abs().amax(-1)[:, None, None].clamp_min(1.0)
+    tie = dw.abs() <= 1e3 * torch.finfo(w.dtype).eps * scale
+    deriv = (w > 0).to(w.dtype)
+    gamma = torch.where(tie, 0.5 * (deriv[:, :, None] + deriv[:, None, :]),
+                        (fw[:, :, None] - fw[:, None, :]) / torch.where(tie, 1.0, dw))
+    K = (V[:, :, None, :, None] * V[:, None, :, None, :]).reshape(B, n, n)  # V kron V
+    J = (K * gamma.reshape(B, 1, n)) @ K.transpose(1, 2)
+    return 0.5 * (J + J.reshape(B, n, m, m).transpose(-1, -2).reshape(B, n, n))
 
 
 def _simplex(x, value):

@@ -6,7 +6,8 @@ optimality map F (or ``T(x) - x``); ``root_vjp`` / ``root_jvp`` are the
 underlying products. See docs/implicit.md.
 """
 
-from optlayer.implicit._function import default_solve
+from optlayer.implicit._function import default_solve, solve_point
 from optlayer.implicit.root import custom_fixed_point, custom_root, root_jvp, root_vjp
 
-__all__ = ["custom_fixed_point", "custom_root", "default_solve", "root_jvp", "root_vjp"]
+__all__ = ["custom_fixed_point", "custom_root", "default_solve", "root_jvp", "root_vjp",
+           "solve_point"]

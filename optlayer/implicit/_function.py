@@ -21,6 +21,7 @@ of solver iterations.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,24 @@ from optlayer.linalg import solve_gmres, solve_lu
 from optlayer.status import OptimizationWarning
 from optlayer.tree import TreeDef, flatten, unflatten
 
-__all__ = ["RootSpec", "ImplicitRoot", "default_solve", "make_spec", "vjp_core", "jvp_core"]
+__all__ = ["RootSpec", "ImplicitRoot", "default_solve", "make_spec", "vjp_core", "jvp_core",
+           "solve_point"]
+
+_POINT = threading.local()
+
+
+def solve_point():
+    """The point of the implicit linear solve in progress, for a linear solver that
+    builds its matrix itself (e.g. in closed form from values the layer passed as
+    extra arguments of the decorated solver).
+
+    Returns:
+        ``(x, args, kwargs)`` -- the packed solution and the decorated solver's
+        arguments as saved for this call, detached -- while the solve of a plain
+        first-order backward (``loss.backward()``, no ``create_graph``, no
+        torch.func transform) runs in this thread; None otherwise.
+    """
+    return getattr(_POINT, "value", None)
 
 
 def default_solve(matvec, b, **options):
@@ -213,22 +231,26 @@ def vjp_core(spec: RootSpec, sol_leaves, arg_tensors, cot_leaves, needed=None) -
     out: list = [None] * len(arg_tensors)
     system = "∂₁F(x*, θ)ᵀ u = v"
     if _plain_first_order():
-        consts = [a.detach() for a in arg_tensors]
+        # one graph of F in (x, θ): the matvecs differentiate it in x only (autograd
+        # runs just the nodes on a path to x), the final product in θ only
+        full = [a.detach() for a in arg_tensors]
+        for i in diff:
+            full[i] = full[i].requires_grad_()
         with torch.enable_grad():
             xr = x.detach().requires_grad_()
-            fx = spec.F(xr, consts)
+            fx = spec.F(xr, full)
 
         def matvec(w):
             return torch.autograd.grad(fx, xr, w, retain_graph=True)[0]
 
-        u = _solve(spec, matvec, v.detach(), system)
+        outer = solve_point()
+        _POINT.value = (x.detach(), *spec.rebuild_args([a.detach() for a in arg_tensors]))
+        try:
+            u = _solve(spec, matvec, v.detach(), system)
+        finally:
+            _POINT.value = outer
         if diff:
-            with torch.enable_grad():
-                full = list(consts)
-                for i in diff:
-                    full[i] = consts[i].requires_grad_()
-                fa = spec.F(x.detach(), full)
-            grads = torch.autograd.grad(fa, [full[i] for i in diff], -u, allow_unused=True)
+            grads = torch.autograd.grad(fx, [full[i] for i in diff], -u, allow_unused=True)
             for i, g in zip(diff, grads, strict=True):
                 out[i] = g
         return out

@@ -58,3 +58,38 @@ def test_inference_mode_returns_the_solution():
     with torch.inference_mode():
         out = solver(None, torch.ones(2))
     assert torch.equal(out, torch.ones(2))
+
+
+def test_solve_point_is_the_calls_own_saved_values():
+    """A linear solver sees, through solve_point(), the solution and arguments saved for
+    the call being differentiated (not those of a later call), and only during a plain
+    backward."""
+    import optlayer as ol
+    from optlayer.linalg import solve_lu
+
+    seen = []
+
+    def solve(matvec, b):
+        seen.append(ol.implicit.solve_point())
+        return solve_lu(matvec, b)
+
+    @ol.custom_root(lambda x, t, extra: 2 * x - t, solve=solve)
+    def solver(init, t, extra):
+        return t / 2
+
+    t1 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    t2 = torch.tensor([5.0, 7.0], dtype=torch.float64, requires_grad=True)
+    out1 = solver(None, t1, {"tag": torch.tensor(1.0)})
+    solver(None, t2, {"tag": torch.tensor(2.0)})  # a later call before out1's backward
+    assert ol.implicit.solve_point() is None
+    out1.sum().backward()
+    assert ol.implicit.solve_point() is None
+    (x, args, kwargs), = seen
+    torch.testing.assert_close(x, torch.tensor([0.5, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(args[0], t1.detach())
+    assert float(args[1]["tag"]) == 1.0 and kwargs == {}
+    assert not x.requires_grad and not args[0].requires_grad
+    torch.testing.assert_close(t1.grad, torch.full((2,), 0.5, dtype=torch.float64))
+    seen.clear()
+    torch.func.grad(lambda t: solver(None, t, {"tag": torch.tensor(3.0)}).sum())(t1.detach())
+    assert seen == [None]  # under torch.func the matrix must come from matvec products

@@ -58,6 +58,43 @@ def test_binding_errors_name_the_parameter(layer, values, param, match, index):
         assert info.value.batch_index == index
 
 
+PSD_SRC = """dim n = 2
+param S[n, n] psd
+param c[n] pos
+var x[n]
+minimize quad_form(x, S) + c @ x
+"""
+_S = torch.eye(2, dtype=D).expand(3, 2, 2).clone()
+_C = torch.ones(3, 2, dtype=D)
+
+
+def _with(t, idx, value):
+    t = t.clone()
+    t[idx] = value
+    return t
+
+
+PSD_BAD = [  # all checks of all parameters share one host sync; the first failure is raised
+    ("nan_in_psd", {"S": _with(_S, (2, 0, 1), float("nan")), "c": _C}, "S", "non-finite",
+     (2,)),
+    ("not_symmetric", {"S": _with(_S, (1, 0, 1), 0.5), "c": _C}, "S", "symmetric", (1,)),
+    ("indefinite", {"S": _with(_S, (0, 1, 1), -1.0), "c": _C}, "S", "negative eigenvalue",
+     (0,)),
+    ("second_param", {"S": _S, "c": _with(_C, (2, 1), 0.0)}, "c", "pos", (2,)),
+    ("first_param_first", {"S": _with(_S, (1, 0, 0), float("inf")),
+                           "c": _with(_C, (0, 0), -1.0)}, "S", "non-finite", (1,)),
+]
+
+
+@pytest.mark.parametrize("values,param,match,index", [b[1:] for b in PSD_BAD],
+                         ids=[b[0] for b in PSD_BAD])
+def test_value_checks_of_several_parameters(values, param, match, index):
+    layer = ol.compile(PSD_SRC)
+    with pytest.raises(ol.BindingError, match=match) as info:
+        layer(**values)
+    assert info.value.parameter == param and info.value.batch_index == index
+
+
 def test_unbatched_params_broadcast_against_batched(layer):
     y = torch.tensor([[3.0, -0.2, 0.0], [-2.0, 0.5, 1.5]], dtype=D)
     x = layer(y=y, lam=torch.tensor(1.0, dtype=D))
@@ -68,7 +105,7 @@ def test_unbatched_params_broadcast_against_batched(layer):
 
 def _hard_layer(on_failure):
     return ol.compile("dim n = 3\nparam A[n, n]\nparam b[n]\nvar x[n]\n"
-                      "minimize sum_squares(A @ x - b)\nsubject to\n x >= 0",
+                      "minimize sum_squares(A @ x - b)\nsubject to\n x >= 0\n x <= 0.4",
                       on_failure=on_failure, maxiter=2)
 
 
