@@ -456,6 +456,10 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
             return md(torch.log(zz.clamp_min(tiny)), prog.grad(zz, P), s)
         return prog.fixed_point(zz, reps(k), s)
 
+    # zero entries (a warm start on the boundary) never move under T: start from
+    # the point renormalized with every entry at least sqrt(eps) of the largest
+    floor = eps ** 0.5 * z.abs().amax(-1, keepdim=True).clamp_min(tiny)
+    z = md(torch.log(z.clamp_min(floor)), torch.zeros_like(z), torch.zeros_like(z[:, 0]))
     newton_ok = N <= defaults.FP_NEWTON_MAX_SIZE
     newton = _Newton(T)
     if newton_ok:

@@ -244,6 +244,22 @@ def test_entropy_simplex_is_one_newton_step():
     torch.testing.assert_close(p, ref, rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("value", [0.0, 1e-300], ids=["zero", "subnormal-scale"])
+@pytest.mark.parametrize("name", ["kl_projection", "entropic_assignment"])
+def test_mirror_descent_from_a_warm_start_on_the_boundary(name, value):
+    """An entry of the warm start at (or near) zero stays there under the mirror-descent
+    map (a fixed point that is not the solution): the solve must still find the
+    solution, OPTIMAL."""
+    layer = ol.load(f"examples/problems/{name}.opt")
+    vals = random_params(layer.problem, batch=3, seed=0)
+    x = layer(**vals)
+    ws = x.clone()
+    ws[:, 0] = value
+    y = layer(**vals, warm_start=ws)
+    assert (layer.info.status == 0).all()
+    torch.testing.assert_close(y, x, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["entropic_assignment", "water_filling"])
 def test_backward_with_the_forward_jacobian_of_another_call(name):
     """The backward reuses the forward's last Jacobian, saved with its own call (and
