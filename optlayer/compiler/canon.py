@@ -177,9 +177,13 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     phase_one = None
     if any(r.phase_one is not None for r in program.plan.ineq):
         phase_one = _Rows(program, program.plan.ineq, phase_one=True)
+    models = {}
+    if not _functorch_active():
+        models = _models(program, Pd, B, N, dtype, device)
     ip = ConvexInteriorPoint(program.f, gfun if gfun else None, tol=tol, maxiter=maxiter,
                              implicit_diff=False, on_failure="ignore",
-                             phase_one_fun=phase_one, maxls=defaults.CONVEX_KKT_MAXLS)
+                             phase_one_fun=phase_one, maxls=defaults.CONVEX_KKT_MAXLS,
+                             **models)
     out = ip.run(z0, Pd, eq, Pd)
     z, nu, lam = out.params
     st = out.state
@@ -270,3 +274,154 @@ def _scaled(program, gfun, lam, z, P, sizes):
         parts.append(d)
         start += k
     return torch.cat(parts, dim=-1)
+
+
+# --------------------------------------------------------------------------- models
+def _functorch_active() -> bool:
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
+
+
+def _taylor(fn, P, B, N, k, dtype, device, second):
+    """Value, Jacobian and (``second``) Hessians at ``z = 0`` of ``fn(z, P) -> (B, k)``, by
+    autograd on copies of ``z = 0`` (one forward pass on ``B k N`` points, no loop):
+    ``(c (B, k), J (B, k, N), Q (B, k, N, N) or None)``. Exact (no differences): for an
+    affine or quadratic ``fn`` these are its coefficients."""
+    m = N if second else 1
+    Z = torch.zeros(B * k * m, N, dtype=dtype, device=device, requires_grad=True)
+    PP = _repeat(P, k * m)
+    eye_k = torch.eye(k, dtype=dtype, device=device)
+    W = eye_k.unsqueeze(1).expand(k, m, k).reshape(1, k * m, k).expand(B, -1, -1)
+    with torch.enable_grad():
+        vals = fn(Z, PP)
+        (gr,) = torch.autograd.grad((W.reshape(-1, k) * vals).sum(), Z, create_graph=second,
+                                    materialize_grads=True)
+        Q = None
+        if second:
+            E = torch.eye(N, dtype=dtype, device=device).expand(B * k, N, N).reshape(-1, N)
+            if gr.requires_grad:
+                (Hr,) = torch.autograd.grad((gr * E).sum(), Z, materialize_grads=True)
+                Q = Hr.reshape(B, k, N, N).detach()
+                Q = 0.5 * (Q + Q.transpose(-1, -2))
+            else:
+                Q = torch.zeros(B, k, N, N, dtype=dtype, device=device)
+    c = vals.detach().reshape(B, k * m, k)[:, 0, :]
+    J = gr.detach().reshape(B, k, m, N)[:, :, 0, :]
+    return c, J, Q
+
+
+class _FunctionRows:
+    """Row model (:mod:`optlayer.solvers.convex_models`) of non-quadratic rows: ``first`` is
+    one backward pass; ``second`` evaluates the rows on ``n + r`` copies of each item
+    (weights ``λ`` on the first ``n``, ``e_i`` on the last ``r``) so that one backward
+    pass gives ``∇(λᵀg)`` and ``Dg`` and one more the Hessian of ``λᵀg`` (no loop over
+    rows or columns)."""
+
+    def __init__(self, rows: _Rows, P, B, N, r) -> None:
+        self.rows, self.P, self.B, self.N, self.r = rows, P, B, N, r
+        self.PP = _repeat(P, N + r)
+        like = next(iter(P.values()))
+        opts = {"dtype": like.dtype, "device": like.device}
+        self.E = torch.cat([torch.eye(N, **opts), torch.zeros(r, N, **opts)]).expand(B, -1, -1)
+        self.eye_r = torch.eye(r, **opts).expand(B, r, r)
+
+    def values(self, x):
+        return self.rows(x, self.P)
+
+    def first(self, x, lam):
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            g = self.rows(z, self.P)
+            (v,) = torch.autograd.grad(g, z, grad_outputs=lam, materialize_grads=True)
+        return g.detach(), v
+
+    def second(self, x, lam):
+        B, N, r = self.B, self.N, self.r
+        W = torch.cat([lam.unsqueeze(1).expand(B, N, r), self.eye_r], 1).reshape(-1, r)
+        with torch.enable_grad():
+            Z = x.detach().repeat_interleave(N + r, 0).requires_grad_(True)
+            g = self.rows(Z, self.PP)
+            (gr,) = torch.autograd.grad((W * g).sum(), Z, create_graph=True,
+                                        materialize_grads=True)
+            H = None
+            if gr.requires_grad:
+                (H,) = torch.autograd.grad((gr * self.E.reshape(-1, N)).sum(), Z,
+                                           materialize_grads=True)
+                H = H.reshape(B, N + r, N)[:, :N, :]
+        gr = gr.detach().reshape(B, N + r, N)
+        return g.detach().reshape(B, N + r, r)[:, 0, :], gr[:, N:, :], H
+
+
+def _models(program: Program, P, B, N, dtype, device) -> dict:
+    """Models for :class:`ConvexInteriorPoint`: a quadratic objective as ``(Q, p)``, affine
+    rows as ``(G, h)``, quadratic rows as ``(Q_i, p_i, c_i)`` (all read off once per call,
+    exactly, by :func:`_taylor`), other rows by autograd on their own tape."""
+    from optlayer.compiler.quadratic import _degree
+    from optlayer.solvers.convex_models import (
+        AffineRows,
+        QuadraticObjective,
+        QuadraticRows,
+        StackedRows,
+    )
+
+    out = {}
+    memo: dict = {}
+    if all(_degree(e, memo) <= 2 for _, e in program.plan.smooth):
+        def f(z, PP):
+            return program.f(z, PP).unsqueeze(-1)
+
+        _, p, Q = _taylor(f, P, B, N, 1, dtype, device, second=True)
+        qobj = QuadraticObjective(Q[:, 0], p[:, 0])
+        out["objective_model"] = lambda _p: qobj
+    if program.plan.ineq:
+        main = _stacked(program, P, B, N, dtype, device, memo, False,
+                        AffineRows, QuadraticRows, StackedRows)
+        out["ineq_model"] = lambda _p: main
+        if any(r.phase_one is not None for r in program.plan.ineq):
+            one = _stacked(program, P, B, N, dtype, device, memo, True,
+                           AffineRows, QuadraticRows, StackedRows)
+            out["phase_one_model"] = lambda _p: one
+    return out
+
+
+def _stacked(program, P, B, N, dtype, device, memo, phase_one, AffineRows, QuadraticRows,
+             StackedRows):
+    rows = program.plan.ineq
+    exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr for r in rows]
+    degrees = [_deg(e, memo) for e in exprs]
+    kinds = [1 if d <= 1 else 2 if d <= 2 else 3 for d in degrees]  # affine/quadratic/other
+    sizes = _Rows(program, rows, phase_one).sizes(torch.zeros(1, N, dtype=dtype,
+                                                               device=device),
+                                                   {k: v[:1] for k, v in P.items()})
+    parts, psizes, pos = [], [], {}
+    offset = 0
+    for kind in (1, 2, 3):
+        members = [i for i, k in enumerate(kinds) if k == kind]
+        if not members:
+            continue
+        sub = _Rows(program, [rows[i] for i in members], phase_one)
+        k = sum(sizes[i] for i in members)
+        start = offset
+        for i in members:
+            pos[i] = torch.arange(start, start + sizes[i])
+            start += sizes[i]
+        offset += k
+        if kind == 1:
+            c, J, _ = _taylor(sub, P, B, N, k, dtype, device, second=False)
+            parts.append(AffineRows(J, -c))
+        elif kind == 2:
+            c, J, Q = _taylor(sub, P, B, N, k, dtype, device, second=True)
+            parts.append(QuadraticRows(Q, J, c))
+        else:
+            parts.append(_FunctionRows(sub, P, B, N, k))
+        psizes.append(k)
+    order = torch.cat([pos[i] for i in range(len(rows))]).to(device)
+    if torch.equal(order, torch.arange(offset, device=device)):
+        order = None
+    return StackedRows(parts, psizes, order)
+
+
+def _deg(e, memo):
+    from optlayer.compiler.quadratic import _degree
+
+    return _degree(e, memo)

@@ -1,0 +1,260 @@
+"""What :class:`~optlayer.solvers.ConvexInteriorPoint` asks of ``f`` and ``g``: derivative models.
+
+Per iteration the interior point needs, at the iterate ``x`` with multipliers ``λ``,
+the rows ``g(x)``, their Jacobian ``Dg(x)``, ``∇f(x)`` and the curvature of the
+Lagrangian ``∇²f(x) + Σᵢ λᵢ ∇²gᵢ(x)``; in its line search, at trial points, only
+``g`` and ``∇f + Dgᵀλ``. A *model* answers these questions:
+
+* objective model: ``grad(x) -> (*batch, n)`` and ``grad_hess(x) -> (∇f, ∇²f or None)``
+  (None: no curvature);
+* row model: ``values(x) -> g (*batch, r)``, ``first(x, lam) -> (g, Dgᵀλ)`` and
+  ``second(x, lam) -> (g, Dg (*batch, r, n), Σᵢ λᵢ ∇²gᵢ or None)``.
+
+The autograd models (:class:`AutogradObjective`, :class:`AutogradRows`, the
+default) differentiate the user's functions: one forward pass and ``1 + r + n``
+backward passes for ``second``. The data models answer from matrices without any
+autograd: :class:`QuadraticObjective` (``½xᵀQx + pᵀx``), :class:`AffineRows`
+(``Gx - h``: Jacobian ``G``, no curvature) and :class:`QuadraticRows` (constant
+Hessians). :class:`StackedRows` joins row models in a given row order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optlayer.solvers._base import _functorch_active, hessian
+from optlayer.tree import flatten
+
+__all__ = [
+    "AffineRows",
+    "AutogradObjective",
+    "AutogradRows",
+    "NoRows",
+    "QuadraticObjective",
+    "QuadraticRows",
+    "PhaseOneRows",
+    "StackedRows",
+]
+
+
+def _mv(M, v):
+    return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _needs_graph(x, params) -> bool:
+    """True when the derivatives must stay differentiable (unrolling, or a transform)."""
+    if _functorch_active():
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(isinstance(t, torch.Tensor) and t.requires_grad
+                                  for t in flatten(params)[0])
+
+
+def _columns(out, z, k):
+    """``k`` backward passes of ``out[..., j].sum()`` to ``z``, stacked on the last dim."""
+    return torch.stack([torch.autograd.grad(out[..., j].sum(), z, retain_graph=True,
+                                            materialize_grads=True)[0] for j in range(k)], -1)
+
+
+class AutogradObjective:
+    """``∇f`` and ``∇²f`` of ``fun(x, params)`` by autograd (``n`` backward passes for the
+    Hessian without a graph; :func:`optlayer.conditions.batched_hessian` with one)."""
+
+    def __init__(self, fun, params) -> None:
+        self.fun, self.params = fun, params
+
+    def _total(self, z):
+        return self.fun(z, self.params).sum()
+
+    def grad(self, x):
+        if _needs_graph(x, self.params):
+            return torch.func.grad(self._total)(x)
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            return torch.autograd.grad(self._total(z), z)[0]
+
+    def grad_hess(self, x):
+        if _needs_graph(x, self.params):
+            return self.grad(x), hessian(self.fun, x, self.params)
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self._total(z), z, create_graph=True)
+            if not g.requires_grad:  # f is affine in x
+                return g, None
+            return g.detach(), _columns(g, z, x.shape[-1])
+
+
+class QuadraticObjective:
+    """``f(x) = ½xᵀQx + pᵀx``: ``∇f = Qx + p``, ``∇²f = Q`` (``Q`` None: linear ``f``)."""
+
+    def __init__(self, Q, p) -> None:
+        self.Q, self.p = Q, p
+
+    def grad(self, x):
+        g = self.p.expand(x.shape)
+        return g if self.Q is None else _mv(self.Q, x) + g
+
+    def grad_hess(self, x):
+        Q = None if self.Q is None else self.Q.expand(x.shape + x.shape[-1:])
+        return self.grad(x), Q
+
+
+class AutogradRows:
+    """Rows ``g = fun(x, params)`` differentiated by autograd: ``first`` is one backward pass
+    of ``λᵀg``; ``second`` adds ``r`` backward passes for ``Dg`` and ``n`` for the Hessian
+    of ``λᵀg`` (``torch.func`` when a graph is needed: unrolling, transforms)."""
+
+    def __init__(self, fun, params) -> None:
+        self.fun, self.params = fun, params
+
+    def values(self, x):
+        return self.fun(x, self.params)
+
+    def first(self, x, lam):
+        if _needs_graph(x, (self.params, lam)):
+            g, vjp = torch.func.vjp(lambda z: self.fun(z, self.params), x)
+            return g, vjp(lam)[0]
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            g = self.fun(z, self.params)
+            if not g.requires_grad:
+                return g, torch.zeros_like(x)
+            (v,) = torch.autograd.grad(g, z, grad_outputs=lam.expand(g.shape).contiguous())
+        return g.detach(), v
+
+    def second(self, x, lam):
+        r = lam.shape[-1]
+        if _needs_graph(x, (self.params, lam)):
+            g, vjp = torch.func.vjp(lambda z: self.fun(z, self.params), x)
+            eye = torch.eye(r, dtype=x.dtype, device=x.device)
+            rows = torch.func.vmap(lambda e: vjp(e.expand(g.shape))[0])(eye)
+            H = hessian(lambda z, lm: (lm * self.fun(z, self.params)).sum(-1), x, lam)
+            return g, rows.movedim(0, -2), H
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            g = self.fun(z, self.params)
+            if not g.requires_grad:  # rows independent of x
+                return g, x.new_zeros(g.shape + x.shape[-1:]), None
+            (v,) = torch.autograd.grad((lam * g).sum(), z, create_graph=True)
+            J = _columns(g, z, r).movedim(-1, -2)
+            H = _columns(v, z, x.shape[-1]) if v.requires_grad else None
+        return g.detach(), J, H
+
+
+class NoRows:
+    """No inequality rows: ``g`` is an empty ``(*batch, 0)`` tensor."""
+
+    def values(self, x):
+        return x.new_zeros(x.shape[:-1] + (0,))
+
+    def first(self, x, lam):
+        return self.values(x), torch.zeros_like(x)
+
+    def second(self, x, lam):
+        return self.values(x), x.new_zeros(x.shape[:-1] + (0, x.shape[-1])), None
+
+
+class AffineRows:
+    """Rows ``g = Gx - h``: Jacobian ``G`` (``(*batch, r, n)``), no curvature."""
+
+    def __init__(self, G, h) -> None:
+        self.G, self.h = G, h
+
+    def values(self, x):
+        return _mv(self.G, x) - self.h
+
+    def first(self, x, lam):
+        return self.values(x), _mv(self.G.mT, lam)
+
+    def second(self, x, lam):
+        return self.values(x), self.G.expand(x.shape[:-1] + self.G.shape[-2:]), None
+
+
+class QuadraticRows:
+    """Rows ``gᵢ = ½xᵀQᵢx + pᵢᵀx + cᵢ`` (``Q (*batch, r, n, n)`` symmetric, ``p (*batch, r, n)``,
+    ``c (*batch, r)``): Jacobian rows ``Qᵢx + pᵢ``, curvature ``Σᵢ λᵢ Qᵢ``."""
+
+    def __init__(self, Q, p, c) -> None:
+        self.Q, self.p, self.c = Q, p, c
+
+    def _parts(self, x):
+        J = (self.Q @ x.unsqueeze(-2).unsqueeze(-1)).squeeze(-1)  # Qᵢx, (*batch, r, n)
+        g = 0.5 * (J * x.unsqueeze(-2)).sum(-1) + (self.p * x.unsqueeze(-2)).sum(-1) + self.c
+        return g, J + self.p
+
+    def values(self, x):
+        return self._parts(x)[0]
+
+    def first(self, x, lam):
+        g, J = self._parts(x)
+        return g, _mv(J.mT, lam)
+
+    def second(self, x, lam):
+        g, J = self._parts(x)
+        return g, J, (lam.unsqueeze(-1).unsqueeze(-1) * self.Q).sum(-3)
+
+
+class StackedRows:
+    """Row models side by side: ``parts[i]`` gives ``sizes[i]`` rows; the rows are
+    ``cat(parts)[..., order]`` (``order`` None: as stacked)."""
+
+    def __init__(self, parts, sizes, order=None) -> None:
+        self.parts, self.sizes = list(parts), [int(s) for s in sizes]
+        self.order = order
+        self.inverse = None if order is None else torch.argsort(order)
+
+    def _lams(self, lam):
+        lam = lam if self.inverse is None else lam.index_select(-1, self.inverse)
+        return torch.split(lam, self.sizes, dim=-1)
+
+    def _join(self, gs, dim):
+        out = torch.cat(gs, dim)
+        return out if self.order is None else out.index_select(dim, self.order)
+
+    def values(self, x):
+        return self._join([m.values(x) for m in self.parts], -1)
+
+    def first(self, x, lam):
+        gs, v = [], None
+        for m, lm in zip(self.parts, self._lams(lam), strict=True):
+            g, vi = m.first(x, lm)
+            gs.append(g)
+            v = vi if v is None else v + vi
+        return self._join(gs, -1), v
+
+    def second(self, x, lam):
+        gs, Js, H = [], [], None
+        for m, lm in zip(self.parts, self._lams(lam), strict=True):
+            g, J, Hi = m.second(x, lm)
+            gs.append(g)
+            Js.append(J)
+            if Hi is not None:
+                H = Hi if H is None else H + Hi
+        return self._join(gs, -1), self._join(Js, -2), H
+
+
+class PhaseOneRows:
+    """Phase I rows on ``z = (x, s)``: ``(g(x) - s, -s - 1)`` from the row model of ``g``."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def _wrap(self, gx, s):
+        return torch.cat([gx - s, -s - 1.0], -1)
+
+    def values(self, z):
+        return self._wrap(self.inner.values(z[..., :-1]), z[..., -1:])
+
+    def first(self, z, lam):
+        gx, v = self.inner.first(z[..., :-1], lam[..., :-1])
+        return self._wrap(gx, z[..., -1:]), torch.cat([v, -lam.sum(-1, keepdim=True)], -1)
+
+    def second(self, z, lam):
+        gx, J, H = self.inner.second(z[..., :-1], lam[..., :-1])
+        col = z.new_full(J.shape[:-1] + (1,), -1.0)
+        J1 = torch.cat([torch.cat([J, col], -1),
+                        torch.cat([torch.zeros_like(J[..., :1, :]), col[..., :1, :]], -1)], -2)
+        if H is not None:
+            H = torch.nn.functional.pad(H, (0, 1, 0, 1))
+        return self._wrap(gx, z[..., -1:]), J1, H
