@@ -201,8 +201,10 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
                 full.append(None if s is None else next(it))
             return tuple(r for r in F(tuple(full), Pa, Pa, Pa) if r is not None)
 
-        root = custom_root(optimality, solve=block_diagonal_solve(tuple(keep)))(
-            lambda init, Pa: tuple(keep))
+        solve = block_diagonal_solve(tuple(keep))
+        if models:
+            solve = _kkt_solve(program, models, sol, Pd, eq, solve)
+        root = custom_root(optimality, solve=solve)(lambda init, Pa: tuple(keep))
         res = root(None, P)
         z = res[0]
     ineq_dual = _scaled(program, gfun, lam.detach(), z.detach(), Pd, isz) if gfun else None
@@ -425,3 +427,54 @@ def _deg(e, memo):
     from optlayer.compiler.quadratic import _degree
 
     return _degree(e, memo)
+
+
+def _kkt_solve(program, models, sol, P, eq, fallback):
+    """The backward solve of :func:`solve_convex` from the derivative models: the KKT
+    Jacobian ``∂F/∂(z, nu, lam) = [[H, A', Dg'], [A, 0, 0], [lam Dg, 0, diag(g)]]``
+    (``H`` the Hessian of the Lagrangian) built once, densely per item, instead of
+    ``N`` linearisations of ``F``. Used in a plain first-order backward; under a graph
+    (double backward) or a torch.func transform, ``fallback`` (matvecs of ``F``)."""
+    from optlayer.linalg import solve_lu
+    from optlayer.solvers.convex_models import AutogradObjective
+
+    z, nu, lam = sol
+    B, n = z.shape
+
+    def matrix():
+        obj = models["objective_model"](None) if "objective_model" in models else \
+            AutogradObjective(program.f, P)
+        _, H = obj.grad_hess(z)
+        H = z.new_zeros(B, n, n) if H is None else H.expand(B, n, n)
+        top, mid, bot = [H], [], []
+        if lam is not None:
+            g, J, Hg = models["ineq_model"](None).second(z, lam)
+            top[0] = H if Hg is None else H + Hg
+        if nu is not None:
+            A = eq[0].expand(B, *eq[0].shape[-2:])
+            q = A.shape[-2]
+            top.append(A.mT)
+            mid = [A, z.new_zeros(B, q, q)]
+            if lam is not None:
+                mid.append(z.new_zeros(B, q, lam.shape[-1]))
+        if lam is not None:
+            r = lam.shape[-1]
+            top.append(J.mT)
+            bot = [lam.unsqueeze(-1) * J]
+            if nu is not None:
+                bot.append(z.new_zeros(B, r, nu.shape[-1]))
+            bot.append(torch.diag_embed(g))
+        rows = [torch.cat(blk, -1) for blk in (top, mid, bot) if blk]
+        return torch.cat(rows, -2)
+
+    sizes = [t.shape[-1] for t in sol if t is not None]
+
+    def solve(matvec, b, **options):
+        if torch.is_grad_enabled() or _functorch_active() or b.ndim != 1:
+            return fallback(matvec, b, **options)
+        parts = torch.split(b, [B * k for k in sizes])
+        bb = torch.cat([p.reshape(B, k) for p, k in zip(parts, sizes, strict=True)], -1)
+        u = solve_lu(matrix().mT, bb, **options)
+        return torch.cat([p.reshape(-1) for p in torch.split(u, sizes, dim=-1)])
+
+    return solve
