@@ -23,7 +23,7 @@ from optlayer import defaults
 from optlayer.conditions import kkt
 from optlayer.errors import OptTypeError
 from optlayer.linalg._common import any_true
-from optlayer.solvers._base import RUNNING, IterativeSolver, OptStep, batch_shape_of, norm, select
+from optlayer.solvers._base import RUNNING, IterativeSolver, OptStep, batch_shape_of, norm
 from optlayer.solvers.convex_models import (
     AutogradObjective,
     AutogradRows,
@@ -61,6 +61,14 @@ def _mv(M, v):
 def _affine(x, params_eq):
     A, b = params_eq
     return _mv(A, x) - b
+
+
+def _pick(mask, new, old):
+    """``select`` for a flat tuple of ``(*batch)`` / ``(*batch, k)`` tensors (no tree walk)."""
+    nd = mask.dim()
+    col = mask.unsqueeze(-1)
+    return tuple(torch.where(col if a.dim() > nd else mask, a, b)
+                 for a, b in zip(new, old, strict=True))
 
 
 def _max_step(v, dv, cap=1.0):
@@ -259,7 +267,7 @@ class ConvexInteriorPoint(IterativeSolver):
             res = torch.sqrt((rdt**2).sum(-1) + ((gt + st)**2).sum(-1)
                              + ((st * lt - tau)**2).sum(-1) + (rpt**2).sum(-1))
             ok = (res <= (1 - self.alpha * step) * res0) & torch.isfinite(res)
-            best = select(ok & ~accepted, (xt, nt, lt, st, gt, rdt, rpt), best)
+            best = _pick(ok & ~accepted, (xt, nt, lt, st, gt, rdt, rpt), best)
             accepted = accepted | ok
             if bool(accepted.all()):
                 break
@@ -293,8 +301,8 @@ class ConvexInteriorPoint(IterativeSolver):
                 found = (s1[..., 0] < 0) & ((g1[..., :-1] + s1) < 0).all(-1)
                 new_state = new_state._replace(error=torch.where(
                     found, torch.zeros_like(new_state.error), new_state.error))
-            params = select(active, new_params, params)
-            state = select(active, new_state, state)
+            params = _pick(active, new_params, params)
+            state = state._make(_pick(active, new_state, state))
             state = state._replace(iter_num=state.iter_num + active.to(state.iter_num.dtype))
             state = self._classify(state, active, tol)
         return params[:3], state
