@@ -30,6 +30,8 @@ differentiated in the parameters (valid under strict complementarity).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from optlayer import defaults
@@ -380,26 +382,43 @@ def _models(program: Program, P, B, N, dtype, device) -> dict:
                         AffineRows, QuadraticRows, StackedRows)
         out["ineq_model"] = lambda _p: main
         if any(r.phase_one is not None for r in program.plan.ineq):
-            one = _stacked(program, P, B, N, dtype, device, memo, True,
-                           AffineRows, QuadraticRows, StackedRows)
-            out["phase_one_model"] = lambda _p: one
+            # built only when phase I runs
+            out["phase_one_model"] = lambda _p: _stacked(
+                program, P, B, N, dtype, device, memo, True, AffineRows, QuadraticRows,
+                StackedRows)
     return out
 
 
 def _stacked(program, P, B, N, dtype, device, memo, phase_one, AffineRows, QuadraticRows,
              StackedRows):
+    from optlayer.solvers.convex_models import QuadOverLinRows
+
     rows = program.plan.ineq
     exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr for r in rows]
     degrees = [_deg(e, memo) for e in exprs]
-    kinds = [1 if d <= 1 else 2 if d <= 2 else 3 for d in degrees]  # affine/quadratic/other
+    # 1 affine, 2 quadratic, 3 cone row sum_squares(u) / s - s (u, s affine), 4 other
+    kinds = [1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo) else 4
+             for e, d in zip(exprs, degrees, strict=True)]
     sizes = _Rows(program, rows, phase_one).sizes(torch.zeros(1, N, dtype=dtype,
                                                                device=device),
                                                    {k: v[:1] for k, v in P.items()})
     parts, psizes, pos = [], [], {}
     offset = 0
-    for kind in (1, 2, 3):
+    for kind in (1, 2, 3, 4):
         members = [i for i, k in enumerate(kinds) if k == kind]
         if not members:
+            continue
+        if kind == 3:  # one model per cone row, from the affine data of (u, s)
+            for i in members:
+                pos[i] = torch.arange(offset, offset + 1)
+                offset += 1
+                u, sden = _cone_parts(exprs[i], memo)
+                fn = _Rows(program, [_bare_row(u), _bare_row(sden)])
+                c, J, _ = _taylor(fn, P, B, N, fn.sizes(
+                    torch.zeros(1, N, dtype=dtype, device=device),
+                    {k: v[:1] for k, v in P.items()})[0] + 1, dtype, device, second=False)
+                parts.append(QuadOverLinRows(J[:, :-1], c[:, :-1], J[:, -1], c[:, -1]))
+                psizes.append(1)
             continue
         sub = _Rows(program, [rows[i] for i in members], phase_one)
         k = sum(sizes[i] for i in members)
@@ -421,6 +440,31 @@ def _stacked(program, P, B, N, dtype, device, memo, phase_one, AffineRows, Quadr
     if torch.equal(order, torch.arange(offset, device=device)):
         order = None
     return StackedRows(parts, psizes, order)
+
+
+def _cone_parts(e, memo):
+    """``(u, s)`` when ``e`` is ``sum_squares(u) / s - s`` with ``u`` affine and ``s`` an affine
+    scalar (:func:`optlayer.compiler.epigraph.soc_row`), else None."""
+    from optlayer.ir import Apply
+
+    def name(node):
+        return node.atom.name if isinstance(node, Apply) else None
+
+    if name(e) != "sub" or name(e.args[0]) != "div":
+        return None
+    quot, s = e.args
+    if name(quot.args[0]) != "sum_squares" or quot.args[1] is not s:
+        return None
+    u = quot.args[0].args[0]
+    if _deg(u, memo) > 1 or _deg(s, memo) > 1 or math.prod(s.shape) != 1:
+        return None
+    return u, s
+
+
+def _bare_row(expr):
+    from optlayer.compiler.epigraph import Row
+
+    return Row(None, expr)
 
 
 def _deg(e, memo):

@@ -14,8 +14,9 @@ The autograd models (:class:`AutogradObjective`, :class:`AutogradRows`, the
 default) differentiate the user's functions: one forward pass and ``1 + r + n``
 backward passes for ``second``. The data models answer from matrices without any
 autograd: :class:`QuadraticObjective` (``½xᵀQx + pᵀx``), :class:`AffineRows`
-(``Gx - h``: Jacobian ``G``, no curvature) and :class:`QuadraticRows` (constant
-Hessians). :class:`StackedRows` joins row models in a given row order.
+(``Gx - h``: Jacobian ``G``, no curvature), :class:`QuadraticRows` (constant
+Hessians) and :class:`QuadOverLinRows` (the smooth cone row ``‖u‖²/s - s`` of affine
+``u, s``, closed-form derivatives). :class:`StackedRows` joins row models in a given row order.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "AutogradRows",
     "NoRows",
     "QuadraticObjective",
+    "QuadOverLinRows",
     "QuadraticRows",
     "PhaseOneRows",
     "StackedRows",
@@ -38,7 +40,8 @@ __all__ = [
 
 
 def _mv(M, v):
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
+    """``M v`` per item (a product and a sum: fewer dispatches than ``matmul`` at small n)."""
+    return (M * v.unsqueeze(-2)).sum(-1)
 
 
 def _needs_graph(x, params) -> bool:
@@ -179,7 +182,7 @@ class QuadraticRows:
         self.Q, self.p, self.c = Q, p, c
 
     def _parts(self, x):
-        J = (self.Q @ x.unsqueeze(-2).unsqueeze(-1)).squeeze(-1)  # Qᵢx, (*batch, r, n)
+        J = (self.Q * x.unsqueeze(-2).unsqueeze(-2)).sum(-1)  # Qᵢx, (*batch, r, n)
         g = 0.5 * (J * x.unsqueeze(-2)).sum(-1) + (self.p * x.unsqueeze(-2)).sum(-1) + self.c
         return g, J + self.p
 
@@ -193,6 +196,38 @@ class QuadraticRows:
     def second(self, x, lam):
         g, J = self._parts(x)
         return g, J, (lam.unsqueeze(-1).unsqueeze(-1) * self.Q).sum(-3)
+
+
+class QuadOverLinRows:
+    """One row ``g = ‖Ux + u₀‖² / s - s`` with ``s = aᵀx + b > 0`` (the smooth form of the cone
+    ``‖u‖ ≤ s``): ``∇g = Uᵀ(2u/s) - (‖u‖²/s² + 1) a`` and ``∇²g = (2/s) VᵀV`` with
+    ``V = U - u aᵀ/s`` (``U (*batch, k, n)``, ``u₀ (*batch, k)``, ``a (*batch, n)``,
+    ``b (*batch)``)."""
+
+    def __init__(self, U, u0, a, b) -> None:
+        self.U, self.u0, self.a, self.b = U, u0, a, b
+
+    def _parts(self, x):
+        u = _mv(self.U, x) + self.u0
+        s = (self.a * x).sum(-1, keepdim=True) + self.b.unsqueeze(-1)
+        q = (u * u).sum(-1, keepdim=True)
+        return u, s, q, q / s - s
+
+    def _grad(self, u, s, q):
+        return _mv(self.U.mT, 2.0 * u / s) - (q / (s * s) + 1.0) * self.a
+
+    def values(self, x):
+        return self._parts(x)[3]
+
+    def first(self, x, lam):
+        u, s, q, g = self._parts(x)
+        return g, lam * self._grad(u, s, q)
+
+    def second(self, x, lam):
+        u, s, q, g = self._parts(x)
+        V = self.U - u.unsqueeze(-1) * (self.a / s).unsqueeze(-2)
+        H = V.mT @ V * (2.0 * lam / s).unsqueeze(-1)
+        return g, self._grad(u, s, q).unsqueeze(-2), H
 
 
 class StackedRows:

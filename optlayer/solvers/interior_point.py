@@ -55,7 +55,8 @@ class InteriorPointState(NamedTuple):
 
 
 def _mv(M, v):
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
+    """``M v`` per item (a product and a sum: fewer dispatches than ``matmul`` at small n)."""
+    return (M * v.unsqueeze(-2)).sum(-1)
 
 
 def _affine(x, params_eq):
