@@ -2,12 +2,16 @@
 
 ``min_x f(x, params_obj)  s.t.  g(x, params_ineq) ≤ 0,  A x = b``  (``params_eq = (A, b)``),
 
-with gradients and Hessians of ``f`` and ``g`` from ``torch.func``. The method
-is the primal-dual interior point of Boyd & Vandenberghe (§11.7): Newton steps
-on the perturbed KKT system, a step kept inside ``λ > 0`` and ``g < 0``, and a
-backtracking line search on the residual norm. A phase I (minimise ``s`` s.t.
-``g(x) ≤ s``) finds a strictly feasible start when ``init`` is not one and
-proves infeasibility when its optimum is positive.
+with gradients and Hessians of ``f`` and ``g`` from derivative models
+(:mod:`optlayer.solvers.convex_models`: autograd by default, or data such as
+``(Q, p)``, ``(G, h)`` passed by the caller). The method is the primal-dual
+interior point of Boyd & Vandenberghe (§11.7) with slack variables: Newton
+steps on the perturbed KKT system of ``g(x) + s = 0``, ``s∘λ = τ``, a step
+kept inside ``s, λ > 0`` (fraction 0.99 to the boundary), and a backtracking
+line search on the residual norm with ``g`` finite. Affine rows stay exactly
+feasible; curved rows may be crossed slightly during the iterations. A phase I
+(minimise ``s`` s.t. ``g(x) ≤ s``) finds a strictly feasible start when
+``init`` is not one and proves infeasibility when its optimum is positive.
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ class InteriorPointState(NamedTuple):
 
     Attributes:
         iter_num, status: as for every solver.
-        error: ``max(‖r_pri‖, ‖r_dual‖, η̂)`` with the surrogate gap ``η̂ = -g(x)ᵀλ``.
-        gap: ``η̂`` per item.
-        primal_residual: ``‖Ax - b‖``; dual_residual: ``‖∇f + ∂gᵀλ + Aᵀν‖``.
+        error: ``max(‖r_pri‖, ‖r_dual‖, η̂)`` with the surrogate gap ``η̂ = sᵀλ``.
+        gap: ``η̂`` per item (``s`` the slacks of ``g(x) + s = 0``).
+        primal_residual: ``‖(Ax - b, g(x) + s)‖``; dual_residual: ``‖∇f + ∂gᵀλ + Aᵀν‖``.
     """
 
     iter_num: torch.Tensor
@@ -74,7 +78,8 @@ def _pick(mask, new, old):
 
 def _max_step(v, dv, cap=1.0):
     """Largest ``a <= cap`` with ``v + a dv >= 0`` (``v > 0``), per item."""
-    ratio = torch.where(dv < 0, -v / torch.where(dv < 0, dv, -1.0), math.inf)
+    neg = dv < 0  # (the inner where keeps unrolled gradients finite)
+    ratio = torch.where(neg, -v / torch.where(neg, dv, -1.0), math.inf)
     if not ratio.shape[-1]:
         return v.new_full(v.shape[:-1], cap)
     return ratio.amin(-1).clamp(max=cap)
@@ -99,12 +104,18 @@ class ConvexInteriorPoint(IterativeSolver):
     Args:
         fun: ``f(x, params_obj)``, one value per batch item (``x``: ``(*batch, n)``).
         ineq_fun: ``g(x, params_ineq) -> (*batch, r)``, or None.
-        mu: barrier parameter growth factor.
+        mu: centring: the complementarity target is
+            ``τ = max(η̂, ‖r_dual‖, ‖r_pri‖) / (mu r)``.
         alpha, beta: line-search sufficient decrease and shrink factors.
         phase_one_fun: inequality function for phase I only, or None (``ineq_fun``).
             It must describe the same strictly feasible set, e.g. ``norm2(u) - s``
             (defined everywhere) for ``sum_squares(u) / s - s`` (smooth, but defined
             only for ``s > 0``).
+        objective_model, ineq_model, phase_one_model: optional callables
+            ``params_obj -> model`` / ``params_ineq -> model`` that replace autograd on
+            ``fun``, ``ineq_fun`` and the phase I rows with the protocol of
+            :mod:`optlayer.solvers.convex_models` (they must describe the same
+            functions: ``optimality_fun`` still differentiates ``fun`` and ``ineq_fun``).
 
     Example:
         >>> import torch
@@ -136,23 +147,24 @@ class ConvexInteriorPoint(IterativeSolver):
         F = kkt(self.fun, _affine if params_eq is not None else None, self.ineq_fun)
         return F(params, params_obj, params_eq, params_ineq)
 
-    def _models(self, params_obj, params_ineq, phase_one=False):
+    def _models(self, params_obj, params_ineq):
         """The objective and row models (:mod:`optlayer.solvers.convex_models`)."""
         if self.objective_model is not None:
             obj = self.objective_model(params_obj)
         else:
             obj = AutogradObjective(self.fun, params_obj)
+        return obj, self._rows(params_ineq)
+
+    def _rows(self, params_ineq, phase_one=False):
         if phase_one and self.phase_one_model is not None:
-            rows = self.phase_one_model(params_ineq)
-        elif phase_one and self.phase_one_fun is not None:
-            rows = AutogradRows(self.phase_one_fun, params_ineq)
-        elif self.ineq_model is not None:
-            rows = self.ineq_model(params_ineq)
-        elif self.ineq_fun is not None:
-            rows = AutogradRows(self.ineq_fun, params_ineq)
-        else:
-            rows = NoRows()
-        return obj, rows
+            return self.phase_one_model(params_ineq)
+        if phase_one and self.phase_one_fun is not None:
+            return AutogradRows(self.phase_one_fun, params_ineq)
+        if self.ineq_model is not None:
+            return self.ineq_model(params_ineq)
+        if self.ineq_fun is not None:
+            return AutogradRows(self.ineq_fun, params_ineq)
+        return NoRows()
 
     # -- solver protocol --------------------------------------------------------------
     def _split_init(self, init, params_eq, rows):
@@ -169,7 +181,7 @@ class ConvexInteriorPoint(IterativeSolver):
 
     def init_state(self, init, params_obj=None, params_eq=None, params_ineq=None):
         return self._init_state(init, (params_obj, params_eq, params_ineq),
-                                self._models(params_obj, params_ineq)[1])
+                                self._rows(params_ineq))
 
     def _init_state(self, init, args, rows):
         x, nu, lam = init
@@ -250,11 +262,10 @@ class ConvexInteriorPoint(IterativeSolver):
         # for g finite and a decrease of the residual norm.
         step = 0.99 * torch.minimum(_max_step(sl, ds, math.inf), _max_step(lam, dlam, math.inf))
         step = step.clamp(max=1.0)
-        res0 = torch.sqrt((rd**2).sum(-1) + (rg**2).sum(-1) + ((comp - tau)**2).sum(-1)
-                          + (rp**2).sum(-1))
+        res0 = torch.linalg.vector_norm(torch.cat([rd, rg, comp - tau, rp], -1), dim=-1)
         accepted = torch.zeros_like(gap, dtype=torch.bool)
         best = (x, nu, lam, sl, g, rd, rp)
-        for _ in range(self.maxls):
+        for k in range(self.maxls):
             sc = step.unsqueeze(-1)
             xt, lt, st = x + sc * dx, lam + sc * dlam, sl + sc * ds
             nt = nu + sc * dnu if params_eq is not None else nu
@@ -265,17 +276,21 @@ class ConvexInteriorPoint(IterativeSolver):
                 rpt = _affine(xt, params_eq)
             else:
                 rpt = rp
-            res = torch.sqrt((rdt**2).sum(-1) + ((gt + st)**2).sum(-1)
-                             + ((st * lt - tau)**2).sum(-1) + (rpt**2).sum(-1))
+            res = torch.linalg.vector_norm(torch.cat([rdt, gt + st, st * lt - tau, rpt], -1),
+                                           dim=-1)
             ok = (res <= (1 - self.alpha * step) * res0) & torch.isfinite(res)
-            best = _pick(ok & ~accepted, (xt, nt, lt, st, gt, rdt, rpt), best)
+            trial = (xt, nt, lt, st, gt, rdt, rpt)
+            if k == 0 and bool(ok.all()):  # the common case: every item takes the first step
+                best, accepted = trial, ok
+                break
+            best = _pick(ok & ~accepted, trial, best)
             accepted = accepted | ok
             if bool(accepted.all()):
                 break
             step = torch.where(accepted, step, step * self.beta)
         x1, nu1, lam1, sl1, g1, rd1, rp1 = best
         gap1 = (sl1 * lam1).sum(-1)
-        pr = torch.sqrt((rp1**2).sum(-1) + ((g1 + sl1)**2).sum(-1))
+        pr = torch.linalg.vector_norm(torch.cat([rp1, g1 + sl1], -1), dim=-1)
         dr = norm(rd1)
         error = torch.maximum(torch.maximum(pr, dr), gap1)
         # An item whose line search failed entirely cannot progress: flag it.
@@ -310,7 +325,7 @@ class ConvexInteriorPoint(IterativeSolver):
 
     def _phase_one(self, x0, params_eq, params_ineq, maxiter, tol):
         """Minimise ``s`` s.t. ``g(x) - s ≤ 0``, ``s ≥ -1``, ``Ax = b`` from a feasible (x0, s0)."""
-        _, inner = self._models(None, params_ineq, phase_one=True)
+        inner = self._rows(params_ineq, phase_one=True)
         rows = PhaseOneRows(inner)
         z0 = torch.cat([x0, inner.values(x0).amax(-1, keepdim=True) + 1.0], -1)
         cost = torch.zeros_like(z0)
