@@ -251,9 +251,10 @@ class ConvexInteriorPoint(IterativeSolver):
             return dx, dnu, w + w_ratio * Jdx, -rg - Jdx
 
         # Barrier weight from the surrogate gap, but no sharper than the residuals allow:
-        # a gap far below the dual/primal residual would drive x to the boundary of
-        # g <= 0 (tiny steps, a stall), so the centring target follows the largest.
-        target = torch.maximum(torch.maximum(gap, norm(rd)), norm(rp)) / max(r, 1)
+        # a gap far below the dual/primal residuals (g + s included) would drive s to 0
+        # before x is feasible (tiny steps, a stall): the target follows the largest.
+        target = torch.maximum(torch.maximum(gap, norm(rd)),
+                               torch.maximum(norm(rp), norm(rg))) / max(r, 1)
         tau = (target / self.mu).unsqueeze(-1)
         comp = sl * lam
         dx, dnu, dlam, ds = direction(comp - tau)
