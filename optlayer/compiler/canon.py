@@ -31,6 +31,7 @@ differentiated in the parameters (valid under strict complementarity).
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -164,7 +165,7 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     t0 = next(iter(P.values()))
     B, N = t0.shape[0], program.layout.size
     dtype, device = t0.dtype, t0.device
-    gfun, hfun = row_functions(program)
+    gfun, hfun = _cached(program, "rows", lambda: row_functions(program))
     Pd = {k: v.detach() for k, v in P.items()}
     eq = None
     esz: list = []
@@ -178,7 +179,8 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     z0 = _start(program, Pd, B, N, dtype, device, z0)
     phase_one = None
     if any(r.phase_one is not None for r in program.plan.ineq):
-        phase_one = _Rows(program, program.plan.ineq, phase_one=True)
+        phase_one = _cached(program, "phase_one",
+                            lambda: _Rows(program, program.plan.ineq, phase_one=True))
     models = {}
     if not _functorch_active():
         models = _models(program, Pd, B, N, dtype, device)
@@ -191,7 +193,7 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     st = out.state
     F = kkt(program.f, hfun if hfun else None, gfun if gfun else None)
     sol = (z, nu if hfun else None, lam if gfun else None)
-    error = _kkt_error(F, sol, Pd, gfun)
+    error = _kkt_error(F, sol, Pd, gfun, _model_residuals(program, models, sol, Pd, eq))
     status = _final_status(st.status, error, tol)
     isz = gfun.sizes(z, Pd) if gfun else []
     if any(t.requires_grad for t in P.values()):
@@ -214,20 +216,54 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
                           int(st.iter_num.max()) if st.iter_num.numel() else 0, error)
 
 
-def _kkt_error(F, sol, P, gfun):
+def _kkt_error(F, sol, P, gfun, residuals=None):
     """``max(|grad L|, |h|, -lam'g, max(g)+, max(-lam)+)`` per item at the returned point
-    (stationarity, equalities, gap, primal and dual feasibility; inf where not finite)."""
+    (stationarity, equalities, gap, primal and dual feasibility; inf where not finite).
+    ``residuals``: ``(stat, eq, comp, g)`` already computed (from the models), else
+    from ``F`` and ``gfun``."""
     with torch.no_grad():
-        stat, eq, comp = F(sol, P, P, P)
+        if residuals is None:
+            stat, eq, comp = F(sol, P, P, P)
+            g = gfun(sol[0], P) if comp is not None else None
+        else:
+            stat, eq, comp, g = residuals
         err = stat.norm(dim=-1)
         if eq is not None:
             err = torch.maximum(err, eq.norm(dim=-1))
         if comp is not None:
-            z, lam = sol[0], sol[2]
+            lam = sol[2]
             err = torch.maximum(err, -comp.sum(-1))
-            err = torch.maximum(err, gfun(z, P).clamp_min(0).amax(-1))
+            err = torch.maximum(err, g.clamp_min(0).amax(-1))
             err = torch.maximum(err, (-lam).clamp_min(0).amax(-1))
     return torch.where(torch.isfinite(err), err, torch.inf)
+
+
+def _model_residuals(program, models, sol, P, eq):
+    """The KKT residuals ``(grad f + Dg' lam + A' nu, Az - b, lam * g, g)`` at ``sol`` from
+    the derivative models (the same functions as ``F``, without autograd), or None."""
+    if not models or "ineq_model" not in models:
+        return None
+    from optlayer.solvers.convex_models import AutogradObjective
+
+    z, nu, lam = sol
+    obj = models["objective_model"](None) if "objective_model" in models else \
+        AutogradObjective(program.f, P)
+    g, v = models["ineq_model"](None).first(z, lam)
+    stat = obj.grad(z) + v
+    res = None
+    if nu is not None:
+        A, b = eq
+        stat = stat + (A.mT * nu.unsqueeze(-2)).sum(-1)
+        res = (A * z.unsqueeze(-2)).sum(-1) - b
+    return stat, res, lam * g, g
+
+
+def _cached(program, key, build):
+    """``build()`` once per program (row tapes: the IR walk is not redone per call)."""
+    cache = _STRUCTURES.setdefault(program, {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
 
 
 def _final_status(status, error, tol):
@@ -358,19 +394,14 @@ class _FunctionRows:
 
 def _models(program: Program, P, B, N, dtype, device) -> dict:
     """Models for :class:`ConvexInteriorPoint`: a quadratic objective as ``(Q, p)``, affine
-    rows as ``(G, h)``, quadratic rows as ``(Q_i, p_i, c_i)`` (all read off once per call,
-    exactly, by :func:`_taylor`), other rows by autograd on their own tape."""
-    from optlayer.compiler.quadratic import _degree
-    from optlayer.solvers.convex_models import (
-        AffineRows,
-        QuadraticObjective,
-        QuadraticRows,
-        StackedRows,
-    )
+    rows as ``(G, h)``, quadratic rows as ``(Q_i, p_i, c_i)``, cone rows as the affine data
+    of ``(u, s)`` (all read off once per call, exactly, by :func:`_taylor`), other rows
+    by autograd on their own tape. The split of the rows is cached per program."""
+    from optlayer.solvers.convex_models import QuadraticObjective
 
     out = {}
-    memo: dict = {}
-    if all(_degree(e, memo) <= 2 for _, e in program.plan.smooth):
+    st = _structure(program, P, N, False)
+    if st["quadratic"]:
         def f(z, PP):
             return program.f(z, PP).unsqueeze(-1)
 
@@ -378,68 +409,88 @@ def _models(program: Program, P, B, N, dtype, device) -> dict:
         qobj = QuadraticObjective(Q[:, 0], p[:, 0])
         out["objective_model"] = lambda _p: qobj
     if program.plan.ineq:
-        main = _stacked(program, P, B, N, dtype, device, memo, False,
-                        AffineRows, QuadraticRows, StackedRows)
+        main = _stacked(st, P, B, N, dtype, device)
         out["ineq_model"] = lambda _p: main
         if any(r.phase_one is not None for r in program.plan.ineq):
             # built only when phase I runs
             out["phase_one_model"] = lambda _p: _stacked(
-                program, P, B, N, dtype, device, memo, True, AffineRows, QuadraticRows,
-                StackedRows)
+                _structure(program, P, N, True), P, B, N, dtype, device)
     return out
 
 
-def _stacked(program, P, B, N, dtype, device, memo, phase_one, AffineRows, QuadraticRows,
-             StackedRows):
-    from optlayer.solvers.convex_models import QuadOverLinRows
+_STRUCTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+
+def _structure(program, P, N, phase_one):
+    """How the rows split into model kinds (cached per program): ``blocks`` of
+    ``(kind, function, rows)`` in stacking order (1 affine, 2 quadratic, 3 the cone row
+    ``sum_squares(u) / s - s`` of affine ``u, s`` (function of ``(u, s)``), 4 other) and
+    ``order`` (stacked position of each original row, None when the same)."""
+    cache = _STRUCTURES.setdefault(program, {})
+    if phase_one in cache:
+        return cache[phase_one]
+    from optlayer.compiler.quadratic import _degree
+
+    memo: dict = {}
     rows = program.plan.ineq
     exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr for r in rows]
-    degrees = [_deg(e, memo) for e in exprs]
-    # 1 affine, 2 quadratic, 3 cone row sum_squares(u) / s - s (u, s affine), 4 other
-    kinds = [1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo) else 4
-             for e, d in zip(exprs, degrees, strict=True)]
-    sizes = _Rows(program, rows, phase_one).sizes(torch.zeros(1, N, dtype=dtype,
-                                                               device=device),
-                                                   {k: v[:1] for k, v in P.items()})
-    parts, psizes, pos = [], [], {}
-    offset = 0
+    kinds = []
+    for e in exprs:
+        d = _degree(e, memo)
+        kinds.append(1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo) else 4)
+    like = next(iter(P.values()))
+    z1 = torch.zeros(1, N, dtype=like.dtype, device=like.device)
+    P1 = {k: v[:1] for k, v in P.items()}
+    sizes = _Rows(program, rows, phase_one).sizes(z1, P1) if rows else []
+    blocks, pos, offset = [], {}, 0
     for kind in (1, 2, 3, 4):
         members = [i for i, k in enumerate(kinds) if k == kind]
-        if not members:
-            continue
-        if kind == 3:  # one model per cone row, from the affine data of (u, s)
+        if kind == 3:  # one block per cone row
             for i in members:
-                pos[i] = torch.arange(offset, offset + 1)
-                offset += 1
                 u, sden = _cone_parts(exprs[i], memo)
                 fn = _Rows(program, [_bare_row(u), _bare_row(sden)])
-                c, J, _ = _taylor(fn, P, B, N, fn.sizes(
-                    torch.zeros(1, N, dtype=dtype, device=device),
-                    {k: v[:1] for k, v in P.items()})[0] + 1, dtype, device, second=False)
-                parts.append(QuadOverLinRows(J[:, :-1], c[:, :-1], J[:, -1], c[:, -1]))
-                psizes.append(1)
-            continue
-        sub = _Rows(program, [rows[i] for i in members], phase_one)
-        k = sum(sizes[i] for i in members)
-        start = offset
-        for i in members:
-            pos[i] = torch.arange(start, start + sizes[i])
-            start += sizes[i]
-        offset += k
+                blocks.append((3, fn, fn.sizes(z1, P1)[0] + 1))
+                pos[i] = [offset]
+                offset += 1
+        elif members:
+            k = sum(sizes[i] for i in members)
+            blocks.append((kind, _Rows(program, [rows[i] for i in members], phase_one), k))
+            for i in members:
+                pos[i] = list(range(offset, offset + sizes[i]))
+                offset += sizes[i]
+    order = [j for i in range(len(rows)) for j in pos[i]]
+    st = {"quadratic": all(_degree(e, memo) <= 2 for _, e in program.plan.smooth),
+          "blocks": blocks, "order": None if order == list(range(offset)) else order}
+    cache[phase_one] = st
+    return st
+
+
+def _stacked(st, P, B, N, dtype, device):
+    from optlayer.solvers.convex_models import (
+        AffineRows,
+        QuadOverLinRows,
+        QuadraticRows,
+        StackedRows,
+    )
+
+    parts, sizes = [], []
+    for kind, fn, k in st["blocks"]:
         if kind == 1:
-            c, J, _ = _taylor(sub, P, B, N, k, dtype, device, second=False)
+            c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
             parts.append(AffineRows(J, -c))
         elif kind == 2:
-            c, J, Q = _taylor(sub, P, B, N, k, dtype, device, second=True)
+            c, J, Q = _taylor(fn, P, B, N, k, dtype, device, second=True)
             parts.append(QuadraticRows(Q, J, c))
+        elif kind == 3:
+            c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
+            parts.append(QuadOverLinRows(J[:, :-1], c[:, :-1], J[:, -1], c[:, -1]))
         else:
-            parts.append(_FunctionRows(sub, P, B, N, k))
-        psizes.append(k)
-    order = torch.cat([pos[i] for i in range(len(rows))]).to(device)
-    if torch.equal(order, torch.arange(offset, device=device)):
-        order = None
-    return StackedRows(parts, psizes, order)
+            parts.append(_FunctionRows(fn, P, B, N, k))
+        sizes.append(1 if kind == 3 else k)
+    order = st["order"]
+    if order is not None:
+        order = torch.tensor(order, device=device)
+    return StackedRows(parts, sizes, order)
 
 
 def _cone_parts(e, memo):
