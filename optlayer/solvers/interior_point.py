@@ -68,6 +68,12 @@ def _affine(x, params_eq):
     return _mv(A, x) - b
 
 
+def _unpack(v, sizes):
+    """``(x, nu, lam, s)`` views of the packed iterate ``v``."""
+    n, q, r = sizes
+    return torch.split(v, [n, q, r, r], dim=-1)
+
+
 def _pick(mask, new, old):
     """``select`` for a flat tuple of ``(*batch)`` / ``(*batch, k)`` tensors (no tree walk)."""
     nd = mask.dim()
@@ -203,15 +209,18 @@ class ConvexInteriorPoint(IterativeSolver):
         """One iteration from ``params = (x, nu, lam)`` (slacks ``s = -g(x)``, so ``g(x) < 0``)."""
         obj, rows = self._models(params_obj, params_ineq)
         x, nu, lam = params
-        out, _ = self._step((x, nu, lam, -rows.values(x), torch.zeros_like(lam[..., 0])),
-                            state, obj, rows, params_eq)
-        return OptStep(out.params[:3], out.state)
+        v = torch.cat([x, nu, lam, -rows.values(x)], -1)
+        sizes = (x.shape[-1], nu.shape[-1], lam.shape[-1])
+        out, _ = self._step((v, torch.zeros_like(lam[..., 0])), state, obj, rows, params_eq,
+                            sizes)
+        return OptStep(_unpack(out.params[0], sizes)[:3], out.state)
 
-    def _step(self, params, state, obj, rows, params_eq):
-        """One iteration on ``(x, nu, lam, s, last step length)``; ``s > 0`` are the slacks of
-        ``g(x) + s = 0``. Returns the step and ``g`` at the new point."""
-        x, nu, lam, sl, prev = params
-        n, r = x.shape[-1], lam.shape[-1]
+    def _step(self, params, state, obj, rows, params_eq, sizes):
+        """One iteration on ``(v, last step length)``, ``v = (x, nu, lam, s)`` packed (``s > 0``
+        the slacks of ``g(x) + s = 0``). Returns the step and ``g`` at the new point."""
+        v, prev = params
+        n, q, r = sizes
+        x, nu, lam, sl = _unpack(v, sizes)
         g, J, Hg = rows.second(x, lam)
         gf, Hf = obj.grad_hess(x)
         rd = gf + _mv(J.mT, lam)
@@ -220,37 +229,22 @@ class ConvexInteriorPoint(IterativeSolver):
             rd = rd + _mv(A.mT, nu)
             rp = _affine(x, params_eq)
         else:
-            rp = x.new_zeros(x.shape[:-1] + (0,))
+            rp = nu  # empty
         rg = g + sl
         gap = (sl * lam).sum(-1)
 
-        H = x.new_zeros(x.shape + (n,))
-        for part in (Hf, Hg):
-            if part is not None:
-                H = H + part
+        H = Hf if Hg is None else Hg if Hf is None else Hf + Hg
         w_ratio = lam / sl
-        K = H + J.mT @ (w_ratio.unsqueeze(-1) * J)
+        K = J.mT @ (w_ratio.unsqueeze(-1) * J)
+        K = K if H is None else K + H
         # A tiny ridge keeps directions that no term curves (a variable absent from
         # f and g, as in phase I) solvable; their gradient is zero, so they stay put.
         scale = torch.diagonal(K, dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
         K = K + torch.diag_embed((torch.finfo(x.dtype).eps * (1 + scale)).expand(x.shape))
         if params_eq is not None:
-            q = A.shape[-2]
             K = torch.cat([torch.cat([K, A.mT], -1),
                            torch.cat([A, A.new_zeros(A.shape[:-1] + (q,))], -1)], -2)
         LU, piv, _ = torch.linalg.lu_factor_ex(K)
-
-        def direction(rc):
-            """Newton direction for ``(rd, rg, s∘λ - τ, rp)`` with ``rc = s∘λ - τ (+ corr)``."""
-            w = (lam * rg - rc) / sl
-            rhs = -rd - _mv(J.mT, w)
-            if params_eq is not None:
-                rhs = torch.cat([rhs, -rp], -1)
-            sol = torch.linalg.lu_solve(LU, piv, rhs.unsqueeze(-1)).squeeze(-1)
-            dx = sol[..., :n]
-            dnu = sol[..., n:] if params_eq is not None else nu
-            Jdx = _mv(J, dx)
-            return dx, dnu, w + w_ratio * Jdx, -rg - Jdx
 
         # Barrier weight from the surrogate gap, but no sharper than the residuals allow:
         # a gap far below the dual/primal residuals (g + s included) would drive s to 0
@@ -261,24 +255,32 @@ class ConvexInteriorPoint(IterativeSolver):
         # gap) the gap is all that is left: a 10x sharper target (100x per iteration at
         # mu = 10) ends the linear 10x-per-iteration tail.
         fast = (prev >= 0.9) & (resid <= 0.1 * gap)
-        mu = torch.where(fast, 10.0 * self.mu, self.mu)
-        tau = (target / mu).unsqueeze(-1)
-        comp = sl * lam
-        dx, dnu, dlam, ds = direction(comp - tau)
+        tau = (target / torch.where(fast, 10.0 * self.mu, self.mu)).unsqueeze(-1)
+        rc = sl * lam - tau
 
-        # Largest step keeping s, λ > 0 (fraction to the boundary), then backtracking
+        # Newton direction d = (dx, dnu, dlam, ds) for (rd, Ax - b, g + s, s∘λ - τ):
+        # ds = -rg - J dx, s∘dλ + λ∘ds = -rc; eliminated to the (x, nu) system K.
+        w = (lam * rg - rc) / sl
+        rhs = -rd - _mv(J.mT, w)
+        if params_eq is not None:
+            rhs = torch.cat([rhs, -rp], -1)
+        sol = torch.linalg.lu_solve(LU, piv, rhs.unsqueeze(-1)).squeeze(-1)  # (dx, dnu)
+        Jdx = _mv(J, sol[..., :n])
+        d = torch.cat([sol, w + w_ratio * Jdx, -rg - Jdx], -1)
+
+        # Largest step keeping λ, s > 0 (fraction 0.99 to the boundary), then backtracking
         # for g finite and a decrease of the residual norm.
-        step = 0.99 * torch.minimum(_max_step(sl, ds, math.inf), _max_step(lam, dlam, math.inf))
-        step = step.clamp(max=1.0)
-        res0 = torch.linalg.vector_norm(torch.cat([rd, rg, comp - tau, rp], -1), dim=-1)
+        tail = n + q
+        step = (0.99 * _max_step(v[..., tail:], d[..., tail:], math.inf)).clamp(max=1.0)
+        res0 = torch.linalg.vector_norm(torch.cat([rd, rg, rc, rp], -1), dim=-1)
+        slope = self.alpha * res0
         accepted = torch.zeros_like(gap, dtype=torch.bool)
-        best = (x, nu, lam, sl, g, rd, rp)
+        best = (v, g, rd, rp)
         for k in range(self.maxls):
-            sc = step.unsqueeze(-1)
-            xt, lt, st = x + sc * dx, lam + sc * dlam, sl + sc * ds
-            nt = nu + sc * dnu if params_eq is not None else nu
-            gt, vt = rows.first(xt, lt)
-            rdt = obj.grad(xt) + vt
+            vt = v + step.unsqueeze(-1) * d
+            xt, nt, lt, st = _unpack(vt, sizes)
+            gt, jt = rows.first(xt, lt)
+            rdt = obj.grad(xt) + jt
             if params_eq is not None:
                 rdt = rdt + _mv(A.mT, nt)
                 rpt = _affine(xt, params_eq)
@@ -286,8 +288,8 @@ class ConvexInteriorPoint(IterativeSolver):
                 rpt = rp
             res = torch.linalg.vector_norm(torch.cat([rdt, gt + st, st * lt - tau, rpt], -1),
                                            dim=-1)
-            ok = (res <= (1 - self.alpha * step) * res0) & torch.isfinite(res)
-            trial = (xt, nt, lt, st, gt, rdt, rpt)
+            ok = (res <= res0 - slope * step) & torch.isfinite(res)
+            trial = (vt, gt, rdt, rpt)
             if k == 0 and bool(ok.all()):  # the common case: every item takes the first step
                 best, accepted = trial, ok
                 break
@@ -296,7 +298,8 @@ class ConvexInteriorPoint(IterativeSolver):
             if bool(accepted.all()):
                 break
             step = torch.where(accepted, step, step * self.beta)
-        x1, nu1, lam1, sl1, g1, rd1, rp1 = best
+        v1, g1, rd1, rp1 = best
+        _, _, lam1, sl1 = _unpack(v1, sizes)
         gap1 = (sl1 * lam1).sum(-1)
         pr = torch.linalg.vector_norm(torch.cat([rp1, g1 + sl1], -1), dim=-1)
         dr = norm(rd1)
@@ -305,15 +308,16 @@ class ConvexInteriorPoint(IterativeSolver):
         error = torch.where(accepted, error, torch.full_like(error, math.nan))
         new = state._replace(error=error, gap=gap1, primal_residual=pr, dual_residual=dr)
         taken = torch.where(accepted, step, torch.zeros_like(step))
-        return OptStep((x1, nu1, lam1, sl1, taken), new), g1
+        return OptStep((v1, taken), new), g1
 
     # -- phase I and run ---------------------------------------------------------------
     def _iterate(self, init, args, obj, rows, params_eq, maxiter, tol, pending=None,
                  phase_one=False):
         """The masked iteration (as :meth:`IterativeSolver._loop`) on the given models."""
         x, nu, lam = init
-        params = (x, nu, lam, (-rows.values(x)).clamp_min(torch.finfo(x.dtype).eps),
-                  torch.zeros_like(lam[..., 0]))
+        sizes = (x.shape[-1], nu.shape[-1], lam.shape[-1])
+        sl = (-rows.values(x)).clamp_min(torch.finfo(x.dtype).eps)
+        params = (torch.cat([x, nu, lam, sl], -1), torch.zeros_like(lam[..., 0]))
         state = self._init_state(init, args, rows)
         if pending is not None:
             state = state._replace(status=torch.where(pending >= 0, pending, state.status))
@@ -321,9 +325,10 @@ class ConvexInteriorPoint(IterativeSolver):
             active = state.status == RUNNING
             if k % self.check_every == 0 and not any_true(active):
                 break
-            (new_params, new_state), g1 = self._step(params, state, obj, rows, params_eq)
+            (new_params, new_state), g1 = self._step(params, state, obj, rows, params_eq,
+                                                     sizes)
             if phase_one:  # done at the first strictly feasible x: g(x) - s < -s, s < 0
-                s1 = new_params[0][..., -1:]
+                s1 = new_params[0][..., sizes[0] - 1:sizes[0]]
                 found = (s1[..., 0] < 0) & ((g1[..., :-1] + s1) < 0).all(-1)
                 new_state = new_state._replace(error=torch.where(
                     found, torch.zeros_like(new_state.error), new_state.error))
@@ -331,7 +336,7 @@ class ConvexInteriorPoint(IterativeSolver):
             state = state._make(_pick(active, new_state, state))
             state = state._replace(iter_num=state.iter_num + active.to(state.iter_num.dtype))
             state = self._classify(state, active, tol)
-        return params[:3], state
+        return _unpack(params[0], sizes)[:3], state
 
     def _phase_one(self, x0, params_eq, params_ineq, maxiter, tol):
         """Minimise ``s`` s.t. ``g(x) - s ≤ 0``, ``s ≥ -1``, ``Ax = b`` from a feasible (x0, s0)."""
