@@ -16,7 +16,20 @@ backward passes for ``second``. The data models answer from matrices without any
 autograd: :class:`QuadraticObjective` (``½xᵀQx + pᵀx``), :class:`AffineRows`
 (``Gx - h``: Jacobian ``G``, no curvature), :class:`QuadraticRows` (constant
 Hessians) and :class:`QuadOverLinRows` (the smooth cone row ``‖u‖²/s - s`` of affine
-``u, s``, closed-form derivatives). :class:`StackedRows` joins row models in a given row order.
+``u, s``, closed-form derivatives). :class:`StackedRows` joins row models in a given
+row order.
+
+Example:
+    >>> import torch
+    >>> from optlayer.solvers import ConvexInteriorPoint
+    >>> G = torch.tensor([[1.0, 1.0]], dtype=torch.float64)   # x₁ + x₂ ≤ 1 as data
+    >>> h = torch.tensor([1.0], dtype=torch.float64)
+    >>> f = lambda x, c: 0.5 * ((x - c) ** 2).sum(-1)
+    >>> g = lambda x, _p=None: x @ G.mT - h
+    >>> ip = ConvexInteriorPoint(f, g, ineq_model=lambda _p: AffineRows(G, h))
+    >>> c = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    >>> ip.run(torch.zeros(2, dtype=torch.float64), c).params[0]
+    tensor([0.5000, 0.5000], dtype=torch.float64)
 """
 
 from __future__ import annotations
