@@ -195,7 +195,7 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     sol = (z, nu if hfun else None, lam if gfun else None)
     error = _kkt_error(F, sol, Pd, gfun, _model_residuals(program, models, sol, Pd, eq))
     status = _final_status(st.status, error, tol)
-    isz = gfun.sizes(z, Pd) if gfun else []
+    isz = list(_structure(program, Pd, N, False)["sizes"]) if gfun else []
     if any(t.requires_grad for t in P.values()):
         keep = [s for s in sol if s is not None]
 
@@ -460,7 +460,8 @@ def _structure(program, P, N, phase_one):
                 offset += sizes[i]
     order = [j for i in range(len(rows)) for j in pos[i]]
     st = {"quadratic": all(_degree(e, memo) <= 2 for _, e in program.plan.smooth),
-          "blocks": blocks, "order": None if order == list(range(offset)) else order}
+          "blocks": blocks, "order": None if order == list(range(offset)) else order,
+          "sizes": sizes}
     cache[phase_one] = st
     return st
 

@@ -251,6 +251,7 @@ class StackedRows:
         self.parts, self.sizes = list(parts), [int(s) for s in sizes]
         self.order = order
         self.inverse = None if order is None else torch.argsort(order)
+        self._single = len(self.parts) == 1 and order is None
 
     def _lams(self, lam):
         lam = lam if self.inverse is None else lam.index_select(-1, self.inverse)
@@ -261,9 +262,13 @@ class StackedRows:
         return out if self.order is None else out.index_select(dim, self.order)
 
     def values(self, x):
+        if self._single:
+            return self.parts[0].values(x)
         return self._join([m.values(x) for m in self.parts], -1)
 
     def first(self, x, lam):
+        if self._single:
+            return self.parts[0].first(x, lam)
         gs, v = [], None
         for m, lm in zip(self.parts, self._lams(lam), strict=True):
             g, vi = m.first(x, lm)
@@ -272,6 +277,8 @@ class StackedRows:
         return self._join(gs, -1), v
 
     def second(self, x, lam):
+        if self._single:
+            return self.parts[0].second(x, lam)
         gs, Js, H = [], [], None
         for m, lm in zip(self.parts, self._lams(lam), strict=True):
             g, J, Hi = m.second(x, lm)

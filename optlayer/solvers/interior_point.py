@@ -333,9 +333,16 @@ class ConvexInteriorPoint(IterativeSolver):
                 new_state = new_state._replace(error=torch.where(
                     found, torch.zeros_like(new_state.error), new_state.error))
             params = _pick(active, new_params, params)
-            state = state._make(_pick(active, new_state, state))
-            state = state._replace(iter_num=state.iter_num + active.to(state.iter_num.dtype))
-            state = self._classify(state, active, tol)
+            # the step changes error, gap and the residuals; count and classify here
+            error, gap, pr, dr = _pick(
+                active,
+                (new_state.error, new_state.gap, new_state.primal_residual,
+                 new_state.dual_residual),
+                (state.error, state.gap, state.primal_residual, state.dual_residual))
+            status = torch.where(active & (error <= tol), int(Status.OPTIMAL), state.status)
+            status = torch.where(active & ~torch.isfinite(error),
+                                 int(Status.NUMERICAL_ERROR), status).to(state.status.dtype)
+            state = InteriorPointState(state.iter_num + active, error, status, gap, pr, dr)
         return _unpack(params[0], sizes)[:3], state
 
     def _phase_one(self, x0, params_eq, params_ineq, maxiter, tol):
