@@ -424,7 +424,8 @@ _STRUCTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _structure(program, P, N, phase_one):
     """How the rows split into model kinds (cached per program): ``blocks`` of
     ``(kind, function, rows)`` in stacking order (1 affine, 2 quadratic, 3 the cone row
-    ``sum_squares(u) / s - s`` of affine ``u, s`` (function of ``(u, s)``), 4 other) and
+    ``sum_squares(u) / s - s`` of affine ``u, s`` (function of ``(u, s)``), 4 other, 5 the
+    phase I cone row ``norm2(u) - s`` (function of ``(u, s)``)) and
     ``order`` (stacked position of each original row, None when the same)."""
     cache = _STRUCTURES.setdefault(program, {})
     if phase_one in cache:
@@ -437,19 +438,20 @@ def _structure(program, P, N, phase_one):
     kinds = []
     for e in exprs:
         d = _degree(e, memo)
-        kinds.append(1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo) else 4)
+        kinds.append(1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo)
+                     else 5 if _norm_parts(e, memo) else 4)
     like = next(iter(P.values()))
     z1 = torch.zeros(1, N, dtype=like.dtype, device=like.device)
     P1 = {k: v[:1] for k, v in P.items()}
     sizes = _Rows(program, rows, phase_one).sizes(z1, P1) if rows else []
     blocks, pos, offset = [], {}, 0
-    for kind in (1, 2, 3, 4):
+    for kind in (1, 2, 3, 5, 4):
         members = [i for i, k in enumerate(kinds) if k == kind]
-        if kind == 3:  # one block per cone row
+        if kind in (3, 5):  # one block per cone row
             for i in members:
-                u, sden = _cone_parts(exprs[i], memo)
+                u, sden = (_cone_parts if kind == 3 else _norm_parts)(exprs[i], memo)
                 fn = _Rows(program, [_bare_row(u), _bare_row(sden)])
-                blocks.append((3, fn, fn.sizes(z1, P1)[0] + 1))
+                blocks.append((kind, fn, fn.sizes(z1, P1)[0] + 1))
                 pos[i] = [offset]
                 offset += 1
         elif members:
@@ -469,6 +471,7 @@ def _structure(program, P, N, phase_one):
 def _stacked(st, P, B, N, dtype, device):
     from optlayer.solvers.convex_models import (
         AffineRows,
+        NormRows,
         QuadOverLinRows,
         QuadraticRows,
         StackedRows,
@@ -482,12 +485,13 @@ def _stacked(st, P, B, N, dtype, device):
         elif kind == 2:
             c, J, Q = _taylor(fn, P, B, N, k, dtype, device, second=True)
             parts.append(QuadraticRows(Q, J, c))
-        elif kind == 3:
+        elif kind in (3, 5):
             c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
-            parts.append(QuadOverLinRows(J[:, :-1], c[:, :-1], J[:, -1], c[:, -1]))
+            model = QuadOverLinRows if kind == 3 else NormRows
+            parts.append(model(J[:, :-1], c[:, :-1], J[:, -1], c[:, -1]))
         else:
             parts.append(_FunctionRows(fn, P, B, N, k))
-        sizes.append(1 if kind == 3 else k)
+        sizes.append(1 if kind in (3, 5) else k)
     order = st["order"]
     if order is not None:
         order = torch.tensor(order, device=device)
@@ -508,6 +512,22 @@ def _cone_parts(e, memo):
     if name(quot.args[0]) != "sum_squares" or quot.args[1] is not s:
         return None
     u = quot.args[0].args[0]
+    if _deg(u, memo) > 1 or _deg(s, memo) > 1 or math.prod(s.shape) != 1:
+        return None
+    return u, s
+
+
+def _norm_parts(e, memo):
+    """``(u, s)`` when ``e`` is ``norm2(u) - s`` (the phase I form of a cone row) with ``u``
+    affine and ``s`` an affine scalar, else None."""
+    from optlayer.ir import Apply
+
+    if not (isinstance(e, Apply) and e.atom.name == "sub"):
+        return None
+    nrm, s = e.args
+    if not (isinstance(nrm, Apply) and nrm.atom.name == "norm2"):
+        return None
+    u = nrm.args[0]
     if _deg(u, memo) > 1 or _deg(s, memo) > 1 or math.prod(s.shape) != 1:
         return None
     return u, s

@@ -44,6 +44,7 @@ __all__ = [
     "AutogradObjective",
     "AutogradRows",
     "NoRows",
+    "NormRows",
     "QuadraticObjective",
     "QuadOverLinRows",
     "QuadraticRows",
@@ -241,6 +242,37 @@ class QuadOverLinRows:
         V = self.U - u.unsqueeze(-1) * (self.a / s).unsqueeze(-2)
         H = V.mT @ V * (2.0 * lam / s).unsqueeze(-1)
         return g, self._grad(u, s, q).unsqueeze(-2), H
+
+
+class NormRows:
+    """One row ``g = ‖Ux + u₀‖ - s`` with ``s = aᵀx + b`` (the phase I form of the cone row):
+    ``∇g = Uᵀû - a`` (``û = u/‖u‖``, 0 at ``u = 0``), ``∇²g = Uᵀ(I - ûûᵀ)U / ‖u‖`` with
+    ``‖u‖`` floored at ``sqrt(eps)`` (at the apex ``u = 0`` autograd gives NaN: this keeps
+    the Newton system finite, with a large curvature that keeps ``u`` put)."""
+
+    def __init__(self, U, u0, a, b) -> None:
+        self.U, self.u0, self.a, self.b = U, u0, a, b
+
+    def _parts(self, x):
+        u = _mv(self.U, x) + self.u0
+        nrm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+        s = (self.a * x).sum(-1, keepdim=True) + self.b.unsqueeze(-1)
+        floor = torch.finfo(x.dtype).eps ** 0.5
+        uhat = u / nrm.clamp_min(floor)
+        return u, uhat, nrm.clamp_min(floor), nrm - s
+
+    def values(self, x):
+        return self._parts(x)[3]
+
+    def first(self, x, lam):
+        _, uhat, _, g = self._parts(x)
+        return g, lam * (_mv(self.U.mT, uhat) - self.a)
+
+    def second(self, x, lam):
+        _, uhat, nrm, g = self._parts(x)
+        Uh = _mv(self.U.mT, uhat)
+        H = (self.U.mT @ self.U - Uh.unsqueeze(-1) * Uh.unsqueeze(-2)) * (lam / nrm).unsqueeze(-1)
+        return g, (Uh - self.a).unsqueeze(-2), H
 
 
 class StackedRows:

@@ -377,7 +377,9 @@ class ConvexInteriorPoint(IterativeSolver):
             x1, s1, st1 = self._phase_one(x0, params_eq, params_ineq, maxiter, tol)
             x0 = torch.where(need.unsqueeze(-1), x1, x0)
             margin = math.sqrt(tol)
-            infeasible = need & (s1 > margin)
+            # a certificate only where phase I converged to its optimum s* > 0 (a phase I
+            # stopped by MAX_ITER or a numerical failure keeps that status below)
+            infeasible = need & (s1 > margin) & (st1.status == int(Status.OPTIMAL))
             stuck = need & ~infeasible & ~(rows.values(x0) < 0).all(-1)
             pending = torch.where(
                 infeasible, int(Status.INFEASIBLE),

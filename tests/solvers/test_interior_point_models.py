@@ -16,6 +16,7 @@ from optlayer.solvers.convex_models import (
     AffineRows,
     AutogradObjective,
     AutogradRows,
+    NormRows,
     PhaseOneRows,
     QuadOverLinRows,
     QuadraticObjective,
@@ -65,6 +66,17 @@ def _cone_case():
     return QuadOverLinRows(U, u0, a, b), fun, 1
 
 
+def _norm_case():
+    U, u0 = _randn(B, 6, N, seed=20), _randn(B, 6, seed=21)
+    a, b = _randn(B, N, seed=22), _randn(B, seed=23)
+
+    def fun(x, _p):
+        u = (U * x.unsqueeze(-2)).sum(-1) + u0
+        return (torch.linalg.vector_norm(u, dim=-1) - (a * x).sum(-1) - b).unsqueeze(-1)
+
+    return NormRows(U, u0, a, b), fun, 1
+
+
 def _stacked_case():
     parts = [_affine_case(), _quadratic_case(), _cone_case()]
     order = torch.tensor([3, 0, 7, 1, 5, 2, 6, 4])  # rows out of stacking order
@@ -86,7 +98,7 @@ def _phase_one_case():
 
 
 ROWS = {"affine": _affine_case, "quadratic": _quadratic_case, "cone": _cone_case,
-        "stacked": _stacked_case, "phase_one": _phase_one_case}
+        "norm": _norm_case, "stacked": _stacked_case, "phase_one": _phase_one_case}
 
 
 @pytest.mark.parametrize("case", list(ROWS.values()), ids=list(ROWS))
@@ -181,3 +193,20 @@ def test_compiled_models_match_autograd_of_the_rows(name):
     torch.testing.assert_close(g, g0, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(zero if H is None else H, zero if H0 is None else H0,
                                rtol=1e-10, atol=1e-10)
+
+
+def test_cone_of_user_variables_from_the_apex_solves():
+    # z = 0 puts norm2(x) <= t at its apex: phase I runs on norm2(x) - t, whose autograd
+    # Hessian is NaN there (NormRows keeps it finite); it was reported INFEASIBLE before.
+    # min ‖x - c‖² + t s.t. ‖x‖ <= t <= 2: x = c (1 - 1 / (2‖c‖))₊, t = ‖x‖ (t <= 2 inactive
+    # for ‖c‖ <= 2.5)
+    layer = ol.compile("dim n = 3\nparam c[n]\nvar x[n]\nvar t\n"
+                       "minimize sum_squares(x - c) + t\nsubject to\n    norm2(x) <= t\n"
+                       "    t <= 2")
+    c = torch.tensor([[1.0, 2.0, -0.5], [0.3, -0.4, 1.2]], dtype=D)
+    x, t = layer(c=c)
+    nc = c.norm(dim=-1, keepdim=True)
+    ref = c * (1 - 1 / (2 * nc)).clamp_min(0)
+    assert layer.info.status.tolist() == [0, 0]
+    torch.testing.assert_close(x, ref, rtol=0, atol=1e-8)
+    torch.testing.assert_close(t, ref.norm(dim=-1), rtol=0, atol=1e-8)
