@@ -74,6 +74,11 @@ def _unpack(v, sizes):
     return torch.split(v, [n, q, r, r], dim=-1)
 
 
+def _bcast_to(mask, t):
+    """``mask (*batch)`` viewed to broadcast against ``t (*batch, ...)``."""
+    return mask.reshape(mask.shape + (1,) * (t.dim() - mask.dim()))
+
+
 def _pick(mask, new, old):
     """``select`` for a flat tuple of ``(*batch)`` / ``(*batch, k)`` tensors (no tree walk)."""
     nd = mask.dim()
@@ -211,18 +216,22 @@ class ConvexInteriorPoint(IterativeSolver):
         x, nu, lam = params
         v = torch.cat([x, nu, lam, -rows.values(x)], -1)
         sizes = (x.shape[-1], nu.shape[-1], lam.shape[-1])
-        out, _ = self._step((v, torch.zeros_like(lam[..., 0])), state, obj, rows, params_eq,
-                            sizes)
+        out = self._step((v, torch.zeros_like(lam[..., 0])), state, obj, rows, params_eq,
+                         sizes)[0]
         return OptStep(_unpack(out.params[0], sizes)[:3], out.state)
 
-    def _step(self, params, state, obj, rows, params_eq, sizes):
+    def _step(self, params, state, obj, rows, params_eq, sizes, derivs=None):
         """One iteration on ``(v, last step length)``, ``v = (x, nu, lam, s)`` packed (``s > 0``
-        the slacks of ``g(x) + s = 0``). Returns the step and ``g`` at the new point."""
+        the slacks of ``g(x) + s = 0``); ``derivs``: ``(g, Dg, Σλ∇²g, ∇f, ∇²f)`` at ``v`` if
+        known. Returns the step, ``g`` at the new point, the derivatives used at ``v`` and
+        those at the new point (None unless every item took the first trial step, where
+        they are computed in place of the first-order line-search evaluation)."""
         v, prev = params
         n, q, r = sizes
         x, nu, lam, sl = _unpack(v, sizes)
-        g, J, Hg = rows.second(x, lam)
-        gf, Hf = obj.grad_hess(x)
+        if derivs is None:
+            derivs = (*rows.second(x, lam), *obj.grad_hess(x))
+        g, J, Hg, gf, Hf = derivs
         rd = gf + _mv(J.mT, lam)
         if params_eq is not None:
             A = params_eq[0].expand(x.shape[:-1] + params_eq[0].shape[-2:])
@@ -276,11 +285,17 @@ class ConvexInteriorPoint(IterativeSolver):
         slope = self.alpha * res0
         accepted = torch.zeros_like(gap, dtype=torch.bool)
         best = (v, g, rd, rp)
+        new_derivs = None
         for k in range(self.maxls):
             vt = v + step.unsqueeze(-1) * d
             xt, nt, lt, st = _unpack(vt, sizes)
-            gt, jt = rows.first(xt, lt)
-            rdt = obj.grad(xt) + jt
+            if k == 0:  # second order here: the next iteration needs it if all accept
+                new_derivs = (*rows.second(xt, lt), *obj.grad_hess(xt))
+                gt, Jt, _, gft, _ = new_derivs
+                rdt = gft + _mv(Jt.mT, lt)
+            else:
+                gt, jt = rows.first(xt, lt)
+                rdt = obj.grad(xt) + jt
             if params_eq is not None:
                 rdt = rdt + _mv(A.mT, nt)
                 rpt = _affine(xt, params_eq)
@@ -293,6 +308,7 @@ class ConvexInteriorPoint(IterativeSolver):
             if k == 0 and bool(ok.all()):  # the common case: every item takes the first step
                 best, accepted = trial, ok
                 break
+            new_derivs = None
             best = _pick(ok & ~accepted, trial, best)
             accepted = accepted | ok
             if bool(accepted.all()):
@@ -308,7 +324,7 @@ class ConvexInteriorPoint(IterativeSolver):
         error = torch.where(accepted, error, torch.full_like(error, math.nan))
         new = state._replace(error=error, gap=gap1, primal_residual=pr, dual_residual=dr)
         taken = torch.where(accepted, step, torch.zeros_like(step))
-        return OptStep((v1, taken), new), g1
+        return OptStep((v1, taken), new), g1, derivs, new_derivs
 
     # -- phase I and run ---------------------------------------------------------------
     def _iterate(self, init, args, obj, rows, params_eq, maxiter, tol, pending=None,
@@ -321,12 +337,17 @@ class ConvexInteriorPoint(IterativeSolver):
         state = self._init_state(init, args, rows)
         if pending is not None:
             state = state._replace(status=torch.where(pending >= 0, pending, state.status))
+        derivs = None
         for k in range(maxiter):
             active = state.status == RUNNING
             if k % self.check_every == 0 and not any_true(active):
                 break
-            (new_params, new_state), g1 = self._step(params, state, obj, rows, params_eq,
-                                                     sizes)
+            (new_params, new_state), g1, used, nxt = self._step(
+                params, state, obj, rows, params_eq, sizes, derivs)
+            # derivatives at the kept point of every item (frozen items keep theirs)
+            derivs = None if nxt is None else tuple(
+                a if a is None else torch.where(_bcast_to(active, a), a, b)
+                for a, b in zip(nxt, used, strict=True))
             if phase_one:  # done at the first strictly feasible x: g(x) - s < -s, s < 0
                 s1 = new_params[0][..., sizes[0] - 1:sizes[0]]
                 found = (s1[..., 0] < 0) & ((g1[..., :-1] + s1) < 0).all(-1)
