@@ -30,6 +30,9 @@ differentiated in the parameters (valid under strict complementarity).
 
 from __future__ import annotations
 
+import math
+import weakref
+
 import torch
 
 from optlayer import defaults
@@ -162,7 +165,7 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     t0 = next(iter(P.values()))
     B, N = t0.shape[0], program.layout.size
     dtype, device = t0.dtype, t0.device
-    gfun, hfun = row_functions(program)
+    gfun, hfun = _cached(program, "rows", lambda: row_functions(program))
     Pd = {k: v.detach() for k, v in P.items()}
     eq = None
     esz: list = []
@@ -176,18 +179,23 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     z0 = _start(program, Pd, B, N, dtype, device, z0)
     phase_one = None
     if any(r.phase_one is not None for r in program.plan.ineq):
-        phase_one = _Rows(program, program.plan.ineq, phase_one=True)
+        phase_one = _cached(program, "phase_one",
+                            lambda: _Rows(program, program.plan.ineq, phase_one=True))
+    models = {}
+    if not _functorch_active():
+        models = _models(program, Pd, B, N, dtype, device)
     ip = ConvexInteriorPoint(program.f, gfun if gfun else None, tol=tol, maxiter=maxiter,
                              implicit_diff=False, on_failure="ignore",
-                             phase_one_fun=phase_one, maxls=defaults.CONVEX_KKT_MAXLS)
+                             phase_one_fun=phase_one, maxls=defaults.CONVEX_KKT_MAXLS,
+                             **models)
     out = ip.run(z0, Pd, eq, Pd)
     z, nu, lam = out.params
     st = out.state
     F = kkt(program.f, hfun if hfun else None, gfun if gfun else None)
     sol = (z, nu if hfun else None, lam if gfun else None)
-    error = _kkt_error(F, sol, Pd, gfun)
+    error = _kkt_error(F, sol, Pd, gfun, _model_residuals(program, models, sol, Pd, eq))
     status = _final_status(st.status, error, tol)
-    isz = gfun.sizes(z, Pd) if gfun else []
+    isz = list(_structure(program, Pd, N, False)["sizes"]) if gfun else []
     if any(t.requires_grad for t in P.values()):
         keep = [s for s in sol if s is not None]
 
@@ -197,8 +205,10 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
                 full.append(None if s is None else next(it))
             return tuple(r for r in F(tuple(full), Pa, Pa, Pa) if r is not None)
 
-        root = custom_root(optimality, solve=block_diagonal_solve(tuple(keep)))(
-            lambda init, Pa: tuple(keep))
+        solve = block_diagonal_solve(tuple(keep))
+        if models:
+            solve = _kkt_solve(program, models, sol, Pd, eq, solve)
+        root = custom_root(optimality, solve=solve)(lambda init, Pa: tuple(keep))
         res = root(None, P)
         z = res[0]
     ineq_dual = _scaled(program, gfun, lam.detach(), z.detach(), Pd, isz) if gfun else None
@@ -206,20 +216,54 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
                           int(st.iter_num.max()) if st.iter_num.numel() else 0, error)
 
 
-def _kkt_error(F, sol, P, gfun):
+def _kkt_error(F, sol, P, gfun, residuals=None):
     """``max(|grad L|, |h|, -lam'g, max(g)+, max(-lam)+)`` per item at the returned point
-    (stationarity, equalities, gap, primal and dual feasibility; inf where not finite)."""
+    (stationarity, equalities, gap, primal and dual feasibility; inf where not finite).
+    ``residuals``: ``(stat, eq, comp, g)`` already computed (from the models), else
+    from ``F`` and ``gfun``."""
     with torch.no_grad():
-        stat, eq, comp = F(sol, P, P, P)
+        if residuals is None:
+            stat, eq, comp = F(sol, P, P, P)
+            g = gfun(sol[0], P) if comp is not None else None
+        else:
+            stat, eq, comp, g = residuals
         err = stat.norm(dim=-1)
         if eq is not None:
             err = torch.maximum(err, eq.norm(dim=-1))
         if comp is not None:
-            z, lam = sol[0], sol[2]
+            lam = sol[2]
             err = torch.maximum(err, -comp.sum(-1))
-            err = torch.maximum(err, gfun(z, P).clamp_min(0).amax(-1))
+            err = torch.maximum(err, g.clamp_min(0).amax(-1))
             err = torch.maximum(err, (-lam).clamp_min(0).amax(-1))
     return torch.where(torch.isfinite(err), err, torch.inf)
+
+
+def _model_residuals(program, models, sol, P, eq):
+    """The KKT residuals ``(grad f + Dg' lam + A' nu, Az - b, lam * g, g)`` at ``sol`` from
+    the derivative models (the same functions as ``F``, without autograd), or None."""
+    if not models or "ineq_model" not in models:
+        return None
+    from optlayer.solvers.convex_models import AutogradObjective
+
+    z, nu, lam = sol
+    obj = models["objective_model"](None) if "objective_model" in models else \
+        AutogradObjective(program.f, P)
+    g, v = models["ineq_model"](None).first(z, lam)
+    stat = obj.grad(z) + v
+    res = None
+    if nu is not None:
+        A, b = eq
+        stat = stat + (A.mT * nu.unsqueeze(-2)).sum(-1)
+        res = (A * z.unsqueeze(-2)).sum(-1) - b
+    return stat, res, lam * g, g
+
+
+def _cached(program, key, build):
+    """``build()`` once per program (row tapes: the IR walk is not redone per call)."""
+    cache = _STRUCTURES.setdefault(program, {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
 
 
 def _final_status(status, error, tol):
@@ -270,3 +314,283 @@ def _scaled(program, gfun, lam, z, P, sizes):
         parts.append(d)
         start += k
     return torch.cat(parts, dim=-1)
+
+
+# --------------------------------------------------------------------------- models
+def _functorch_active() -> bool:
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
+
+
+def _taylor(fn, P, B, N, k, dtype, device, second):
+    """Value, Jacobian and (``second``) Hessians at ``z = 0`` of ``fn(z, P) -> (B, k)``, by
+    autograd on copies of ``z = 0`` (one forward pass on ``B k N`` points, no loop):
+    ``(c (B, k), J (B, k, N), Q (B, k, N, N) or None)``. Exact (no differences): for an
+    affine or quadratic ``fn`` these are its coefficients."""
+    m = N if second else 1
+    Z = torch.zeros(B * k * m, N, dtype=dtype, device=device, requires_grad=True)
+    PP = _repeat(P, k * m)
+    eye_k = torch.eye(k, dtype=dtype, device=device)
+    W = eye_k.unsqueeze(1).expand(k, m, k).reshape(1, k * m, k).expand(B, -1, -1)
+    with torch.enable_grad():
+        vals = fn(Z, PP)
+        (gr,) = torch.autograd.grad((W.reshape(-1, k) * vals).sum(), Z, create_graph=second,
+                                    materialize_grads=True)
+        Q = None
+        if second:
+            E = torch.eye(N, dtype=dtype, device=device).expand(B * k, N, N).reshape(-1, N)
+            if gr.requires_grad:
+                (Hr,) = torch.autograd.grad((gr * E).sum(), Z, materialize_grads=True)
+                Q = Hr.reshape(B, k, N, N).detach()
+                Q = 0.5 * (Q + Q.transpose(-1, -2))
+            else:
+                Q = torch.zeros(B, k, N, N, dtype=dtype, device=device)
+    c = vals.detach().reshape(B, k * m, k)[:, 0, :]
+    J = gr.detach().reshape(B, k, m, N)[:, :, 0, :]
+    return c, J, Q
+
+
+class _FunctionRows:
+    """Row model (:mod:`optlayer.solvers.convex_models`) of non-quadratic rows: ``first`` is
+    one backward pass; ``second`` evaluates the rows on ``n + r`` copies of each item
+    (weights ``λ`` on the first ``n``, ``e_i`` on the last ``r``) so that one backward
+    pass gives ``∇(λᵀg)`` and ``Dg`` and one more the Hessian of ``λᵀg`` (no loop over
+    rows or columns)."""
+
+    def __init__(self, rows: _Rows, P, B, N, r) -> None:
+        self.rows, self.P, self.B, self.N, self.r = rows, P, B, N, r
+        self.PP = _repeat(P, N + r)
+        like = next(iter(P.values()))
+        opts = {"dtype": like.dtype, "device": like.device}
+        self.E = torch.cat([torch.eye(N, **opts), torch.zeros(r, N, **opts)]).expand(B, -1, -1)
+        self.eye_r = torch.eye(r, **opts).expand(B, r, r)
+
+    def values(self, x):
+        return self.rows(x, self.P)
+
+    def first(self, x, lam):
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            g = self.rows(z, self.P)
+            (v,) = torch.autograd.grad(g, z, grad_outputs=lam, materialize_grads=True)
+        return g.detach(), v
+
+    def second(self, x, lam):
+        B, N, r = self.B, self.N, self.r
+        W = torch.cat([lam.unsqueeze(1).expand(B, N, r), self.eye_r], 1).reshape(-1, r)
+        with torch.enable_grad():
+            Z = x.detach().repeat_interleave(N + r, 0).requires_grad_(True)
+            g = self.rows(Z, self.PP)
+            (gr,) = torch.autograd.grad((W * g).sum(), Z, create_graph=True,
+                                        materialize_grads=True)
+            H = None
+            if gr.requires_grad:
+                (H,) = torch.autograd.grad((gr * self.E.reshape(-1, N)).sum(), Z,
+                                           materialize_grads=True)
+                H = H.reshape(B, N + r, N)[:, :N, :]
+        gr = gr.detach().reshape(B, N + r, N)
+        return g.detach().reshape(B, N + r, r)[:, 0, :], gr[:, N:, :], H
+
+
+def _models(program: Program, P, B, N, dtype, device) -> dict:
+    """Models for :class:`ConvexInteriorPoint`: a quadratic objective as ``(Q, p)``, affine
+    rows as ``(G, h)``, quadratic rows as ``(Q_i, p_i, c_i)``, cone rows as the affine data
+    of ``(u, s)`` (all read off once per call, exactly, by :func:`_taylor`), other rows
+    by autograd on their own tape. The split of the rows is cached per program."""
+    from optlayer.solvers.convex_models import QuadraticObjective
+
+    out = {}
+    st = _structure(program, P, N, False)
+    if st["quadratic"]:
+        def f(z, PP):
+            return program.f(z, PP).unsqueeze(-1)
+
+        _, p, Q = _taylor(f, P, B, N, 1, dtype, device, second=True)
+        qobj = QuadraticObjective(Q[:, 0], p[:, 0])
+        out["objective_model"] = lambda _p: qobj
+    if program.plan.ineq:
+        main = _stacked(st, P, B, N, dtype, device)
+        out["ineq_model"] = lambda _p: main
+        if any(r.phase_one is not None for r in program.plan.ineq):
+            # built only when phase I runs
+            out["phase_one_model"] = lambda _p: _stacked(
+                _structure(program, P, N, True), P, B, N, dtype, device)
+    return out
+
+
+_STRUCTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _structure(program, P, N, phase_one):
+    """How the rows split into model kinds (cached per program): ``blocks`` of
+    ``(kind, function, rows)`` in stacking order (1 affine, 2 quadratic, 3 the cone row
+    ``sum_squares(u) / s - s`` of affine ``u, s`` (function of ``(u, s)``), 4 other, 5 the
+    phase I cone row ``norm2(u) - s`` (function of ``(u, s)``)) and
+    ``order`` (stacked position of each original row, None when the same)."""
+    cache = _STRUCTURES.setdefault(program, {})
+    if phase_one in cache:
+        return cache[phase_one]
+    from optlayer.compiler.quadratic import _degree
+
+    memo: dict = {}
+    rows = program.plan.ineq
+    exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr for r in rows]
+    kinds = []
+    for e in exprs:
+        d = _degree(e, memo)
+        kinds.append(1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo)
+                     else 5 if _norm_parts(e, memo) else 4)
+    like = next(iter(P.values()))
+    z1 = torch.zeros(1, N, dtype=like.dtype, device=like.device)
+    P1 = {k: v[:1] for k, v in P.items()}
+    sizes = _Rows(program, rows, phase_one).sizes(z1, P1) if rows else []
+    blocks, pos, offset = [], {}, 0
+    for kind in (1, 2, 3, 5, 4):
+        members = [i for i, k in enumerate(kinds) if k == kind]
+        if kind in (3, 5):  # one block per cone row
+            for i in members:
+                u, sden = (_cone_parts if kind == 3 else _norm_parts)(exprs[i], memo)
+                fn = _Rows(program, [_bare_row(u), _bare_row(sden)])
+                blocks.append((kind, fn, fn.sizes(z1, P1)[0] + 1))
+                pos[i] = [offset]
+                offset += 1
+        elif members:
+            k = sum(sizes[i] for i in members)
+            blocks.append((kind, _Rows(program, [rows[i] for i in members], phase_one), k))
+            for i in members:
+                pos[i] = list(range(offset, offset + sizes[i]))
+                offset += sizes[i]
+    order = [j for i in range(len(rows)) for j in pos[i]]
+    st = {"quadratic": all(_degree(e, memo) <= 2 for _, e in program.plan.smooth),
+          "blocks": blocks, "order": None if order == list(range(offset)) else order,
+          "sizes": sizes}
+    cache[phase_one] = st
+    return st
+
+
+def _stacked(st, P, B, N, dtype, device):
+    from optlayer.solvers.convex_models import (
+        AffineRows,
+        NormRows,
+        QuadOverLinRows,
+        QuadraticRows,
+        StackedRows,
+    )
+
+    parts, sizes = [], []
+    for kind, fn, k in st["blocks"]:
+        if kind == 1:
+            c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
+            parts.append(AffineRows(J, -c))
+        elif kind == 2:
+            c, J, Q = _taylor(fn, P, B, N, k, dtype, device, second=True)
+            parts.append(QuadraticRows(Q, J, c))
+        elif kind in (3, 5):
+            c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
+            model = QuadOverLinRows if kind == 3 else NormRows
+            parts.append(model(J[:, :-1], c[:, :-1], J[:, -1], c[:, -1]))
+        else:
+            parts.append(_FunctionRows(fn, P, B, N, k))
+        sizes.append(1 if kind in (3, 5) else k)
+    order = st["order"]
+    if order is not None:
+        order = torch.tensor(order, device=device)
+    return StackedRows(parts, sizes, order)
+
+
+def _cone_parts(e, memo):
+    """``(u, s)`` when ``e`` is ``sum_squares(u) / s - s`` with ``u`` affine and ``s`` an affine
+    scalar (:func:`optlayer.compiler.epigraph.soc_row`), else None."""
+    from optlayer.ir import Apply
+
+    def name(node):
+        return node.atom.name if isinstance(node, Apply) else None
+
+    if name(e) != "sub" or name(e.args[0]) != "div":
+        return None
+    quot, s = e.args
+    if name(quot.args[0]) != "sum_squares" or quot.args[1] is not s:
+        return None
+    u = quot.args[0].args[0]
+    if _deg(u, memo) > 1 or _deg(s, memo) > 1 or math.prod(s.shape) != 1:
+        return None
+    return u, s
+
+
+def _norm_parts(e, memo):
+    """``(u, s)`` when ``e`` is ``norm2(u) - s`` (the phase I form of a cone row) with ``u``
+    affine and ``s`` an affine scalar, else None."""
+    from optlayer.ir import Apply
+
+    if not (isinstance(e, Apply) and e.atom.name == "sub"):
+        return None
+    nrm, s = e.args
+    if not (isinstance(nrm, Apply) and nrm.atom.name == "norm2"):
+        return None
+    u = nrm.args[0]
+    if _deg(u, memo) > 1 or _deg(s, memo) > 1 or math.prod(s.shape) != 1:
+        return None
+    return u, s
+
+
+def _bare_row(expr):
+    from optlayer.compiler.epigraph import Row
+
+    return Row(None, expr)
+
+
+def _deg(e, memo):
+    from optlayer.compiler.quadratic import _degree
+
+    return _degree(e, memo)
+
+
+def _kkt_solve(program, models, sol, P, eq, fallback):
+    """The backward solve of :func:`solve_convex` from the derivative models: the KKT
+    Jacobian ``∂F/∂(z, nu, lam) = [[H, A', Dg'], [A, 0, 0], [lam Dg, 0, diag(g)]]``
+    (``H`` the Hessian of the Lagrangian) built once, densely per item, instead of
+    ``N`` linearisations of ``F``. Used in a plain first-order backward; under a graph
+    (double backward) or a torch.func transform, ``fallback`` (matvecs of ``F``)."""
+    from optlayer.linalg import solve_lu
+    from optlayer.solvers.convex_models import AutogradObjective
+
+    z, nu, lam = sol
+    B, n = z.shape
+
+    def matrix():
+        obj = models["objective_model"](None) if "objective_model" in models else \
+            AutogradObjective(program.f, P)
+        _, H = obj.grad_hess(z)
+        H = z.new_zeros(B, n, n) if H is None else H.expand(B, n, n)
+        top, mid, bot = [H], [], []
+        if lam is not None:
+            g, J, Hg = models["ineq_model"](None).second(z, lam)
+            top[0] = H if Hg is None else H + Hg
+        if nu is not None:
+            A = eq[0].expand(B, *eq[0].shape[-2:])
+            q = A.shape[-2]
+            top.append(A.mT)
+            mid = [A, z.new_zeros(B, q, q)]
+            if lam is not None:
+                mid.append(z.new_zeros(B, q, lam.shape[-1]))
+        if lam is not None:
+            r = lam.shape[-1]
+            top.append(J.mT)
+            bot = [lam.unsqueeze(-1) * J]
+            if nu is not None:
+                bot.append(z.new_zeros(B, r, nu.shape[-1]))
+            bot.append(torch.diag_embed(g))
+        rows = [torch.cat(blk, -1) for blk in (top, mid, bot) if blk]
+        return torch.cat(rows, -2)
+
+    sizes = [t.shape[-1] for t in sol if t is not None]
+
+    def solve(matvec, b, **options):
+        if torch.is_grad_enabled() or _functorch_active() or b.ndim != 1:
+            return fallback(matvec, b, **options)
+        parts = torch.split(b, [B * k for k in sizes])
+        bb = torch.cat([p.reshape(B, k) for p, k in zip(parts, sizes, strict=True)], -1)
+        u = solve_lu(matrix().mT, bb, **options)
+        return torch.cat([p.reshape(-1) for p in torch.split(u, sizes, dim=-1)])
+
+    return solve

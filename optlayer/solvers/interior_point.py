@@ -2,12 +2,16 @@
 
 ``min_x f(x, params_obj)  s.t.  g(x, params_ineq) ≤ 0,  A x = b``  (``params_eq = (A, b)``),
 
-with gradients and Hessians of ``f`` and ``g`` from ``torch.func``. The method
-is the primal-dual interior point of Boyd & Vandenberghe (§11.7): Newton steps
-on the perturbed KKT system, a step kept inside ``λ > 0`` and ``g < 0``, and a
-backtracking line search on the residual norm. A phase I (minimise ``s`` s.t.
-``g(x) ≤ s``) finds a strictly feasible start when ``init`` is not one and
-proves infeasibility when its optimum is positive.
+with gradients and Hessians of ``f`` and ``g`` from derivative models
+(:mod:`optlayer.solvers.convex_models`: autograd by default, or data such as
+``(Q, p)``, ``(G, h)`` passed by the caller). The method is the primal-dual
+interior point of Boyd & Vandenberghe (§11.7) with slack variables: Newton
+steps on the perturbed KKT system of ``g(x) + s = 0``, ``s∘λ = τ``, a step
+kept inside ``s, λ > 0`` (fraction 0.99 to the boundary), and a backtracking
+line search on the residual norm with ``g`` finite. Affine rows stay exactly
+feasible; curved rows may be crossed slightly during the iterations. A phase I
+(minimise ``s`` s.t. ``g(x) ≤ s``) finds a strictly feasible start when
+``init`` is not one and proves infeasibility when its optimum is positive.
 """
 
 from __future__ import annotations
@@ -22,14 +26,14 @@ import torch
 from optlayer import defaults
 from optlayer.conditions import kkt
 from optlayer.errors import OptTypeError
-from optlayer.solvers._base import (
-    IterativeSolver,
-    OptStep,
-    batch_shape_of,
-    hessian,
-    norm,
-    select,
-    value_and_grad,
+from optlayer.linalg._common import any_true
+from optlayer.solvers._base import RUNNING, IterativeSolver, OptStep, batch_shape_of, norm
+from optlayer.solvers.convex_models import (
+    AutogradObjective,
+    AutogradRows,
+    NoRows,
+    PhaseOneRows,
+    QuadraticObjective,
 )
 from optlayer.status import Status
 
@@ -41,9 +45,9 @@ class InteriorPointState(NamedTuple):
 
     Attributes:
         iter_num, status: as for every solver.
-        error: ``max(‖r_pri‖, ‖r_dual‖, η̂)`` with the surrogate gap ``η̂ = -g(x)ᵀλ``.
-        gap: ``η̂`` per item.
-        primal_residual: ``‖Ax - b‖``; dual_residual: ``‖∇f + ∂gᵀλ + Aᵀν‖``.
+        error: ``max(‖r_pri‖, ‖r_dual‖, η̂)`` with the surrogate gap ``η̂ = sᵀλ``.
+        gap: ``η̂`` per item (``s`` the slacks of ``g(x) + s = 0``).
+        primal_residual: ``‖(Ax - b, g(x) + s)‖``; dual_residual: ``‖∇f + ∂gᵀλ + Aᵀν‖``.
     """
 
     iter_num: torch.Tensor
@@ -55,12 +59,41 @@ class InteriorPointState(NamedTuple):
 
 
 def _mv(M, v):
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
+    """``M v`` per item (a product and a sum: fewer dispatches than ``matmul`` at small n)."""
+    return (M * v.unsqueeze(-2)).sum(-1)
 
 
 def _affine(x, params_eq):
     A, b = params_eq
     return _mv(A, x) - b
+
+
+def _unpack(v, sizes):
+    """``(x, nu, lam, s)`` views of the packed iterate ``v``."""
+    n, q, r = sizes
+    return torch.split(v, [n, q, r, r], dim=-1)
+
+
+def _bcast_to(mask, t):
+    """``mask (*batch)`` viewed to broadcast against ``t (*batch, ...)``."""
+    return mask.reshape(mask.shape + (1,) * (t.dim() - mask.dim()))
+
+
+def _pick(mask, new, old):
+    """``select`` for a flat tuple of ``(*batch)`` / ``(*batch, k)`` tensors (no tree walk)."""
+    nd = mask.dim()
+    col = mask.unsqueeze(-1)
+    return tuple(torch.where(col if a.dim() > nd else mask, a, b)
+                 for a, b in zip(new, old, strict=True))
+
+
+def _max_step(v, dv, cap=1.0):
+    """Largest ``a <= cap`` with ``v + a dv >= 0`` (``v > 0``), per item."""
+    neg = dv < 0  # (the inner where keeps unrolled gradients finite)
+    ratio = torch.where(neg, -v / torch.where(neg, dv, -1.0), math.inf)
+    if not ratio.shape[-1]:
+        return v.new_full(v.shape[:-1], cap)
+    return ratio.amin(-1).clamp(max=cap)
 
 
 @dataclass(eq=False)
@@ -82,12 +115,19 @@ class ConvexInteriorPoint(IterativeSolver):
     Args:
         fun: ``f(x, params_obj)``, one value per batch item (``x``: ``(*batch, n)``).
         ineq_fun: ``g(x, params_ineq) -> (*batch, r)``, or None.
-        mu: barrier parameter growth factor.
+        mu: centring: the complementarity target is
+            ``τ = max(η̂, ‖r_dual‖, ‖r_pri‖) / (mu r)``, and ``η̂ / (10 mu r)`` after a
+            step of length ``≥ 0.9`` when the residuals are below ``η̂ / 10``.
         alpha, beta: line-search sufficient decrease and shrink factors.
         phase_one_fun: inequality function for phase I only, or None (``ineq_fun``).
             It must describe the same strictly feasible set, e.g. ``norm2(u) - s``
             (defined everywhere) for ``sum_squares(u) / s - s`` (smooth, but defined
             only for ``s > 0``).
+        objective_model, ineq_model, phase_one_model: optional callables
+            ``params_obj -> model`` / ``params_ineq -> model`` that replace autograd on
+            ``fun``, ``ineq_fun`` and the phase I rows with the protocol of
+            :mod:`optlayer.solvers.convex_models` (they must describe the same
+            functions: ``optimality_fun`` still differentiates ``fun`` and ``ineq_fun``).
 
     Example:
         >>> import torch
@@ -107,208 +147,270 @@ class ConvexInteriorPoint(IterativeSolver):
     beta: float = 0.5
     maxls: int = 50
     phase_one_fun: Callable | None = None
+    objective_model: Callable | None = None
+    ineq_model: Callable | None = None
+    phase_one_model: Callable | None = None
 
     family: ClassVar[str] = "interior_point"
 
     # -- maps -----------------------------------------------------------------------
-    def _g(self, x, params_ineq):
-        if self.ineq_fun is None:
-            return x.new_zeros(x.shape[:-1] + (0,))
-        return self.ineq_fun(x, params_ineq)
-
     def optimality_fun(self, params, params_obj=None, params_eq=None, params_ineq=None):
         """KKT residual ``(∇f + ∂gᵀλ + Aᵀν, Ax - b, λ∘g(x))`` at ``params = (x, nu, lam)``."""
         F = kkt(self.fun, _affine if params_eq is not None else None, self.ineq_fun)
         return F(params, params_obj, params_eq, params_ineq)
 
-    def _lagrangian(self, z, lam, params_obj, params_ineq):
-        """``f(z) + λᵀg(z)`` per item."""
-        val = self.fun(z, params_obj)
+    def _models(self, params_obj, params_ineq):
+        """The objective and row models (:mod:`optlayer.solvers.convex_models`)."""
+        if self.objective_model is not None:
+            obj = self.objective_model(params_obj)
+        else:
+            obj = AutogradObjective(self.fun, params_obj)
+        return obj, self._rows(params_ineq)
+
+    def _rows(self, params_ineq, phase_one=False):
+        if phase_one and self.phase_one_model is not None:
+            return self.phase_one_model(params_ineq)
+        if phase_one and self.phase_one_fun is not None:
+            return AutogradRows(self.phase_one_fun, params_ineq)
+        if self.ineq_model is not None:
+            return self.ineq_model(params_ineq)
         if self.ineq_fun is not None:
-            val = val + (lam * self.ineq_fun(z, params_ineq)).sum(-1)
-        return val
-
-    def _lagrangian_grad(self, x, nu, lam, params_obj, params_eq, params_ineq):
-        _, gr = value_and_grad(self._lagrangian, x, lam, params_obj, params_ineq)
-        if params_eq is not None:
-            gr = gr + _mv(params_eq[0].mT, nu)
-        return gr
-
-    def _jac_g(self, x, params_ineq):
-        r = self._g(x, params_ineq).shape[-1]
-        if r == 0:
-            return x.new_zeros(x.shape[:-1] + (0, x.shape[-1]))
-        _, vjp = torch.func.vjp(lambda z: self.ineq_fun(z, params_ineq), x)
-        eye = torch.eye(r, dtype=x.dtype, device=x.device)
-        rows = torch.func.vmap(lambda e: vjp(e.expand(x.shape[:-1] + (r,)))[0])(eye)
-        return rows.movedim(0, -2)
-
-    def _residuals(self, x, nu, lam, t, params_obj, params_eq, params_ineq):
-        gx = self._g(x, params_ineq)
-        rd = self._lagrangian_grad(x, nu, lam, params_obj, params_eq, params_ineq)
-        rc = -lam * gx - 1.0 / t.unsqueeze(-1)
-        rp = _affine(x, params_eq) if params_eq is not None else x.new_zeros(x.shape[:-1] + (0,))
-        return gx, rd, rc, rp
+            return AutogradRows(self.ineq_fun, params_ineq)
+        return NoRows()
 
     # -- solver protocol --------------------------------------------------------------
-    def _split_init(self, init, params_eq, params_ineq):
+    def _split_init(self, init, params_eq, rows):
         if isinstance(init, (tuple, list)):
             if len(init) != 3:
                 raise OptTypeError(f"{self.name}: init must be x or (x, nu, lam)")
             return tuple(init)
         x = init
-        gx = self._g(x, params_ineq)
+        gx = rows.values(x)
         lam = 1.0 / (-gx).clamp_min(1e-3)  # λ∘(-g) ≈ 1 (centred start)
         q = 0 if params_eq is None else params_eq[0].shape[-2]
         nu = x.new_zeros(x.shape[:-1] + (q,))
         return x, nu, lam
 
     def init_state(self, init, params_obj=None, params_eq=None, params_ineq=None):
+        return self._init_state(init, (params_obj, params_eq, params_ineq),
+                                self._rows(params_ineq))
+
+    def _init_state(self, init, args, rows):
         x, nu, lam = init
         batch = batch_shape_of(x)
         opts = {"dtype": x.dtype, "device": x.device}
-        gap = -(self._g(x, params_ineq) * lam).sum(-1)
+        gap = -(rows.values(x) * lam).sum(-1)
+        status = self._start_status(x, args, {})
         return InteriorPointState(
             iter_num=torch.zeros(batch, dtype=torch.long, device=x.device),
             error=torch.full(batch, math.inf, **opts),
-            status=self._start_status(x, (params_obj, params_eq, params_ineq), {}),
+            status=status,
             gap=gap,
             primal_residual=torch.full(batch, math.inf, **opts),
             dual_residual=torch.full(batch, math.inf, **opts),
         )
 
     def update(self, params, state, params_obj=None, params_eq=None, params_ineq=None):
+        """One iteration from ``params = (x, nu, lam)`` (slacks ``s = -g(x)``, so ``g(x) < 0``)."""
+        obj, rows = self._models(params_obj, params_ineq)
         x, nu, lam = params
-        P = (params_obj, params_eq, params_ineq)
-        r = lam.shape[-1]
-        n = x.shape[-1]
-        gx, rd, _, rp = self._residuals(x, nu, lam, torch.ones_like(lam[..., 0]), *P)
-        gap = -(gx * lam).sum(-1)
-        # Barrier weight from the surrogate gap, but no sharper than the residuals allow:
-        # a gap far below the dual/primal residual would pin x to the boundary of g <= 0
-        # (tiny steps, a stall), so the centring target follows the largest of the three.
-        target = torch.maximum(gap, torch.maximum(norm(rd), norm(rp)))
-        t = self.mu * max(r, 1) / target.clamp_min(torch.finfo(x.dtype).tiny)
-        rc = -lam * gx - 1.0 / t.unsqueeze(-1)
-        Dg = self._jac_g(x, params_ineq)
+        v = torch.cat([x, nu, lam, -rows.values(x)], -1)
+        sizes = (x.shape[-1], nu.shape[-1], lam.shape[-1])
+        out = self._step((v, torch.zeros_like(lam[..., 0])), state, obj, rows, params_eq,
+                         sizes)[0]
+        return OptStep(_unpack(out.params[0], sizes)[:3], out.state)
 
-        H = hessian(self._lagrangian, x, lam, params_obj, params_ineq)
-        w = -lam / gx  # > 0 in the interior
-        Hred = H + Dg.mT @ (w.unsqueeze(-1) * Dg)
-        # A tiny ridge keeps directions that no term curves (a variable absent from
-        # f and g, as in phase I) solvable; their gradient is zero, so they stay put.
-        scale = torch.diagonal(Hred, dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
-        ridge = torch.finfo(x.dtype).eps * (1 + scale)
-        Hred = Hred + torch.diag_embed(ridge.expand(x.shape))
-        rhs = -rd - _mv(Dg.mT, rc / gx)
+    def _step(self, params, state, obj, rows, params_eq, sizes, derivs=None):
+        """One iteration on ``(v, last step length)``, ``v = (x, nu, lam, s)`` packed (``s > 0``
+        the slacks of ``g(x) + s = 0``); ``derivs``: ``(g, Dg, Σλ∇²g, ∇f, ∇²f)`` at ``v`` if
+        known. Returns the step, ``g`` at the new point, the derivatives used at ``v`` and
+        those at the new point (None unless every item took the first trial step, where
+        they are computed in place of the first-order line-search evaluation)."""
+        v, prev = params
+        n, q, r = sizes
+        x, nu, lam, sl = _unpack(v, sizes)
+        if derivs is None:
+            derivs = (*rows.second(x, lam), *obj.grad_hess(x))
+        g, J, Hg, gf, Hf = derivs
+        rd = gf + _mv(J.mT, lam)
         if params_eq is not None:
             A = params_eq[0].expand(x.shape[:-1] + params_eq[0].shape[-2:])
-            q = A.shape[-2]
-            top = torch.cat([Hred, A.mT], -1)
-            bot = torch.cat([A, A.new_zeros(A.shape[:-1] + (q,))], -1)
-            K = torch.cat([top, bot], -2)
-            sol, _ = torch.linalg.solve_ex(K, torch.cat([rhs, -rp], -1))
-            dx, dnu = sol[..., :n], sol[..., n:]
+            rd = rd + _mv(A.mT, nu)
+            rp = _affine(x, params_eq)
         else:
-            dx, _ = torch.linalg.solve_ex(Hred, rhs)
-            dnu = nu
-        dlam = (rc - lam * _mv(Dg, dx)) / gx
+            rp = nu  # empty
+        rg = g + sl
+        gap = (sl * lam).sum(-1)
 
-        # Largest step keeping λ > 0, then backtracking for g < 0 and residual decrease.
-        ratio = torch.where(dlam < 0, -lam / torch.where(dlam < 0, dlam, -1), math.inf)
-        smax = torch.cat([torch.ones_like(gap).unsqueeze(-1), ratio], -1).amin(-1)
-        s = 0.99 * smax
-        res0 = torch.sqrt((rd**2).sum(-1) + (rc**2).sum(-1) + (rp**2).sum(-1))
+        H = Hf if Hg is None else Hg if Hf is None else Hf + Hg
+        w_ratio = lam / sl
+        K = J.mT @ (w_ratio.unsqueeze(-1) * J)
+        K = K if H is None else K + H
+        # A tiny ridge keeps directions that no term curves (a variable absent from
+        # f and g, as in phase I) solvable; their gradient is zero, so they stay put.
+        scale = torch.diagonal(K, dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
+        K = K + torch.diag_embed((torch.finfo(x.dtype).eps * (1 + scale)).expand(x.shape))
+        if params_eq is not None:
+            K = torch.cat([torch.cat([K, A.mT], -1),
+                           torch.cat([A, A.new_zeros(A.shape[:-1] + (q,))], -1)], -2)
+        LU, piv, _ = torch.linalg.lu_factor_ex(K)
+
+        # Barrier weight from the surrogate gap, but no sharper than the residuals allow:
+        # a gap far below the dual/primal residuals (g + s included) would drive s to 0
+        # before x is feasible (tiny steps, a stall): the target follows the largest.
+        resid = torch.maximum(norm(rd), torch.maximum(norm(rp), norm(rg)))
+        target = torch.maximum(gap, resid) / max(r, 1)
+        # Near the central path (the last step was long, the residuals are far below the
+        # gap) the gap is all that is left: a 10x sharper target (100x per iteration at
+        # mu = 10) ends the linear 10x-per-iteration tail.
+        fast = (prev >= 0.9) & (resid <= 0.1 * gap)
+        tau = (target / torch.where(fast, 10.0 * self.mu, self.mu)).unsqueeze(-1)
+        rc = sl * lam - tau
+
+        # Newton direction d = (dx, dnu, dlam, ds) for (rd, Ax - b, g + s, s∘λ - τ):
+        # ds = -rg - J dx, s∘dλ + λ∘ds = -rc; eliminated to the (x, nu) system K.
+        w = (lam * rg - rc) / sl
+        rhs = -rd - _mv(J.mT, w)
+        if params_eq is not None:
+            rhs = torch.cat([rhs, -rp], -1)
+        sol = torch.linalg.lu_solve(LU, piv, rhs.unsqueeze(-1)).squeeze(-1)  # (dx, dnu)
+        Jdx = _mv(J, sol[..., :n])
+        d = torch.cat([sol, w + w_ratio * Jdx, -rg - Jdx], -1)
+
+        # Largest step keeping λ, s > 0 (fraction 0.99 to the boundary), then backtracking
+        # for g finite and a decrease of the residual norm.
+        tail = n + q
+        step = (0.99 * _max_step(v[..., tail:], d[..., tail:], math.inf)).clamp(max=1.0)
+        res0 = torch.linalg.vector_norm(torch.cat([rd, rg, rc, rp], -1), dim=-1)
+        slope = self.alpha * res0
         accepted = torch.zeros_like(gap, dtype=torch.bool)
-        best = (x, nu, lam)
-        for _ in range(self.maxls):
-            sc = s.unsqueeze(-1)
-            xt, lt = x + sc * dx, lam + sc * dlam
-            nt = nu + sc * dnu if params_eq is not None else nu
-            gt, rdt, rct, rpt = self._residuals(xt, nt, lt, t, *P)
-            res = torch.sqrt((rdt**2).sum(-1) + (rct**2).sum(-1) + (rpt**2).sum(-1))
-            feas = (gt < 0).all(-1)
-            ok = feas & (res <= (1 - self.alpha * s) * res0) & torch.isfinite(res)
-            best = select(ok & ~accepted, (xt, nt, lt), best)
+        best = (v, g, rd, rp)
+        new_derivs = None
+        for k in range(self.maxls):
+            vt = v + step.unsqueeze(-1) * d
+            xt, nt, lt, st = _unpack(vt, sizes)
+            if k == 0:  # second order here: the next iteration needs it if all accept
+                new_derivs = (*rows.second(xt, lt), *obj.grad_hess(xt))
+                gt, Jt, _, gft, _ = new_derivs
+                rdt = gft + _mv(Jt.mT, lt)
+            else:
+                gt, jt = rows.first(xt, lt)
+                rdt = obj.grad(xt) + jt
+            if params_eq is not None:
+                rdt = rdt + _mv(A.mT, nt)
+                rpt = _affine(xt, params_eq)
+            else:
+                rpt = rp
+            res = torch.linalg.vector_norm(torch.cat([rdt, gt + st, st * lt - tau, rpt], -1),
+                                           dim=-1)
+            ok = (res <= res0 - slope * step) & torch.isfinite(res)
+            trial = (vt, gt, rdt, rpt)
+            if k == 0 and bool(ok.all()):  # the common case: every item takes the first step
+                best, accepted = trial, ok
+                break
+            new_derivs = None
+            best = _pick(ok & ~accepted, trial, best)
             accepted = accepted | ok
             if bool(accepted.all()):
                 break
-            s = torch.where(accepted, s, s * self.beta)
-        x1, nu1, lam1 = best
-        gx1, rd1, _, rp1 = self._residuals(x1, nu1, lam1, t, *P)
-        gap1 = -(gx1 * lam1).sum(-1)
-        pr, dr = norm(rp1), norm(rd1)
+            step = torch.where(accepted, step, step * self.beta)
+        v1, g1, rd1, rp1 = best
+        _, _, lam1, sl1 = _unpack(v1, sizes)
+        gap1 = (sl1 * lam1).sum(-1)
+        pr = torch.linalg.vector_norm(torch.cat([rp1, g1 + sl1], -1), dim=-1)
+        dr = norm(rd1)
         error = torch.maximum(torch.maximum(pr, dr), gap1)
         # An item whose line search failed entirely cannot progress: flag it.
         error = torch.where(accepted, error, torch.full_like(error, math.nan))
         new = state._replace(error=error, gap=gap1, primal_residual=pr, dual_residual=dr)
-        return OptStep((x1, nu1, lam1), new)
+        taken = torch.where(accepted, step, torch.zeros_like(step))
+        return OptStep((v1, taken), new), g1, derivs, new_derivs
 
     # -- phase I and run ---------------------------------------------------------------
-    def _phase_one(self, x0, params_eq, params_ineq, tol):
+    def _iterate(self, init, args, obj, rows, params_eq, maxiter, tol, pending=None,
+                 phase_one=False):
+        """The masked iteration (as :meth:`IterativeSolver._loop`) on the given models."""
+        x, nu, lam = init
+        sizes = (x.shape[-1], nu.shape[-1], lam.shape[-1])
+        sl = (-rows.values(x)).clamp_min(torch.finfo(x.dtype).eps)
+        params = (torch.cat([x, nu, lam, sl], -1), torch.zeros_like(lam[..., 0]))
+        state = self._init_state(init, args, rows)
+        if pending is not None:
+            state = state._replace(status=torch.where(pending >= 0, pending, state.status))
+        derivs = None
+        for k in range(maxiter):
+            active = state.status == RUNNING
+            if k % self.check_every == 0 and not any_true(active):
+                break
+            (new_params, new_state), g1, used, nxt = self._step(
+                params, state, obj, rows, params_eq, sizes, derivs)
+            # derivatives at the kept point of every item (frozen items keep theirs)
+            derivs = None if nxt is None else tuple(
+                a if a is None else torch.where(_bcast_to(active, a), a, b)
+                for a, b in zip(nxt, used, strict=True))
+            if phase_one:  # done at the first strictly feasible x: g(x) - s < -s, s < 0
+                s1 = new_params[0][..., sizes[0] - 1:sizes[0]]
+                found = (s1[..., 0] < 0) & ((g1[..., :-1] + s1) < 0).all(-1)
+                new_state = new_state._replace(error=torch.where(
+                    found, torch.zeros_like(new_state.error), new_state.error))
+            params = _pick(active, new_params, params)
+            # the step changes error, gap and the residuals; count and classify here
+            error, gap, pr, dr = _pick(
+                active,
+                (new_state.error, new_state.gap, new_state.primal_residual,
+                 new_state.dual_residual),
+                (state.error, state.gap, state.primal_residual, state.dual_residual))
+            status = torch.where(active & (error <= tol), int(Status.OPTIMAL), state.status)
+            status = torch.where(active & ~torch.isfinite(error),
+                                 int(Status.NUMERICAL_ERROR), status).to(state.status.dtype)
+            state = InteriorPointState(state.iter_num + active, error, status, gap, pr, dr)
+        return _unpack(params[0], sizes)[:3], state
+
+    def _phase_one(self, x0, params_eq, params_ineq, maxiter, tol):
         """Minimise ``s`` s.t. ``g(x) - s ≤ 0``, ``s ≥ -1``, ``Ax = b`` from a feasible (x0, s0)."""
-        g = self.phase_one_fun or self.ineq_fun
-        s0 = g(x0, params_ineq).amax(-1, keepdim=True) + 1.0
-
-        def f1(z, _p):
-            return z[..., -1]
-
-        def g1(z, p):
-            s = z[..., -1:]
-            return torch.cat([g(z[..., :-1], p) - s, -s - 1.0], -1)
-
+        inner = self._rows(params_ineq, phase_one=True)
+        rows = PhaseOneRows(inner)
+        z0 = torch.cat([x0, inner.values(x0).amax(-1, keepdim=True) + 1.0], -1)
+        cost = torch.zeros_like(z0)
+        cost[..., -1] = 1.0
         eq1 = None
         if params_eq is not None:
             A, b = params_eq
             eq1 = (torch.cat([A, A.new_zeros(A.shape[:-1] + (1,))], -1), b)
-        maxiter = defaults.MAXITER["interior_point"] if self.maxiter is None else self.maxiter
-        solver = _PhaseOne(
-            f1, g1, mu=self.mu, alpha=self.alpha, beta=self.beta, maxls=self.maxls,
-            maxiter=defaults.PHASE_ONE_MAXITER_FACTOR * maxiter, tol=tol,
-            implicit_diff=False, on_failure="ignore", check_every=self.check_every,
-        )
-        z0 = torch.cat([x0, s0], -1)
-        init = solver._split_init(z0, eq1, params_ineq)
-        (z, _, _), st = solver._loop(init, None, eq1, params_ineq)
+        init = self._split_init(z0, eq1, rows)
+        (z, _, _), st = self._iterate(
+            init, (z0, params_eq, params_ineq), QuadraticObjective(None, cost), rows, eq1,
+            defaults.PHASE_ONE_MAXITER_FACTOR * maxiter, tol, phase_one=True)
         return z[..., :-1], z[..., -1], st
 
     def _loop(self, init, params_obj=None, params_eq=None, params_ineq=None):
-        x0 = init[0] if isinstance(init, (tuple, list)) else init
-        if isinstance(init, (tuple, list)) or self.ineq_fun is None:
-            return super()._loop(self._split_init(init, params_eq, params_ineq), params_obj,
-                                 params_eq, params_ineq)
-        _, tol = self._settings(x0.dtype)
-        g0 = self._g(x0, params_ineq)
+        maxiter, tol = self._settings(self._dtype(init))
+        obj, rows = self._models(params_obj, params_ineq)
+        args = (params_obj, params_eq, params_ineq)
+        if isinstance(init, (tuple, list)) or isinstance(rows, NoRows):
+            return self._iterate(self._split_init(init, params_eq, rows), args, obj, rows,
+                                 params_eq, maxiter, tol)
+        x0 = init
+        g0 = rows.values(x0)
         need = ~(g0 < 0).all(-1)
-        phase_status = None
+        pending = None
         if bool(need.any()):
-            x1, s1, st1 = self._phase_one(x0, params_eq, params_ineq, tol)
+            x1, s1, st1 = self._phase_one(x0, params_eq, params_ineq, maxiter, tol)
             x0 = torch.where(need.unsqueeze(-1), x1, x0)
             margin = math.sqrt(tol)
-            infeasible = need & (s1 > margin)
-            stuck = need & ~infeasible & ~(self._g(x0, params_ineq) < 0).all(-1)
-            phase_status = torch.where(
+            # a certificate only where phase I converged to its optimum s* > 0 (a phase I
+            # stopped by MAX_ITER or a numerical failure keeps that status below)
+            infeasible = need & (s1 > margin) & (st1.status == int(Status.OPTIMAL))
+            stuck = need & ~infeasible & ~(rows.values(x0) < 0).all(-1)
+            pending = torch.where(
                 infeasible, int(Status.INFEASIBLE),
                 torch.where(stuck, int(Status.NUMERICAL_ERROR), -1),
             ).to(torch.int8)
             # A phase I that could not finish (equalities inconsistent, ...) keeps its status.
             unfinished = need & (st1.status != int(Status.OPTIMAL)) & ~infeasible
-            phase_status = torch.where(unfinished, st1.status, phase_status)
-        start = self._split_init(x0, params_eq, params_ineq)
-        if phase_status is None:
-            return super()._loop(start, params_obj, params_eq, params_ineq)
-        self._pending = phase_status
-        try:
-            return super()._loop(start, params_obj, params_eq, params_ineq)
-        finally:
-            self._pending = None
-
-    def _start_status(self, init, args, kwargs) -> torch.Tensor:
-        status = super()._start_status(init, args, kwargs)
-        pending = getattr(self, "_pending", None)
-        if pending is not None:
-            status = torch.where(pending >= 0, pending, status)
-        return status
+            pending = torch.where(unfinished, st1.status, pending)
+        start = self._split_init(x0, params_eq, rows)
+        return self._iterate(start, args, obj, rows, params_eq, maxiter, tol, pending)
 
     def run(self, init, params_obj=None, params_eq=None, params_ineq=None) -> OptStep:
         """Solve from ``init`` (``x0``, or ``(x0, nu0, lam0)`` with ``g(x0) < 0``, ``lam0 > 0``).
@@ -323,18 +425,3 @@ class ConvexInteriorPoint(IterativeSolver):
             ``OptStep((x, nu, lam), state)``.
         """
         return super().run(init, params_obj, params_eq, params_ineq)
-
-
-
-
-@dataclass(eq=False)
-class _PhaseOne(ConvexInteriorPoint):
-    """Phase I of :class:`ConvexInteriorPoint` on ``z = (x, s)``: an item is done as soon
-    as ``s < 0`` (then ``g(x) ≤ s < 0``: a strictly feasible start); otherwise it runs
-    to the optimum ``s*``, and ``s* > 0`` certifies infeasibility."""
-
-    def update(self, params, state, *args):
-        out = super().update(params, state, *args)
-        found = out.params[0][..., -1] < 0
-        error = torch.where(found, torch.zeros_like(out.state.error), out.state.error)
-        return OptStep(out.params, out.state._replace(error=error))

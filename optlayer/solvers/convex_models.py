@@ -1,0 +1,347 @@
+"""What :class:`~optlayer.solvers.ConvexInteriorPoint` asks of ``f`` and ``g``: derivative models.
+
+Per iteration the interior point needs, at the iterate ``x`` with multipliers ``λ``,
+the rows ``g(x)``, their Jacobian ``Dg(x)``, ``∇f(x)`` and the curvature of the
+Lagrangian ``∇²f(x) + Σᵢ λᵢ ∇²gᵢ(x)``; in its line search, at trial points, only
+``g`` and ``∇f + Dgᵀλ``. A *model* answers these questions:
+
+* objective model: ``grad(x) -> (*batch, n)`` and ``grad_hess(x) -> (∇f, ∇²f or None)``
+  (None: no curvature);
+* row model: ``values(x) -> g (*batch, r)``, ``first(x, lam) -> (g, Dgᵀλ)`` and
+  ``second(x, lam) -> (g, Dg (*batch, r, n), Σᵢ λᵢ ∇²gᵢ or None)``.
+
+The autograd models (:class:`AutogradObjective`, :class:`AutogradRows`, the
+default) differentiate the user's functions: one forward pass and ``1 + r + n``
+backward passes for ``second``. The data models answer from matrices without any
+autograd: :class:`QuadraticObjective` (``½xᵀQx + pᵀx``), :class:`AffineRows`
+(``Gx - h``: Jacobian ``G``, no curvature), :class:`QuadraticRows` (constant
+Hessians) and :class:`QuadOverLinRows` (the smooth cone row ``‖u‖²/s - s`` of affine
+``u, s``, closed-form derivatives). :class:`StackedRows` joins row models in a given
+row order.
+
+Example:
+    >>> import torch
+    >>> from optlayer.solvers import ConvexInteriorPoint
+    >>> G = torch.tensor([[1.0, 1.0]], dtype=torch.float64)   # x₁ + x₂ ≤ 1 as data
+    >>> h = torch.tensor([1.0], dtype=torch.float64)
+    >>> f = lambda x, c: 0.5 * ((x - c) ** 2).sum(-1)
+    >>> g = lambda x, _p=None: x @ G.mT - h
+    >>> ip = ConvexInteriorPoint(f, g, ineq_model=lambda _p: AffineRows(G, h))
+    >>> c = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    >>> ip.run(torch.zeros(2, dtype=torch.float64), c).params[0]
+    tensor([0.5000, 0.5000], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from optlayer.solvers._base import _functorch_active, hessian
+from optlayer.tree import flatten
+
+__all__ = [
+    "AffineRows",
+    "AutogradObjective",
+    "AutogradRows",
+    "NoRows",
+    "NormRows",
+    "QuadraticObjective",
+    "QuadOverLinRows",
+    "QuadraticRows",
+    "PhaseOneRows",
+    "StackedRows",
+]
+
+
+def _mv(M, v):
+    """``M v`` per item (a product and a sum: fewer dispatches than ``matmul`` at small n)."""
+    return (M * v.unsqueeze(-2)).sum(-1)
+
+
+def _needs_graph(x, params) -> bool:
+    """True when the derivatives must stay differentiable (unrolling, or a transform)."""
+    if _functorch_active():
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(isinstance(t, torch.Tensor) and t.requires_grad
+                                  for t in flatten(params)[0])
+
+
+def _columns(out, z, k):
+    """``k`` backward passes of ``out[..., j].sum()`` to ``z``, stacked on the last dim."""
+    return torch.stack([torch.autograd.grad(out[..., j].sum(), z, retain_graph=True,
+                                            materialize_grads=True)[0] for j in range(k)], -1)
+
+
+class AutogradObjective:
+    """``∇f`` and ``∇²f`` of ``fun(x, params)`` by autograd (``n`` backward passes for the
+    Hessian without a graph; :func:`optlayer.conditions.batched_hessian` with one)."""
+
+    def __init__(self, fun, params) -> None:
+        self.fun, self.params = fun, params
+
+    def _total(self, z):
+        return self.fun(z, self.params).sum()
+
+    def grad(self, x):
+        if _needs_graph(x, self.params):
+            return torch.func.grad(self._total)(x)
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            return torch.autograd.grad(self._total(z), z)[0]
+
+    def grad_hess(self, x):
+        if _needs_graph(x, self.params):
+            return self.grad(x), hessian(self.fun, x, self.params)
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self._total(z), z, create_graph=True)
+            if not g.requires_grad:  # f is affine in x
+                return g, None
+            return g.detach(), _columns(g, z, x.shape[-1])
+
+
+class QuadraticObjective:
+    """``f(x) = ½xᵀQx + pᵀx``: ``∇f = Qx + p``, ``∇²f = Q`` (``Q`` None: linear ``f``)."""
+
+    def __init__(self, Q, p) -> None:
+        self.Q, self.p = Q, p
+
+    def grad(self, x):
+        g = self.p.expand(x.shape)
+        return g if self.Q is None else _mv(self.Q, x) + g
+
+    def grad_hess(self, x):
+        Q = None if self.Q is None else self.Q.expand(x.shape + x.shape[-1:])
+        return self.grad(x), Q
+
+
+class AutogradRows:
+    """Rows ``g = fun(x, params)`` differentiated by autograd: ``first`` is one backward pass
+    of ``λᵀg``; ``second`` adds ``r`` backward passes for ``Dg`` and ``n`` for the Hessian
+    of ``λᵀg`` (``torch.func`` when a graph is needed: unrolling, transforms)."""
+
+    def __init__(self, fun, params) -> None:
+        self.fun, self.params = fun, params
+
+    def values(self, x):
+        return self.fun(x, self.params)
+
+    def first(self, x, lam):
+        if _needs_graph(x, (self.params, lam)):
+            g, vjp = torch.func.vjp(lambda z: self.fun(z, self.params), x)
+            return g, vjp(lam)[0]
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            g = self.fun(z, self.params)
+            if not g.requires_grad:
+                return g, torch.zeros_like(x)
+            (v,) = torch.autograd.grad(g, z, grad_outputs=lam.expand(g.shape).contiguous())
+        return g.detach(), v
+
+    def second(self, x, lam):
+        r = lam.shape[-1]
+        if _needs_graph(x, (self.params, lam)):
+            g, vjp = torch.func.vjp(lambda z: self.fun(z, self.params), x)
+            eye = torch.eye(r, dtype=x.dtype, device=x.device)
+            rows = torch.func.vmap(lambda e: vjp(e.expand(g.shape))[0])(eye)
+            H = hessian(lambda z, lm: (lm * self.fun(z, self.params)).sum(-1), x, lam)
+            return g, rows.movedim(0, -2), H
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            g = self.fun(z, self.params)
+            if not g.requires_grad:  # rows independent of x
+                return g, x.new_zeros(g.shape + x.shape[-1:]), None
+            (v,) = torch.autograd.grad((lam * g).sum(), z, create_graph=True)
+            J = _columns(g, z, r).movedim(-1, -2)
+            H = _columns(v, z, x.shape[-1]) if v.requires_grad else None
+        return g.detach(), J, H
+
+
+class NoRows:
+    """No inequality rows: ``g`` is an empty ``(*batch, 0)`` tensor."""
+
+    def values(self, x):
+        return x.new_zeros(x.shape[:-1] + (0,))
+
+    def first(self, x, lam):
+        return self.values(x), torch.zeros_like(x)
+
+    def second(self, x, lam):
+        return self.values(x), x.new_zeros(x.shape[:-1] + (0, x.shape[-1])), None
+
+
+class AffineRows:
+    """Rows ``g = Gx - h``: Jacobian ``G`` (``(*batch, r, n)``), no curvature."""
+
+    def __init__(self, G, h) -> None:
+        self.G, self.h = G, h
+
+    def values(self, x):
+        return _mv(self.G, x) - self.h
+
+    def first(self, x, lam):
+        return self.values(x), _mv(self.G.mT, lam)
+
+    def second(self, x, lam):
+        return self.values(x), self.G.expand(x.shape[:-1] + self.G.shape[-2:]), None
+
+
+class QuadraticRows:
+    """Rows ``gᵢ = ½xᵀQᵢx + pᵢᵀx + cᵢ`` (``Q (*batch, r, n, n)`` symmetric, ``p (*batch, r, n)``,
+    ``c (*batch, r)``): Jacobian rows ``Qᵢx + pᵢ``, curvature ``Σᵢ λᵢ Qᵢ``."""
+
+    def __init__(self, Q, p, c) -> None:
+        self.Q, self.p, self.c = Q, p, c
+
+    def _parts(self, x):
+        J = (self.Q * x.unsqueeze(-2).unsqueeze(-2)).sum(-1)  # Qᵢx, (*batch, r, n)
+        g = 0.5 * (J * x.unsqueeze(-2)).sum(-1) + (self.p * x.unsqueeze(-2)).sum(-1) + self.c
+        return g, J + self.p
+
+    def values(self, x):
+        return self._parts(x)[0]
+
+    def first(self, x, lam):
+        g, J = self._parts(x)
+        return g, _mv(J.mT, lam)
+
+    def second(self, x, lam):
+        g, J = self._parts(x)
+        return g, J, (lam.unsqueeze(-1).unsqueeze(-1) * self.Q).sum(-3)
+
+
+class QuadOverLinRows:
+    """One row ``g = ‖Ux + u₀‖² / s - s`` with ``s = aᵀx + b > 0`` (the smooth form of the cone
+    ``‖u‖ ≤ s``): ``∇g = Uᵀ(2u/s) - (‖u‖²/s² + 1) a`` and ``∇²g = (2/s) VᵀV`` with
+    ``V = U - u aᵀ/s`` (``U (*batch, k, n)``, ``u₀ (*batch, k)``, ``a (*batch, n)``,
+    ``b (*batch)``)."""
+
+    def __init__(self, U, u0, a, b) -> None:
+        self.U, self.u0, self.a, self.b = U, u0, a, b
+
+    def _parts(self, x):
+        u = _mv(self.U, x) + self.u0
+        s = (self.a * x).sum(-1, keepdim=True) + self.b.unsqueeze(-1)
+        q = (u * u).sum(-1, keepdim=True)
+        return u, s, q, q / s - s
+
+    def _grad(self, u, s, q):
+        return _mv(self.U.mT, 2.0 * u / s) - (q / (s * s) + 1.0) * self.a
+
+    def values(self, x):
+        return self._parts(x)[3]
+
+    def first(self, x, lam):
+        u, s, q, g = self._parts(x)
+        return g, lam * self._grad(u, s, q)
+
+    def second(self, x, lam):
+        u, s, q, g = self._parts(x)
+        V = self.U - u.unsqueeze(-1) * (self.a / s).unsqueeze(-2)
+        H = V.mT @ V * (2.0 * lam / s).unsqueeze(-1)
+        return g, self._grad(u, s, q).unsqueeze(-2), H
+
+
+class NormRows:
+    """One row ``g = ‖Ux + u₀‖ - s`` with ``s = aᵀx + b`` (the phase I form of the cone row):
+    ``∇g = Uᵀû - a`` (``û = u/‖u‖``, 0 at ``u = 0``), ``∇²g = Uᵀ(I - ûûᵀ)U / ‖u‖`` with
+    ``‖u‖`` floored at ``sqrt(eps)`` (at the apex ``u = 0`` autograd gives NaN: this keeps
+    the Newton system finite, with a large curvature that keeps ``u`` put)."""
+
+    def __init__(self, U, u0, a, b) -> None:
+        self.U, self.u0, self.a, self.b = U, u0, a, b
+
+    def _parts(self, x):
+        u = _mv(self.U, x) + self.u0
+        nrm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+        s = (self.a * x).sum(-1, keepdim=True) + self.b.unsqueeze(-1)
+        floor = torch.finfo(x.dtype).eps ** 0.5
+        uhat = u / nrm.clamp_min(floor)
+        return u, uhat, nrm.clamp_min(floor), nrm - s
+
+    def values(self, x):
+        return self._parts(x)[3]
+
+    def first(self, x, lam):
+        _, uhat, _, g = self._parts(x)
+        return g, lam * (_mv(self.U.mT, uhat) - self.a)
+
+    def second(self, x, lam):
+        _, uhat, nrm, g = self._parts(x)
+        Uh = _mv(self.U.mT, uhat)
+        H = (self.U.mT @ self.U - Uh.unsqueeze(-1) * Uh.unsqueeze(-2)) * (lam / nrm).unsqueeze(-1)
+        return g, (Uh - self.a).unsqueeze(-2), H
+
+
+class StackedRows:
+    """Row models side by side: ``parts[i]`` gives ``sizes[i]`` rows; the rows are
+    ``cat(parts)[..., order]`` (``order`` None: as stacked)."""
+
+    def __init__(self, parts, sizes, order=None) -> None:
+        self.parts, self.sizes = list(parts), [int(s) for s in sizes]
+        self.order = order
+        self.inverse = None if order is None else torch.argsort(order)
+        self._single = len(self.parts) == 1 and order is None
+
+    def _lams(self, lam):
+        lam = lam if self.inverse is None else lam.index_select(-1, self.inverse)
+        return torch.split(lam, self.sizes, dim=-1)
+
+    def _join(self, gs, dim):
+        out = torch.cat(gs, dim)
+        return out if self.order is None else out.index_select(dim, self.order)
+
+    def values(self, x):
+        if self._single:
+            return self.parts[0].values(x)
+        return self._join([m.values(x) for m in self.parts], -1)
+
+    def first(self, x, lam):
+        if self._single:
+            return self.parts[0].first(x, lam)
+        gs, v = [], None
+        for m, lm in zip(self.parts, self._lams(lam), strict=True):
+            g, vi = m.first(x, lm)
+            gs.append(g)
+            v = vi if v is None else v + vi
+        return self._join(gs, -1), v
+
+    def second(self, x, lam):
+        if self._single:
+            return self.parts[0].second(x, lam)
+        gs, Js, H = [], [], None
+        for m, lm in zip(self.parts, self._lams(lam), strict=True):
+            g, J, Hi = m.second(x, lm)
+            gs.append(g)
+            Js.append(J)
+            if Hi is not None:
+                H = Hi if H is None else H + Hi
+        return self._join(gs, -1), self._join(Js, -2), H
+
+
+class PhaseOneRows:
+    """Phase I rows on ``z = (x, s)``: ``(g(x) - s, -s - 1)`` from the row model of ``g``."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def _wrap(self, gx, s):
+        return torch.cat([gx - s, -s - 1.0], -1)
+
+    def values(self, z):
+        return self._wrap(self.inner.values(z[..., :-1]), z[..., -1:])
+
+    def first(self, z, lam):
+        gx, v = self.inner.first(z[..., :-1], lam[..., :-1])
+        return self._wrap(gx, z[..., -1:]), torch.cat([v, -lam.sum(-1, keepdim=True)], -1)
+
+    def second(self, z, lam):
+        gx, J, H = self.inner.second(z[..., :-1], lam[..., :-1])
+        col = z.new_full(J.shape[:-1] + (1,), -1.0)
+        J1 = torch.cat([torch.cat([J, col], -1),
+                        torch.cat([torch.zeros_like(J[..., :1, :]), col[..., :1, :]], -1)], -2)
+        if H is not None:
+            H = torch.nn.functional.pad(H, (0, 1, 0, 1))
+        return self._wrap(gx, z[..., -1:]), J1, H

@@ -1,0 +1,212 @@
+"""Derivative models of ConvexInteriorPoint: every data model against autograd on the same
+function (values, ∇(λᵀg), Jacobian, Hessian of λᵀg to 1e-12), solves with models against
+solves without, and the models the compiler builds for the convex examples."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import optlayer as ol
+from optlayer.compiler.canon import _models, _start, row_functions
+from optlayer.compiler.lower import expand_params
+from optlayer.layer import random_params
+from optlayer.solvers import ConvexInteriorPoint
+from optlayer.solvers.convex_models import (
+    AffineRows,
+    AutogradObjective,
+    AutogradRows,
+    NormRows,
+    PhaseOneRows,
+    QuadOverLinRows,
+    QuadraticObjective,
+    QuadraticRows,
+    StackedRows,
+)
+
+D = torch.float64
+B, N = 3, 4
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "problems"
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, dtype=D, generator=_gen(seed))
+
+
+def _affine_case():
+    G, h = _randn(B, 5, N, seed=1), _randn(B, 5, seed=2)
+    return AffineRows(G, h), lambda x, _p: (G * x.unsqueeze(-2)).sum(-1) - h, 5
+
+
+def _quadratic_case():
+    M = _randn(B, 2, N, N, seed=3)
+    Q = M @ M.mT
+    p, c = _randn(B, 2, N, seed=4), _randn(B, 2, seed=5)
+
+    def fun(x, _p):
+        Qx = (Q * x[:, None, None, :]).sum(-1)
+        return 0.5 * (Qx * x[:, None, :]).sum(-1) + (p * x[:, None, :]).sum(-1) + c
+
+    return QuadraticRows(Q, p, c), fun, 2
+
+
+def _cone_case():
+    U, u0 = _randn(B, 6, N, seed=6), _randn(B, 6, seed=7)
+    a, b = _randn(B, N, seed=8), 5.0 + _randn(B, seed=9).abs()  # s > 0 near x = 0
+
+    def fun(x, _p):
+        u = (U * x.unsqueeze(-2)).sum(-1) + u0
+        s = (a * x).sum(-1) + b
+        return ((u * u).sum(-1) / s - s).unsqueeze(-1)
+
+    return QuadOverLinRows(U, u0, a, b), fun, 1
+
+
+def _norm_case():
+    U, u0 = _randn(B, 6, N, seed=20), _randn(B, 6, seed=21)
+    a, b = _randn(B, N, seed=22), _randn(B, seed=23)
+
+    def fun(x, _p):
+        u = (U * x.unsqueeze(-2)).sum(-1) + u0
+        return (torch.linalg.vector_norm(u, dim=-1) - (a * x).sum(-1) - b).unsqueeze(-1)
+
+    return NormRows(U, u0, a, b), fun, 1
+
+
+def _stacked_case():
+    parts = [_affine_case(), _quadratic_case(), _cone_case()]
+    order = torch.tensor([3, 0, 7, 1, 5, 2, 6, 4])  # rows out of stacking order
+
+    def fun(x, p):
+        return torch.cat([f(x, p) for _, f, _ in parts], -1)[..., order]
+
+    return StackedRows([m for m, _, _ in parts], [k for _, _, k in parts], order), fun, 8
+
+
+def _phase_one_case():
+    inner, fun, k = _cone_case()
+
+    def fun1(z, p):
+        s = z[..., -1:]
+        return torch.cat([fun(z[..., :-1], p) - s, -s - 1.0], -1)
+
+    return PhaseOneRows(inner), fun1, k + 1
+
+
+ROWS = {"affine": _affine_case, "quadratic": _quadratic_case, "cone": _cone_case,
+        "norm": _norm_case, "stacked": _stacked_case, "phase_one": _phase_one_case}
+
+
+@pytest.mark.parametrize("case", list(ROWS.values()), ids=list(ROWS))
+def test_row_model_matches_autograd(case):
+    model, fun, r = case()
+    n = N + 1 if isinstance(model, PhaseOneRows) else N
+    x = 0.3 * _randn(B, n, seed=10)
+    lam = _randn(B, r, seed=11).abs() + 0.1
+    ref = AutogradRows(fun, None)
+    torch.testing.assert_close(model.values(x), ref.values(x), rtol=0, atol=1e-12)
+    for got, want in zip(model.first(x, lam), ref.first(x, lam), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    g, J, H = model.second(x, lam)
+    g0, J0, H0 = ref.second(x, lam)
+    torch.testing.assert_close(g, g0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(J.expand_as(J0), J0, rtol=0, atol=1e-12)
+    zero = torch.zeros(B, x.shape[-1], x.shape[-1], dtype=D)  # None: no curvature
+    torch.testing.assert_close(zero if H is None else H, zero if H0 is None else H0,
+                               rtol=0, atol=1e-11)
+
+
+def test_quadratic_objective_matches_autograd():
+    M, p = _randn(B, N, N, seed=12), _randn(B, N, seed=13)
+    Q = M @ M.mT
+
+    def f(x, _p):
+        return 0.5 * ((Q * x.unsqueeze(-2)).sum(-1) * x).sum(-1) + (p * x).sum(-1)
+
+    x = _randn(B, N, seed=14)
+    g, H = QuadraticObjective(Q, p).grad_hess(x)
+    g0, H0 = AutogradObjective(f, None).grad_hess(x)
+    torch.testing.assert_close(g, g0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(H, H0, rtol=0, atol=1e-12)
+
+
+def test_solver_with_data_models_matches_autograd_models():
+    # min ½‖x - c‖² s.t. Gx <= h, ‖x‖² <= 1 (phase I from an infeasible start)
+    G, h = _randn(B, 3, N, seed=15), _randn(B, 3, seed=16).abs() + 0.1
+    c = 2.0 * _randn(B, N, seed=17)
+    Q = 2.0 * torch.eye(N, dtype=D).expand(B, 1, N, N)
+
+    def f(x, c):
+        return 0.5 * ((x - c) ** 2).sum(-1)
+
+    def g(x, _p=None):
+        return torch.cat([(G * x.unsqueeze(-2)).sum(-1) - h, (x * x).sum(-1, keepdim=True) - 1],
+                         -1)
+
+    rows = StackedRows([AffineRows(G, h), QuadraticRows(Q, torch.zeros(B, 1, N, dtype=D),
+                                                        -torch.ones(B, 1, dtype=D))], [3, 1])
+    x0 = torch.full((B, N), 3.0, dtype=D)
+    plain = ConvexInteriorPoint(f, g, tol=1e-11, on_failure="raise").run(x0, c, None, None)
+    fast = ConvexInteriorPoint(
+        f, g, tol=1e-11, on_failure="raise",
+        objective_model=lambda c: QuadraticObjective(torch.eye(N, dtype=D), -c),
+        ineq_model=lambda _p: rows).run(x0, c, None, None)
+    for a, b in zip(fast.params, plain.params, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
+
+
+# the row models each example's rows get (affine rows as data, quadratic rows as data, the
+# cone row in closed form, only logsumexp / softplus by autograd)
+PARTS = {
+    "sqrt_lasso": ["AffineRows", "QuadOverLinRows"],
+    "robust_ls": ["QuadraticRows"],
+    "logsumexp_constrained": ["_FunctionRows"],
+    "risk_portfolio": ["AffineRows", "QuadraticRows"],
+}
+
+
+@pytest.mark.parametrize("name", list(PARTS), ids=list(PARTS))
+def test_compiled_models_match_autograd_of_the_rows(name):
+    layer = ol.load(EXAMPLES / f"{name}.opt")
+    prog = layer.program
+    P, b, _ = expand_params(layer.problem, random_params(layer.problem, batch=B, seed=0))
+    n = prog.layout.size
+    models = _models(prog, P, b, n, D, torch.device("cpu"))
+    gfun = row_functions(prog)[0]
+    # a point with every epigraph variable well inside its rows (the solver's start)
+    z = _start(prog, P, b, n, D, "cpu", 0.1 * _randn(b, n, seed=18)) + 0.0
+    lam = _randn(b, gfun(z, P).shape[-1], seed=19).abs() + 0.1
+    rows, ref = models["ineq_model"](P), AutogradRows(gfun, P)
+    assert [type(m).__name__ for m in rows.parts] == PARTS[name]
+    assert "objective_model" in models  # every example's objective is quadratic
+    got, want = rows.second(z, lam), ref.second(z, lam)
+    zero = torch.zeros(b, n, n, dtype=D)  # None: no curvature
+    for a, w in zip(got, want, strict=True):
+        a, w = (zero if a is None else a), (zero if w is None else w)
+        torch.testing.assert_close(a.expand_as(w), w, rtol=1e-10, atol=1e-10)
+    g, H = models["objective_model"](P).grad_hess(z)
+    g0, H0 = AutogradObjective(prog.f, P).grad_hess(z)
+    torch.testing.assert_close(g, g0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(zero if H is None else H, zero if H0 is None else H0,
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_cone_of_user_variables_from_the_apex_solves():
+    # z = 0 puts norm2(x) <= t at its apex: phase I runs on norm2(x) - t, whose autograd
+    # Hessian is NaN there (NormRows keeps it finite); it was reported INFEASIBLE before.
+    # min ‖x - c‖² + t s.t. ‖x‖ <= t <= 2: x = c (1 - 1 / (2‖c‖))₊, t = ‖x‖ (t <= 2 inactive
+    # for ‖c‖ <= 2.5)
+    layer = ol.compile("dim n = 3\nparam c[n]\nvar x[n]\nvar t\n"
+                       "minimize sum_squares(x - c) + t\nsubject to\n    norm2(x) <= t\n"
+                       "    t <= 2")
+    c = torch.tensor([[1.0, 2.0, -0.5], [0.3, -0.4, 1.2]], dtype=D)
+    x, t = layer(c=c)
+    nc = c.norm(dim=-1, keepdim=True)
+    ref = c * (1 - 1 / (2 * nc)).clamp_min(0)
+    assert layer.info.status.tolist() == [0, 0]
+    torch.testing.assert_close(x, ref, rtol=0, atol=1e-8)
+    torch.testing.assert_close(t, ref.norm(dim=-1), rtol=0, atol=1e-8)
