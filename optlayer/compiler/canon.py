@@ -38,6 +38,7 @@ import torch
 from optlayer import defaults
 from optlayer.compiler.lower import Tape
 from optlayer.compiler.program import Program
+from optlayer.compiler.quadratic import degree
 
 __all__ = ["canonicalize_qp", "row_functions", "solve_convex"]
 
@@ -430,14 +431,12 @@ def _structure(program, P, N, phase_one):
     cache = _STRUCTURES.setdefault(program, {})
     if phase_one in cache:
         return cache[phase_one]
-    from optlayer.compiler.quadratic import _degree
-
     memo: dict = {}
     rows = program.plan.ineq
     exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr for r in rows]
     kinds = []
     for e in exprs:
-        d = _degree(e, memo)
+        d = degree(e, memo)
         kinds.append(1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo)
                      else 5 if _norm_parts(e, memo) else 4)
     like = next(iter(P.values()))
@@ -461,7 +460,7 @@ def _structure(program, P, N, phase_one):
                 pos[i] = list(range(offset, offset + sizes[i]))
                 offset += sizes[i]
     order = [j for i in range(len(rows)) for j in pos[i]]
-    st = {"quadratic": all(_degree(e, memo) <= 2 for _, e in program.plan.smooth),
+    st = {"quadratic": all(degree(e, memo) <= 2 for _, e in program.plan.smooth),
           "blocks": blocks, "order": None if order == list(range(offset)) else order,
           "sizes": sizes}
     cache[phase_one] = st
@@ -512,7 +511,7 @@ def _cone_parts(e, memo):
     if name(quot.args[0]) != "sum_squares" or quot.args[1] is not s:
         return None
     u = quot.args[0].args[0]
-    if _deg(u, memo) > 1 or _deg(s, memo) > 1 or math.prod(s.shape) != 1:
+    if degree(u, memo) > 1 or degree(s, memo) > 1 or math.prod(s.shape) != 1:
         return None
     return u, s
 
@@ -528,7 +527,7 @@ def _norm_parts(e, memo):
     if not (isinstance(nrm, Apply) and nrm.atom.name == "norm2"):
         return None
     u = nrm.args[0]
-    if _deg(u, memo) > 1 or _deg(s, memo) > 1 or math.prod(s.shape) != 1:
+    if degree(u, memo) > 1 or degree(s, memo) > 1 or math.prod(s.shape) != 1:
         return None
     return u, s
 
@@ -537,12 +536,6 @@ def _bare_row(expr):
     from optlayer.compiler.epigraph import Row
 
     return Row(None, expr)
-
-
-def _deg(e, memo):
-    from optlayer.compiler.quadratic import _degree
-
-    return _degree(e, memo)
 
 
 def _kkt_solve(program, models, sol, P, eq, fallback):

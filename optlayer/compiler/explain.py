@@ -27,8 +27,9 @@ ROWS = {
     "kkt_convex": ("general smooth convex constraints",
                    "KKT: grad f + dg' lam + A' nu = 0, Ax = b, lam * g(x) = 0 "
                    "(optlayer.conditions.kkt, custom_root)",
-                   "primal-dual convex interior point with autodiff Hessians "
-                   "(optlayer.solvers.ConvexInteriorPoint, phase I from z = 0)"),
+                   "primal-dual convex interior point with slack variables; derivatives "
+                   "from data for affine, quadratic and cone rows, from autograd for the "
+                   "others (optlayer.solvers.ConvexInteriorPoint, phase I from z = 0)"),
 }
 
 

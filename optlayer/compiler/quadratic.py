@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["is_quadratic", "quadratic_data", "lambda_max", "bmv"]
+__all__ = ["is_quadratic", "quadratic_data", "lambda_max", "bmv", "degree"]
 
-# degree of an atom's output given its arguments' degrees (None: not polynomial)
+# atoms whose output degree is the largest of their arguments'
 _LINEAR = {"add", "sub", "negate", "sum", "mean", "transpose", "index", "trace", "diag",
            "reshape", "vec", "hstack", "vstack"}
 
 
-def _degree(node, memo) -> float:
+def degree(node, memo) -> float:
+    """Polynomial degree of an expression in the variables (``inf`` when it is
+    not a polynomial); ``memo`` caches per node id across calls."""
     from optlayer.ir import Apply, Variable
 
     key = id(node)
@@ -33,9 +35,9 @@ def _degree(node, memo) -> float:
     if isinstance(node, Variable):
         d = 1.0
     elif not isinstance(node, Apply):
-        d = 0.0 if not node.variables() else max(_degree(a, memo) for a in node.args)
+        d = 0.0 if not node.variables() else max(degree(a, memo) for a in node.args)
     else:
-        ds = [_degree(a, memo) for a in node.args]
+        ds = [degree(a, memo) for a in node.args]
         name = node.atom.name
         if max(ds, default=0.0) == 0.0:
             d = 0.0  # parameter-only: any atom is a constant
@@ -68,7 +70,7 @@ def is_quadratic(exprs) -> bool:
         (True, False)
     """
     memo: dict = {}
-    return all(_degree(e, memo) <= 2 for e in exprs)
+    return all(degree(e, memo) <= 2 for e in exprs)
 
 
 def bmv(Q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
