@@ -202,7 +202,7 @@ def _error(L: _Layout, d: ipm.Data, v: Tensor, R: Tensor, scale: Tensor):
     :func:`optlayer.solvers._qp_ipm.residuals` uses, so this test is never
     looser than the one that decides the status.
     """
-    err = torch.linalg.vector_norm(R * scale, ord=float("inf"), dim=(1, 2))
+    err = ipm.amax(R * scale)
     if not L.m:
         return err, None
     sz = v[:, L.n:L.n + 2 * L.m].unflatten(1, (2, L.m)).prod(dim=1)
