@@ -147,8 +147,8 @@ class _ReducedNewton:
 
         Q dx + G'dz + A'dy = rx,  G dx + ds = rz,  A dx = ry,  z ds + s dz = rc
 
-        gives ``(Q + G'WG) dx + A'dy = rx - G't``, ``W = z / s``,
-        ``t = (rc - z rz) / s``, then ``dz = t + W G dx`` and ``ds = rz - G dx``.
+    gives ``(Q + G'WG) dx + A'dy = rx - G't`` with ``W = z / s`` and
+    ``t = (rc - z rz) / s``, then ``dz = t + W G dx`` and ``ds = rz - G dx``.
     """
 
     def __init__(self, d: ipm.Data, L: _Layout, v: Tensor, boost: Tensor):
@@ -213,14 +213,18 @@ def _error(L: _Layout, d: ipm.Data, v: Tensor, R: Tensor, scale: Tensor):
 
 
 def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
-              want_factor: bool, reduced: bool = False) -> ipm.Result:
+              want_factor: bool, reduced: bool = False, give_up: bool = False) -> ipm.Result:
     """Mehrotra predictor-corrector on the full Newton system (see the module doc).
 
     Items stop when their error (:func:`_error`) is at most ``tol``, when a
     certificate of infeasibility or unboundedness passes (checked every third
-    iteration from the fifth on), or when their Newton system breaks down;
-    the statuses are assigned at the end from the residuals of the returned
-    point (:func:`_finish`).
+    iteration from the fifth on; infeasibility every iteration with
+    ``reduced``), when their Newton system breaks down (with ``reduced``: after
+    the regularization retries), or, with ``give_up``, when
+    :func:`_qp_ipm.watch` finds them hopeless; the statuses are assigned at
+    the end from the residuals of the returned point (:func:`_finish`).
+    ``reduced`` takes the Newton direction from the reduced system
+    (:class:`_ReducedNewton`).
     """
     L = _layout(d, lu=not reduced)
     n, m, me = L.n, L.m, L.me
@@ -267,7 +271,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             cert = running & _infeasible(d, L, v, eps_inf)
             infeasible = infeasible | cert
             running = running & ~cert
-        if reduced:    # hopeless items stop early: solve_qp's LU rescue takes them over
+        if give_up:    # hopeless items stop early: solve_qp's LU rescue takes them over
             hopeless, track = ipm.watch(err, track)
             running = running & ~hopeless
         worst = float(torch.where(running, err, -1.0).amax())
@@ -331,7 +335,6 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         pol = _polish(d, x, s, z, y)
     return _finish(d, (x, s, z, y), pol, err, active, running, infeasible, unbounded, iters,
                    tol, want_factor)
-
 
 
 def _split(v: Tensor, n: int, m: int, me: int):

@@ -194,8 +194,9 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool) -> i
         res = ipm.run_ipm(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
                           give_up=rescue)
     else:
+        cholesky = kernel == "full-cholesky"
         res = dense.run_dense(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
-                              reduced=kernel == "full-cholesky")
+                              reduced=cholesky, give_up=cholesky and rescue)
     if kernel == "full-lu" or not rescue:
         return res
     lost = finite & ~_has_verdict(res.status) & (res.iter_num < maxiter)
