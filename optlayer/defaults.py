@@ -138,8 +138,9 @@ IPM_LU_MAX_WORK = 3e4
 
 #: Items the Cholesky-based kernels leave without a verdict (OPTIMAL,
 #: INFEASIBLE or UNBOUNDED) are solved again on the full Newton system with LU
-#: when it has at most this many rows: as the duals of an infeasible problem
-#: diverge, the reduced system loses the accuracy a certificate needs.
+#: (in float64) when it has at most this many rows: as the duals of an
+#: infeasible problem diverge, the reduced system loses the accuracy a
+#: certificate needs, and in float32 it stalls on ill-conditioned items.
 IPM_RESCUE_MAX_SIZE = 200
 
 #: Where that rescue is available, the Cholesky-based kernels stop an item

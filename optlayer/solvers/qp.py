@@ -205,11 +205,40 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool) -> i
     idx = torch.nonzero(lost).view(-1)
     left = maxiter - int(res.iter_num.index_select(0, idx).max())
     part = ipm.take(d, idx)
-    again = dense.run_dense(part, active=torch.ones_like(idx, dtype=torch.bool), tol=tol,
-                            maxiter=left, want_factor=want and kernel != "reduced")
+    # in float64 to float64's tolerance whatever the input dtype: a float32 item the
+    # Cholesky kernels could not finish is often ill-conditioned (its solution is
+    # pinned only loosely by a KKT error of tol), and few items are rescued
+    tight = min(tol, defaults.tol(torch.float64))
+    again = dense.run_dense(_float64(part), active=torch.ones_like(idx, dtype=torch.bool),
+                            tol=tight, maxiter=left, want_factor=want and kernel != "reduced")
+    err = torch.maximum(torch.maximum(again.primal_residual, again.dual_residual), again.gap)
+    verdict = _has_verdict(again.status)
+    again = _cast(again._replace(status=torch.where(~verdict & (err <= tol), int(Status.OPTIMAL),
+                                                    again.status)), d.Q.dtype)
     if want and kernel == "reduced":   # the reduced kernel's backward, at the point found
         again = again._replace(factor=ipm.split_factor(part, again.s, again.z))
     return ipm.merge(res, idx, again)
+
+
+def _float64(d: ipm.Data) -> ipm.Data:
+    """``d`` in float64 (its regularization recomputed for that dtype)."""
+    if d.Q.dtype == torch.float64:
+        return d
+
+    def wide(t, column=False):
+        return None if t is None else (t.squeeze(-1) if column else t).double()
+
+    return ipm.make_data(wide(d.Q), wide(d.p, True), wide(d.G), wide(d.h, True), wide(d.A),
+                         wide(d.b, True))
+
+
+def _cast(res: ipm.Result, dtype) -> ipm.Result:
+    """The floating tensors of ``res`` (its factor's included) in ``dtype``."""
+    def to(t):
+        return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+
+    fac = None if res.factor is None else type(res.factor)(*map(to, res.factor))
+    return ipm.Result(*map(to, res[:9]), fac)
 
 
 def _has_verdict(status: Tensor) -> Tensor:

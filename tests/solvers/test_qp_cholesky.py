@@ -97,6 +97,33 @@ def test_an_item_the_loop_gives_up_on_is_solved_again_with_lu(kernel, monkeypatc
         torch.testing.assert_close(g[1], r, atol=1e-9, rtol=1e-7)
 
 
+def _ill_conditioned():
+    """Item 169 of the family of examples/benchmarks/qp.py at n = 20, batch 512,
+    seed 1: in float32 a KKT error of 1e-5 leaves its solution off by 6e-3."""
+    g = torch.Generator().manual_seed(1)
+    n, B, me, f64 = 20, 512, 4, torch.float64
+    M = torch.randn(B, n, n, generator=g, dtype=f64)
+    Q = M @ M.transpose(1, 2) / n + 0.1 * torch.eye(n, dtype=f64)
+    p = torch.randn(B, n, generator=g, dtype=f64)
+    G = torch.randn(B, n, n, generator=g, dtype=f64)
+    x0 = torch.randn(B, n, generator=g, dtype=f64)
+    h = (G @ x0.unsqueeze(-1)).squeeze(-1) + torch.rand(B, n, generator=g, dtype=f64)
+    A = torch.randn(B, me, n, generator=g, dtype=f64)
+    b = (A @ x0.unsqueeze(-1)).squeeze(-1)
+    return [t[169:170] for t in (Q, p, G, h, A, b)]
+
+
+def test_the_rescue_of_a_float32_item_runs_in_float64(kernel, monkeypatch):
+    # the rescued item comes back in float32 and OPTIMAL, as accurate as float32 can
+    # store the float64 solution, not merely within float32's KKT tolerance
+    data = _ill_conditioned()
+    ref = solve_qp(*data).x
+    _broken_for(0, monkeypatch)
+    sol = solve_qp(*[t.float() for t in data], on_failure="raise")
+    assert sol.x.dtype == torch.float32 and sol.status.item() == Status.OPTIMAL
+    assert (sol.x.double() - ref).abs().max() <= 1e-5
+
+
 # A PSD QP with a box whose inequalities cannot hold together with Ax = b (from
 # examples/benchmarks/qp_status.py, seed 0, draw 145): both Cholesky kernels lose
 # the accuracy the Farkas certificate needs before they can check it.
