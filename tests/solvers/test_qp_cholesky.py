@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -100,17 +103,11 @@ def test_an_item_the_loop_gives_up_on_is_solved_again_with_lu(kernel, monkeypatc
 def _ill_conditioned():
     """Item 169 of the family of examples/benchmarks/qp.py at n = 20, batch 512,
     seed 1: in float32 a KKT error of 1e-5 leaves its solution off by 6e-3."""
-    g = torch.Generator().manual_seed(1)
-    n, B, me, f64 = 20, 512, 4, torch.float64
-    M = torch.randn(B, n, n, generator=g, dtype=f64)
-    Q = M @ M.transpose(1, 2) / n + 0.1 * torch.eye(n, dtype=f64)
-    p = torch.randn(B, n, generator=g, dtype=f64)
-    G = torch.randn(B, n, n, generator=g, dtype=f64)
-    x0 = torch.randn(B, n, generator=g, dtype=f64)
-    h = (G @ x0.unsqueeze(-1)).squeeze(-1) + torch.rand(B, n, generator=g, dtype=f64)
-    A = torch.randn(B, me, n, generator=g, dtype=f64)
-    b = (A @ x0.unsqueeze(-1)).squeeze(-1)
-    return [t[169:170] for t in (Q, p, G, h, A, b)]
+    path = Path(__file__).resolve().parents[2] / "examples" / "benchmarks" / "qp.py"
+    spec = importlib.util.spec_from_file_location("_qp_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return [t[169:170] for t in bench.make_batch(20, 512, 1, "cpu")[:6]]
 
 
 def test_the_rescue_of_a_float32_item_runs_in_float64(kernel, monkeypatch):
