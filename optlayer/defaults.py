@@ -29,6 +29,7 @@ __all__ = [
     "IPM_POLISH_AT",
     "IPM_REG_BOOST",
     "IPM_REG_RETRIES",
+    "IPM_STEP_LADDER",
     "ipm_infeasibility_tol",
     "ipm_inaccurate_tol",
 ]
@@ -204,3 +205,9 @@ FBN_LS_BATCH = 4
 #: A Newton step on a fixed-point residual is kept where it cuts ||T(z) - z|| at least
 #: by this factor (else first-order iterations go on for the batch).
 FP_NEWTON_DECREASE = 0.9
+
+#: interior point step lengths tried, as fractions of the step to the boundary,
+#: when the full one would not decrease the KKT error (_qp_ipm.guarded_step):
+#: Mehrotra's corrector can make the complementarity gap grow, and on some
+#: feasible QPs its steps then cycle between two gaps without converging
+IPM_STEP_LADDER = (1.0, 0.5, 0.25, 0.1)

@@ -194,7 +194,9 @@ def _step_to_boundary(vsz: Tensor, dsz: Tensor, fraction) -> Tensor:
 
 
 def _error(L: _Layout, d: ipm.Data, v: Tensor, R: Tensor, scale: Tensor):
-    """``max(|R| * scale, s'z / max(1, |1/2 x'Qx + p'x|))`` and ``s * z`` (``(B, m, 1)``).
+    """``(err, sz, lin, gap_scale)``: the error ``max(lin, s'z / gap_scale)`` with
+    ``lin = |R| * scale`` and ``gap_scale = max(1, |1/2 x'Qx + p'x|)``, and ``s * z``
+    (``(B, m, 1)``; None, like ``gap_scale``, without inequalities).
 
     ``R`` is the linear residual (zero complementarity rows). The row scales
     use the data only (``1 / (1 + |p|)`` on the dual rows, ``1 / (1 + |h|)``
@@ -204,12 +206,13 @@ def _error(L: _Layout, d: ipm.Data, v: Tensor, R: Tensor, scale: Tensor):
     """
     err = ipm.amax(R * scale)
     if not L.m:
-        return err, None
+        return err, None, err, None
     sz = v[:, L.n:L.n + 2 * L.m].unflatten(1, (2, L.m)).prod(dim=1)
     x = v[:, :L.n]
     obj = (x * torch.baddbmm(d.p, d.Q, x, alpha=0.5)).sum(dim=(1, 2))
-    gap = sz.sum(dim=(1, 2)) / obj.abs().clamp(min=1.0)
-    return torch.maximum(err, gap), sz
+    objs = obj.abs().clamp(min=1.0)
+    gap = sz.sum(dim=(1, 2)) / objs
+    return torch.maximum(err, gap), sz, err, objs
 
 
 def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
@@ -235,6 +238,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     running = active.clone()
     dv = d.p.new_zeros(B, L.N, 1)     # the last direction (the unbounded certificate at exit)
     polish_at, pol = defaults.IPM_POLISH_BELOW, None
+    guard, last = False, None         # guarded steps, once some item's error grew
     infeasible = torch.zeros_like(running)
     unbounded = torch.zeros_like(running)
 
@@ -265,7 +269,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
 
     for it in range(maxiter + 1):
         R = torch.baddbmm(L.c0, L.J0, v)
-        err, sz = _error(L, d, v, R, scale)
+        err, sz, lin, objs = _error(L, d, v, R, scale)
         running = running & (err > tol)          # NaN errors stop too (statuses at the end)
         if m and (reduced or (it >= 5 and it % 3 == 2)):
             cert = running & _infeasible(d, L, v, eps_inf)
@@ -274,7 +278,13 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         if give_up:    # hopeless items stop early: solve_qp's LU rescue takes them over
             hopeless, track = ipm.watch(err, track)
             running = running & ~hopeless
-        worst = float(torch.where(running, err, -1.0).amax())
+        if guard or last is None:
+            worst = float(torch.where(running, err, -1.0).amax())
+        else:   # the one host sync also tells whether some running item's error grew
+            worst, grew = torch.stack([torch.where(running, err, -1.0).amax(),
+                                       (running & (err > last)).any().to(err.dtype)]).tolist()
+            guard = grew > 0
+        last = err
         if it == maxiter or worst < 0:
             break
         if m and worst <= polish_at:
@@ -300,6 +310,8 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             R[:, k:] = dsz.unflatten(1, (2, m)).prod(dim=1).add_(sz).sub_(target)
             dv = nt.solve(R)                                            # corrector
             a = _step_to_boundary(vsz, dv[:, ab], ipm.boundary_fraction(err).view(-1, 1, 1))
+            if guard:
+                a = ipm.guarded_step(vsz, dv[:, ab], -a, lin, objs, err).neg_()
         else:
             dv = nt.solve(R)
             a = torch.ones_like(dv[:, :1])
@@ -464,4 +476,4 @@ def _finish(d, point, pol: _Polished, err, active, running, infeasible, unbounde
     status = ipm.final_status(r, running=running, infeasible=infeasible, unbounded=unbounded,
                               tol=tol, loose=defaults.ipm_inaccurate_tol(d.Q.dtype))
     return ipm.Result(x, y, z, s, status, iters, r.pres, r.dres, r.gap,
-                      pol.fac if want_factor else None)
+                      pol.fac if want_factor else None, better)

@@ -39,7 +39,7 @@ __all__ = [
     "Data", "Factor", "SplitFactor", "Result", "make_data", "pack", "factor", "kkt_solve",
     "split_factor", "split_solve", "run_ipm", "take", "merge", "watch", "residuals", "final_status",
     "infeasibility_certificate", "unbounded_certificate", "split", "amax", "boundary_fraction",
-    "pick",
+    "pick", "guarded_step",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -85,6 +85,7 @@ class Result(NamedTuple):
     dual_residual: Tensor    # (B,)
     gap: Tensor              # (B,)
     factor: SplitFactor | None  # at the returned iterate, when asked for
+    polished: Tensor | None = None  # (B,) bool: the point returned is the polished one
 
 
 def make_data(Q, p, G, h, A, b) -> Data:
@@ -276,6 +277,34 @@ def _max_step(s, z, ds, dz, fraction) -> Tensor:
     return (-fraction / worst.clamp(max=-fraction)).view(-1, 1, 1)
 
 
+def guarded_step(sz: Tensor, dsz: Tensor, a: Tensor, lin: Tensor, gap_scale: Tensor,
+                 err: Tensor) -> Tensor:
+    """The step ``a`` along ``dsz``, shortened where it would not decrease the error.
+
+    ``sz = [s; z]`` and ``dsz`` are ``(B, 2m, 1)``; the new point is
+    ``sz + c dsz``. Along a Newton direction the linear residuals (``lin``, the
+    larger of the normalized primal and dual residuals) shrink by ``1 - c``,
+    while the complementarity ``s'z`` is a quadratic in ``c`` that Mehrotra's
+    corrector can make grow: on some feasible QPs the steps then cycle
+    between two gaps and the loop never converges. Of ``c = a * STEP_LADDER``
+    the largest whose error ``max((1 - c) lin, s(c)'z(c) / gap_scale)`` is at
+    most ``(1 - c / 100) err`` is returned (the smallest when none is).
+    Per item ``(B, 1, 1)``; ``a`` may be negative (a step ``sz - |a| dsz``).
+    """
+    B = sz.shape[0]
+    ladder = defaults.IPM_STEP_LADDER
+    c = a.view(B, 1, 1, 1) * torch.tensor(ladder, dtype=sz.dtype, device=sz.device).view(
+        1, -1, 1, 1)
+    pairs = torch.addcmul(sz.unsqueeze(1), c, dsz.unsqueeze(1)).unflatten(2, (2, -1)).prod(dim=2)
+    frac = c.view(B, -1).abs()
+    merit = torch.maximum((1.0 - frac) * lin.view(B, 1),
+                          pairs.sum(dim=(2, 3)) / gap_scale.view(B, 1))
+    ok = merit <= (1.0 - 0.01 * frac) * err.view(B, 1)
+    rank = torch.arange(len(ladder), device=sz.device)
+    first = torch.where(ok, rank, len(ladder) - 1).amin(dim=1, keepdim=True)
+    return c.view(B, -1).gather(1, first).view(B, 1, 1)
+
+
 def infeasibility_certificate(d: Data, Gtz_Aty: Tensor, z, y, eps_inf: float) -> Tensor:
     """True where ``(z, y)`` certify ``{x : Gx <= h, Ax = b}`` is empty.
 
@@ -348,9 +377,13 @@ def merge(res: Result, idx: Tensor, again: Result) -> Result:
     fac = res.factor
     if fac is not None:
         fac = type(fac)(*(put(a, b) for a, b in zip(fac, again.factor, strict=True)))
+    polished = None
+    if res.polished is not None and again.polished is not None:
+        polished = put(res.polished, again.polished)
     return Result(*(put(a, b) for a, b in zip(res[:5], again[:5], strict=True)),
                   res.iter_num.index_add(0, idx, again.iter_num),
-                  *(put(a, b) for a, b in zip(res[6:9], again[6:9], strict=True)), fac)
+                  *(put(a, b) for a, b in zip(res[6:9], again[6:9], strict=True)), fac,
+                  polished)
 
 
 def _gather(state, idx):
@@ -405,7 +438,7 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
     stop = max(tol, defaults.IPM_POLISH_AT) if m else tol
     state, running = _iterate(d, (x, s, z, y, status, iters), active, stop, tol, maxiter,
                               give_up)
-    point, r, err, fac = _polish(d, state)
+    point, r, err, fac, polished = _polish(d, state)
     if stop > tol:
         retry = (state[4] == int(Status.OPTIMAL)) & ~(err <= tol)
         if bool(retry.any()):
@@ -417,10 +450,11 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             running = running | again
             # polish the retried items again (only them: the others keep theirs)
             idx = torch.nonzero(retry).view(-1)
-            p2, r2, e2, f2 = _polish(take(d, idx), _gather(state, idx))
+            p2, r2, e2, f2, b2 = _polish(take(d, idx), _gather(state, idx))
             point = _scatter(point, idx, p2)
             r = _Res(*_scatter(r, idx, r2))
             err = err.index_copy(0, idx, e2)
+            polished = polished.index_copy(0, idx, b2)
             fac = SplitFactor(*_scatter(fac, idx, f2))
     x, s, z, y = point
     status = state[4]
@@ -428,14 +462,14 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
                           unbounded=status == int(Status.UNBOUNDED), tol=tol,
                           loose=defaults.ipm_inaccurate_tol(dtype))
     return Result(x, y, z, s, status, state[5], r.pres, r.dres, r.gap,
-                  fac if want_factor else None)
+                  fac if want_factor else None, polished)
 
 
 def _polish(d: Data, state):
     """Solve the KKT system of the active set ``J = {z > s}`` at each item's point
     (the factorization is the one the backward pass needs anyway) and keep the
     polished point where its error is not worse. Returns the point, its
-    residuals and error, and the factorization."""
+    residuals and error, the factorization and where the polished point was kept."""
     x, s, z, y, status, _ = state
     m = 0 if z is None else z.shape[1]
     fac = split_factor(d, s, z)
@@ -452,7 +486,7 @@ def _polish(d: Data, state):
     e0 = torch.maximum(torch.maximum(r0.dres, r0.pres), r0.gap)
     better = solved & (e1 <= e0) & fac.ok
     point, r = pick(better, ((px, ps, pz, py), r1), ((x, s, z, y), r0))
-    return point, r, torch.where(better, e1, e0), fac
+    return point, r, torch.where(better, e1, e0), fac, better
 
 
 def pick(mask: Tensor, new, old):
@@ -541,6 +575,8 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             rc_over_s = (s * z + ds * dz - torch.maximum(sigma * mu, floor)) / s
             dx, ds, dz, dy = _newton(d, f, r, rc_over_s, refine)
             a = _max_step(s, z, ds, dz, boundary_fraction(err))
+            a = guarded_step(torch.cat([s, z], dim=1), torch.cat([ds, dz], dim=1), a,
+                             torch.maximum(r.dres, r.pres), r.obj_scale, err)
         else:
             dx, ds, dz, dy = _newton(d, f, r, None, refine)
             a = torch.ones(B, 1, 1, dtype=dtype, device=d.Q.device)

@@ -184,12 +184,19 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool) -> i
     Cholesky-based kernels give up early on hopeless items
     (:func:`_qp_ipm.watch`), and the items they leave without a verdict
     (OPTIMAL, INFEASIBLE or UNBOUNDED) with iterations to spare are solved
-    again on the full system with LU, in what is left of ``maxiter``."""
+    again on the full system with LU, in what is left of ``maxiter``; so are
+    float32 items OPTIMAL at an iterate whose polish failed. The LU loop runs
+    in float64 (:func:`_in_float64`)."""
     B, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
     kernel = dense.kernel_for(n, m, me, B)
     rescue = n + 2 * m + me <= defaults.IPM_RESCUE_MAX_SIZE
+    if kernel == "full-lu":
+        # its cost is its number of operations, not their flops: float64 costs a
+        # float32 batch nothing, and pins down the solutions of ill-conditioned
+        # items that a float32 KKT error of tol leaves off by up to 1e-2
+        return _in_float64(d, finite, tol, maxiter, want)
     if kernel == "reduced":
         res = ipm.run_ipm(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
                           give_up=rescue)
@@ -197,27 +204,42 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool) -> i
         cholesky = kernel == "full-cholesky"
         res = dense.run_dense(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
                               reduced=cholesky, give_up=cholesky and rescue)
-    if kernel == "full-lu" or not rescue:
+    if not rescue:
         return res
-    lost = finite & ~_has_verdict(res.status) & (res.iter_num < maxiter)
+    lost = ~_has_verdict(res.status)
+    if d.Q.dtype != torch.float64:
+        # also float32 items OPTIMAL at an iterate whose polish failed: a KKT error
+        # of float32's tol pins ill-conditioned ones only to ~1e-3 (see _in_float64)
+        lost = lost | ((res.status == int(Status.OPTIMAL)) & ~res.polished)
+    lost = lost & finite & (res.iter_num < maxiter)
     if not bool(lost.any()):
         return res
     idx = torch.nonzero(lost).view(-1)
     left = maxiter - int(res.iter_num.index_select(0, idx).max())
     part = ipm.take(d, idx)
-    # in float64 to float64's tolerance whatever the input dtype: a float32 item the
-    # Cholesky kernels could not finish is often ill-conditioned (its solution is
-    # pinned only loosely by a KKT error of tol), and few items are rescued
-    tight = min(tol, defaults.tol(torch.float64))
-    again = dense.run_dense(_float64(part), active=torch.ones_like(idx, dtype=torch.bool),
-                            tol=tight, maxiter=left, want_factor=want and kernel != "reduced")
-    err = torch.maximum(torch.maximum(again.primal_residual, again.dual_residual), again.gap)
-    verdict = _has_verdict(again.status)
-    again = _cast(again._replace(status=torch.where(~verdict & (err <= tol), int(Status.OPTIMAL),
-                                                    again.status)), d.Q.dtype)
+    # a float32 item the Cholesky kernels could not finish is often ill-conditioned
+    again = _in_float64(part, torch.ones_like(idx, dtype=torch.bool), tol, left,
+                        want and kernel != "reduced")
     if want and kernel == "reduced":   # the reduced kernel's backward, at the point found
         again = again._replace(factor=ipm.split_factor(part, again.s, again.z))
     return ipm.merge(res, idx, again)
+
+
+def _in_float64(d: ipm.Data, active: Tensor, tol: float, maxiter: int,
+                want: bool) -> ipm.Result:
+    """The LU loop on ``d`` in float64, to float64's tolerance, whatever ``d``'s dtype;
+    the result (its factor included) in ``d``'s dtype, OPTIMAL where its KKT error
+    passes the caller's ``tol``: a float32 answer then differs from the float64
+    one by float32's rounding, not by what a KKT error of ``tol`` allows."""
+    tight = tol if d.Q.dtype == torch.float64 else min(tol, defaults.tol(torch.float64))
+    res = dense.run_dense(_float64(d), active=active, tol=tight, maxiter=maxiter,
+                          want_factor=want)
+    if d.Q.dtype == torch.float64:
+        return res
+    err = torch.maximum(torch.maximum(res.primal_residual, res.dual_residual), res.gap)
+    passed = ~_has_verdict(res.status) & (err <= tol)
+    res = res._replace(status=torch.where(passed, int(Status.OPTIMAL), res.status))
+    return _cast(res, d.Q.dtype)
 
 
 def _float64(d: ipm.Data) -> ipm.Data:
@@ -238,7 +260,7 @@ def _cast(res: ipm.Result, dtype) -> ipm.Result:
         return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
 
     fac = None if res.factor is None else type(res.factor)(*map(to, res.factor))
-    return ipm.Result(*map(to, res[:9]), fac)
+    return ipm.Result(*map(to, res[:9]), fac, res.polished)
 
 
 def _has_verdict(status: Tensor) -> Tensor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +81,39 @@ def _args(inst):
     return [None if a is None else _t(a) for a in inst]
 
 
+def _mehrotra_cycle():
+    """Item 294 of examples/benchmarks/qp.py's family at n = 5, batch 512, seed 6:
+    Mehrotra's full corrector steps make its gap cycle between 0.16 and 0.48."""
+    Q = [[0.6248051391872834, 0.06824363749772587, 0.7022299408108392, -0.4447208641562336,
+          -0.04406083509047577],
+         [0.06824363749772587, 0.9858338201433462, 0.6948210467343325, 0.12526682035166276,
+          0.48354607151831985],
+         [0.7022299408108392, 0.6948210467343325, 1.6890045554732869, -0.6126392084626161,
+          0.34999322981962255],
+         [-0.4447208641562336, 0.12526682035166276, -0.6126392084626161, 0.9714665092143301,
+          -0.08105731357587462],
+         [-0.04406083509047577, 0.48354607151831985, 0.34999322981962255,
+          -0.08105731357587462, 0.5420992930877756]]
+    p = [-0.24358421038893496, -0.6869780821684617, -0.6762006888293253, 1.879562847353949,
+         1.2571127821158894]
+    G = [[0.1655650209050543, 0.11640908084114181, -0.3077769182524193, 0.6523715835595859,
+          0.7519973282979324],
+         [0.34080383560304406, 1.1706457371539973, 0.11035923672761655, -0.34387635857050947,
+          -0.7002276968368883],
+         [0.08949888590702919, -1.2712076725076946, -0.7272953977503861, -0.6557459990100589,
+          0.40459544698409733],
+         [-0.06915568348195303, -1.5706170782522326, 1.3551921452404587, 0.7270137635006675,
+          -0.4390166399190723],
+         [-0.3182475759663421, -0.7301019750696083, -0.07753271937524298, -0.5405393729179375,
+          -0.34241370523413067]]
+    h = [-0.17086236622056322, 1.5762793471428829, 2.790871760992345, -6.5304989165830225,
+         1.3056421659767565]
+    A = [[-1.020748067511767, 0.9301227305597671, 0.7318601883256672, -0.7086155702568093,
+          0.522846724932393]]
+    b = [0.414004310140215]
+    return tuple(np.array(t) for t in (Q, p, G, h, A, b))
+
+
 FEASIBLE = {
     "qp-ineq-eq": lambda: _random_qp(0, 8, 10, 3),
     "qp-ineq-only": lambda: _random_qp(1, 8, 12, 0),
@@ -89,6 +125,7 @@ FEASIBLE = {
     "redundant-eq": lambda: _degenerate("redundant-eq"),
     "redundant-ineq": lambda: _degenerate("redundant-ineq"),
     "weakly-active": lambda: _degenerate("weakly-active"),
+    "mehrotra-cycle": _mehrotra_cycle,
 }
 
 
@@ -122,6 +159,14 @@ def test_feasible_matches_cvxpy(make):
         np.testing.assert_allclose(A @ x, b, atol=1e-9)
         r = r + A.T @ sol.eq_dual.numpy()
     assert np.abs(r).max() <= 1e-8 * (1 + np.abs(p).max() + np.abs(Q @ x).max())
+
+
+def test_steps_that_would_grow_the_error_are_shortened():
+    # without the guard every kernel cycles on this instance (MAX_ITER at 50, or
+    # OPTIMAL only at the 50th iteration); with it, a dozen iterations or so
+    sol = solve_qp(*_args(_mehrotra_cycle()), on_failure="raise")
+    assert sol.status.item() == Status.OPTIMAL
+    assert sol.iter_num.item() <= 25
 
 
 def _infeasible(kind):
@@ -221,6 +266,31 @@ def test_float32_within_1e4_of_float64(name):
     assert s32.x.dtype == torch.float32
     assert s32.status.item() == Status.OPTIMAL
     assert (s32.x.double() - s64.x).abs().max() <= 1e-4
+
+
+def _benchmark_item(n, batch, seed, item):
+    """Item ``item`` of the family of examples/benchmarks/qp.py (its ``make_batch``)."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "benchmarks" / "qp.py"
+    spec = importlib.util.spec_from_file_location("_qp_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return [t[item:item + 1] for t in bench.make_batch(n, batch, seed, "cpu")[:6]]
+
+
+def _ill_conditioned():
+    """n = 20, batch 512, seed 1, item 169: in float32 a KKT error of 1e-5 leaves its
+    solution off by 6e-3."""
+    return _benchmark_item(20, 512, 1, 169)
+
+
+def test_a_float32_ill_conditioned_item_matches_float64():
+    # a KKT error of float32's tol would leave it off by 6e-3: the LU loop runs in
+    # float64 (its cost is its op count), the Cholesky kernels polish on the active set
+    data = _ill_conditioned()
+    ref = solve_qp(*data).x
+    sol = solve_qp(*[t.float() for t in data], on_failure="raise")
+    assert sol.x.dtype == torch.float32 and sol.status.item() == Status.OPTIMAL
+    assert (sol.x.double() - ref).abs().max() <= 1e-5
 
 
 def test_extra_batch_dims_and_broadcasting():

@@ -16,7 +16,7 @@ from optlayer.solvers.qp import solve_qp
 from optlayer.status import Status
 
 from ._kernels import force
-from .test_qp import _cvxpy, _random_qp, _t
+from .test_qp import _benchmark_item, _cvxpy, _ill_conditioned, _random_qp, _t
 
 cp = pytest.importorskip("cvxpy")
 
@@ -100,14 +100,15 @@ def test_an_item_the_loop_gives_up_on_is_solved_again_with_lu(kernel, monkeypatc
         torch.testing.assert_close(g[1], r, atol=1e-9, rtol=1e-7)
 
 
-def _ill_conditioned():
-    """Item 169 of the family of examples/benchmarks/qp.py at n = 20, batch 512,
-    seed 1: in float32 a KKT error of 1e-5 leaves its solution off by 6e-3."""
-    path = Path(__file__).resolve().parents[2] / "examples" / "benchmarks" / "qp.py"
-    spec = importlib.util.spec_from_file_location("_qp_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return [t[169:170] for t in bench.make_batch(20, 512, 1, "cpu")[:6]]
+def test_a_float32_item_optimal_only_before_its_polish_is_solved_again(kernel):
+    # n = 5, batch 128, seed 5, item 20: both Cholesky loops stop at an OPTIMAL
+    # iterate (KKT error <= 1e-5) whose polish fails, 5e-3 from the solution; the
+    # float64 LU loop solves it again
+    data = _benchmark_item(5, 128, 5, 20)
+    ref = solve_qp(*data).x
+    sol = solve_qp(*[t.float() for t in data], on_failure="raise")
+    assert sol.status.item() == Status.OPTIMAL
+    assert (sol.x.double() - ref).abs().max() <= 1e-5
 
 
 def test_the_rescue_of_a_float32_item_runs_in_float64(kernel, monkeypatch):
@@ -121,56 +122,25 @@ def test_the_rescue_of_a_float32_item_runs_in_float64(kernel, monkeypatch):
     assert (sol.x.double() - ref).abs().max() <= 1e-5
 
 
-# A PSD QP with a box whose inequalities cannot hold together with Ax = b (from
-# examples/benchmarks/qp_status.py, seed 0, draw 145): both Cholesky kernels lose
-# the accuracy the Farkas certificate needs before they can check it.
-_INFEASIBLE = dict(
-    Q=[
-        [4.011164188772805, -0.75410757796985, 0.9628296076938543],
-        [-0.75410757796985, 0.25886969147317446, -0.2908899874776127],
-        [0.9628296076938543, -0.2908899874776127, 0.33421635637920216],
-    ],
-    p=[
-        1.0192402868317985, 0.05590476394421001, 0.9258975437347514,
-    ],
-    G=[
-        [-0.6561834870801888, 0.6450247265620744, 0.3460498784699542],
-        [-0.8670017021659481, 0.35684802699273976, -0.6794419343671579],
-        [-1.4852939116375927, 0.5129676032496794, 0.5122981906695058],
-        [-1.366205843877831, -0.3390495166054388, -1.6504357510529781],
-        [-0.161770329596612, 0.04062125622029484, 0.3811894895307023],
-        [1.8098066797382177, -1.3489740435050943, -1.4945236465722993],
-        [-0.894160500872987, -0.7844219859800711, -0.564961963941794],
-        [-0.3268464306399815, -0.5932726966173443, 0.8325309778603145],
-    ],
-    h=[
-        1.7403332781061673, -0.2881772774725655, 2.476457278962511,
-        -1.7104710522497286, 1.4150487798092648, -5.373227034232469,
-        -0.0022653949696794795, 1.7125419062248792, 0.9197867258201173,
-        2.7855709006288882, 3.748554503381718, 3.080213274179883,
-        1.2144290993711118, 0.25144549661828197,
-    ],
-    A=[
-        [-0.10672205526083732, 0.2540730901348665, -0.46480439850316996],
-        [0.7270799164025702, 1.093100658362412, -0.4317261803630296],
-    ],
-    b=[
-        -0.49786081721102127, -0.6815900653214282,
-    ],
-)
-
-
 def _infeasible():
-    d = {k: np.array(v) for k, v in _INFEASIBLE.items()}
-    d["G"] = np.vstack([d["G"], np.eye(3), -np.eye(3)])
-    return [d[k] for k in ("Q", "p", "G", "h", "A", "b")]
+    """Draw 51 of examples/benchmarks/qp_status.py at seed 0: a QP whose inequalities
+    and equalities cannot hold together, which both Cholesky loops stop on
+    (NUMERICAL_ERROR) before they have the accuracy its Farkas certificate needs."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "benchmarks" / "qp_status.py"
+    spec = importlib.util.spec_from_file_location("_qp_status_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    for _ in range(51):
+        bench.instance(rng)
+    return bench.instance(rng)
 
 
 def test_an_infeasible_item_the_cholesky_loop_cannot_certify_is_certified_by_lu(
         kernel, monkeypatch):
     inst = _infeasible()
-    x = cp.Variable(3)
     Q, p, G, h, A, b = inst
+    x = cp.Variable(p.shape[0])
     prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(Q)) + p @ x),
                       [G @ x <= h, A @ x == b])
     prob.solve(solver=cp.CLARABEL)
