@@ -311,7 +311,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             dv = nt.solve(R)                                            # corrector
             a = _step_to_boundary(vsz, dv[:, ab], ipm.boundary_fraction(err).view(-1, 1, 1))
             if guard:
-                a = ipm.guarded_step(vsz, dv[:, ab], -a, lin, objs, err).neg_()
+                a = ipm.guarded_step(vsz, dv[:, ab], -a, lin, objs).neg_()
         else:
             dv = nt.solve(R)
             a = torch.ones_like(dv[:, :1])

@@ -277,29 +277,32 @@ def _max_step(s, z, ds, dz, fraction) -> Tensor:
     return (-fraction / worst.clamp(max=-fraction)).view(-1, 1, 1)
 
 
-def guarded_step(sz: Tensor, dsz: Tensor, a: Tensor, lin: Tensor, gap_scale: Tensor,
-                 err: Tensor) -> Tensor:
-    """The step ``a`` along ``dsz``, shortened where it would not decrease the error.
+def guarded_step(sz: Tensor, dsz: Tensor, a: Tensor, lin: Tensor, gap_scale: Tensor) -> Tensor:
+    """The step ``a`` along ``dsz``, shortened where it would grow the gap unpaid.
 
     ``sz = [s; z]`` and ``dsz`` are ``(B, 2m, 1)``; the new point is
     ``sz + c dsz``. Along a Newton direction the linear residuals (``lin``, the
     larger of the normalized primal and dual residuals) shrink by ``1 - c``,
     while the complementarity ``s'z`` is a quadratic in ``c`` that Mehrotra's
-    corrector can make grow: on some feasible QPs the steps then cycle
-    between two gaps and the loop never converges. Of ``c = a * STEP_LADDER``
-    the largest whose error ``max((1 - c) lin, s(c)'z(c) / gap_scale)`` is at
-    most ``(1 - c / 100) err`` is returned (the smallest when none is).
-    Per item ``(B, 1, 1)``; ``a`` may be negative (a step ``sz - |a| dsz``).
+    corrector can make grow. Growth is what early steps of an infeasible
+    iterate often need, but on some feasible QPs the steps then cycle between
+    two gaps and the loop never converges. So the gap (``s'z / gap_scale``)
+    may grow only in proportion to the residual a step removes: of
+    ``c = a * IPM_STEP_LADDER`` the largest with
+    ``gap(c) <= (1 - c / 100) gap(0) + IPM_GAP_GROWTH * c * lin`` is returned
+    (the smallest when none is). Per item ``(B, 1, 1)``; ``a`` may be negative
+    (a step ``sz - |a| dsz``).
     """
-    B = sz.shape[0]
+    B, two_m = sz.shape[0], sz.shape[1]
     ladder = defaults.IPM_STEP_LADDER
     c = a.view(B, 1, 1, 1) * torch.tensor(ladder, dtype=sz.dtype, device=sz.device).view(
         1, -1, 1, 1)
     pairs = torch.addcmul(sz.unsqueeze(1), c, dsz.unsqueeze(1)).unflatten(2, (2, -1)).prod(dim=2)
     frac = c.view(B, -1).abs()
-    merit = torch.maximum((1.0 - frac) * lin.view(B, 1),
-                          pairs.sum(dim=(2, 3)) / gap_scale.view(B, 1))
-    ok = merit <= (1.0 - 0.01 * frac) * err.view(B, 1)
+    gap0 = (sz[:, :two_m // 2] * sz[:, two_m // 2:]).sum(dim=(1, 2)) / gap_scale
+    allowed = torch.addcmul((1.0 - 0.01 * frac) * gap0.view(B, 1),
+                            frac, lin.view(B, 1), value=defaults.IPM_GAP_GROWTH)
+    ok = pairs.sum(dim=(2, 3)) <= allowed * gap_scale.view(B, 1)
     rank = torch.arange(len(ladder), device=sz.device)
     first = torch.where(ok, rank, len(ladder) - 1).amin(dim=1, keepdim=True)
     return c.view(B, -1).gather(1, first).view(B, 1, 1)
@@ -576,7 +579,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             dx, ds, dz, dy = _newton(d, f, r, rc_over_s, refine)
             a = _max_step(s, z, ds, dz, boundary_fraction(err))
             a = guarded_step(torch.cat([s, z], dim=1), torch.cat([ds, dz], dim=1), a,
-                             torch.maximum(r.dres, r.pres), r.obj_scale, err)
+                             torch.maximum(r.dres, r.pres), r.obj_scale)
         else:
             dx, ds, dz, dy = _newton(d, f, r, None, refine)
             a = torch.ones(B, 1, 1, dtype=dtype, device=d.Q.device)
