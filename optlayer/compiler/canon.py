@@ -160,7 +160,6 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     """
     from optlayer.conditions import kkt
     from optlayer.implicit import custom_root
-    from optlayer.solvers import ConvexInteriorPoint
     from optlayer.solvers._base import block_diagonal_solve
 
     t0 = next(iter(P.values()))
@@ -168,30 +167,21 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     dtype, device = t0.dtype, t0.device
     gfun, hfun = _cached(program, "rows", lambda: row_functions(program))
     Pd = {k: v.detach() for k, v in P.items()}
-    eq = None
-    esz: list = []
-    z0 = None
-    if hfun:
-        A, b, esz = _affine_data(hfun, _points(B, N, dtype, device), _repeat(Pd, N + 1), B, N)
-        eq = (A, b)
-        # start on the equalities (least-norm point): then phase I runs whenever the
-        # inequalities are not strictly feasible there, and certifies infeasibility
-        z0 = (torch.linalg.pinv(A) @ b.unsqueeze(-1)).squeeze(-1)
-    z0 = _start(program, Pd, B, N, dtype, device, z0)
-    phase_one = None
-    if any(r.phase_one is not None for r in program.plan.ineq):
-        phase_one = _cached(program, "phase_one",
-                            lambda: _Rows(program, program.plan.ineq, phase_one=True))
-    models = {}
-    if not _functorch_active():
-        models = _models(program, Pd, B, N, dtype, device)
-    ip = ConvexInteriorPoint(program.f, gfun if gfun else None, tol=tol, maxiter=maxiter,
-                             implicit_diff=False, on_failure="ignore",
-                             phase_one_fun=phase_one, maxls=defaults.CONVEX_KKT_MAXLS,
-                             **models)
-    out = ip.run(z0, Pd, eq, Pd)
-    z, nu, lam = out.params
-    st = out.state
+    if dtype != torch.float64 and N <= defaults.CONVEX_FLOAT64_MAX_SIZE:
+        # small problems cost their op count, not their flops: the forward runs in
+        # float64 to float64's tolerance (in float32 its roundoff floor left ~1% of
+        # the items OPTIMAL_INACCURATE, and a KKT error of float32's tol leaves
+        # solutions up to 3e-4 from float64's)
+        wide = {k: v.double() for k, v in Pd.items()}
+        z, nu, lam, st = _forward(program, wide, B, N, torch.float64, device, gfun, hfun,
+                                  min(tol, defaults.tol(torch.float64)), maxiter,
+                                  _setup(program, wide, B, N, torch.float64, device, hfun))
+        z, nu, lam = (None if t is None else t.to(dtype) for t in (z, nu, lam))
+        eq, esz, models = _setup(program, Pd, B, N, dtype, device, hfun)
+    else:
+        eq, esz, models = _setup(program, Pd, B, N, dtype, device, hfun)
+        z, nu, lam, st = _forward(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter,
+                                  (eq, esz, models))
     F = kkt(program.f, hfun if hfun else None, gfun if gfun else None)
     sol = (z, nu if hfun else None, lam if gfun else None)
     error = _kkt_error(F, sol, Pd, gfun, _model_residuals(program, models, sol, Pd, eq))
@@ -215,6 +205,44 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     ineq_dual = _scaled(program, gfun, lam.detach(), z.detach(), Pd, isz) if gfun else None
     return ConvexSolution(z, ineq_dual, nu.detach() if hfun else None, isz, esz, status,
                           int(st.iter_num.max()) if st.iter_num.numel() else 0, error)
+
+
+def _setup(program, Pd, B, N, dtype, device, hfun):
+    """``(eq, esz, models)`` of :func:`solve_convex` at the parameters ``Pd``: the
+    equalities as ``(A, b)`` (None without them) with their row sizes, and the
+    derivative models (empty under ``torch.func`` transforms)."""
+    eq, esz = None, []
+    if hfun:
+        A, b, esz = _affine_data(hfun, _points(B, N, dtype, device), _repeat(Pd, N + 1), B, N)
+        eq = (A, b)
+    models = {} if _functorch_active() else _models(program, Pd, B, N, dtype, device)
+    return eq, esz, models
+
+
+def _forward(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter, setup):
+    """The interior point run of :func:`solve_convex` (``setup`` from :func:`_setup` at
+    ``Pd``): ``(z, nu, lam, state)``."""
+    from optlayer.solvers import ConvexInteriorPoint
+
+    eq, _, models = setup
+    z0 = None
+    if eq is not None:
+        A, b = eq
+        # start on the equalities (least-norm point): then phase I runs whenever the
+        # inequalities are not strictly feasible there, and certifies infeasibility
+        z0 = (torch.linalg.pinv(A) @ b.unsqueeze(-1)).squeeze(-1)
+    z0 = _start(program, Pd, B, N, dtype, device, z0)
+    phase_one = None
+    if any(r.phase_one is not None for r in program.plan.ineq):
+        phase_one = _cached(program, "phase_one",
+                            lambda: _Rows(program, program.plan.ineq, phase_one=True))
+    ip = ConvexInteriorPoint(program.f, gfun if gfun else None, tol=tol, maxiter=maxiter,
+                             implicit_diff=False, on_failure="ignore",
+                             phase_one_fun=phase_one, maxls=defaults.CONVEX_KKT_MAXLS,
+                             **models)
+    out = ip.run(z0, Pd, eq, Pd)
+    z, nu, lam = out.params
+    return z, nu, lam, out.state
 
 
 def _kkt_error(F, sol, P, gfun, residuals=None):
