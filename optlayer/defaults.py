@@ -31,7 +31,6 @@ __all__ = [
     "IPM_REG_RETRIES",
     "IPM_STEP_LADDER",
     "IPM_GAP_GROWTH",
-    "CONVEX_FLOAT64_MAX_SIZE",
     "ipm_infeasibility_tol",
     "ipm_inaccurate_tol",
 ]
@@ -217,10 +216,3 @@ FP_NEWTON_DECREASE = 0.9
 #: one) slowed LPs: quantile_regression took 29-31 iterations instead of 8
 IPM_STEP_LADDER = (1.0, 0.5, 0.25, 0.1)
 IPM_GAP_GROWTH = 100.0
-
-#: float32 problems of the convex interior point (compiler.canon.solve_convex)
-#: with at most this many variables (epigraph variables included) are solved in
-#: float64: at these sizes a call costs its number of tensor operations, not
-#: their flops, and float32's roundoff floor of lam * g(z) left about 1% of the
-#: items of the convex examples OPTIMAL_INACCURATE (risk_portfolio, robust_ls)
-CONVEX_FLOAT64_MAX_SIZE = 200

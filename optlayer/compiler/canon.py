@@ -167,11 +167,10 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     dtype, device = t0.dtype, t0.device
     gfun, hfun = _cached(program, "rows", lambda: row_functions(program))
     Pd = {k: v.detach() for k, v in P.items()}
-    if dtype != torch.float64 and N <= defaults.CONVEX_FLOAT64_MAX_SIZE:
-        # small problems cost their op count, not their flops: the forward runs in
-        # float64 to float64's tolerance (in float32 its roundoff floor left ~1% of
-        # the items OPTIMAL_INACCURATE, and a KKT error of float32's tol leaves
-        # solutions up to 3e-4 from float64's)
+    if dtype != torch.float64:
+        # the forward runs in float64 to float64's tolerance, as solve_qp does: in
+        # float32 its roundoff floor left ~1% of the items OPTIMAL_INACCURATE, and
+        # a KKT error of float32's tol leaves solutions up to 3e-4 from float64's
         wide = {k: v.double() for k, v in Pd.items()}
         z, nu, lam, st = _forward(program, wide, B, N, torch.float64, device, gfun, hfun,
                                   min(tol, defaults.tol(torch.float64)), maxiter,

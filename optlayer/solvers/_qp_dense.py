@@ -476,4 +476,4 @@ def _finish(d, point, pol: _Polished, err, active, running, infeasible, unbounde
     status = ipm.final_status(r, running=running, infeasible=infeasible, unbounded=unbounded,
                               tol=tol, loose=defaults.ipm_inaccurate_tol(d.Q.dtype))
     return ipm.Result(x, y, z, s, status, iters, r.pres, r.dres, r.gap,
-                      pol.fac if want_factor else None, better)
+                      pol.fac if want_factor else None)

@@ -85,7 +85,6 @@ class Result(NamedTuple):
     dual_residual: Tensor    # (B,)
     gap: Tensor              # (B,)
     factor: SplitFactor | None  # at the returned iterate, when asked for
-    polished: Tensor | None = None  # (B,) bool: the point returned is the polished one
 
 
 def make_data(Q, p, G, h, A, b) -> Data:
@@ -380,13 +379,9 @@ def merge(res: Result, idx: Tensor, again: Result) -> Result:
     fac = res.factor
     if fac is not None:
         fac = type(fac)(*(put(a, b) for a, b in zip(fac, again.factor, strict=True)))
-    polished = None
-    if res.polished is not None and again.polished is not None:
-        polished = put(res.polished, again.polished)
     return Result(*(put(a, b) for a, b in zip(res[:5], again[:5], strict=True)),
                   res.iter_num.index_add(0, idx, again.iter_num),
-                  *(put(a, b) for a, b in zip(res[6:9], again[6:9], strict=True)), fac,
-                  polished)
+                  *(put(a, b) for a, b in zip(res[6:9], again[6:9], strict=True)), fac)
 
 
 def _gather(state, idx):
@@ -441,7 +436,7 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
     stop = max(tol, defaults.IPM_POLISH_AT) if m else tol
     state, running = _iterate(d, (x, s, z, y, status, iters), active, stop, tol, maxiter,
                               give_up)
-    point, r, err, fac, polished = _polish(d, state)
+    point, r, err, fac = _polish(d, state)
     if stop > tol:
         retry = (state[4] == int(Status.OPTIMAL)) & ~(err <= tol)
         if bool(retry.any()):
@@ -453,11 +448,10 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             running = running | again
             # polish the retried items again (only them: the others keep theirs)
             idx = torch.nonzero(retry).view(-1)
-            p2, r2, e2, f2, b2 = _polish(take(d, idx), _gather(state, idx))
+            p2, r2, e2, f2 = _polish(take(d, idx), _gather(state, idx))
             point = _scatter(point, idx, p2)
             r = _Res(*_scatter(r, idx, r2))
             err = err.index_copy(0, idx, e2)
-            polished = polished.index_copy(0, idx, b2)
             fac = SplitFactor(*_scatter(fac, idx, f2))
     x, s, z, y = point
     status = state[4]
@@ -465,14 +459,14 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
                           unbounded=status == int(Status.UNBOUNDED), tol=tol,
                           loose=defaults.ipm_inaccurate_tol(dtype))
     return Result(x, y, z, s, status, state[5], r.pres, r.dres, r.gap,
-                  fac if want_factor else None, polished)
+                  fac if want_factor else None)
 
 
 def _polish(d: Data, state):
     """Solve the KKT system of the active set ``J = {z > s}`` at each item's point
     (the factorization is the one the backward pass needs anyway) and keep the
     polished point where its error is not worse. Returns the point, its
-    residuals and error, the factorization and where the polished point was kept."""
+    residuals and error, and the factorization."""
     x, s, z, y, status, _ = state
     m = 0 if z is None else z.shape[1]
     fac = split_factor(d, s, z)
@@ -489,7 +483,7 @@ def _polish(d: Data, state):
     e0 = torch.maximum(torch.maximum(r0.dres, r0.pres), r0.gap)
     better = solved & (e1 <= e0) & fac.ok
     point, r = pick(better, ((px, ps, pz, py), r1), ((x, s, z, y), r0))
-    return point, r, torch.where(better, e1, e0), fac, better
+    return point, r, torch.where(better, e1, e0), fac
 
 
 def pick(mask: Tensor, new, old):

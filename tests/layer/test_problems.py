@@ -118,7 +118,7 @@ def test_float32_close_to_float64(path):
                          ids=["risk_portfolio", "robust_ls"])
 def test_float32_convex_batches_end_optimal(name, seed):
     # batches where float32 arithmetic left 1-3 of 64 items OPTIMAL_INACCURATE (its
-    # roundoff floor of lam * g(z)): the convex interior point now runs small
+    # roundoff floor of lam * g(z)): the convex interior point now runs float32
     # problems in float64 and returns float32
     layer = ol.load(PROBLEMS[0].parent / f"{name}.opt", on_failure="raise")
     vals = random_params(layer.problem, batch=64, seed=seed)
