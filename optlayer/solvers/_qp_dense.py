@@ -238,7 +238,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     running = active.clone()
     dv = d.p.new_zeros(B, L.N, 1)     # the last direction (the unbounded certificate at exit)
     polish_at, pol = defaults.IPM_POLISH_BELOW, None
-    guard, last = False, None         # guarded steps, once some item's error grew
+    guard, last, ladder = False, None, None   # guarded steps, once some item's error grew
     infeasible = torch.zeros_like(running)
     unbounded = torch.zeros_like(running)
 
@@ -311,7 +311,8 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             dv = nt.solve(R)                                            # corrector
             a = _step_to_boundary(vsz, dv[:, ab], ipm.boundary_fraction(err).view(-1, 1, 1))
             if guard:
-                a = ipm.guarded_step(vsz, dv[:, ab], -a, lin, objs).neg_()
+                ladder = ipm.step_ladder(v) if ladder is None else ladder
+                a = ipm.guarded_step(vsz, dv[:, ab], -a, ladder, mu, lin, objs).neg_()
         else:
             dv = nt.solve(R)
             a = torch.ones_like(dv[:, :1])

@@ -39,7 +39,7 @@ __all__ = [
     "Data", "Factor", "SplitFactor", "Result", "make_data", "pack", "factor", "kkt_solve",
     "split_factor", "split_solve", "run_ipm", "take", "merge", "watch", "residuals", "final_status",
     "infeasibility_certificate", "unbounded_certificate", "split", "amax", "boundary_fraction",
-    "pick", "guarded_step",
+    "pick", "guarded_step", "step_ladder",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -276,35 +276,41 @@ def _max_step(s, z, ds, dz, fraction) -> Tensor:
     return (-fraction / worst.clamp(max=-fraction)).view(-1, 1, 1)
 
 
-def guarded_step(sz: Tensor, dsz: Tensor, a: Tensor, lin: Tensor, gap_scale: Tensor) -> Tensor:
+def step_ladder(like: Tensor) -> Tensor:
+    """``defaults.IPM_STEP_LADDER`` as a ``(1, K, 1, 1)`` tensor of ``like``'s dtype and
+    device, for :func:`guarded_step` (made once per loop: a tensor built from a
+    Python list on a GPU is a copy the host waits for)."""
+    return torch.tensor(defaults.IPM_STEP_LADDER, dtype=like.dtype,
+                        device=like.device).view(1, -1, 1, 1)
+
+
+def guarded_step(sz: Tensor, dsz: Tensor, a: Tensor, ladder: Tensor, sz0: Tensor,
+                 lin: Tensor, gap_scale: Tensor) -> Tensor:
     """The step ``a`` along ``dsz``, shortened where it would grow the gap unpaid.
 
     ``sz = [s; z]`` and ``dsz`` are ``(B, 2m, 1)``; the new point is
-    ``sz + c dsz``. Along a Newton direction the linear residuals (``lin``, the
-    larger of the normalized primal and dual residuals) shrink by ``1 - c``,
-    while the complementarity ``s'z`` is a quadratic in ``c`` that Mehrotra's
-    corrector can make grow. Growth is what early steps of an infeasible
-    iterate often need, but on some feasible QPs the steps then cycle between
-    two gaps and the loop never converges. So the gap (``s'z / gap_scale``)
-    may grow only in proportion to the residual a step removes: of
-    ``c = a * IPM_STEP_LADDER`` the largest with
+    ``sz + c dsz``; ``sz0 = s'z`` per item. Along a Newton direction the linear
+    residuals (``lin``, the larger of the normalized primal and dual residuals)
+    shrink by ``1 - c``, while the complementarity ``s'z`` is a quadratic in
+    ``c`` that Mehrotra's corrector can make grow. Growth is what early steps
+    of an infeasible iterate often need, but on some feasible QPs the steps
+    then cycle between two gaps and the loop never converges. So the gap
+    (``s'z / gap_scale``) may grow only in proportion to the residual a step
+    removes: of ``c = a * ladder`` (:func:`step_ladder`) the largest with
     ``gap(c) <= (1 - c / 100) gap(0) + IPM_GAP_GROWTH * c * lin`` is returned
     (the smallest when none is). Per item ``(B, 1, 1)``; ``a`` may be negative
     (a step ``sz - |a| dsz``).
     """
-    B, two_m = sz.shape[0], sz.shape[1]
-    ladder = defaults.IPM_STEP_LADDER
-    c = a.view(B, 1, 1, 1) * torch.tensor(ladder, dtype=sz.dtype, device=sz.device).view(
-        1, -1, 1, 1)
+    B, K = sz.shape[0], ladder.shape[1]
+    c = a.view(B, 1, 1, 1) * ladder
     pairs = torch.addcmul(sz.unsqueeze(1), c, dsz.unsqueeze(1)).unflatten(2, (2, -1)).prod(dim=2)
-    frac = c.view(B, -1).abs()
-    gap0 = (sz[:, :two_m // 2] * sz[:, two_m // 2:]).sum(dim=(1, 2)) / gap_scale
-    allowed = torch.addcmul((1.0 - 0.01 * frac) * gap0.view(B, 1),
-                            frac, lin.view(B, 1), value=defaults.IPM_GAP_GROWTH)
-    ok = pairs.sum(dim=(2, 3)) <= allowed * gap_scale.view(B, 1)
-    rank = torch.arange(len(ladder), device=sz.device)
-    first = torch.where(ok, rank, len(ladder) - 1).amin(dim=1, keepdim=True)
-    return c.view(B, -1).gather(1, first).view(B, 1, 1)
+    frac = c.view(B, K).abs()
+    allowed = torch.addcmul((1.0 - 0.01 * frac) * sz0.view(B, 1), frac,
+                            (lin * gap_scale).view(B, 1), value=defaults.IPM_GAP_GROWTH)
+    ok = pairs.sum(dim=(2, 3)) <= allowed
+    rank = torch.arange(K, device=sz.device)
+    first = torch.where(ok, rank, K - 1).amin(dim=1, keepdim=True)
+    return c.view(B, K).gather(1, first).view(B, 1, 1)
 
 
 def infeasibility_certificate(d: Data, Gtz_Aty: Tensor, z, y, eps_inf: float) -> Tensor:
@@ -515,6 +521,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
     refine_steps = defaults.IPM_REFINE_STEPS
     x, s, z, y, status, iters = state
     boost = torch.ones_like(x[:, :1, 0])             # (B, 1) regularization multiplier
+    ladder = step_ladder(x)
     active = active.clone()
     code = {k: torch.tensor(int(k), dtype=torch.int8, device=d.Q.device) for k in Status}
     # Compaction: once at most half of the working items are active, the loop
@@ -572,8 +579,8 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             rc_over_s = (s * z + ds * dz - torch.maximum(sigma * mu, floor)) / s
             dx, ds, dz, dy = _newton(d, f, r, rc_over_s, refine)
             a = _max_step(s, z, ds, dz, boundary_fraction(err))
-            a = guarded_step(torch.cat([s, z], dim=1), torch.cat([ds, dz], dim=1), a,
-                             torch.maximum(r.dres, r.pres), r.obj_scale)
+            a = guarded_step(torch.cat([s, z], dim=1), torch.cat([ds, dz], dim=1), a, ladder,
+                             r.sz, torch.maximum(r.dres, r.pres), r.obj_scale)
         else:
             dx, ds, dz, dy = _newton(d, f, r, None, refine)
             a = torch.ones(B, 1, 1, dtype=dtype, device=d.Q.device)
