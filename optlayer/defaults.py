@@ -155,7 +155,8 @@ IPM_STALL_ITERS = 5
 
 #: The full-system interior point loop tries to finish by polishing on the active
 #: set once every running item's error is below this (and again after each
-#: further hundredfold decrease); the polished point must pass the KKT check.
+#: further hundredfold decrease, if some active set has changed); an item stops
+#: where its polished point passes the KKT check.
 IPM_POLISH_BELOW = 1e-3
 
 #: The large-problem interior point iterates down to this error (or ``tol`` if

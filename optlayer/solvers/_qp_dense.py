@@ -35,9 +35,12 @@ assembled as one symmetric ``(n + m + me)`` matrix (rows of inactive
 constraints become ``z_i = 0``), factored once by LU: its solve polishes the
 solution and its transposed solve is the backward pass. The polish is tried
 as soon as every running item's error is below ``IPM_POLISH_BELOW`` (and
-again after each hundredfold decrease); when every item's polished point
-passes the KKT check the loop stops there, usually several iterations before
-the interior point itself would reach ``tol``.
+again after each hundredfold decrease); items whose polished point passes
+the KKT check stop there, usually several iterations before the interior
+point itself would reach ``tol``, and the loop goes on for the others. A
+polished point depends on the active set alone, so a polish is computed
+again only where some item's active set has changed (an item whose solution
+is not unique can fail it on one active set to the end).
 """
 
 from __future__ import annotations
@@ -288,12 +291,14 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         if it == maxiter or worst < 0:
             break
         if m and worst <= polish_at:
-            # the active set is most likely known: try to finish by polishing on it
+            # the active set is most likely known: try to finish by polishing on it;
+            # items whose polished point passes are done (the loop goes on for the others)
             polish_at = worst * 1e-2
-            pol = _polish(d, *_split(v, n, m, me))
-            if bool((~active | infeasible | unbounded | (err <= tol) | (pol.err <= tol)).all()):
+            pol = _repolish(d, v, n, m, me, pol)
+            passed = pol.err <= tol
+            if bool((~active | infeasible | unbounded | (err <= tol) | passed).all()):
                 break
-            pol = None
+            running = running & ~passed
         nt = newton(d, L, v, boost)
         ok = nt.ok
         if m:
@@ -333,21 +338,25 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         v = torch.where(step.view(-1, 1, 1), torch.addcmul(v, a, dv, value=-1.0), v)
         iters += running
 
+    pol = _repolish(d, v, n, m, me, pol)
     # items that stopped without converging: the certificates at their last point
     # (an infeasible or unbounded item may break down between two periodic checks)
-    open_ = active & ~infeasible & ~unbounded & ~(err <= tol)
-    if pol is not None:                      # stopped by a polish that passed
-        open_ = open_ & ~(pol.err <= tol)
+    open_ = active & ~infeasible & ~unbounded & ~(err <= tol) & ~(pol.err <= tol)
     if bool(open_.any()):
         if m:
             infeasible = infeasible | (open_ & _infeasible(d, L, v, eps_inf))
         unbounded = unbounded | (open_ & ~infeasible & _unbounded(d, L, -dv[:, :n], eps_inf))
+    return _finish(d, _split(v, n, m, me), pol, err, active, running, infeasible, unbounded,
+                   iters, tol, want_factor)
 
-    x, s, z, y = _split(v, n, m, me)
-    if pol is None:
-        pol = _polish(d, x, s, z, y)
-    return _finish(d, (x, s, z, y), pol, err, active, running, infeasible, unbounded, iters,
-                   tol, want_factor)
+
+def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | None):
+    """The polish (:func:`_polish`) at ``v``; ``pol`` again when it was taken on the
+    same active sets: a polished point depends on the active set alone."""
+    if pol is not None and (not m or torch.equal(v[:, n + m:n + 2 * m] > v[:, n:n + m],
+                                                 pol.fac.J)):
+        return pol
+    return _polish(d, *_split(v, n, m, me))
 
 
 def _split(v: Tensor, n: int, m: int, me: int):

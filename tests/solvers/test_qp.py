@@ -412,6 +412,49 @@ def test_a_failed_early_polish_resumes_the_iterations(monkeypatch, at):
         np.testing.assert_allclose(sol.x[i].numpy(), x_ref, atol=1e-7)
 
 
+def _weakly_active():
+    """Item 8 of examples/problems/maximin.opt's QP at batch 32, seed 2: the epigraph
+    variables ``x[4:]`` of its solution are not unique, and its polish on
+    ``J = {z > s}`` fails (error 2e-2) at every iterate from the first try on."""
+    Q = np.diag([2.0, 2, 2, 0, 0, 0, 0])
+    p = np.array([0.0, 0, 0, -1, 0, 0, 0])
+    G = np.zeros((13, 7))
+    G[:6, :3] = [[0.4199081224624779, -0.691873342128017, -0.4776279848829387],
+                 [3.2278433981949393, -0.5105519688517093, 0.04710504464508647],
+                 [-0.8261154414280831, 1.3437948710488543, -0.25787725033980635],
+                 [0.7048718537437516, 0.1481217597494428, -0.4243362304878425],
+                 [-0.32595064324884504, -0.3978616847858383, 0.3355334998418885],
+                 [0.5274589532882344, -0.7736546011162206, 1.230373430912504]]
+    G[:6, 3] = 1.0
+    G[6:9, :3] = G[6:9, 4:] = G[9:12, 4:] = -np.eye(3)
+    G[12, 4:] = 1.0
+    h = np.array([-0.6996207485010131, 1.0138498100463522, -0.4166461240615694,
+                  0.14090354952411446, 0.11678287337372327, -0.4567436733531911,
+                  0, 0, 0, 0, 0, 0, 0.11868320061885243])
+    return Q, p, G, h, None, None
+
+
+def test_a_polish_is_not_repeated_on_the_same_active_set(monkeypatch, kernel):  # noqa: F811 (the fixture)
+    # the polished point depends on the active set alone: the small-problem loop keeps
+    # a failed polish instead of recomputing it while no item's active set has changed
+    from optlayer.solvers import _qp_dense
+
+    calls = []
+    real = _qp_dense._polish
+    monkeypatch.setattr(_qp_dense, "_polish", lambda *a: calls.append(1) or real(*a))
+    inst = _weakly_active()
+    sol = solve_qp(*_args(inst), on_failure="raise")
+    _, x_ref, f_ref = _cvxpy(*inst)
+    x = sol.x.numpy()
+    np.testing.assert_allclose(x[:4], x_ref[:4], atol=1e-8)     # the unique part
+    Q, p, G, h, _, _ = inst
+    assert abs(0.5 * x @ Q @ x + p @ x - f_ref) <= 1e-9
+    assert (G @ x - h).max() <= 1e-9
+    if kernel != "reduced":
+        # tried at errors 1e-3, 1e-5 and at the end: the active set no longer changes
+        assert len(calls) == 1
+
+
 def test_kernel_choice_follows_the_work_estimate(monkeypatch):
     from optlayer.solvers._qp_dense import kernel_for
 
