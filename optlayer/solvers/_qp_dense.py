@@ -352,9 +352,9 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
 
 def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | None):
     """The polish (:func:`_polish`) at ``v``; ``pol`` again when it was taken on the
-    same active sets: a polished point depends on the active set alone."""
-    if pol is not None and (not m or torch.equal(v[:, n + m:n + 2 * m] > v[:, n:n + m],
-                                                 pol.fac.J)):
+    same active sets: a polished point depends on the active set alone (the loop
+    polishes only with inequalities, so a ``pol`` given has ``m > 0``)."""
+    if pol is not None and torch.equal(v[:, n + m:n + 2 * m] > v[:, n:n + m], pol.fac.J):
         return pol
     return _polish(d, *_split(v, n, m, me))
 
