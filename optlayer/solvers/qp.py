@@ -254,10 +254,11 @@ class _QPFunction(torch.autograd.Function):
             if small:
                 ctx.save_for_backward(G, A, res.x, res.y, res.z, f.LU, f.pivots, f.K, f.J,
                                       finite & f.ok)
-            else:
-                ctx.save_for_backward(Q, G, A, res.x, res.y, res.z, f.L, f.Ls, f.HinvCt, f.C,
-                                      f.E, f.c, f.J, f.D, finite & f.ok)
+            else:   # the stacked data of the forward (split_solve's products) is reused
+                ctx.save_for_backward(d.KA, d.KT, G, A, res.x, res.y, res.z, f.L, f.Ls,
+                                      f.HinvCt, f.C, f.E, f.c, f.J, f.D, finite & f.ok)
                 ctx.reg = (d.reg_abs, d.reg_rel)
+            ctx.need = ctx.needs_input_grad[:6]
         outs = (x, y, z, s, status, res.iter_num, res.primal_residual.to(dtype),
                 res.dual_residual.to(dtype), res.gap.to(dtype))
         ctx.mark_non_differentiable(*outs[4:])
@@ -274,7 +275,7 @@ def _backward(ctx, gx, gy, gz, gs):
     if ctx.small:
         G, A, x, y, z, LU, piv, K, J, ok = ctx.saved_tensors
     else:
-        Q, G, A, x, y, z, L, Ls, HinvCt, C, E, c, J, D, ok = ctx.saved_tensors
+        KA, KT, G, A, x, y, z, L, Ls, HinvCt, C, E, c, J, D, ok = ctx.saved_tensors
     a1 = torch.zeros_like(x) if gx is None else gx.unsqueeze(-1)
     a3 = vs = a2 = None
     if G is not None:
@@ -291,8 +292,9 @@ def _backward(ctx, gx, gy, gz, gs):
         u, zeta, w = dense.dense_grad_solve(f, x.shape[1], m, a1, a3, a2, refine)
     else:
         reg_abs, reg_rel = ctx.reg
-        AtA = None if A is None else torch.baddbmm(Q, A.transpose(1, 2), A, alpha=ipm._RHO)
-        d = ipm.pack(Q, None, G, None, A, None, AtA, reg_abs, reg_rel)
+        n, m = x.shape[1], 0 if G is None else G.shape[1]
+        d = ipm.Data(KA[:, :n], None, G, None, A, None, None if KT is None else KT[:, :, :m],
+                     None if A is None else KT[:, :, m:], None, reg_abs, reg_rel, KA, KT)
         f = ipm.SplitFactor(L, Ls, HinvCt, C, E, c, J, D, ok)
         u, zeta, w = ipm.split_solve(d, f, a1, a3, a2, refine=refine)
     # items whose factorization failed or whose data was not finite: zero gradient
@@ -306,20 +308,23 @@ def _backward(ctx, gx, gy, gz, gs):
         return None if t is None else torch.where(g3, t, torch.zeros_like(t))
 
     u, zeta, w, xs, ys, zs, vs = map(keep, (u, zeta, w, x, y, z, vs))
-    ut, xt = u.transpose(1, 2), xs.transpose(1, 2)
-    gQ = -0.5 * (u @ xt + xs @ ut)
-    gp = -u.squeeze(-1)
-    gG = gh = gA = gb = None
+    need = ctx.need
+    # each matrix gradient is a sum of two outer products: one product of rank two
+    left = torch.cat([u, xs], dim=2).neg_()
+    gQ = gG = gh = gA = gb = None
+    if need[0]:
+        gQ = 0.5 * (left @ torch.cat([xs, u], dim=2).transpose(1, 2))
+    gp = -u.squeeze(-1) if need[1] else None
     if G is not None:
-        gG = -(zs @ ut) - zeta @ xt
-        gh = zeta
-        if vs is not None:
-            gG = gG - vs @ xt
-            gh = gh + vs
-        gh = gh.squeeze(-1)
+        if need[3] or need[2]:
+            gh = zeta if vs is None else zeta + vs
+        if need[2]:   # -(z u' + zeta x') (- v x' with a cotangent for s, v + zeta = gh)
+            gG = torch.cat([zs, gh], dim=2) @ left.transpose(1, 2)
+        gh = gh.squeeze(-1) if need[3] else None
     if A is not None:
-        gA = -(ys @ ut) - w @ xt
-        gb = w.squeeze(-1)
+        if need[4]:
+            gA = torch.cat([ys, w], dim=2) @ left.transpose(1, 2)
+        gb = w.squeeze(-1) if need[5] else None
     return gQ, gp, gG, gh, gA, gb, None, None, None
 
 

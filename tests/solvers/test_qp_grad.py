@@ -130,3 +130,24 @@ def test_gradient_matches_central_differences_of_the_tight_solve():
         dn = solve_qp(Q, p, G, h - e, A, b, tol=1e-13).x @ w
         fd[i] = ((up - dn) / 2e-6).item()
     np.testing.assert_allclose(hr.grad.numpy(), fd, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("asked", [("p",), ("G",), ("h",), ("G", "h"), ("Q", "A"), ("A", "b")])
+def test_gradients_of_some_inputs_equal_those_of_all(asked):
+    # the backward computes only the gradients asked for; each must equal its value
+    # when every input asks (a cotangent for every output, slack included)
+    names = ("Q", "p", "G", "h", "A", "b")
+    data = dict(zip(names, _instance(8, 5, 6, 2), strict=True))
+    w = torch.randn(5, dtype=F64, generator=torch.Generator().manual_seed(2))
+
+    def grads(which):
+        ins = {k: v.clone().requires_grad_(k in which) for k, v in data.items()}
+        sol = solve_qp(*ins.values(), tol=1e-12)
+        loss = sol.x @ w + sol.eq_dual.sum() + sol.ineq_dual.sum() + (sol.slack ** 2).sum()
+        return dict(zip(which, torch.autograd.grad(loss, [ins[k] for k in which]),
+                        strict=True))
+
+    every, some = grads(names), grads(asked)
+    for k in asked:
+        torch.testing.assert_close(some[k], every[k], atol=1e-12, rtol=1e-12)
+        assert some[k].abs().max() > 0
