@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from catalog_cases import PROJECTIONS, Entry
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 IDS = [e.name for e in PROJECTIONS]
@@ -80,6 +80,8 @@ def test_float32(entry):
 @pytest.mark.parametrize("entry", [e for e in PROJECTIONS if e.feasible], ids=lambda e: e.name)
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**20))
+@example(seed=1422)   # transport: its line search once stalled at 1e-9 on rounding noise
+@example(seed=2576)
 def test_feasible(entry, seed):
     args = inputs(entry, batch=(2,), seed=seed)
     assert entry.feasible(entry.fn(*args), *args)
