@@ -23,6 +23,7 @@ __all__ = [
     "IPM_DENSE_MAX_WORK",
     "IPM_LU_MAX_WORK",
     "IPM_RESCUE_MAX_SIZE",
+    "IPM_ELIMINATE_EQUALITIES",
     "IPM_DIVERGED",
     "IPM_STALL_ITERS",
     "IPM_POLISH_BELOW",
@@ -144,6 +145,12 @@ IPM_LU_MAX_WORK = 3e4
 #: infeasible problem diverge, the reduced system loses the accuracy a
 #: certificate needs, and in float32 it stalls on ill-conditioned items.
 IPM_RESCUE_MAX_SIZE = 200
+
+#: The reduced kernel eliminates equality constraints of full row rank before
+#: its iterations (``x = x0 + Z u`` with ``Z`` a basis of the null space of
+#: ``A``; :mod:`optlayer.solvers._qp_elim`), so that each iteration factors one
+#: smaller Cholesky and no Schur complement. False keeps them in the iterations.
+IPM_ELIMINATE_EQUALITIES = True
 
 #: Where that rescue is available, the Cholesky-based kernels stop an item
 #: (NUMERICAL_ERROR, then the rescue) whose KKT error has grown IPM_DIVERGED

@@ -198,7 +198,7 @@ def _step_to_boundary(vsz: Tensor, dsz: Tensor, fraction) -> Tensor:
 
 def _error(L: _Layout, d: ipm.Data, v: Tensor, R: Tensor, scale: Tensor):
     """``(err, sz, lin, gap_scale)``: the error ``max(lin, s'z / gap_scale)`` with
-    ``lin = |R| * scale`` and ``gap_scale = max(1, |1/2 x'Qx + p'x|)``, and ``s * z``
+    ``lin = |R| * scale`` and ``gap_scale = max(1, |objective|)``, and ``s * z``
     (``(B, m, 1)``; None, like ``gap_scale``, without inequalities).
 
     ``R`` is the linear residual (zero complementarity rows). The row scales
@@ -213,6 +213,8 @@ def _error(L: _Layout, d: ipm.Data, v: Tensor, R: Tensor, scale: Tensor):
     sz = v[:, L.n:L.n + 2 * L.m].unflatten(1, (2, L.m)).prod(dim=1)
     x = v[:, :L.n]
     obj = (x * torch.baddbmm(d.p, d.Q, x, alpha=0.5)).sum(dim=(1, 2))
+    if d.obj0 is not None:
+        obj = obj + d.obj0
     objs = obj.abs().clamp(min=1.0)
     gap = sz.sum(dim=(1, 2)) / objs
     return torch.maximum(err, gap), sz, err, objs

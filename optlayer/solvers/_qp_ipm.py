@@ -62,6 +62,7 @@ class Data(NamedTuple):
     reg_rel: float         # relative diagonal regularization
     KA: Tensor             # (B, n + m + me, n) = [Q; G; A], one bmm for Qx, Gx, Ax
     KT: Tensor | None      # (B, n, m + me) = [G' A'], one bmm for G'z + A'y
+    obj0: Tensor | None = None  # (B,) constant added to the objective (its scale in the gap)
 
 
 class Factor(NamedTuple):
@@ -103,7 +104,7 @@ def make_data(Q, p, G, h, A, b) -> Data:
     return pack(Q, p, G, h, A, b, AtA, reg_abs.unsqueeze(-1), defaults.IPM_REG_FACTOR * eps)
 
 
-def pack(Q, p, G, h, A, b, AtA, reg_abs, reg_rel) -> Data:
+def pack(Q, p, G, h, A, b, AtA, reg_abs, reg_rel, obj0=None) -> Data:
     """Build :class:`Data` (with the stacked matrices) from column-vector data."""
     mats = [Q] + [M for M in (G, A) if M is not None]
     KA = torch.cat(mats, dim=1) if len(mats) > 1 else Q
@@ -113,7 +114,7 @@ def pack(Q, p, G, h, A, b, AtA, reg_abs, reg_rel) -> Data:
     m = 0 if G is None else G.shape[1]
     Gt = None if G is None else KT[:, :, :m]
     At = None if A is None else KT[:, :, m:]
-    return Data(Q, p, G, h, A, b, Gt, At, AtA, reg_abs, reg_rel, KA, KT)
+    return Data(Q, p, G, h, A, b, Gt, At, AtA, reg_abs, reg_rel, KA, KT, obj0)
 
 
 def factor(d: Data, W: Tensor | None, boost: Tensor | None = None) -> Factor:
@@ -214,7 +215,7 @@ def residuals(d: Data, x, s, z, y) -> _Res:
 
     ``dres = |Qx + p + G'z + A'y|_inf / (1 + max |term|_inf)``,
     ``pres`` likewise for ``Ax - b`` and ``Gx + s - h``, and
-    ``gap = s'z / max(1, |1/2 x'Qx + p'x|)``.
+    ``gap = s'z / max(1, |1/2 x'Qx + p'x + obj0|)``.
     """
     Qx, Gx, Ax = split(d, x)
     rx = Qx + d.p
@@ -234,6 +235,8 @@ def residuals(d: Data, x, s, z, y) -> _Res:
         pres = amax(rz) / (1.0 + pbig)
         sz = (s * z).sum(dim=(1, 2))
         obj = (x * (0.5 * Qx + d.p)).sum(dim=(1, 2))
+        if d.obj0 is not None:
+            obj = obj + d.obj0
         obj_scale = obj.abs().clamp(min=1.0)
         gap = sz / obj_scale
     if d.A is not None:
@@ -373,7 +376,7 @@ def take(d: Data, idx: Tensor) -> Data:
     def t(v):
         return None if v is None else v.index_select(0, idx)
     return pack(t(d.Q), t(d.p), t(d.G), t(d.h), t(d.A), t(d.b), t(d.AtA), t(d.reg_abs),
-                d.reg_rel)
+                d.reg_rel, t(d.obj0))
 
 
 def merge(res: Result, idx: Tensor, again: Result) -> Result:

@@ -12,7 +12,8 @@ of three kernels chosen by a work estimate (``_qp_dense.kernel_for``): the
 loop on the full Newton system with its direction by LU (small batches of
 small problems) or by the Cholesky factorization of the reduced
 (normal-equation) system, or the reduced kernel (``_qp_ipm``) for large
-batches. Items that converge are frozen while the others continue, and the
+batches, which eliminates equality constraints of full row rank first
+(``_qp_elim``). Items that converge are frozen while the others continue, and the
 final point is polished by an exact solve on its active set; items a
 Cholesky-based kernel leaves without a verdict are solved again with LU
 (:func:`_run`). Infeasibility and
@@ -49,6 +50,7 @@ from torch import Tensor
 from optlayer import defaults
 from optlayer.errors import BindingError, report_status
 from optlayer.solvers import _qp_dense as dense
+from optlayer.solvers import _qp_elim as elim
 from optlayer.solvers import _qp_ipm as ipm
 from optlayer.solvers._base import OptStep
 from optlayer.status import Status, check_on_failure, failed_mask
@@ -179,16 +181,31 @@ def _flat(t: Tensor | None, bshape, core: int, B: int, dtype) -> Tensor | None:
 # --------------------------------------------------------------------------
 
 def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool) -> ipm.Result:
-    """The kernel :func:`_qp_dense.kernel_for` picks. When the full Newton
-    system has at most ``defaults.IPM_RESCUE_MAX_SIZE`` rows (see there), the
-    Cholesky-based kernels give up early on hopeless items
-    (:func:`_qp_ipm.watch`), and the items they leave without a verdict
-    (OPTIMAL, INFEASIBLE or UNBOUNDED) with iterations to spare are solved
-    again on the full system with LU, in what is left of ``maxiter``."""
+    """The kernel :func:`_qp_dense.kernel_for` picks; for the reduced kernel, equality
+    constraints of full row rank are eliminated first (:mod:`_qp_elim`)."""
     B, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
     kernel = dense.kernel_for(n, m, me, B)
+    if kernel == "reduced" and me and defaults.IPM_ELIMINATE_EQUALITIES:
+        e = elim.eliminate(d, finite)
+        if e is not None:
+            return elim.restore(d, e, _run_kernel(e.data, "reduced", finite, tol, maxiter, want),
+                                tol, want)
+    return _run_kernel(d, kernel, finite, tol, maxiter, want)
+
+
+def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: int,
+                want: bool) -> ipm.Result:
+    """Run ``kernel``. When the full Newton system has at most
+    ``defaults.IPM_RESCUE_MAX_SIZE`` rows (see there), the Cholesky-based
+    kernels give up early on hopeless items (:func:`_qp_ipm.watch`), and the
+    items they leave without a verdict (OPTIMAL, INFEASIBLE or UNBOUNDED) with
+    iterations to spare are solved again on the full system with LU, in what
+    is left of ``maxiter``."""
+    B, n, _ = d.Q.shape
+    m = 0 if d.G is None else d.G.shape[1]
+    me = 0 if d.A is None else d.A.shape[1]
     rescue = n + 2 * m + me <= defaults.IPM_RESCUE_MAX_SIZE
     if kernel == "reduced":
         res = ipm.run_ipm(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
@@ -250,15 +267,20 @@ class _QPFunction(torch.autograd.Function):
         x, y, z, s = out(res.x), out(res.y), out(res.z), out(res.s)
         if want:
             f = res.factor
-            ctx.small = small
+            ctx.kind = "dense" if small else "elim" if isinstance(f, elim.ElimFactor) \
+                else "split"
+            ctx.need = ctx.needs_input_grad[:6]
             if small:
                 ctx.save_for_backward(G, A, res.x, res.y, res.z, f.LU, f.pivots, f.K, f.J,
                                       finite & f.ok)
-            else:   # the stacked data of the forward (split_solve's products) is reused
-                ctx.save_for_backward(d.KA, d.KT, G, A, res.x, res.y, res.z, f.L, f.Ls,
-                                      f.HinvCt, f.C, f.E, f.c, f.J, f.D, finite & f.ok)
+            elif ctx.kind == "split":   # the forward's stacked data serves split_solve
+                ctx.save_for_backward(d.KA, d.KT, G, A, res.x, res.y, res.z, *f[:-1],
+                                      finite & f.ok)
                 ctx.reg = (d.reg_abs, d.reg_rel)
-            ctx.need = ctx.needs_input_grad[:6]
+            else:
+                ctx.save_for_backward(d.KA, d.KT, G, A, res.x, res.y, res.z, *f[:-1], *f.f[:-1],
+                                      finite & f.f.ok)
+                ctx.reg = (None, d.reg_rel)
         outs = (x, y, z, s, status, res.iter_num, res.primal_residual.to(dtype),
                 res.dual_residual.to(dtype), res.gap.to(dtype))
         ctx.mark_non_differentiable(*outs[4:])
@@ -272,10 +294,12 @@ class _QPFunction(torch.autograd.Function):
 
 def _backward(ctx, gx, gy, gz, gs):
     """The KKT adjoint solve of :class:`_QPFunction` in float64 (its saved tensors')."""
-    if ctx.small:
-        G, A, x, y, z, LU, piv, K, J, ok = ctx.saved_tensors
+    saved = ctx.saved_tensors
+    if ctx.kind == "dense":
+        G, A, x, y, z, LU, piv, K, J, ok = saved
     else:
-        KA, KT, G, A, x, y, z, L, Ls, HinvCt, C, E, c, J, D, ok = ctx.saved_tensors
+        KA, KT, G, A, x, y, z = saved[:7]
+        ok = saved[-1]
     a1 = torch.zeros_like(x) if gx is None else gx.unsqueeze(-1)
     a3 = vs = a2 = None
     if G is not None:
@@ -286,17 +310,21 @@ def _backward(ctx, gx, gy, gz, gs):
     if A is not None:
         a2 = torch.zeros_like(y) if gy is None else gy.unsqueeze(-1)
     refine = defaults.IPM_BACKWARD_REFINE_STEPS
-    if ctx.small:
+    if ctx.kind == "dense":
         f = dense.DenseFactor(LU, piv, K, J, ok)
         m = 0 if G is None else G.shape[1]
         u, zeta, w = dense.dense_grad_solve(f, x.shape[1], m, a1, a3, a2, refine)
-    else:
+    elif ctx.kind == "split":
         reg_abs, reg_rel = ctx.reg
         n, m = x.shape[1], 0 if G is None else G.shape[1]
         d = ipm.Data(KA[:, :n], None, G, None, A, None, None if KT is None else KT[:, :, :m],
                      None if A is None else KT[:, :, m:], None, reg_abs, reg_rel, KA, KT)
-        f = ipm.SplitFactor(L, Ls, HinvCt, C, E, c, J, D, ok)
+        f = ipm.SplitFactor(*saved[7:-1], ok)
         u, zeta, w = ipm.split_solve(d, f, a1, a3, a2, refine=refine)
+    else:   # equality constraints eliminated in the forward (_qp_elim)
+        k = len(elim.ElimFactor._fields) - 1
+        f = elim.ElimFactor(*saved[7:7 + k], ipm.SplitFactor(*saved[7 + k:-1], ok))
+        u, zeta, w = elim.adjoint_solve(KA, KT, f, ctx.reg[1], a1, a3, a2, refine)
     # items whose factorization failed or whose data was not finite: zero gradient
     good = ok & torch.isfinite(u).all(dim=(1, 2))
     for t in (zeta, w):
