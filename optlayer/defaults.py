@@ -21,6 +21,7 @@ __all__ = [
     "IPM_COMPACT_MIN_BATCH",
     "IPM_DENSE_MAX_SIZE",
     "IPM_DENSE_MAX_WORK",
+    "IPM_DENSE_EQ_SHARE",
     "IPM_LU_MAX_WORK",
     "IPM_RESCUE_MAX_SIZE",
     "IPM_ELIMINATE_EQUALITIES",
@@ -127,16 +128,23 @@ IPM_COMPACT_MIN_BATCH = 8
 #: loop on the full system (few tensor operations, which is what small
 #: problems cost), its Newton direction by one LU of the full matrix while
 #: ``batch * N^2`` is at most IPM_LU_MAX_WORK, else by the Cholesky
-#: factorization of the reduced system; larger batches use the reduced kernel.
+#: factorization of the reduced system; larger batches use the reduced kernel,
+#: and with equality constraints (which the reduced kernel eliminates) already
+#: above IPM_DENSE_EQ_SHARE * IPM_DENSE_MAX_WORK.
 #: Crossovers measured on CPU, float64, one thread, fwd+bwd of the
-#: examples/benchmarks/qp.py family (ms, full-lu / full-cholesky / reduced):
-#: n=10 batch 1 6.7/8.6/12.8, batch 8 10.8/12.9/17.3, batch 32 11.7/10.4/13.6;
-#: n=20 batch 8 16.0/15.6/18.9, batch 32 35.9/25.1/29.5; n=30 batch 32
-#: 77.8/44.6/41.4; n=50 batch 1 11.3/11.6/19.1, batch 8 38.5/25.8/30.0,
-#: batch 32 262/147/66.7; n=100 batch 1 (N=320) -/22.6/19.7; the kkt layers
-#: at batch 32: lad_regression (N=53) 30.1/19.9/22.8, hinge_svm 26.9/18.3/21.5.
+#: examples/benchmarks/qp.py family (ms, full-lu / full-cholesky / reduced),
+#: with its n/5 equalities: n=10 batch 1 6.7/8.6/12.8, batch 8 10.8/12.9/17.3,
+#: batch 32 11.1/11.2/13.4, batch 64 19.9/16.9/15.4, batch 128 44.9/30.9/21.8;
+#: n=20 batch 32 31.1/21.6/18.3; n=50 batch 1 11.3/11.6/19.1, batch 4
+#: 21.8/16.2/13.7, batch 8 36.2/22.7/17.8; n=100 batch 1 (N=320) -/22.6/19.7;
+#: without them: n=10 batch 64 15.6/11.6/15.0, batch 128 30.7/18.6/16.9; n=20
+#: batch 32 25.3/17.4/16.1; n=50 batch 4 21.9/14.5/15.5, batch 8 33.9/20.7/17.9;
+#: the kkt layers at batch 32 (examples/problems): lad_regression (N=53, no
+#: equalities) 19.6/12.0/13.7, hinge_svm (N=54) 22.2/15.5/15.8, minimax_fit
+#: 18.3/11.1/14.3, quantile_regression (N=44, 6 equalities) 16.7/14.3/13.9.
 IPM_DENSE_MAX_SIZE = 200
-IPM_DENSE_MAX_WORK = 2e5
+IPM_DENSE_MAX_WORK = 1e5
+IPM_DENSE_EQ_SHARE = 0.5
 IPM_LU_MAX_WORK = 3e4
 
 #: Items the Cholesky-based kernels leave without a verdict (OPTIMAL,

@@ -65,12 +65,16 @@ def kernel_for(n: int, m: int, me: int, batch: int) -> str:
     This loop costs few tensor operations but holds ``batch * N^2`` numbers
     (``N = n + 2m + me``), and its LU grows with that too; the reduced kernel
     costs about twice the operations per iteration but only ``O(n (n + m))``
-    memory per item. The thresholds in :mod:`optlayer.defaults` are the
-    measured crossovers.
+    memory per item; with equality constraints, which the reduced kernel
+    eliminates first (:mod:`_qp_elim`), it wins at smaller batches. The
+    thresholds in :mod:`optlayer.defaults` are the measured crossovers.
     """
     N = n + 2 * m + me
     work = batch * N ** 2
-    if N > defaults.IPM_DENSE_MAX_SIZE or work > defaults.IPM_DENSE_MAX_WORK:
+    most = defaults.IPM_DENSE_MAX_WORK
+    if me and defaults.IPM_ELIMINATE_EQUALITIES:
+        most = most * defaults.IPM_DENSE_EQ_SHARE
+    if N > defaults.IPM_DENSE_MAX_SIZE or work > most:
         return "reduced"
     return "full-lu" if work <= defaults.IPM_LU_MAX_WORK else "full-cholesky"
 

@@ -463,7 +463,11 @@ def test_kernel_choice_follows_the_work_estimate(monkeypatch):
     assert kernel_for(10, 10, 2, 32) == "full-cholesky"   # 32 LUs of 32x32 cost more
     assert kernel_for(10, 10, 2, 512) == "reduced"        # batch * N^2 above the cap
     assert kernel_for(50, 50, 10, 1) == "full-lu"
-    assert kernel_for(50, 50, 10, 4) == "full-cholesky"
+    assert kernel_for(50, 50, 0, 4) == "full-cholesky"
+    # with equality constraints (eliminated by the reduced kernel) the cap is lower
+    assert kernel_for(50, 50, 10, 3) == "reduced"
+    monkeypatch.setattr(defaults, "IPM_ELIMINATE_EQUALITIES", False)
+    assert kernel_for(50, 50, 10, 3) == "full-cholesky"
     assert kernel_for(50, 50, 10, 32) == "reduced"
     assert kernel_for(100, 100, 20, 1) == "reduced"       # N = 320 is above the size cap
 
