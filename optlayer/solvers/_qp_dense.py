@@ -72,7 +72,7 @@ def kernel_for(n: int, m: int, me: int, batch: int) -> str:
     N = n + 2 * m + me
     work = batch * N ** 2
     most = defaults.IPM_DENSE_MAX_WORK
-    if me and defaults.IPM_ELIMINATE_EQUALITIES:
+    if 0 < me < n and defaults.IPM_ELIMINATE_EQUALITIES:
         most = most * defaults.IPM_DENSE_EQ_SHARE
     if N > defaults.IPM_DENSE_MAX_SIZE or work > most:
         return "reduced"

@@ -97,3 +97,15 @@ def test_the_reduced_gap_is_scaled_by_the_original_objective():
     assert (e.data.obj0.abs() > 1.0).all()
     torch.testing.assert_close(A @ e.x0, b.unsqueeze(-1), atol=1e-12, rtol=0)
     torch.testing.assert_close(A @ e.Z, torch.zeros(3, 2, 4, dtype=F64), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("me", [4, 5])
+def test_as_many_equalities_as_variables_are_kept_in_the_iterations(monkeypatch, me):
+    # no null space to iterate in (me = n) or more rows than variables (me > n, consistent)
+    force(monkeypatch, "reduced")
+    calls = _spy(monkeypatch)
+    Q, p, G, h, A, b = _batch(5, 3, 4, 3, me)
+    sol = solve_qp(Q, p, G, h, A, b, on_failure="raise")
+    assert calls == [] and (sol.status == Status.OPTIMAL).all()
+    x = torch.linalg.lstsq(A, b.unsqueeze(-1)).solution          # the only feasible point
+    torch.testing.assert_close(sol.x, x.squeeze(-1), atol=1e-9, rtol=0)
