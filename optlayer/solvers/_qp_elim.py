@@ -93,14 +93,18 @@ def restore(d: ipm.Data, e: Elimination, res: ipm.Result, tol: float,
             want: bool) -> ipm.Result:
     """The reduced problem's result ``res`` as a result of ``d``: ``x = x0 + Z u``, ``y``
     from the dropped stationarity rows, residuals and statuses recomputed on ``d``
-    (certificates and a running loop carried over from ``res``)."""
+    (certificates and a running loop carried over from ``res``). Where ``res``
+    holds a Farkas certificate ``z`` (``(GZ)'z = 0``), ``y = -R^-1 Y'G'z`` completes it
+    (``G'z + A'y = 0``, and ``h'z + b'y`` is the reduced ``(h - G x0)'z``)."""
     x = torch.baddbmm(e.x0, e.Z, res.x)
     grad = torch.baddbmm(d.p, d.Q, x)
+    st = res.status
     if res.z is not None:
-        grad = torch.baddbmm(grad, d.Gt, res.z)
+        Gtz = d.Gt @ res.z
+        cert = (st == int(Status.INFEASIBLE)).view(-1, 1, 1)
+        grad = torch.where(cert, Gtz, grad + Gtz)
     y = torch.linalg.solve_triangular(e.R, e.Y.transpose(1, 2) @ grad, upper=True).neg_()
     r = ipm.residuals(d, x, res.s, res.z, y)
-    st = res.status
     status = ipm.final_status(r, running=st == int(Status.MAX_ITER),
                               infeasible=st == int(Status.INFEASIBLE),
                               unbounded=st == int(Status.UNBOUNDED), tol=tol,

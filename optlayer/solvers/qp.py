@@ -280,7 +280,7 @@ class _QPFunction(torch.autograd.Function):
             else:
                 ctx.save_for_backward(d.KA, d.KT, G, A, res.x, res.y, res.z, *f[:-1], *f.f[:-1],
                                       finite & f.f.ok)
-                ctx.reg = (None, d.reg_rel)
+                ctx.reg = (None, d.reg_rel)   # the reduced problem's reg_abs is in f
         outs = (x, y, z, s, status, res.iter_num, res.primal_residual.to(dtype),
                 res.dual_residual.to(dtype), res.gap.to(dtype))
         ctx.mark_non_differentiable(*outs[4:])

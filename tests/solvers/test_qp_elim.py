@@ -109,3 +109,22 @@ def test_as_many_equalities_as_variables_are_kept_in_the_iterations(monkeypatch,
     assert calls == [] and (sol.status == Status.OPTIMAL).all()
     x = torch.linalg.lstsq(A, b.unsqueeze(-1)).solution          # the only feasible point
     torch.testing.assert_close(sol.x, x.squeeze(-1), atol=1e-9, rtol=0)
+
+
+def test_an_infeasible_item_returns_a_farkas_certificate_of_the_original_problem(monkeypatch):
+    # x >= 0 with sum(x) = -1 (item 1) next to a feasible item; the equality is eliminated
+    force(monkeypatch, "reduced")
+    calls = _spy(monkeypatch)
+    n = 4
+    Q = torch.eye(n, dtype=F64).expand(2, n, n)
+    p = torch.ones(2, n, dtype=F64)
+    G, h = -torch.eye(n, dtype=F64).expand(2, n, n), torch.zeros(2, n, dtype=F64)
+    A = torch.ones(2, 1, n, dtype=F64)
+    b = torch.tensor([[1.0], [-1.0]], dtype=F64)
+    sol = solve_qp(Q, p, G, h, A, b, on_failure="ignore")
+    assert calls[0] is not None
+    assert sol.status.tolist() == [Status.OPTIMAL, Status.INFEASIBLE]
+    z, y = sol.ineq_dual[1:].unsqueeze(-1), sol.eq_dual[1:].unsqueeze(-1)
+    d = ipm.make_data(Q[1:], p[1:], G[1:], h[1:], A[1:], b[1:])
+    Gtz_Aty = G[1:].transpose(1, 2) @ z + A[1:].transpose(1, 2) @ y
+    assert ipm.infeasibility_certificate(d, Gtz_Aty, z, y, 1e-8).item()
