@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from optlayer import defaults
+from optlayer.solvers import _qp_elim as elim
 from optlayer.solvers import _qp_ipm as ipm
 
 __all__ = ["DenseFactor", "kernel_for", "run_dense", "dense_grad_solve"]
@@ -72,7 +73,7 @@ def kernel_for(n: int, m: int, me: int, batch: int) -> str:
     N = n + 2 * m + me
     work = batch * N ** 2
     most = defaults.IPM_DENSE_MAX_WORK
-    if 0 < me < n and defaults.IPM_ELIMINATE_EQUALITIES:
+    if elim.applies(n, me):
         most = most * defaults.IPM_DENSE_EQ_SHARE
     if N > defaults.IPM_DENSE_MAX_SIZE or work > most:
         return "reduced"

@@ -36,7 +36,13 @@ from optlayer import defaults
 from optlayer.solvers import _qp_ipm as ipm
 from optlayer.status import Status
 
-__all__ = ["Elimination", "ElimFactor", "eliminate", "restore", "adjoint_solve"]
+__all__ = ["Elimination", "ElimFactor", "applies", "eliminate", "restore", "adjoint_solve"]
+
+
+def applies(n: int, me: int) -> bool:
+    """Whether the reduced kernel tries the elimination: equality constraints, fewer
+    than the variables (a null space to iterate in), and ``IPM_ELIMINATE_EQUALITIES``."""
+    return 0 < me < n and defaults.IPM_ELIMINATE_EQUALITIES
 
 
 class Elimination(NamedTuple):

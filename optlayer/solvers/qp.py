@@ -187,7 +187,7 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool) -> i
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
     kernel = dense.kernel_for(n, m, me, B)
-    if kernel == "reduced" and 0 < me < n and defaults.IPM_ELIMINATE_EQUALITIES:
+    if kernel == "reduced" and elim.applies(n, me):
         e = elim.eliminate(d, finite)
         if e is not None:
             return elim.restore(d, e, _run_kernel(e.data, "reduced", finite, tol, maxiter, want),
