@@ -177,8 +177,8 @@ class _ReducedNewton:
             return dx if dy is None else torch.cat([dx, dy], dim=1)
         rz = R[:, n:n + m]
         t = torch.addcmul(R[:, k:], self.z, rz, value=-1.0).div_(self.s)
-        dx, dy = ipm.kkt_solve(d, f, torch.baddbmm(rx, d.Gt, t, alpha=-1.0), ry, refine=0)
-        Gdx = d.G @ dx
+        dx, dy = ipm.kkt_solve(d, f, ipm.matvec_add(rx, d.Gt, t, d.G, alpha=-1.0), ry, refine=0)
+        Gdx = ipm.matvec(d.G, dx, d.Gt)
         parts = [dx, rz - Gdx, torch.addcmul(t, f.W, Gdx)]
         if dy is not None:
             parts.append(dy)

@@ -84,7 +84,7 @@ def eliminate(d: ipm.Data, active: Tensor) -> Elimination | None:
     x0 = Y @ torch.linalg.solve_triangular(R.transpose(1, 2), d.b, upper=False)
     QZ = d.Q @ Z
     Qu = Z.transpose(1, 2) @ QZ
-    Qu = 0.5 * (Qu + Qu.transpose(1, 2))
+    Qu = (Qu + Qu.transpose(1, 2)).mul_(0.5)
     pu = torch.baddbmm(QZ.transpose(1, 2) @ x0, Z.transpose(1, 2), d.p)
     obj0 = (x0 * torch.baddbmm(d.p, d.Q, x0, alpha=0.5)).sum(dim=(1, 2))
     Gu = hu = None

@@ -168,6 +168,22 @@ def _check_inputs(Q, p, G, h, A, b):
     return bshape, n, dtype
 
 
+def _finite_items(ts: list[Tensor], B: int) -> tuple[Tensor, bool]:
+    """``(finite, every)``: ``finite`` ``(B,)`` is True where every entry of the
+    item is finite, ``every`` whether all items are. A finite sum
+    of an item's entries proves them all finite (an inf or NaN term makes the sum
+    inf or NaN), so the entrywise test runs only when some sum is not finite
+    (non-finite data, or finite data whose sum overflows)."""
+    total = ts[0].reshape(B, -1).sum(dim=1)
+    for t in ts[1:]:
+        total = total + t.reshape(B, -1).sum(dim=1)
+    finite = torch.isfinite(total)
+    if bool(finite.all()):
+        return finite, True
+    finite = torch.isfinite(torch.cat([t.reshape(B, -1) for t in ts], dim=1)).all(dim=1)
+    return finite, bool(finite.all())
+
+
 def _flat(t: Tensor | None, bshape, core: int, B: int, dtype) -> Tensor | None:
     if t is None:
         return None
@@ -192,7 +208,7 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool) -> i
         if e is not None:
             return elim.restore(d, e, _run_kernel(e.data, "reduced", finite, tol, maxiter, want),
                                 tol, want)
-    return _run_kernel(d, kernel, finite, tol, maxiter, want)
+    return _run_kernel(ipm.augment(d), kernel, finite, tol, maxiter, want)
 
 
 def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: int,
@@ -244,7 +260,7 @@ class _QPFunction(torch.autograd.Function):
         wide = dtype != torch.float64
         if wide:
             Q, p, G, h, A, b = (None if t is None else t.double() for t in (Q, p, G, h, A, b))
-        d = ipm.make_data(Q, p, G, h, A, b)
+        d = ipm.make_data(Q, p, G, h, A, b, augmented=False)    # _run augments if needed
         want = any(ctx.needs_input_grad[:6])
         n = Q.shape[1]
         m = 0 if G is None else G.shape[1]
@@ -419,14 +435,13 @@ def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = N
     for k in bshape:
         B *= k
     Qf = _flat(Q, bshape, 2, B, dtype)
-    Qf = 0.5 * (Qf + Qf.transpose(1, 2))
+    Qf = (Qf + Qf.transpose(1, 2)).mul_(0.5)
     args = [Qf, _flat(p, bshape, 1, B, dtype), _flat(G, bshape, 2, B, dtype),
             _flat(h, bshape, 1, B, dtype), _flat(A, bshape, 2, B, dtype),
             _flat(b, bshape, 1, B, dtype)]
-    given = [t for t in args if t is not None]
-    finite = torch.isfinite(torch.cat([t.reshape(B, -1) for t in given], dim=1)).all(dim=1)
+    finite, every = _finite_items([t for t in args if t is not None], B)
     clean = args
-    if not bool(finite.all()):   # zero the data of non-finite items (they are not solved)
+    if not every:   # zero the data of non-finite items (they are not solved)
         clean = [None if t is None else
                  torch.where(finite.view(-1, *([1] * (t.dim() - 1))), t, torch.zeros_like(t))
                  for t in args]

@@ -225,6 +225,19 @@ def test_mixed_batch_solves_the_good_items_exactly():
     assert torch.isnan(sol.x[2]).all()
 
 
+def test_finite_data_whose_sum_overflows_is_solved_not_flagged():
+    # the input check sums each item's entries first; a sum that overflows
+    # (finite data) must fall back to the entrywise test, not flag the item
+    Q = torch.eye(2, dtype=F64).expand(3, 2, 2)
+    p = torch.tensor([1.0, -1.0], dtype=F64)
+    G = torch.eye(2, dtype=F64)
+    h = torch.tensor([[1e308, 1e308], [0.5, 0.5], [float("inf"), 0.0]], dtype=F64)
+    sol = solve_qp(Q, p, G, h, on_failure="ignore")
+    assert sol.status.tolist() == [Status.OPTIMAL, Status.OPTIMAL, Status.NONFINITE_INPUT]
+    torch.testing.assert_close(sol.x[:2], torch.tensor([[-1.0, 1.0], [-1.0, 0.5]], dtype=F64),
+                               atol=1e-9, rtol=0)
+
+
 def test_batched_equals_loop(monkeypatch, kernel):  # noqa: F811 (the fixture)
     # 10 items of varying difficulty plus one infeasible one: the loop drops
     # finished items once half are done (compaction), which must not change
