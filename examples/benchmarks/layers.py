@@ -4,7 +4,8 @@ Prints, as ratios measured in this process (median of repeats after a warm-up):
 1. layer construction time (bar <= 20 ms, flat in the dims);
 2. the sparsemax layer vs a sort-based closed form (bar: within 1.5x);
 3. each example's forward+backward at batch 32 vs cvxpylayers (bar: >= 10x faster),
-   skipped when cvxpylayers is not installed.
+   skipped when cvxpylayers is not installed; cvxpylayers gets as many solver jobs
+   as torch has threads (diffcp's thread pool would otherwise use every CPU).
 """
 
 from __future__ import annotations
@@ -133,9 +134,12 @@ def _cvxpylayer_runner(layer, vals):
     cl = CvxpyLayer(prob, parameters=params, variables=variables)
     del cp
 
+    jobs = torch.get_num_threads()   # the cores optlayer gets (diffcp would use all CPUs)
+    same_cores = {"n_jobs_forward": jobs, "n_jobs_backward": jobs}
+
     def go():
         ins = [vals[n].clone().requires_grad_(True) for n in names]
-        outs = cl(*ins)
+        outs = cl(*ins, solver_args=same_cores)
         sum(o.sum() for o in outs).backward()
 
     return go

@@ -12,7 +12,10 @@ the same process, alternating round by round (so that load drift on a shared
 machine hits them alike), forward only and forward + backward of the loss sum(c * x)
 with gradients for p, G, h, A, b. torch runs with one thread by default
 (``--threads``): the machine this was written on is shared, and oversubscribed
-OpenMP threads make every method's timing meaningless.
+OpenMP threads make every method's timing meaningless. Every method gets the
+same number of cores: cvxpylayers (diffcp) would otherwise solve and
+differentiate its batch on a thread pool over all CPUs, so it is called with
+``n_jobs_forward = n_jobs_backward = --threads``.
 
 Accuracy: against a tight reference of our own, not against any of the three:
 Clarabel called directly (gap and feasibility tolerances 1e-12) for x, and the
@@ -151,7 +154,7 @@ def qpth_method():
     return lambda data, backward: _run_torch(solve, data, backward)
 
 
-def cvxpylayers_method(n: int):
+def cvxpylayers_method(n: int, jobs: int):
     m, me = n, max(n // 5, 1)
     x = cp.Variable(n)
     Lp, pp = cp.Parameter((n, n)), cp.Parameter(n)
@@ -163,7 +166,10 @@ def cvxpylayers_method(n: int):
 
     def solve(Q, p, G, h, A, b):
         L = torch.linalg.cholesky(Q).transpose(-1, -2)     # Q = L'L
-        (out,) = layer(L, p, G, h, A, b)
+        same_cores = {"n_jobs_forward": jobs}
+        if any(t.requires_grad for t in (p, G, h, A, b)):  # (a solve-only call takes no more)
+            same_cores["n_jobs_backward"] = jobs
+        (out,) = layer(L, p, G, h, A, b, solver_args=same_cores)
         return out
     return lambda data, backward: _run_torch(solve, data, backward)
 
@@ -229,7 +235,7 @@ def main():
             if QPFunction is not None:
                 methods["qpth"] = qpth_method()
             if CvxpyLayer is not None and device.type == "cpu":
-                methods["cvxpylayers"] = cvxpylayers_method(n)
+                methods["cvxpylayers"] = cvxpylayers_method(n, torch.get_num_threads())
             refs = None
             for B in batches:
                 data = make_batch(n, B, seed=1000 * n + B, device=device)

@@ -85,8 +85,9 @@ def eliminate(d: ipm.Data, active: Tensor) -> Elimination | None:
     QZ = d.Q @ Z
     Qu = Z.transpose(1, 2) @ QZ
     Qu = (Qu + Qu.transpose(1, 2)).mul_(0.5)
-    pu = torch.baddbmm(QZ.transpose(1, 2) @ x0, Z.transpose(1, 2), d.p)
-    obj0 = (x0 * torch.baddbmm(d.p, d.Q, x0, alpha=0.5)).sum(dim=(1, 2))
+    Qx0 = d.Q @ x0
+    pu = Z.transpose(1, 2) @ (Qx0 + d.p)                  # Z'(Q x0 + p)
+    obj0 = (x0 * torch.add(d.p, Qx0, alpha=0.5)).sum(dim=(1, 2))
     Gu = hu = None
     if d.G is not None:
         Gu = d.G @ Z
