@@ -1,0 +1,65 @@
+"""optlayer.solvers._qp_ipm: the data layout (stacked and transposed matrices, the
+``Q + rho A'A`` block) that the kernels compute with."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optlayer import defaults
+from optlayer.solvers import _qp_ipm as ipm
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("rows, cols", [(3, 4), (26, 14), (29, 14), (90, 40)])
+def test_matvec_equals_the_plain_product_on_both_sides_of_the_threshold(rows, cols):
+    g = torch.Generator().manual_seed(rows * cols)
+    M = torch.randn(5, rows, cols, generator=g, dtype=F64)
+    v = torch.randn(5, cols, 1, generator=g, dtype=F64)
+    c = torch.randn(5, rows, 1, generator=g, dtype=F64)
+    Mt = M.transpose(1, 2).contiguous()
+    transposed = rows * cols >= defaults.MATVEC_TRANSPOSED_MIN
+    assert transposed == (rows * cols >= 400)
+    out = ipm.matvec(M, v, Mt)
+    assert out.shape == (5, rows, 1)
+    torch.testing.assert_close(out, M @ v, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(ipm.matvec_add(c, M, v, Mt, alpha=-2.0), c - 2.0 * (M @ v),
+                               rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(ipm.matvec(M, v, None), M @ v, rtol=0, atol=0)
+
+
+def _data(augmented):
+    g = torch.Generator().manual_seed(0)
+    B, n, m, me = 3, 6, 4, 2
+    M = torch.randn(B, n, n, generator=g, dtype=F64)
+    Q = M @ M.transpose(1, 2)
+    Q = 0.5 * (Q + Q.transpose(1, 2))         # symmetric to the bit
+    p = torch.randn(B, n, generator=g, dtype=F64)
+    G = torch.randn(B, m, n, generator=g, dtype=F64)
+    h = torch.rand(B, m, generator=g, dtype=F64)
+    A = torch.randn(B, me, n, generator=g, dtype=F64)
+    b = torch.randn(B, me, generator=g, dtype=F64)
+    return ipm.make_data(Q, p, G, h, A, b, augmented=augmented)
+
+
+def test_data_without_the_augmented_block_is_augmented_on_demand():
+    full, bare = _data(True), _data(False)
+    assert bare.AtA is None
+    torch.testing.assert_close(ipm.augment(bare).AtA, full.AtA, rtol=0, atol=0)
+    torch.testing.assert_close(full.AtA, full.Q + full.At @ full.A, rtol=1e-13, atol=1e-13)
+    # the regularization scale: 1 + max|Q| + max|A'A| (the largest entry of A'A is a
+    # column's squared norm)
+    expect = 1.0 + full.Q.abs().amax(dim=(1, 2)) + (full.At @ full.A).abs().amax(dim=(1, 2))
+    torch.testing.assert_close(full.reg_abs.view(-1),
+                               defaults.IPM_REG_FACTOR * defaults.eps(F64) * expect,
+                               rtol=1e-12, atol=0)
+    # the kernels' data carries the transposed stack [Q G' A']
+    KAt = ipm.transposed(full).KAt
+    torch.testing.assert_close(KAt, full.KA.transpose(1, 2), rtol=0, atol=0)
+    assert KAt.is_contiguous()
+
+
+def test_factoring_equality_data_without_the_augmented_block_is_refused():
+    with pytest.raises(RuntimeError, match="augment"):
+        ipm.factor(_data(False), None)
