@@ -208,7 +208,9 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool) -> i
         if e is not None:
             return elim.restore(d, e, _run_kernel(e.data, "reduced", finite, tol, maxiter, want),
                                 tol, want)
-    return _run_kernel(ipm.augment(d), kernel, finite, tol, maxiter, want)
+    if kernel != "full-lu":      # the Cholesky factorizations start from Q + rho A'A
+        d = ipm.augment(d)
+    return _run_kernel(d, kernel, finite, tol, maxiter, want)
 
 
 def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: int,
