@@ -324,7 +324,9 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             a = _step_to_boundary(vsz, dv[:, ab], ipm.boundary_fraction(err).view(-1, 1, 1))
             if guard:
                 ladder = ipm.step_ladder(v) if ladder is None else ladder
-                a = ipm.guarded_step(vsz, dv[:, ab], -a, ladder, mu, lin, objs).neg_()
+                dsz = dv[:, ab]
+                slope = ipm.gap_slope(vsz[:, :m], vsz[:, m:], dsz[:, :m], dsz[:, m:])
+                a = ipm.guarded_step(-a, ladder, mu, *slope, lin, objs).neg_()
         else:
             dv = nt.solve(R)
             a = torch.ones_like(dv[:, :1])

@@ -61,7 +61,8 @@ class ElimFactor(NamedTuple):
     Z: Tensor
     R: Tensor
     KA: Tensor               # the reduced problem's [Q; G]
-    KT: Tensor | None        # and [G']
+    KT: Tensor | None        # [G']
+    KAt: Tensor              # and [Q G']
     reg_abs: Tensor
     f: ipm.SplitFactor
 
@@ -118,28 +119,27 @@ def restore(d: ipm.Data, e: Elimination, res: ipm.Result, tol: float,
                               loose=defaults.ipm_inaccurate_tol(d.Q.dtype))
     fac = None
     if want:
-        fac = ElimFactor(e.Y, e.Z, e.R, e.data.KA, e.data.KT, e.data.reg_abs, res.factor)
+        fac = ElimFactor(e.Y, e.Z, e.R, e.data.KA, e.data.KT, e.data.KAt, e.data.reg_abs,
+                         res.factor)
     return ipm.Result(x, y, res.z, res.s, status, res.iter_num, r.pres, r.dres, r.gap, fac)
 
 
-def adjoint_solve(KA: Tensor, KT: Tensor | None, fac: ElimFactor, reg_rel: float, a1: Tensor,
+def adjoint_solve(Q: Tensor, G: Tensor | None, fac: ElimFactor, reg_rel: float, a1: Tensor,
                   a3: Tensor | None, a2: Tensor, refine: int):
-    """Solve the original active-set KKT system for ``(a1, a3, a2)`` (``KA``, ``KT``: the
-    original problem's stacked matrices); returns ``(u, zeta, w)`` as
+    """Solve the original active-set KKT system for ``(a1, a3, a2)`` (``Q``, ``G``: the
+    original problem's matrices, ``Q`` symmetric); returns ``(u, zeta, w)`` as
     :func:`_qp_ipm.split_solve` does."""
-    n = KA.shape[2]
     m = 0 if a3 is None else a3.shape[1]
     u0 = fac.Y @ torch.linalg.solve_triangular(fac.R.transpose(1, 2), a2, upper=False)
-    prod = KA @ u0                                        # [Q u0; G u0; A u0]
-    r1 = fac.Z.transpose(1, 2) @ (a1 - prod[:, :n])
-    r3 = None if a3 is None else a3 - prod[:, n:n + m]
+    r1 = fac.Z.transpose(1, 2) @ (a1 - Q @ u0)
+    r3 = None if a3 is None else a3 - G @ u0
     k = fac.Z.shape[2]
     dr = ipm.Data(fac.KA[:, :k], None, None if m == 0 else fac.KA[:, k:], None, None, None,
-                  fac.KT, None, None, fac.reg_abs, reg_rel, fac.KA, fac.KT)
+                  fac.KT, None, None, fac.reg_abs, reg_rel, fac.KA, fac.KT, None, fac.KAt)
     v, zeta, _ = ipm.split_solve(dr, fac.f, r1, r3, None, refine=refine)
     u = torch.baddbmm(u0, fac.Z, v)
-    rest = a1 - KA[:, :n] @ u                             # Q u (Q symmetric)
+    rest = torch.baddbmm(a1, Q, u, alpha=-1.0)
     if zeta is not None:
-        rest = torch.baddbmm(rest, KT[:, :, :m], zeta, alpha=-1.0)
+        rest = torch.baddbmm(rest, G.transpose(1, 2), zeta, alpha=-1.0)
     w = torch.linalg.solve_triangular(fac.R, fac.Y.transpose(1, 2) @ rest, upper=True)
     return u, zeta, w

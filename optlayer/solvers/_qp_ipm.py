@@ -39,7 +39,7 @@ __all__ = [
     "Data", "Factor", "SplitFactor", "Result", "make_data", "pack", "factor", "kkt_solve",
     "split_factor", "split_solve", "run_ipm", "take", "merge", "watch", "residuals", "final_status",
     "infeasibility_certificate", "unbounded_certificate", "split", "amax", "boundary_fraction",
-    "pick", "guarded_step", "step_ladder", "matvec", "matvec_add", "augment", "transposed",
+    "pick", "guarded_step", "gap_slope", "step_ladder", "matvec", "matvec_add", "augment", "stack",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -47,7 +47,16 @@ _STEP_FRACTION = 0.99
 
 
 class Data(NamedTuple):
-    """Batched problem data, columns for vectors; absent blocks are None."""
+    """Batched problem data, columns for vectors; absent blocks are None.
+
+    Stacked (:func:`pack`), ``Q``, ``G``, ``A`` are views of ``KA = [Q; G; A]`` and
+    ``Gt``, ``At`` views of ``KAt = [Q G' A']``, so that ``[Q; G; A] v`` and
+    ``G'z + A'y`` are one product each (:func:`matvec`). Unstacked
+    (``stacked=False``, for data that is only read a few times, such as the
+    original problem when its equalities are eliminated), ``KA``, ``KT`` and
+    ``KAt`` are None, ``Gt`` and ``At`` transposed views, and the products are
+    taken block by block.
+    """
 
     Q: Tensor              # (B, n, n), symmetric
     p: Tensor              # (B, n, 1)
@@ -57,13 +66,13 @@ class Data(NamedTuple):
     b: Tensor | None       # (B, me, 1)
     Gt: Tensor | None      # (B, n, m) view
     At: Tensor | None      # (B, n, me) view
-    AtA: Tensor | None     # (B, n, n) = Q + rho A'A (None without A)
+    AtA: Tensor | None     # (B, n, n) = Q + rho A'A (None without A, or before augment)
     reg_abs: Tensor        # (B, 1) absolute diagonal regularization
     reg_rel: float         # relative diagonal regularization
-    KA: Tensor             # (B, n + m + me, n) = [Q; G; A], one bmm for Qx, Gx, Ax
-    KT: Tensor | None      # (B, n, m + me) = [G' A'], one bmm for G'z + A'y
+    KA: Tensor | None      # (B, n + m + me, n) = [Q; G; A]
+    KT: Tensor | None      # (B, n, m + me) = [G' A'], a view of KAt (None without G, A)
     obj0: Tensor | None = None  # (B,) constant added to the objective (its scale in the gap)
-    KAt: Tensor | None = None   # (B, n, n + m + me) = [Q G' A'] contiguous (see matvec)
+    KAt: Tensor | None = None   # (B, n, n + m + me) = [Q G' A'], contiguous (see matvec)
 
 
 class Factor(NamedTuple):
@@ -89,10 +98,11 @@ class Result(NamedTuple):
     factor: SplitFactor | None  # at the returned iterate, when asked for
 
 
-def make_data(Q, p, G, h, A, b, augmented: bool = True) -> Data:
+def make_data(Q, p, G, h, A, b, augmented: bool = True, stacked: bool = True) -> Data:
     """Pack (B, ...) tensors into :class:`Data` (vectors become columns). With
     ``augmented=False`` the ``Q + rho A'A`` block is left out (:func:`augment` adds
-    it; only the factorizations read it)."""
+    it; only the factorizations read it); with ``stacked=False`` the stacked
+    matrices are (:func:`stack` adds them)."""
     eps = defaults.eps(Q.dtype)
     # max |Q| and max |rho A'A| (a PSD matrix's largest entry is on its diagonal),
     # without a temporary of Q's size
@@ -104,7 +114,8 @@ def make_data(Q, p, G, h, A, b, augmented: bool = True) -> Data:
         b = b.unsqueeze(-1)
         scale = scale + _RHO * A.square().sum(dim=1).amax(dim=1)
     reg_abs = (defaults.IPM_REG_FACTOR * eps) * scale
-    d = pack(Q, p, G, h, A, b, None, reg_abs.unsqueeze(-1), defaults.IPM_REG_FACTOR * eps)
+    d = pack(Q, p, G, h, A, b, None, reg_abs.unsqueeze(-1), defaults.IPM_REG_FACTOR * eps,
+             stacked=stacked)
     return augment(d) if augmented else d
 
 
@@ -125,24 +136,37 @@ def _qa(d: Data) -> Tensor:
     return d.AtA
 
 
-def pack(Q, p, G, h, A, b, AtA, reg_abs, reg_rel, obj0=None) -> Data:
-    """Build :class:`Data` (with the stacked matrices) from column-vector data."""
-    mats = [Q] + [M for M in (G, A) if M is not None]
-    KA = torch.cat(mats, dim=1) if len(mats) > 1 else Q
-    KT = None
-    if len(mats) > 1:
-        KT = torch.cat([M.transpose(1, 2) for M in mats[1:]], dim=2).contiguous()
-    m = 0 if G is None else G.shape[1]
+def pack(Q, p, G, h, A, b, AtA, reg_abs, reg_rel, obj0=None, stacked: bool = True) -> Data:
+    """Build :class:`Data` from column-vector data (see there for ``stacked``)."""
+    if not stacked:
+        return Data(Q, p, G, h, A, b, None if G is None else G.transpose(1, 2),
+                    None if A is None else A.transpose(1, 2), AtA, reg_abs, reg_rel, None,
+                    None, obj0, None)
+    blocks = [M for M in (G, A) if M is not None]
+    if not blocks:
+        return Data(Q, p, None, None, None, None, None, None, AtA, reg_abs, reg_rel, Q, None,
+                    obj0, Q)
+    KA = torch.cat([Q] + blocks, dim=1)
+    KAt = torch.cat([Q] + [M.transpose(1, 2) for M in blocks], dim=2)
+    return _views(KA, KAt, Q.shape[1], 0 if G is None else G.shape[1], p, h, b, AtA, reg_abs,
+                  reg_rel, obj0)
+
+
+def _views(KA, KAt, n, m, p, h, b, AtA, reg_abs, reg_rel, obj0) -> Data:
+    """:class:`Data` whose matrices are views of the stacks ``KA`` and ``KAt``."""
+    G = None if h is None else KA[:, n:n + m]
+    A = None if b is None else KA[:, n + m:]
+    KT = KAt[:, :, n:]
     Gt = None if G is None else KT[:, :, :m]
     At = None if A is None else KT[:, :, m:]
-    return Data(Q, p, G, h, A, b, Gt, At, AtA, reg_abs, reg_rel, KA, KT, obj0)
+    return Data(KA[:, :n], p, G, h, A, b, Gt, At, AtA, reg_abs, reg_rel, KA, KT, obj0, KAt)
 
 
-def transposed(d: Data) -> Data:
-    """``d`` with ``KAt = [Q G' A']`` (for :func:`matvec` in the loop)."""
-    if d.KAt is not None:
+def stack(d: Data) -> Data:
+    """``d`` with its stacked matrices (:func:`pack`)."""
+    if d.KA is not None:
         return d
-    return d._replace(KAt=d.Q if d.KT is None else torch.cat([d.Q, d.KT], dim=2))
+    return pack(d.Q, d.p, d.G, d.h, d.A, d.b, d.AtA, d.reg_abs, d.reg_rel, d.obj0)
 
 
 def matvec(M: Tensor, v: Tensor, Mt: Tensor | None) -> Tensor:
@@ -200,6 +224,8 @@ def _solve_once(d: Data, f: Factor, r1: Tensor, r2: Tensor | None):
 
 def split(d: Data, v: Tensor):
     """``[Q; G; A] @ v`` split into ``(Qv, Gv, Av)`` (None for absent blocks)."""
+    if d.KA is None:
+        return tuple(None if M is None else M @ v for M in (d.Q, d.G, d.A))
     prod = matvec(d.KA, v, d.KAt)
     n = d.Q.shape[1]
     m = 0 if d.G is None else d.G.shape[1]
@@ -209,7 +235,11 @@ def split(d: Data, v: Tensor):
 
 
 def dual_product(d: Data, z: Tensor | None, y: Tensor | None) -> Tensor:
-    """``G'z + A'y`` in one product (``d.KT`` must exist)."""
+    """``G'z + A'y`` (one product on stacked data; ``d`` must have ``G`` or ``A``)."""
+    if d.KA is None:
+        if d.G is not None and d.A is not None:
+            return torch.baddbmm(d.Gt @ z, d.At, y)
+        return d.Gt @ z if d.G is not None else d.At @ y
     KGA = d.KA[:, d.Q.shape[1]:]                 # [G; A], the transpose of KT
     if d.G is not None and d.A is not None:
         return matvec(d.KT, torch.cat([z, y], dim=1), KGA)
@@ -271,7 +301,7 @@ def residuals(d: Data, x, s, z, y) -> _Res:
     ry = rz = sz = None
     gap = torch.zeros_like(big)
     obj_scale = torch.ones_like(big)
-    if d.KT is not None:
+    if d.G is not None or d.A is not None:
         dual = dual_product(d, z, y)
         big = torch.maximum(big, amax(dual))
         rx = rx + dual
@@ -326,40 +356,47 @@ def _max_step(s, z, ds, dz, fraction) -> Tensor:
 
 
 def step_ladder(like: Tensor) -> Tensor:
-    """``defaults.IPM_STEP_LADDER`` as a ``(1, K, 1, 1)`` tensor of ``like``'s dtype and
+    """``defaults.IPM_STEP_LADDER`` as a ``(1, K)`` tensor of ``like``'s dtype and
     device, for :func:`guarded_step` (made once per loop: a tensor built from a
     Python list on a GPU is a copy the host waits for)."""
     return torch.tensor(defaults.IPM_STEP_LADDER, dtype=like.dtype,
-                        device=like.device).view(1, -1, 1, 1)
+                        device=like.device).view(1, -1)
 
 
-def guarded_step(sz: Tensor, dsz: Tensor, a: Tensor, ladder: Tensor, sz0: Tensor,
+def gap_slope(s: Tensor, z: Tensor, ds: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
+    """``(g1, g2)`` per item ``(B,)``: ``(s + c ds)'(z + c dz) = s'z + c g1 + c^2 g2``."""
+    g1 = (torch.addcmul(s * dz, z, ds)).sum(dim=(1, 2))
+    return g1, (ds * dz).sum(dim=(1, 2))
+
+
+def guarded_step(a: Tensor, ladder: Tensor, sz0: Tensor, g1: Tensor, g2: Tensor,
                  lin: Tensor, gap_scale: Tensor) -> Tensor:
-    """The step ``a`` along ``dsz``, shortened where it would grow the gap unpaid.
+    """The step ``a`` along a direction ``(ds, dz)``, shortened where it would grow
+    the gap unpaid.
 
-    ``sz = [s; z]`` and ``dsz`` are ``(B, 2m, 1)``; the new point is
-    ``sz + c dsz``; ``sz0 = s'z`` per item. Along a Newton direction the linear
-    residuals (``lin``, the larger of the normalized primal and dual residuals)
-    shrink by ``1 - c``, while the complementarity ``s'z`` is a quadratic in
-    ``c`` that Mehrotra's corrector can make grow. Growth is what early steps
-    of an infeasible iterate often need, but on some feasible QPs the steps
-    then cycle between two gaps and the loop never converges. So the gap
-    (``s'z / gap_scale``) may grow only in proportion to the residual a step
-    removes: of ``c = a * ladder`` (:func:`step_ladder`) the largest with
+    The new point is ``(s, z) + c (ds, dz)``, and its complementarity the quadratic
+    ``s'z + c g1 + c^2 g2`` (``sz0 = s'z`` and :func:`gap_slope`). Along a Newton
+    direction the linear residuals (``lin``, the larger of the normalized primal
+    and dual residuals) shrink by ``1 - c``, while Mehrotra's corrector can make
+    the gap grow. Growth is what early steps of an infeasible iterate often
+    need, but on some feasible QPs the steps then cycle between two gaps and
+    the loop never converges. So the gap (``s'z / gap_scale``) may grow only in
+    proportion to the residual a step removes: of ``c = a * ladder``
+    (:func:`step_ladder`) the largest with
     ``gap(c) <= (1 - c / 100) gap(0) + IPM_GAP_GROWTH * c * lin`` is returned
     (the smallest when none is). Per item ``(B, 1, 1)``; ``a`` may be negative
-    (a step ``sz - |a| dsz``).
+    (a step ``-|a|`` along the direction).
     """
-    B, K = sz.shape[0], ladder.shape[1]
-    c = a.view(B, 1, 1, 1) * ladder
-    pairs = torch.addcmul(sz.unsqueeze(1), c, dsz.unsqueeze(1)).unflatten(2, (2, -1)).prod(dim=2)
-    frac = c.view(B, K).abs()
-    allowed = torch.addcmul((1.0 - 0.01 * frac) * sz0.view(B, 1), frac,
-                            (lin * gap_scale).view(B, 1), value=defaults.IPM_GAP_GROWTH)
-    ok = pairs.sum(dim=(2, 3)) <= allowed
-    rank = torch.arange(K, device=sz.device)
-    first = torch.where(ok, rank, K - 1).amin(dim=1, keepdim=True)
-    return c.view(B, K).gather(1, first).view(B, 1, 1)
+    B, K = a.shape[0], ladder.shape[1]
+    c = a.view(B, 1) * ladder
+    sz0 = sz0.view(B, 1)
+    gap = torch.addcmul(sz0, c, torch.addcmul(g1.view(B, 1), c, g2.view(B, 1)))
+    frac = c.abs()
+    allowed = torch.addcmul((1.0 - 0.01 * frac) * sz0, frac, (lin * gap_scale).view(B, 1),
+                            value=defaults.IPM_GAP_GROWTH)
+    rank = torch.arange(K, device=a.device)
+    first = torch.where(gap <= allowed, rank, K - 1).amin(dim=1, keepdim=True)
+    return c.gather(1, first).view(B, 1, 1)
 
 
 def infeasibility_certificate(d: Data, Gtz_Aty: Tensor, z, y, eps_inf: float) -> Tensor:
@@ -418,11 +455,15 @@ def _where(mask: Tensor, new: Tensor | None, old: Tensor | None):
 
 
 def take(d: Data, idx: Tensor) -> Data:
-    """The items ``idx`` of the batch ``d``."""
+    """The items ``idx`` of the batch ``d`` (of stacked data, its stacks selected)."""
     def t(v):
         return None if v is None else v.index_select(0, idx)
-    return pack(t(d.Q), t(d.p), t(d.G), t(d.h), t(d.A), t(d.b), t(d.AtA), t(d.reg_abs),
-                d.reg_rel, t(d.obj0))._replace(KAt=t(d.KAt))
+    if d.KA is None or d.KT is None:
+        return pack(t(d.Q), t(d.p), t(d.G), t(d.h), t(d.A), t(d.b), t(d.AtA), t(d.reg_abs),
+                    d.reg_rel, t(d.obj0), stacked=d.KA is not None)
+    m = 0 if d.G is None else d.G.shape[1]
+    return _views(t(d.KA), t(d.KAt), d.Q.shape[1], m, t(d.p), t(d.h), t(d.b), t(d.AtA),
+                  t(d.reg_abs), d.reg_rel, t(d.obj0))
 
 
 def merge(res: Result, idx: Tensor, again: Result) -> Result:
@@ -482,7 +523,6 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
     iterations down to ``tol`` and are polished again. Statuses come from the
     residuals of the returned point (:func:`final_status`).
     """
-    d = transposed(d)
     dtype, dev = d.Q.dtype, d.Q.device
     B = d.Q.shape[0]
     m = 0 if d.G is None else d.G.shape[1]
@@ -629,8 +669,8 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             rc_over_s = (s * z + ds * dz - torch.maximum(sigma * mu, floor)) / s
             dx, ds, dz, dy = _newton(d, f, r, rc_over_s, refine)
             a = _max_step(s, z, ds, dz, boundary_fraction(err))
-            a = guarded_step(torch.cat([s, z], dim=1), torch.cat([ds, dz], dim=1), a, ladder,
-                             r.sz, torch.maximum(r.dres, r.pres), r.obj_scale)
+            a = guarded_step(a, ladder, r.sz, *gap_slope(s, z, ds, dz),
+                             torch.maximum(r.dres, r.pres), r.obj_scale)
         else:
             dx, ds, dz, dy = _newton(d, f, r, None, refine)
             a = torch.ones(B, 1, 1, dtype=dtype, device=d.Q.device)
@@ -781,7 +821,7 @@ def split_solve(d: Data, f: SplitFactor, a1, a3, a2, refine: int):
     for _ in range(refine):
         Qu, Gu, Au = split(d, dx)
         e1 = a1 - Qu
-        if d.KT is not None:
+        if d.G is not None or d.A is not None:
             e1 = e1 - dual_product(d, dz, dy)
         e3 = None if d.G is None else torch.where(f.J, a3 - Gu, torch.zeros_like(a3))
         e2 = None if d.A is None else a2 - Au

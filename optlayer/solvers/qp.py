@@ -196,21 +196,33 @@ def _flat(t: Tensor | None, bshape, core: int, B: int, dtype) -> Tensor | None:
 # the differentiable solve
 # --------------------------------------------------------------------------
 
-def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool) -> ipm.Result:
-    """The kernel :func:`_qp_dense.kernel_for` picks; for the reduced kernel, equality
-    constraints of full row rank are eliminated first (:mod:`_qp_elim`)."""
+def _kernel(n: int, m: int, me: int, B: int) -> tuple[str, bool]:
+    """The kernel :func:`_qp_dense.kernel_for` picks, and whether the equality
+    constraints are to be eliminated first (:mod:`_qp_elim`)."""
+    kernel = dense.kernel_for(n, m, me, B)
+    return kernel, kernel == "reduced" and elim.applies(n, me)
+
+
+def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int,
+         want: bool) -> tuple[ipm.Result, ipm.Data]:
+    """Solve with the kernel :func:`_kernel` picks; equality constraints of full row
+    rank are eliminated where it says so. Returns the result and the data the
+    kernel ran on (``d`` stacked and, for the Cholesky kernels, augmented), or
+    ``d`` itself where the equalities were eliminated (then it may be unstacked:
+    the original problem is read only by :func:`_qp_elim.restore` and the backward)."""
     B, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
-    kernel = dense.kernel_for(n, m, me, B)
-    if kernel == "reduced" and elim.applies(n, me):
+    kernel, eliminate = _kernel(n, m, me, B)
+    if eliminate:
         e = elim.eliminate(d, finite)
         if e is not None:
-            return elim.restore(d, e, _run_kernel(e.data, "reduced", finite, tol, maxiter, want),
-                                tol, want)
+            res = _run_kernel(e.data, "reduced", finite, tol, maxiter, want)
+            return elim.restore(d, e, res, tol, want), d
+    d = ipm.stack(d)
     if kernel != "full-lu":      # the Cholesky factorizations start from Q + rho A'A
         d = ipm.augment(d)
-    return _run_kernel(d, kernel, finite, tol, maxiter, want)
+    return _run_kernel(d, kernel, finite, tol, maxiter, want), d
 
 
 def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: int,
@@ -262,14 +274,16 @@ class _QPFunction(torch.autograd.Function):
         wide = dtype != torch.float64
         if wide:
             Q, p, G, h, A, b = (None if t is None else t.double() for t in (Q, p, G, h, A, b))
-        d = ipm.make_data(Q, p, G, h, A, b, augmented=False)    # _run augments if needed
         want = any(ctx.needs_input_grad[:6])
         n = Q.shape[1]
         m = 0 if G is None else G.shape[1]
         me = 0 if A is None else A.shape[1]
-        small = dense.kernel_for(n, m, me, Q.shape[0]) != "reduced"
-        res = _run(d, finite, min(tol, defaults.tol(torch.float64)) if wide else tol, maxiter,
-                   want)
+        kernel, eliminate = _kernel(n, m, me, Q.shape[0])
+        small = kernel != "reduced"
+        # _run stacks the data where the kernel needs it, and augments it
+        d = ipm.make_data(Q, p, G, h, A, b, augmented=False, stacked=not eliminate)
+        res, d = _run(d, finite, min(tol, defaults.tol(torch.float64)) if wide else tol,
+                      maxiter, want)
         status = res.status
         if wide:   # the float64 point judged by the caller's tolerances
             err = torch.maximum(torch.maximum(res.primal_residual, res.dual_residual), res.gap)
@@ -295,8 +309,8 @@ class _QPFunction(torch.autograd.Function):
                 ctx.save_for_backward(d.KA, d.KT, G, A, res.x, res.y, res.z, *f[:-1],
                                       finite & f.ok)
                 ctx.reg = (d.reg_abs, d.reg_rel)
-            else:
-                ctx.save_for_backward(d.KA, d.KT, G, A, res.x, res.y, res.z, *f[:-1], *f.f[:-1],
+            else:   # the original Q and G (the data need not be stacked)
+                ctx.save_for_backward(d.Q, None, G, A, res.x, res.y, res.z, *f[:-1], *f.f[:-1],
                                       finite & f.f.ok)
                 ctx.reg = (None, d.reg_rel)   # the reduced problem's reg_abs is in f
         outs = (x, y, z, s, status, res.iter_num, res.primal_residual.to(dtype),
@@ -315,7 +329,7 @@ def _backward(ctx, gx, gy, gz, gs):
     saved = ctx.saved_tensors
     if ctx.kind == "dense":
         G, A, x, y, z, LU, piv, K, J, ok = saved
-    else:
+    else:   # "split": the stacked [Q; G; A] and [G' A']; "elim": Q and None
         KA, KT, G, A, x, y, z = saved[:7]
         ok = saved[-1]
     a1 = torch.zeros_like(x) if gx is None else gx.unsqueeze(-1)
@@ -342,7 +356,8 @@ def _backward(ctx, gx, gy, gz, gs):
     else:   # equality constraints eliminated in the forward (_qp_elim)
         k = len(elim.ElimFactor._fields) - 1
         f = elim.ElimFactor(*saved[7:7 + k], ipm.SplitFactor(*saved[7 + k:-1], ok))
-        u, zeta, w = elim.adjoint_solve(KA, KT, f, ctx.reg[1], a1, a3, a2, refine)
+        Q = KA
+        u, zeta, w = elim.adjoint_solve(Q, G, f, ctx.reg[1], a1, a3, a2, refine)
     # items whose factorization failed or whose data was not finite: zero gradient
     good = ok & torch.isfinite(u).all(dim=(1, 2))
     for t in (zeta, w):

@@ -1,5 +1,6 @@
-"""optlayer.solvers._qp_ipm: the data layout (stacked and transposed matrices, the
-``Q + rho A'A`` block) that the kernels compute with."""
+"""optlayer.solvers._qp_ipm: the data layout (stacked and transposed matrices and the
+views into them, unstacked data, the ``Q + rho A'A`` block) that the kernels compute
+with."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_matvec_equals_the_plain_product_on_both_sides_of_the_threshold(rows, co
     torch.testing.assert_close(ipm.matvec(M, v, None), M @ v, rtol=0, atol=0)
 
 
-def _data(augmented):
+def _raw():
     g = torch.Generator().manual_seed(0)
     B, n, m, me = 3, 6, 4, 2
     M = torch.randn(B, n, n, generator=g, dtype=F64)
@@ -40,7 +41,11 @@ def _data(augmented):
     h = torch.rand(B, m, generator=g, dtype=F64)
     A = torch.randn(B, me, n, generator=g, dtype=F64)
     b = torch.randn(B, me, generator=g, dtype=F64)
-    return ipm.make_data(Q, p, G, h, A, b, augmented=augmented)
+    return Q, p, G, h, A, b
+
+
+def _data(augmented):
+    return ipm.make_data(*_raw(), augmented=augmented)
 
 
 def test_data_without_the_augmented_block_is_augmented_on_demand():
@@ -54,10 +59,53 @@ def test_data_without_the_augmented_block_is_augmented_on_demand():
     torch.testing.assert_close(full.reg_abs.view(-1),
                                defaults.IPM_REG_FACTOR * defaults.eps(F64) * expect,
                                rtol=1e-12, atol=0)
-    # the kernels' data carries the transposed stack [Q G' A']
-    KAt = ipm.transposed(full).KAt
-    torch.testing.assert_close(KAt, full.KA.transpose(1, 2), rtol=0, atol=0)
-    assert KAt.is_contiguous()
+
+
+def test_stacked_data_holds_views_of_its_two_stacks():
+    d = _data(False)
+    n, m = d.Q.shape[1], d.G.shape[1]
+    assert d.KAt.is_contiguous() and d.KA.is_contiguous()
+    torch.testing.assert_close(d.KAt, d.KA.transpose(1, 2), rtol=0, atol=0)
+    # Q, G, A are views of [Q; G; A], G' and A' of [Q G' A']
+    for block, start in ((d.Q, 0), (d.G, n), (d.A, n + m)):
+        assert block.data_ptr() == d.KA[:, start:].data_ptr()
+    for block, start in ((d.KT, n), (d.Gt, n), (d.At, n + m)):
+        assert block.data_ptr() == d.KAt[:, :, start:].data_ptr()
+    torch.testing.assert_close(d.Gt, d.G.transpose(1, 2), rtol=0, atol=0)
+    torch.testing.assert_close(d.At, d.A.transpose(1, 2), rtol=0, atol=0)
+
+
+def test_unstacked_data_gives_the_same_products_and_stacks_on_demand():
+    stacked = _data(False)
+    bare = ipm.make_data(*_raw(), augmented=False, stacked=False)
+    assert bare.KA is None and bare.KT is None and bare.KAt is None
+    g = torch.Generator().manual_seed(1)
+    B, n = stacked.Q.shape[:2]
+    v = torch.randn(B, n, 1, generator=g, dtype=F64)
+    z = torch.rand(B, stacked.G.shape[1], 1, generator=g, dtype=F64)
+    y = torch.randn(B, stacked.A.shape[1], 1, generator=g, dtype=F64)
+    for a, b in zip(ipm.split(bare, v), ipm.split(stacked, v), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(ipm.dual_product(bare, z, y), ipm.dual_product(stacked, z, y),
+                               rtol=1e-13, atol=1e-13)
+    again = ipm.stack(bare)
+    for name in ("KA", "KAt", "Q", "G", "A", "Gt", "At"):
+        torch.testing.assert_close(getattr(again, name), getattr(stacked, name), rtol=0, atol=0)
+    assert ipm.stack(again) is again
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_take_selects_items_of_stacked_and_unstacked_data(stacked):
+    d = ipm.make_data(*_raw(), augmented=True, stacked=stacked)
+    idx = torch.tensor([2, 0])
+    part = ipm.take(d, idx)
+    assert (part.KA is None) == (not stacked)
+    for name in ("Q", "p", "G", "h", "A", "b", "Gt", "At", "AtA", "reg_abs", "KA", "KAt"):
+        whole = getattr(d, name)
+        if whole is None:
+            assert getattr(part, name) is None
+            continue
+        torch.testing.assert_close(getattr(part, name), whole[idx], rtol=0, atol=0)
 
 
 def test_factoring_equality_data_without_the_augmented_block_is_refused():
