@@ -222,11 +222,13 @@ def _solve_once(d: Data, f: Factor, r1: Tensor, r2: Tensor | None):
     return torch.baddbmm(u0, f.HinvAt, w, alpha=-1.0), w
 
 
-def split(d: Data, v: Tensor):
-    """``[Q; G; A] @ v`` split into ``(Qv, Gv, Av)`` (None for absent blocks)."""
+def split(d: Data, v: Tensor, prod: Tensor | None = None):
+    """``[Q; G; A] @ v`` split into ``(Qv, Gv, Av)`` (None for absent blocks); ``prod``,
+    where given, is the stacked product, already computed."""
     if d.KA is None:
         return tuple(None if M is None else M @ v for M in (d.Q, d.G, d.A))
-    prod = matvec(d.KA, v, d.KAt)
+    if prod is None:
+        prod = matvec(d.KA, v, d.KAt)
     n = d.Q.shape[1]
     m = 0 if d.G is None else d.G.shape[1]
     Gv = None if d.G is None else prod[:, n:n + m]
@@ -286,14 +288,15 @@ class _Res(NamedTuple):
     obj_scale: Tensor
 
 
-def residuals(d: Data, x, s, z, y) -> _Res:
+def residuals(d: Data, x, s, z, y, prod: Tensor | None = None) -> _Res:
     """KKT residuals at an iterate, each normalized by the size of its terms.
 
     ``dres = |Qx + p + G'z + A'y|_inf / (1 + max |term|_inf)``,
     ``pres`` likewise for ``Ax - b`` and ``Gx + s - h``, and
-    ``gap = s'z / max(1, |1/2 x'Qx + p'x + obj0|)``.
+    ``gap = s'z / max(1, |1/2 x'Qx + p'x + obj0|)``. ``prod``: ``[Q; G; A] x``
+    where the caller has it (see :func:`split`).
     """
-    Qx, Gx, Ax = split(d, x)
+    Qx, Gx, Ax = split(d, x, prod)
     rx = Qx + d.p
     big = torch.maximum(amax(Qx), amax(d.p))
     pres = torch.zeros_like(big)
@@ -323,19 +326,26 @@ def residuals(d: Data, x, s, z, y) -> _Res:
     return _Res(rx, ry, rz, dual, dres, pres, gap, sz, obj_scale)
 
 
-def _newton(d: Data, f: Factor, r: _Res, rc_over_s: Tensor | None, refine: int):
-    """Direction for residuals ``r`` and complementarity target ``rc / s``."""
+def _newton(d: Data, f: Factor, r: _Res, rc_over_s: Tensor | None, refine: int,
+            full: bool = False):
+    """Direction ``(dx, ds, dz, dy, prod)`` for residuals ``r`` and complementarity
+    target ``rc / s``; ``prod = [Q; G; A] dx`` with ``full`` (else None)."""
     r1 = -r.rx
     if d.G is not None:
         r1 = matvec_add(r1, d.Gt, f.W * r.rz - rc_over_s, d.G, alpha=-1.0)
     r2 = None if d.A is None else -r.ry
     dx, dy = kkt_solve(d, f, r1, r2, refine)
+    prod = matvec(d.KA, dx, d.KAt) if full else None
     if d.G is None:
-        return dx, None, None, dy
-    Gdx = matvec(d.G, dx, d.Gt)
+        return dx, None, None, dy, prod
+    if full:
+        n = d.Q.shape[1]
+        Gdx = prod[:, n:n + d.G.shape[1]]
+    else:
+        Gdx = matvec(d.G, dx, d.Gt)
     dz = f.W * (Gdx + r.rz) - rc_over_s
     ds = -r.rz - Gdx
-    return dx, ds, dz, dy
+    return dx, ds, dz, dy, prod
 
 
 def boundary_fraction(err: Tensor) -> Tensor:
@@ -619,6 +629,10 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
     # full-batch tensors). ``idx`` maps working items to batch items.
     full_d, idx, full = d, None, None
     track = None       # for give_up: see watch()
+    # [Q; G; A] x, updated along each step from the direction's product (which the
+    # step needs anyway), so the residuals take no product with x. Exact up to
+    # rounding; the polish and the final statuses recompute the residuals.
+    KAx = matvec(d.KA, x, d.KAt)
 
     def settle(mask, st):
         nonlocal status, active
@@ -627,7 +641,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         active = active & ~mask
 
     for it in range(maxiter + 1):
-        r = residuals(d, x, s, z, y)
+        r = residuals(d, x, s, z, y, KAx)
         err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
         settle(~torch.isfinite(err), Status.NUMERICAL_ERROR)
         settle(err <= stop, Status.OPTIMAL)
@@ -643,14 +657,14 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             break
         nw = active.shape[0]
         if nw >= defaults.IPM_COMPACT_MIN_BATCH and count <= nw // 2:
-            state = (x, s, z, y, status, iters, boost, track)
+            state = (x, s, z, y, status, iters, boost, track, KAx)
             full = state if full is None else _scatter(full, idx, state)
             keep = torch.nonzero(active).view(-1)
             idx = keep if idx is None else idx[keep]
             d = take(full_d, idx)
-            x, s, z, y, status, iters, boost, track = _gather(full, idx)
+            x, s, z, y, status, iters, boost, track, KAx = _gather(full, idx)
             active = torch.ones(idx.shape[0], dtype=torch.bool, device=idx.device)
-            r = residuals(d, x, s, z, y)
+            r = residuals(d, x, s, z, y, KAx)
             err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
             B = idx.shape[0]
         refine = 0 if worst > defaults.IPM_REFINE_BELOW else refine_steps
@@ -658,7 +672,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         f = factor(d, W, boost)
         if m:
             # predictor (affine scaling), then Mehrotra's centering corrector
-            dx, ds, dz, dy = _newton(d, f, r, z, refine)
+            dx, ds, dz, dy, _ = _newton(d, f, r, z, refine)
             a = _max_step(s, z, ds, dz, 1.0)
             mu = (r.sz / m).view(-1, 1, 1)
             mu_aff = ((s + a * ds) * (z + a * dz)).sum(dim=(1, 2), keepdim=True) / m
@@ -667,16 +681,16 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             # pushing s'z further only worsens the conditioning of W
             floor = (0.1 * tol / m) * r.obj_scale.view(-1, 1, 1)
             rc_over_s = (s * z + ds * dz - torch.maximum(sigma * mu, floor)) / s
-            dx, ds, dz, dy = _newton(d, f, r, rc_over_s, refine)
+            dx, ds, dz, dy, KAdx = _newton(d, f, r, rc_over_s, refine, full=True)
             a = _max_step(s, z, ds, dz, boundary_fraction(err))
             a = guarded_step(a, ladder, r.sz, *gap_slope(s, z, ds, dz),
                              torch.maximum(r.dres, r.pres), r.obj_scale)
         else:
-            dx, ds, dz, dy = _newton(d, f, r, None, refine)
+            dx, ds, dz, dy, KAdx = _newton(d, f, r, None, refine, full=True)
             a = torch.ones(B, 1, 1, dtype=dtype, device=d.Q.device)
         finite = torch.isfinite(dx).all(dim=1).view(-1)
-        if it % 2 == 1 or it + 1 >= maxiter:   # every other iteration (a product with [Q; G; A])
-            unb = unbounded_certificate(d, dx, split(d, dx), eps_inf)
+        if it % 2 == 1 or it + 1 >= maxiter:   # every other iteration
+            unb = unbounded_certificate(d, dx, split(d, dx, KAdx), eps_inf)
             settle(unb & finite, Status.UNBOUNDED)
         broken = ~(f.ok & finite)
         retry = broken & (boost.view(-1) < defaults.IPM_REG_BOOST ** defaults.IPM_REG_RETRIES)
@@ -685,6 +699,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         settle(broken & ~retry, Status.NUMERICAL_ERROR)
         act = (active & ~broken).view(-1, 1, 1)
         x = torch.where(act, torch.addcmul(x, a, dx), x)
+        KAx = torch.where(act, torch.addcmul(KAx, a, KAdx), KAx)
         y = _where(act, None if y is None else torch.addcmul(y, a, dy), y)
         if m:
             s = torch.where(act, torch.addcmul(s, a, ds), s)
@@ -692,8 +707,8 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         iters = iters + active.to(iters.dtype)
 
     if full is not None:
-        x, s, z, y, status, iters, _, _ = _scatter(full, idx, (x, s, z, y, status, iters, boost,
-                                                              track))
+        x, s, z, y, status, iters, _, _, _ = _scatter(full, idx, (x, s, z, y, status, iters,
+                                                                 boost, track, KAx))
         active = _scatter_mask(full_d.Q.shape[0], idx, active)
     return (x, s, z, y, status, iters), active
 
