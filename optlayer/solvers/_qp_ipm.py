@@ -754,36 +754,31 @@ def final_status(r: _Res, *, running: Tensor, infeasible: Tensor, unbounded: Ten
 # by the Schur complement of C = [G_J; A] in Hc = Q + G_J'G_J + rho A'A (the
 # added terms vanish on the solution since G_J dx = a3_J and A dx = a2). Rows
 # not in J are kept as dummies (zero row, unit diagonal, zero right side) so
-# that every item has the same shape.
+# that every item has the same shape. With Hc = L L' and V = L^-1 C', the Schur
+# complement is V'V + E and the solve needs V, not C or Hc^-1 C'.
 
 
 class SplitFactor(NamedTuple):
     L: Tensor              # (B, n, n) Cholesky of Hc + rho A'A + reg
-    Ls: Tensor | None      # (B, k, k) Cholesky of C Hc^-1 C' + E, k = m + me
-    HinvCt: Tensor | None  # (B, n, k)
-    C: Tensor | None       # (B, k, n) = [J * G; A]
-    E: Tensor | None       # (B, k, 1): 0 on J and A rows, 1 on dummy rows
+    Ls: Tensor | None      # (B, k, k) Cholesky of V'V + E, k = m + me
+    V: Tensor | None       # (B, n, k) = L^-1 C', C = [J * G; A]; None without G and A
     c: Tensor | None       # (B, m, 1) = 1.0 on J, else 0.0
     J: Tensor | None       # (B, m, 1) bool, z > s
-    D: Tensor | None       # (B, m, 1) zeros (kept for the saved-tensor layout)
     ok: Tensor             # (B,) bool
 
 
 def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
     """Factor the active-set KKT system above at the point ``(s, z)``."""
     QA = _qa(d)
-    C = E = c = J = D = None
+    C = E = c = J = None
     if d.G is not None:
         J = z > s
         c = J.to(z.dtype)
-        D = torch.zeros_like(z)
         H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G * c)
-        GJ = d.G * J
-        EJ = 1.0 - c
-        C, E = GJ, EJ
+        C, E = d.G * J, 1.0 - c            # E: 1 on the dummy rows, 0 on J
         if d.A is not None:
-            C = torch.cat([GJ, d.A], dim=1)
-            E = torch.cat([EJ, torch.zeros_like(d.b)], dim=1)
+            C = torch.cat([C, d.A], dim=1)
+            E = torch.cat([E, torch.zeros_like(d.b)], dim=1)
     else:
         H = QA.clone()
         if d.A is not None:
@@ -792,16 +787,16 @@ def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
     diag.add_(diag.abs() * d.reg_rel + d.reg_abs)
     L, info = torch.linalg.cholesky_ex(H)
     ok = info == 0
-    Ls = HinvCt = None
+    Ls = V = None
     if C is not None:
-        HinvCt = torch.cholesky_solve(C.transpose(1, 2), L)    # one call for many columns
-        S = C @ HinvCt
+        V = torch.linalg.solve_triangular(L, C.transpose(1, 2), upper=False)
+        S = V.transpose(1, 2) @ V
         sdiag = S.diagonal(dim1=1, dim2=2)
         sdiag.add_(E.squeeze(-1))
         sdiag.add_(sdiag.abs() * d.reg_rel + d.reg_abs * d.reg_rel)
         Ls, info_s = torch.linalg.cholesky_ex(S)
         ok = ok & (info_s == 0)
-    return SplitFactor(L, Ls, HinvCt, C, E, c, J, D, ok)
+    return SplitFactor(L, Ls, V, c, J, ok)
 
 
 def _split_once(d: Data, f: SplitFactor, a1, a3, a2):
@@ -811,7 +806,7 @@ def _split_once(d: Data, f: SplitFactor, a1, a3, a2):
         r1 = matvec_add(r1, d.Gt, f.c * a3, d.G)               # + G'c a3
     if d.A is not None:
         r1 = matvec_add(r1, d.At, a2, d.A, alpha=_RHO)         # + rho A'a2 (A dx = a2)
-    if f.C is None:
+    if f.V is None:
         return _chol_solve(f.L, r1), None, None
     parts = []
     if d.G is not None:
@@ -819,9 +814,11 @@ def _split_once(d: Data, f: SplitFactor, a1, a3, a2):
     if d.A is not None:
         parts.append(a2)
     rc = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    u0 = _chol_solve(f.L, r1)
-    lam = _chol_solve(f.Ls, torch.baddbmm(-rc, f.C, u0))
-    dx = torch.baddbmm(u0, f.HinvCt, lam, alpha=-1.0)
+    # u0 = Hc^-1 r1 = L^-T t; C u0 = V't; dx = u0 - Hc^-1 C' lam = L^-T (t - V lam)
+    t = torch.linalg.solve_triangular(f.L, r1, upper=False)
+    lam = _chol_solve(f.Ls, torch.baddbmm(-rc, f.V.transpose(1, 2), t))
+    dx = torch.linalg.solve_triangular(f.L.transpose(1, 2), torch.baddbmm(t, f.V, lam, alpha=-1.0),
+                                       upper=True)
     dz = dy = None
     if d.G is not None:
         dz = f.c * (matvec(d.G, dx, d.Gt) - a3) + torch.where(f.J, lam[:, :m], torch.zeros_like(a3))
