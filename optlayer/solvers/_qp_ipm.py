@@ -27,6 +27,7 @@ default: residuals are recomputed from the data every iteration).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -299,11 +300,8 @@ def residuals(d: Data, x, s, z, y, prod: Tensor | None = None) -> _Res:
     Qx, Gx, Ax = split(d, x, prod)
     rx = Qx + d.p
     big = torch.maximum(amax(Qx), amax(d.p))
-    pres = torch.zeros_like(big)
-    dual = None
+    dual = pres = gap = obj_scale = None
     ry = rz = sz = None
-    gap = torch.zeros_like(big)
-    obj_scale = torch.ones_like(big)
     if d.G is not None or d.A is not None:
         dual = dual_product(d, z, y)
         big = torch.maximum(big, amax(dual))
@@ -321,8 +319,12 @@ def residuals(d: Data, x, s, z, y, prod: Tensor | None = None) -> _Res:
     if d.A is not None:
         ry = Ax - d.b
         pe = amax(ry) / (1.0 + torch.maximum(amax(Ax), amax(d.b)))
-        pres = torch.maximum(pres, pe)
+        pres = pe if pres is None else torch.maximum(pres, pe)
     dres = amax(rx) / (1.0 + big)
+    if pres is None:
+        pres = torch.zeros_like(dres)
+    if gap is None:
+        gap, obj_scale = torch.zeros_like(dres), torch.ones_like(dres)
     return _Res(rx, ry, rz, dual, dres, pres, gap, sz, obj_scale)
 
 
@@ -640,19 +642,31 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         status = torch.where(mask, code[st], status)
         active = active & ~mask
 
+    # Items whose factorization or direction failed take no step; their retry
+    # (or verdict) is settled after the next host sync, and only when some item
+    # failed: at their unchanged point the next residuals are the same.
+    broken = None
     for it in range(maxiter + 1):
         r = residuals(d, x, s, z, y, KAx)
         err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
-        settle(~torch.isfinite(err), Status.NUMERICAL_ERROR)
+        settle(~(err < math.inf), Status.NUMERICAL_ERROR)              # inf or NaN
         settle(err <= stop, Status.OPTIMAL)
         if m:
             settle(infeasibility_certificate(d, r.Gtz_Aty, z, y, eps_inf), Status.INFEASIBLE)
         if give_up:
             hopeless, track = watch(err, track)
             settle(hopeless, Status.NUMERICAL_ERROR)
-        # the one host sync per iteration: worst residual and count of active items
-        worst, count = torch.stack([torch.where(active, err, torch.full_like(err, -1.0)).max(),
-                                    active.sum().to(err.dtype)]).tolist()
+        # the one host sync per iteration: worst residual, count of active items and
+        # of items that failed in the last iteration
+        sync = [torch.where(active, err, -1.0).max(), active.sum(dtype=err.dtype)]
+        if broken is not None:
+            sync.append(broken.sum(dtype=err.dtype))
+        worst, count, *failed = torch.stack(sync).tolist()
+        if failed and failed[0] > 0:
+            retry = broken & (boost.view(-1) < defaults.IPM_REG_BOOST ** defaults.IPM_REG_RETRIES)
+            boost = torch.where(retry.view(-1, 1), boost * defaults.IPM_REG_BOOST, boost)
+            settle(broken & ~retry & (err <= loose), Status.OPTIMAL_INACCURATE)
+            settle(broken & ~retry, Status.NUMERICAL_ERROR)
         if it == maxiter or worst < 0:
             break
         nw = active.shape[0]
@@ -688,15 +702,11 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         else:
             dx, ds, dz, dy, KAdx = _newton(d, f, r, None, refine, full=True)
             a = torch.ones(B, 1, 1, dtype=dtype, device=d.Q.device)
-        finite = torch.isfinite(dx).all(dim=1).view(-1)
+        finite = amax(dx) < math.inf
         if it % 2 == 1 or it + 1 >= maxiter:   # every other iteration
             unb = unbounded_certificate(d, dx, split(d, dx, KAdx), eps_inf)
             settle(unb & finite, Status.UNBOUNDED)
         broken = ~(f.ok & finite)
-        retry = broken & (boost.view(-1) < defaults.IPM_REG_BOOST ** defaults.IPM_REG_RETRIES)
-        boost = torch.where(retry.view(-1, 1), boost * defaults.IPM_REG_BOOST, boost)
-        settle(broken & ~retry & (err <= loose), Status.OPTIMAL_INACCURATE)
-        settle(broken & ~retry, Status.NUMERICAL_ERROR)
         act = (active & ~broken).view(-1, 1, 1)
         x = torch.where(act, torch.addcmul(x, a, dx), x)
         KAx = torch.where(act, torch.addcmul(KAx, a, KAdx), KAx)
