@@ -82,7 +82,7 @@ class Factor(NamedTuple):
     L: Tensor                # (B, n, n) Cholesky factor of H + rho A'A + reg
     Ls: Tensor | None        # (B, me, me) Cholesky factor of the Schur complement
     HinvAt: Tensor | None    # (B, n, me)
-    W: Tensor | None         # (B, m, 1) = z / s
+    W: Tensor | float | None  # (B, m, 1) = z / s, or 1.0 (W = I)
     ok: Tensor               # (B,) bool, False where a factorization failed
 
 
@@ -187,12 +187,13 @@ def matvec_add(c: Tensor, M: Tensor, v: Tensor, Mt: Tensor | None, alpha: float 
     return torch.baddbmm(c.transpose(1, 2), v.transpose(1, 2), Mt, alpha=alpha).transpose(1, 2)
 
 
-def factor(d: Data, W: Tensor | None, boost: Tensor | None = None) -> Factor:
+def factor(d: Data, W: Tensor | float | None, boost: Tensor | None = None) -> Factor:
     """Factor ``[[Q + G'WG, A'], [A, 0]]`` (regularized; see the module doc;
-    ``boost`` (B, 1) multiplies the absolute regularization per item)."""
+    ``W`` is ``(B, m, 1)``, or the number 1.0 for ``W = I``; ``boost`` (B, 1)
+    multiplies the absolute regularization per item)."""
     QA = _qa(d)
     if W is not None:
-        H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G * W)
+        H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G if isinstance(W, float) else d.G * W)
     else:
         H = QA.clone()
     diag = H.diagonal(dim1=1, dim2=2)
@@ -443,11 +444,9 @@ def unbounded_certificate(d: Data, dx, prods, eps_inf: float) -> Tensor:
 
 def _initial_point(d: Data):
     """CVXOPT's start: least-squares point with W = I, then shift s, z inside."""
-    B, n, _ = d.p.shape
-    W = None if d.G is None else torch.ones_like(d.h)
-    f = factor(d, W)
+    f = factor(d, None if d.G is None else 1.0)
     r1 = -d.p if d.G is None else matvec_add(-d.p, d.Gt, d.h, d.G)
-    x, y = kkt_solve(d, f, r1, d.b, refine=1)
+    x, y = kkt_solve(d, f, r1, d.b, refine=0)      # a starting point: no refinement
     if d.G is None:
         return x, None, None, y
     s = d.h - matvec(d.G, x, d.Gt)
