@@ -23,6 +23,7 @@ __all__ = [
     "IPM_REG_FACTOR",
     "IPM_REFINE_STEPS",
     "IPM_BACKWARD_REFINE_STEPS",
+    "IPM_POLISH_REFINE_STEPS",
     "IPM_REFINE_BELOW",
     "IPM_COMPACT_MIN_BATCH",
     "IPM_DENSE_MAX_SIZE",
@@ -115,8 +116,18 @@ IPM_REG_FACTOR = 1.0
 #: (0: the iterations recompute residuals from the data, so they self-correct).
 IPM_REFINE_STEPS = 0
 
-#: Iterative refinement steps per KKT solve in the polish and backward pass.
+#: Iterative refinement steps per KKT solve in the backward pass (and in the
+#: active-set solve that the dense kernels' backward shares with their polish).
 IPM_BACKWARD_REFINE_STEPS = 1
+
+#: Iterative refinement steps in the reduced kernel's polish. None by default:
+#: the polished point is accepted only where its recomputed KKT error is not
+#: worse than the iterate's, and an item whose polished point misses ``tol``
+#: resumes iterating (see IPM_POLISH_AT), so an inaccurate solve costs time,
+#: never a wrong status. At n = 50 and 100, batch 128, the same items passed
+#: with and without the step (KKT errors at most 5e-14 instead of 2e-14), and
+#: the step cost about 2% of a forward and backward pass.
+IPM_POLISH_REFINE_STEPS = 0
 
 _IPM_INFEASIBILITY_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
 _IPM_INACCURATE_TOL = {torch.float64: 1e-6, torch.float32: 1e-3}

@@ -579,7 +579,7 @@ def _polish(d: Data, state):
     fac = split_factor(d, s, z)
     solved = (status == int(Status.OPTIMAL)) | (status == int(Status.OPTIMAL_INACCURATE)) \
         | (status == int(Status.MAX_ITER))
-    px, pz, py = split_solve(d, fac, -d.p, d.h, d.b, refine=defaults.IPM_BACKWARD_REFINE_STEPS)
+    px, pz, py = split_solve(d, fac, -d.p, d.h, d.b, refine=defaults.IPM_POLISH_REFINE_STEPS)
     ps = None
     if m:
         pz = pz.clamp(min=0.0)
