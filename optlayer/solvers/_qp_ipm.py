@@ -41,6 +41,7 @@ __all__ = [
     "split_factor", "split_solve", "run_ipm", "take", "merge", "watch", "residuals", "final_status",
     "infeasibility_certificate", "unbounded_certificate", "split", "amax", "boundary_fraction",
     "pick", "guarded_step", "gap_slope", "step_ladder", "matvec", "matvec_add", "augment", "stack",
+    "widen", "merge_factors",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -484,7 +485,9 @@ def merge(res: Result, idx: Tensor, again: Result) -> Result:
         return None if a is None else a.index_copy(0, idx, b)
 
     fac = res.factor
-    if fac is not None:
+    if isinstance(fac, SplitFactor):
+        fac = merge_factors(fac, idx, again.factor)
+    elif fac is not None:
         fac = type(fac)(*(put(a, b) for a, b in zip(fac, again.factor, strict=True)))
     return Result(*(put(a, b) for a, b in zip(res[:5], again[:5], strict=True)),
                   res.iter_num.index_add(0, idx, again.iter_num),
@@ -559,7 +562,7 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             point = _scatter(point, idx, p2)
             r = _Res(*_scatter(r, idx, r2))
             err = err.index_copy(0, idx, e2)
-            fac = SplitFactor(*_scatter(fac, idx, f2))
+            fac = merge_factors(fac, idx, f2)
     x, s, z, y = point
     status = state[4]
     status = final_status(r, running=running, infeasible=status == int(Status.INFEASIBLE),
@@ -765,26 +768,42 @@ def final_status(r: _Res, *, running: Tensor, infeasible: Tensor, unbounded: Ten
 # not in J are kept as dummies (zero row, unit diagonal, zero right side) so
 # that every item has the same shape. With Hc = L L' and V = L^-1 C', the Schur
 # complement is V'V + E and the solve needs V, not C or Hc^-1 C'.
+#
+# Only k of the m inequality rows enter C: each item's active rows first (in
+# the order ``order``), then dummies, k the largest number of active rows in
+# the batch (at n = 50, batch 128: at most 31 of 50, and the factorization
+# took 3.0-4.6 instead of 8.4-11.4 ms). Dummy rows are decoupled (zero row and
+# column, unit diagonal), so a factor is widened to more rows by inserting
+# them (:func:`widen`), which lets factors of different k be merged.
 
 
 class SplitFactor(NamedTuple):
     L: Tensor              # (B, n, n) Cholesky of Hc + rho A'A + reg
-    Ls: Tensor | None      # (B, k, k) Cholesky of V'V + E, k = m + me
-    V: Tensor | None       # (B, n, k) = L^-1 C', C = [J * G; A]; None without G and A
+    Ls: Tensor | None      # (B, k + me, k + me) Cholesky of V'V + E
+    V: Tensor | None       # (B, n, k + me) = L^-1 C', C = [rows of J * G; A]
     c: Tensor | None       # (B, m, 1) = 1.0 on J, else 0.0
     J: Tensor | None       # (B, m, 1) bool, z > s
+    order: Tensor | None   # (B, m) the inequality rows, active first; C has the first k
+    Jk: Tensor | None      # (B, k, 1) bool, J on those k rows (False on dummies)
     ok: Tensor             # (B,) bool
 
 
 def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
-    """Factor the active-set KKT system above at the point ``(s, z)``."""
+    """Factor the active-set KKT system above at the point ``(s, z)`` (one host
+    sync, for the number of active rows)."""
     QA = _qa(d)
-    C = E = c = J = None
+    C = E = c = J = order = Jk = None
     if d.G is not None:
+        B, m, n = d.G.shape
         J = z > s
         c = J.to(z.dtype)
         H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G * c)
-        C, E = d.G * J, 1.0 - c            # E: 1 on the dummy rows, 0 on J
+        k = max(1, int(J.sum(dim=1).max()))
+        order = torch.sort((~J).view(B, m).to(torch.uint8), dim=1, stable=True).indices
+        rows = order[:, :k].unsqueeze(-1)
+        Jk = J.gather(1, rows)
+        C = d.G.gather(1, rows.expand(B, k, n)) * Jk
+        E = 1.0 - Jk.to(z.dtype)           # 1 on the dummy rows, 0 on active ones
         if d.A is not None:
             C = torch.cat([C, d.A], dim=1)
             E = torch.cat([E, torch.zeros_like(d.b)], dim=1)
@@ -805,11 +824,39 @@ def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
         sdiag.add_(sdiag.abs() * d.reg_rel + d.reg_abs * d.reg_rel)
         Ls, info_s = torch.linalg.cholesky_ex(S)
         ok = ok & (info_s == 0)
-    return SplitFactor(L, Ls, V, c, J, ok)
+    return SplitFactor(L, Ls, V, c, J, order, Jk, ok)
+
+
+def widen(f: SplitFactor, k: int) -> SplitFactor:
+    """``f`` with ``k`` inequality rows in its Schur complement (at least its own):
+    the next rows of ``order`` are inserted as dummies (zero columns of ``V``, unit
+    rows of ``Ls``; decoupled rows leave the rest of a Cholesky factor unchanged)."""
+    if f.Jk is None or f.Jk.shape[1] == k:
+        return f
+    k0 = f.Jk.shape[1]
+    B, n, w = f.V.shape
+    me = w - k0
+    V = torch.cat([f.V[:, :, :k0], f.V.new_zeros(B, n, k - k0), f.V[:, :, k0:]], dim=2)
+    Ls = f.Ls.new_zeros(B, k + me, k + me)
+    Ls[:, :k0, :k0] = f.Ls[:, :k0, :k0]
+    Ls[:, k:, :k0] = f.Ls[:, k0:, :k0]
+    Ls[:, k:, k:] = f.Ls[:, k0:, k0:]
+    Ls.diagonal(dim1=1, dim2=2)[:, k0:k] = 1.0
+    Jk = torch.cat([f.Jk, f.Jk.new_zeros(B, k - k0, 1)], dim=1)
+    return f._replace(V=V, Ls=Ls, Jk=Jk)
+
+
+def merge_factors(full: SplitFactor, idx: Tensor, part: SplitFactor) -> SplitFactor:
+    """``full`` with the items ``idx`` replaced by ``part`` (both widened to the
+    larger number of rows)."""
+    if full.Jk is not None:
+        k = max(full.Jk.shape[1], part.Jk.shape[1])
+        full, part = widen(full, k), widen(part, k)
+    return SplitFactor(*(None if a is None else a.index_copy(0, idx, b)
+                         for a, b in zip(full, part, strict=True)))
 
 
 def _split_once(d: Data, f: SplitFactor, a1, a3, a2):
-    m = 0 if d.G is None else d.G.shape[1]
     r1 = a1
     if d.G is not None:
         r1 = matvec_add(r1, d.Gt, f.c * a3, d.G)               # + G'c a3
@@ -817,9 +864,11 @@ def _split_once(d: Data, f: SplitFactor, a1, a3, a2):
         r1 = matvec_add(r1, d.At, a2, d.A, alpha=_RHO)         # + rho A'a2 (A dx = a2)
     if f.V is None:
         return _chol_solve(f.L, r1), None, None
-    parts = []
+    parts, k = [], 0
     if d.G is not None:
-        parts.append(torch.where(f.J, a3, torch.zeros_like(a3)))
+        k = f.Jk.shape[1]
+        rows = f.order[:, :k].unsqueeze(-1)
+        parts.append(torch.where(f.Jk, a3.gather(1, rows), 0.0))
     if d.A is not None:
         parts.append(a2)
     rc = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
@@ -830,9 +879,10 @@ def _split_once(d: Data, f: SplitFactor, a1, a3, a2):
                                        upper=True)
     dz = dy = None
     if d.G is not None:
-        dz = f.c * (matvec(d.G, dx, d.Gt) - a3) + torch.where(f.J, lam[:, :m], torch.zeros_like(a3))
+        lamJ = torch.zeros_like(a3).scatter_(1, rows, torch.where(f.Jk, lam[:, :k], 0.0))
+        dz = f.c * (matvec(d.G, dx, d.Gt) - a3) + lamJ
     if d.A is not None:
-        dy = lam[:, m:]
+        dy = lam[:, k:]
     return dx, dz, dy
 
 
