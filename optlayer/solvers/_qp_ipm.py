@@ -342,11 +342,7 @@ def _newton(d: Data, f: Factor, r: _Res, rc_over_s: Tensor | None, refine: int,
     prod = matvec(d.KA, dx, d.KAt) if full else None
     if d.G is None:
         return dx, None, None, dy, prod
-    if full:
-        n = d.Q.shape[1]
-        Gdx = prod[:, n:n + d.G.shape[1]]
-    else:
-        Gdx = matvec(d.G, dx, d.Gt)
+    Gdx = split(d, dx, prod)[1] if full else matvec(d.G, dx, d.Gt)
     dz = f.W * (Gdx + r.rz) - rc_over_s
     ds = -r.rz - Gdx
     return dx, ds, dz, dy, prod
