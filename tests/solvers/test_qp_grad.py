@@ -74,6 +74,28 @@ def test_backward_reuses_the_forward_factorization(monkeypatch):
     assert all(torch.isfinite(t.grad).all() for t in (Q, p, G, h, A, b))
 
 
+def test_outputs_are_ordinary_tensors_and_the_backward_can_run_twice():
+    # the forward solves in inference mode: its outputs must still take in-place ops and
+    # what the backward reads must survive a first backward with retain_graph
+    Q, p, G, h, A, b = [t.clone().requires_grad_() for t in _instance(4, 5, 6, 2)]
+    sol = solve_qp(Q, p, G, h, A, b)
+    assert not any(t.is_inference() for t in (sol.x, sol.eq_dual, sol.ineq_dual, sol.slack,
+                                                 sol.status, sol.error))
+    loss = (sol.x ** 2).sum()
+    (g1,) = torch.autograd.grad(loss, G, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, G)
+    assert torch.equal(g1, g2) and g1.abs().max() > 0
+    sol.x.detach().add_(1.0)
+
+
+def test_second_order_through_the_qp_is_refused_not_silently_wrong():
+    Q, p, G, h, A, b = [t.clone().requires_grad_() for t in _instance(4, 5, 6, 2)]
+    x = solve_qp(Q, p, G, h, A, b).x
+    (gp,) = torch.autograd.grad((x ** 2).sum(), p, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gp.sum().backward()
+
+
 def test_weakly_active_constraint_gives_a_finite_one_sided_gradient():
     # minimize 1/2 |x - a|^2 s.t. x1 <= 1 with a1 = 1: x1 = 1, z1 = 0, s1 = 0
     a = torch.tensor([1.0, 0.3], dtype=F64, requires_grad=True)
