@@ -30,6 +30,7 @@ from optlayer.compiler.lower import eval_like
 from optlayer.errors import BindingError, OptTypeError, report_status
 from optlayer.implicit import custom_fixed_point, custom_root
 from optlayer.status import Status, check_on_failure, failed_mask
+from optlayer.tree import tree_ordinary
 
 __all__ = ["OptLayer", "LayerInfo", "build_layer", "random_params"]
 
@@ -116,6 +117,15 @@ class OptLayer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, warm_start=None, **params):
+        if torch.is_inference_mode_enabled():
+            # the solve takes autograd inside (the quadratic data, canonicalisation, the
+            # gradient of f), which inference tensors refuse: solve on ordinary copies,
+            # out of inference mode and without a graph
+            with torch.inference_mode(False), torch.no_grad():
+                return self._forward(*tree_ordinary((warm_start, params)))
+        return self._forward(warm_start, params)
+
+    def _forward(self, warm_start, params):
         values = self.problem.check_params(params)
         if not values:
             raise BindingError("the problem has no parameters; there is nothing to bind",

@@ -38,6 +38,7 @@ __all__ = [
     "unflatten",
     "leaves",
     "tree_map",
+    "tree_ordinary",
     "tree_add",
     "tree_sub",
     "tree_scale",
@@ -222,3 +223,10 @@ def tree_zeros_like(x: Any) -> Any:
 def tree_size(x: Any) -> int:
     """Total number of elements over the tensor leaves of ``x``."""
     return sum(t.numel() for t in leaves(x) if isinstance(t, torch.Tensor))
+
+
+def tree_ordinary(x: Any) -> Any:
+    """``x`` with each inference tensor (made under ``torch.inference_mode``) replaced
+    by an ordinary copy: solvers that take autograd inside run on these."""
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) and t.is_inference()
+                    else t, x)

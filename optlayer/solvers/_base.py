@@ -40,7 +40,7 @@ from optlayer.implicit import custom_root
 from optlayer.linalg import solve_lu
 from optlayer.linalg._common import any_true
 from optlayer.status import Status, check_on_failure
-from optlayer.tree import flatten, unflatten
+from optlayer.tree import flatten, tree_ordinary, unflatten
 
 __all__ = [
     "OptStep",
@@ -346,6 +346,12 @@ class IterativeSolver:
             OptimizationWarning: some item did not reach OPTIMAL and ``on_failure="warn"``.
         """
         check_on_failure(self.on_failure)
+        if torch.is_inference_mode_enabled():
+            # the loop takes gradients of fun by autograd, which inference tensors refuse:
+            # run on ordinary copies, out of inference mode and without a graph
+            with torch.inference_mode(False), torch.no_grad():
+                init, args, kwargs = tree_ordinary((init, args, kwargs))
+                return self.run(init, *args, **kwargs)
         if self.implicit_diff:
             holder = {}
 

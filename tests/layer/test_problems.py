@@ -104,6 +104,20 @@ def test_batched_equals_loop(path):
             torch.testing.assert_close(b[i], s, atol=1e-8, rtol=0)
 
 
+def test_inference_mode_gives_the_no_grad_solution(path):
+    """Under torch.inference_mode (evaluation code) the layer solves on ordinary copies
+    of its inputs (its solvers take autograd inside) and returns the same solution."""
+    layer = ol.load(path)
+    vals = random_params(layer.problem, batch=2, seed=5)
+    with torch.no_grad():
+        ref = _vec(layer(**vals))
+    with torch.inference_mode():
+        out = _vec(layer(**vals))
+    assert layer.info.status.tolist() == [0, 0]
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
 def test_float32_close_to_float64(path):
     layer = ol.load(path)
     vals = random_params(layer.problem, seed=4)

@@ -61,6 +61,21 @@ def test_float32_within_1e4_of_float64(name):
     torch.testing.assert_close(x.double(), _reference(name), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", IDS, ids=IDS)
+def test_inference_mode_gives_the_no_grad_solution(name):
+    """Under torch.inference_mode (evaluation code) the solvers, which take gradients of
+    ``fun`` by autograd, run on ordinary copies of their inputs: same solution."""
+    case = CASES[name]
+    init, args = case.data(torch.float64)
+    with torch.no_grad():
+        ref = case.make().run(init, *args)
+    with torch.inference_mode():
+        out = case.make().run(init, *args)
+    assert out.state.status.tolist() == [0, 0, 0]
+    torch.testing.assert_close(case.primal(out.params), case.primal(ref.params), rtol=0,
+                               atol=1e-12)
+
+
 def _with_grad(args, k):
     args = list(args)
     args[k] = args[k].clone().requires_grad_(True)
