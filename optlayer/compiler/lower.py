@@ -169,7 +169,8 @@ class Tape:
             else:
                 ck = (key, like.dtype, like.device)
                 c = self._consts.get(ck)
-                if c is None:
-                    c = self._consts[ck] = a._eval([], env, like)
+                if c is None:   # an ordinary tensor even when first made in inference mode
+                    with torch.inference_mode(False):
+                        c = self._consts[ck] = a._eval([], env, like)
                 out[key] = c
         return out

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import optlayer as ol
+import optlayer.ir as ir
 from optlayer import defaults
 from optlayer.compiler import expand_params, iterate
 from optlayer.compiler.quadratic import is_quadratic, lambda_max
@@ -157,6 +158,22 @@ def test_backward_after_an_interleaved_call():
     g_ref = torch.autograd.grad(fresh(**v1).sum(), list(v1.values()))
     for a, b in zip(g_stale, g_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_tape_constants_first_made_in_inference_mode_stay_ordinary():
+    """A tape caches its constants per dtype and device; one first made inside
+    torch.inference_mode (where the forward-backward Newton solve runs) must still serve
+    a later differentiable evaluation."""
+    from optlayer.compiler.lower import Tape
+
+    x = ir.Variable(2, name="x")
+    root = ir.apply("sum_squares", [x * ir.Constant(3.0)])
+    tape = Tape([root])
+    with torch.inference_mode():
+        tape.run({"x": torch.zeros(1, 2, dtype=D)})
+    z = torch.ones(1, 2, dtype=D, requires_grad=True)
+    (g,) = torch.autograd.grad(tape.run({"x": z})[id(root)].sum(), z)
+    torch.testing.assert_close(g, torch.tensor([[18.0, 18.0]], dtype=D))   # 2 c^2 x
 
 
 def test_second_order_through_the_layer():
