@@ -169,6 +169,7 @@ def _check_inputs(Q, p, G, h, A, b):
     return bshape, n, dtype
 
 
+@torch.no_grad()
 def _finite_items(ts: list[Tensor], B: int) -> tuple[Tensor, bool]:
     """``(finite, every)``: ``finite`` ``(B,)`` is True where every entry of the
     item is finite, ``every`` whether all items are. A finite sum
