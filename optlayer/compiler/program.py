@@ -515,8 +515,8 @@ class Program:
 
 def _without_autograd(solver, *args, **kwargs) -> SolveResult:
     """``solver(*args, **kwargs)`` run in ``torch.inference_mode`` (no version counters
-    or view tracking: a fifth less time per tensor operation on small tensors), its
-    result cloned out of it. Only for solvers that take no autograd inside."""
+    or view tracking, which at small sizes is a tenth of the time), its result cloned
+    out of it. Only for solvers that take no autograd inside."""
     with torch.inference_mode():
         r = solver(*args, **kwargs)
     return SolveResult(*(t.clone() if isinstance(t, torch.Tensor) else t for t in

@@ -275,10 +275,14 @@ class _QPFunction(torch.autograd.Function):
         # seventh less time at small sizes, where the cost is per tensor operation); its
         # outputs are cloned out of it and what the backward reads is held on ctx
         # (inference tensors cannot be saved for backward; the backward only reads them).
+        # G and A, the inputs the backward reads, are saved as usual (an in-place change
+        # before the backward is caught).
         with torch.inference_mode():
             outs = _QPFunction._solve(ctx, Q, p, G, h, A, b, finite, tol, maxiter)
         outs = tuple(t if t is None else t.clone() for t in outs)
         ctx.mark_non_differentiable(*outs[4:])
+        if any(ctx.needs_input_grad[:6]):
+            ctx.save_for_backward(G, A)
         return outs
 
     @staticmethod
@@ -317,13 +321,12 @@ class _QPFunction(torch.autograd.Function):
                 else "split"
             ctx.need = ctx.needs_input_grad[:6]
             if small:
-                ctx.held = (G, A, res.x, res.y, res.z, f.LU, f.pivots, f.K, f.J, finite & f.ok)
+                ctx.held = (res.x, res.y, res.z, f.LU, f.pivots, f.K, f.J, finite & f.ok)
             elif ctx.kind == "split":   # the forward's stacked data serves split_solve
-                ctx.held = (d.KA, d.KT, G, A, res.x, res.y, res.z, *f[:-1], finite & f.ok)
+                ctx.held = (d.KA, d.KT, res.x, res.y, res.z, *f[:-1], finite & f.ok)
                 ctx.reg = (d.reg_abs, d.reg_rel)
             else:   # the original Q and G (the data need not be stacked)
-                ctx.held = (d.Q, None, G, A, res.x, res.y, res.z, *f[:-1], *f.f[:-1],
-                            finite & f.f.ok)
+                ctx.held = (d.Q, None, res.x, res.y, res.z, *f[:-1], *f.f[:-1], finite & f.f.ok)
                 ctx.reg = (None, d.reg_rel)   # the reduced problem's reg_abs is in f
         return (x, y, z, s, status, res.iter_num, res.primal_residual.to(dtype),
                 res.dual_residual.to(dtype), res.gap.to(dtype))
@@ -337,11 +340,12 @@ class _QPFunction(torch.autograd.Function):
 
 def _backward(ctx, gx, gy, gz, gs):
     """The KKT adjoint solve of :class:`_QPFunction` in float64 (its saved tensors')."""
+    G, A = (None if t is None else t.double() for t in ctx.saved_tensors)
     saved = ctx.held
     if ctx.kind == "dense":
-        G, A, x, y, z, LU, piv, K, J, ok = saved
+        x, y, z, LU, piv, K, J, ok = saved
     else:   # "split": the stacked [Q; G; A] and [G' A']; "elim": Q and None
-        KA, KT, G, A, x, y, z = saved[:7]
+        KA, KT, x, y, z = saved[:5]
         ok = saved[-1]
     a1 = torch.zeros_like(x) if gx is None else gx.unsqueeze(-1)
     a3 = vs = a2 = None
@@ -362,11 +366,11 @@ def _backward(ctx, gx, gy, gz, gs):
         n, m = x.shape[1], 0 if G is None else G.shape[1]
         d = ipm.Data(KA[:, :n], None, G, None, A, None, None if KT is None else KT[:, :, :m],
                      None if A is None else KT[:, :, m:], None, reg_abs, reg_rel, KA, KT)
-        f = ipm.SplitFactor(*saved[7:-1], ok)
+        f = ipm.SplitFactor(*saved[5:-1], ok)
         u, zeta, w = ipm.split_solve(d, f, a1, a3, a2, refine=refine)
     else:   # equality constraints eliminated in the forward (_qp_elim)
         k = len(elim.ElimFactor._fields) - 1
-        f = elim.ElimFactor(*saved[7:7 + k], ipm.SplitFactor(*saved[7 + k:-1], ok))
+        f = elim.ElimFactor(*saved[5:5 + k], ipm.SplitFactor(*saved[5 + k:-1], ok))
         Q = KA
         u, zeta, w = elim.adjoint_solve(Q, G, f, ctx.reg[1], a1, a3, a2, refine)
     # items whose factorization failed or whose data was not finite: zero gradient

@@ -88,6 +88,16 @@ def test_outputs_are_ordinary_tensors_and_the_backward_can_run_twice():
     sol.x.detach().add_(1.0)
 
 
+def test_an_inplace_change_of_G_before_the_backward_is_caught():
+    Q, p, G, h, A, b = [t.clone().requires_grad_() for t in _instance(4, 5, 6, 2)]
+    Gc = G.detach().clone().requires_grad_()
+    x = solve_qp(Q, p, Gc, h, A, b).x
+    with torch.no_grad():
+        Gc.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        x.sum().backward()
+
+
 def test_second_order_through_the_qp_is_refused_not_silently_wrong():
     Q, p, G, h, A, b = [t.clone().requires_grad_() for t in _instance(4, 5, 6, 2)]
     x = solve_qp(Q, p, G, h, A, b).x
