@@ -30,6 +30,8 @@ __all__ = [
     "IPM_DENSE_MAX_WORK",
     "IPM_DENSE_EQ_SHARE",
     "IPM_LU_MAX_WORK",
+    "ACTIVE_SET_MAX_ROWS",
+    "ACTIVE_SET_MAX_WORK",
     "IPM_RESCUE_MAX_SIZE",
     "IPM_ELIMINATE_EQUALITIES",
     "IPM_DIVERGED",
@@ -171,6 +173,20 @@ IPM_COMPACT_MIN_BATCH = 8
 #: equalities) 19.6/12.0/13.7, hinge_svm (N=54) 22.2/15.5/15.8, minimax_fit
 #: 18.3/11.1/14.3, quantile_regression (N=44, 6 equalities) 16.7/14.3/13.9.
 IPM_DENSE_MAX_SIZE = 200
+
+#: Small batches of QPs with few inequalities are first solved by the dual
+#: active-set method (``_qp_active``: its iterations grow with the number of
+#: constraints that end active, the most over the batch) when there are at most
+#: ACTIVE_SET_MAX_ROWS inequalities and ``batch * (n + m + me)^2`` is at most
+#: ACTIVE_SET_MAX_WORK; the interior point takes the items it leaves (and the
+#: whole batch where no ``Q`` is positive definite: LPs, epigraph variables).
+#: Crossovers measured on CPU, float64, one thread, fwd+bwd of the
+#: examples/benchmarks/qp.py family (ms, active set / interior point): n=10
+#: batch 1 1.85/2.69, batch 8 2.68/4.93, batch 32 4.55/7.16, batch 64
+#: 12.4/11.5; n=20 batch 1 2.72/3.21, batch 8 5.19/7.61, batch 32 11.9/12.6;
+#: n=30 batch 1 3.35/4.53; n=40 batch 1 5.56/5.01.
+ACTIVE_SET_MAX_ROWS = 32
+ACTIVE_SET_MAX_WORK = 3e4
 IPM_DENSE_MAX_WORK = 1e5
 IPM_DENSE_EQ_SHARE = 0.5
 IPM_LU_MAX_WORK = 3e4

@@ -430,7 +430,8 @@ def dense_solve(f: DenseFactor, rhs: Tensor, *, adjoint: bool, refine: int) -> T
     u = torch.linalg.lu_solve(f.LU, f.pivots, rhs, adjoint=adjoint)
     K = f.K.transpose(1, 2) if adjoint else f.K
     for _ in range(refine):
-        u = u + torch.linalg.lu_solve(f.LU, f.pivots, rhs - K @ u, adjoint=adjoint)
+        u = u + torch.linalg.lu_solve(f.LU, f.pivots, torch.baddbmm(rhs, K, u, alpha=-1.0),
+                                      adjoint=adjoint)
     return u
 
 

@@ -7,7 +7,11 @@ Solves, for every item of a batch at once::
                 Ax  = b          (dual y)
 
 with Q symmetric positive semidefinite (zero for LPs); either constraint block
-may be absent. The forward pass is Mehrotra's predictor-corrector with one
+may be absent. Small batches with few inequalities are first solved by a dual
+active-set method (Goldfarb-Idnani, ``_qp_active``) where ``Q`` is positive
+definite; it ends on the exact solution of the KKT system of its working set,
+and the items it leaves go to the interior point. The interior point is
+Mehrotra's predictor-corrector with one
 of three kernels chosen by a work estimate (``_qp_dense.kernel_for``): the
 loop on the full Newton system with its direction by LU (small batches of
 small problems) or by the Cholesky factorization of the reduced
@@ -33,7 +37,8 @@ dropped, their multipliers' derivatives zero). Wherever strict
 complementarity holds this is the derivative of the solution map. At a weakly
 active constraint (``z_i = s_i = 0``) the map has only one-sided derivatives;
 the one returned treats the constraint as active or inactive according to
-``z_i > s_i`` at the final iterate -- finite, never NaN, and one of the
+``z_i > s_i`` at the final iterate (for a point of the active-set method:
+according to its final working set) -- finite, never NaN, and one of the
 one-sided derivatives. Where the active-set system is singular (degenerate
 LPs, dependent active constraints) a tiny diagonal regularization picks a
 solution.
@@ -50,6 +55,7 @@ from torch.autograd.function import once_differentiable
 
 from optlayer import defaults
 from optlayer.errors import BindingError, report_status
+from optlayer.solvers import _qp_active as active_set
 from optlayer.solvers import _qp_dense as dense
 from optlayer.solvers import _qp_elim as elim
 from optlayer.solvers import _qp_ipm as ipm
@@ -176,10 +182,10 @@ def _finite_items(ts: list[Tensor], B: int) -> tuple[Tensor, bool]:
     of an item's entries proves them all finite (an inf or NaN term makes the sum
     inf or NaN), so the entrywise test runs only when some sum is not finite
     (non-finite data, or finite data whose sum overflows)."""
-    total = ts[0].reshape(B, -1).sum(dim=1)
+    total = ts[0].sum(dim=tuple(range(1, ts[0].dim())))
     for t in ts[1:]:
-        total = total + t.reshape(B, -1).sum(dim=1)
-    finite = torch.isfinite(total)
+        total = total + t.sum(dim=tuple(range(1, t.dim())))
+    finite = (total - total) == 0      # False for inf and NaN (isfinite in fewer operations)
     if bool(finite.all()):
         return finite, True
     finite = torch.isfinite(torch.cat([t.reshape(B, -1) for t in ts], dim=1)).all(dim=1)
@@ -189,8 +195,11 @@ def _finite_items(ts: list[Tensor], B: int) -> tuple[Tensor, bool]:
 def _flat(t: Tensor | None, bshape, core: int, B: int, dtype) -> Tensor | None:
     if t is None:
         return None
-    t = t.to(dtype)
+    if t.dtype != dtype:
+        t = t.to(dtype)
     shape = t.shape[t.dim() - core:]
+    if t.shape[:t.dim() - core] == (B,) and len(bshape) == 1:
+        return t
     return t.expand(*bshape, *shape).reshape(B, *shape)
 
 
@@ -222,6 +231,24 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int,
             res = _run_kernel(e.data, "reduced", finite, tol, maxiter, want)
             return elim.restore(d, e, res, tol, want), d
     d = ipm.stack(d)
+    if kernel != "reduced" and active_set.applies(n, m, me, B):
+        res = active_set.run_active(d, active=finite, tol=tol, maxiter=maxiter,
+                                    want_factor=want)
+        if res is not None:
+            lost = finite & (res.status != int(Status.OPTIMAL))
+            if not bool(lost.any()):
+                return res, d
+            # the interior point solves what the active-set method left, with the full
+            # maxiter (an item's iter_num counts the method that returned its point)
+            res = res._replace(iter_num=torch.where(lost, 0, res.iter_num))
+            idx = torch.nonzero(lost).view(-1)
+            part = ipm.take(d, idx)
+            kernel = dense.kernel_for(n, m, me, idx.shape[0])
+            if kernel != "full-lu":
+                part = ipm.augment(part)
+            again = _run_kernel(part, kernel, torch.ones_like(idx, dtype=torch.bool), tol,
+                                maxiter, want)
+            return ipm.merge(res, idx, again), d
     if kernel != "full-lu":      # the Cholesky factorizations start from Q + rho A'A
         d = ipm.augment(d)
     return _run_kernel(d, kernel, finite, tol, maxiter, want), d
@@ -312,7 +339,7 @@ class _QPFunction(torch.autograd.Function):
         status = torch.where(finite, status, torch.full_like(status, int(Status.NONFINITE_INPUT)))
 
         def out(t):
-            return None if t is None else t.squeeze(-1).to(dtype)
+            return None if t is None else t.squeeze(-1).to(dtype) if wide else t.squeeze(-1)
 
         x, y, z, s = out(res.x), out(res.y), out(res.z), out(res.s)
         if want:
@@ -353,7 +380,7 @@ def _backward(ctx, gx, gy, gz, gs):
         a3 = torch.zeros_like(z) if gz is None else gz.unsqueeze(-1)
         if gs is not None:
             vs = gs.unsqueeze(-1)
-            a1 = a1 - G.transpose(1, 2) @ vs          # s = h - Gx
+            a1 = torch.baddbmm(a1, G.transpose(1, 2), vs, alpha=-1.0)     # s = h - Gx
     if A is not None:
         a2 = torch.zeros_like(y) if gy is None else gy.unsqueeze(-1)
     refine = defaults.IPM_BACKWARD_REFINE_STEPS
@@ -374,32 +401,33 @@ def _backward(ctx, gx, gy, gz, gs):
         Q = KA
         u, zeta, w = elim.adjoint_solve(Q, G, f, ctx.reg[1], a1, a3, a2, refine)
     # items whose factorization failed or whose data was not finite: zero gradient
-    good = ok & torch.isfinite(u).all(dim=(1, 2))
-    for t in (zeta, w):
-        if t is not None:
-            good = good & torch.isfinite(t).all(dim=(1, 2))
-    g3 = good.view(-1, 1, 1)
+    # (0 * t sums to 0 exactly where every entry of t is finite, to NaN elsewhere)
+    lam = torch.cat([t for t in (u, zeta, w) if t is not None], dim=1)
+    good = ok & (lam.mul(0.0).sum(dim=(1, 2)) == 0)
+    xs, ys, zs = x, y, z
+    if not bool(good.all()):
+        g3 = good.view(-1, 1, 1)
 
-    def keep(t):
-        return None if t is None else torch.where(g3, t, torch.zeros_like(t))
+        def keep(t):
+            return None if t is None else torch.where(g3, t, 0.0)
 
-    u, zeta, w, xs, ys, zs, vs = map(keep, (u, zeta, w, x, y, z, vs))
+        u, zeta, w, xs, ys, zs, vs = map(keep, (u, zeta, w, x, y, z, vs))
     need = ctx.need
     # each matrix gradient is a sum of two outer products: one product of rank two
     left = torch.cat([u, xs], dim=2).neg_()
     gQ = gG = gh = gA = gb = None
     if need[0]:
-        gQ = 0.5 * (left @ torch.cat([xs, u], dim=2).transpose(1, 2))
+        gQ = torch.bmm(left, torch.cat([xs, u], dim=2).transpose(1, 2)).mul_(0.5)
     gp = -u.squeeze(-1) if need[1] else None
     if G is not None:
         if need[3] or need[2]:
             gh = zeta if vs is None else zeta + vs
         if need[2]:   # -(z u' + zeta x') (- v x' with a cotangent for s, v + zeta = gh)
-            gG = torch.cat([zs, gh], dim=2) @ left.transpose(1, 2)
+            gG = torch.bmm(torch.cat([zs, gh], dim=2), left.transpose(1, 2))
         gh = gh.squeeze(-1) if need[3] else None
     if A is not None:
         if need[4]:
-            gA = torch.cat([ys, w], dim=2) @ left.transpose(1, 2)
+            gA = torch.bmm(torch.cat([ys, w], dim=2), left.transpose(1, 2))
         gb = w.squeeze(-1) if need[5] else None
     return gQ, gp, gG, gh, gA, gb, None, None, None
 
@@ -490,7 +518,9 @@ def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = N
     err = torch.maximum(torch.maximum(pres, dres), gap)
 
     def shape(t, tail=()):
-        return None if t is None else t.reshape(tuple(bshape) + tuple(tail))
+        if t is None or len(bshape) == 1:      # already (B, ...)
+            return t
+        return t.reshape(tuple(bshape) + tuple(tail))
 
     m = 0 if G is None else G.shape[-2]
     me = 0 if A is None else A.shape[-2]
