@@ -301,17 +301,17 @@ def residuals(d: Data, x, s, z, y, prod: Tensor | None = None) -> _Res:
     """
     Qx, Gx, Ax = split(d, x, prod)
     rx = Qx + d.p
-    big = torch.maximum(amax(Qx), amax(d.p))
+    terms = [Qx, d.p]      # the largest term of each row block: one amax of the columns
     dual = pres = gap = obj_scale = None
     ry = rz = sz = None
     if d.G is not None or d.A is not None:
         dual = dual_product(d, z, y)
-        big = torch.maximum(big, amax(dual))
+        terms.append(dual)
         rx = rx + dual
+    dres = amax(rx) / (1.0 + amax(torch.cat(terms, dim=2)))
     if d.G is not None:
         rz = Gx + s - d.h
-        pbig = torch.maximum(torch.maximum(amax(Gx), amax(s)), amax(d.h))
-        pres = amax(rz) / (1.0 + pbig)
+        pres = amax(rz) / (1.0 + amax(torch.cat([Gx, s, d.h], dim=2)))
         sz = (s * z).sum(dim=(1, 2))
         obj = (x * (0.5 * Qx + d.p)).sum(dim=(1, 2))
         if d.obj0 is not None:
@@ -320,9 +320,8 @@ def residuals(d: Data, x, s, z, y, prod: Tensor | None = None) -> _Res:
         gap = sz / obj_scale
     if d.A is not None:
         ry = Ax - d.b
-        pe = amax(ry) / (1.0 + torch.maximum(amax(Ax), amax(d.b)))
+        pe = amax(ry) / (1.0 + amax(torch.cat([Ax, d.b], dim=2)))
         pres = pe if pres is None else torch.maximum(pres, pe)
-    dres = amax(rx) / (1.0 + big)
     if pres is None:
         pres = torch.zeros_like(dres)
     if gap is None:

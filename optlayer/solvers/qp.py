@@ -162,8 +162,9 @@ def _check_inputs(Q, p, G, h, A, b):
                                f"{M.shape[-2]} rows; {vec} must be (..., {M.shape[-2]})",
                                parameter=vec)
         batch += [M.shape[:-2], v.shape[:-1]]
-    try:
-        bshape = torch.broadcast_shapes(*batch)
+    try:   # (broadcast_shapes is slow Python: skipped when the shapes agree)
+        bshape = batch[0] if all(s == batch[0] for s in batch) else \
+            torch.broadcast_shapes(*batch)
     except RuntimeError:
         raise BindingError(
             "solve_qp: batch shapes do not broadcast: "
@@ -304,6 +305,7 @@ class _QPFunction(torch.autograd.Function):
         # (inference tensors cannot be saved for backward; the backward only reads them).
         # G and A, the inputs the backward reads, are saved as usual (an in-place change
         # before the backward is caught).
+        ctx.set_materialize_grads(False)     # the backward takes None for unused outputs
         with torch.inference_mode():
             outs = _QPFunction._solve(ctx, Q, p, G, h, A, b, finite, tol, maxiter)
         outs = tuple(t if t is None else t.clone() for t in outs)
@@ -361,13 +363,16 @@ class _QPFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable    # its values are not functions of the inputs (no second order)
     def backward(ctx, gx, gy, gz, gs, *unused):
+        if ctx.dtype == torch.float64:
+            return _backward(ctx, gx, gy, gz, gs)
         grads = _backward(ctx, *(None if g is None else g.double() for g in (gx, gy, gz, gs)))
         return tuple(None if g is None else g.to(ctx.dtype) for g in grads)
 
 
 def _backward(ctx, gx, gy, gz, gs):
     """The KKT adjoint solve of :class:`_QPFunction` in float64 (its saved tensors')."""
-    G, A = (None if t is None else t.double() for t in ctx.saved_tensors)
+    G, A = (t if t is None or t.dtype == torch.float64 else t.double()
+            for t in ctx.saved_tensors)
     saved = ctx.held
     if ctx.kind == "dense":
         x, y, z, LU, piv, K, J, ok = saved
