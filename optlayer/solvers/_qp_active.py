@@ -54,6 +54,20 @@ def applies(n: int, m: int, me: int, batch: int) -> bool:
             and batch * k * k <= defaults.ACTIVE_SET_MAX_WORK)
 
 
+_CONSTANTS: dict = {}
+
+
+def _constants(dtype, device):
+    """0, 1 and inf of ``dtype`` and the index -1 as tensors on ``device`` (made once:
+    a Python number is made a tensor at each use)."""
+    key = (dtype, device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = (*(torch.tensor(c, dtype=dtype, device=device)
+                             for c in (0.0, 1.0, math.inf)),
+                           torch.tensor(-1, dtype=torch.int64, device=device))
+    return _CONSTANTS[key]
+
+
 def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
                want_factor: bool) -> ipm.Result | None:
     """The dual active-set method on the items where ``active`` is True (``d``
@@ -81,9 +95,7 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         [delta.expand(B, n), (-delta).expand(B, m + me)], dim=1))
     rhs0 = torch.cat([t for t in (-d.p, d.h, d.b) if t is not None], dim=1)
     eye = torch.eye(k, dtype=dtype, device=dev)
-    # constants as tensors (a Python number is made a tensor at each use)
-    zero, one, inf = (torch.tensor(c, dtype=dtype, device=dev) for c in (0.0, 1.0, math.inf))
-    none = torch.tensor(-1, dtype=torch.int64, device=dev)
+    zero, one, inf, none = _constants(dtype, dev)
 
     def eqp(held: Tensor):
         """``(K, LU, pivots, info, solution)`` of the EQP on the rows ``held``."""
@@ -97,15 +109,15 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     K, LU, piv, info, v = eqp(held)           # the minimizer on the equalities alone
     steps = []
     if m:
-        Gk = K0.new_zeros(B, k, k)               # G on the inequality rows: Gk v - hk = Gx - h
-        Gk[:, n:n + m, :n] = d.G
+        # K0 v - hk on an inequality row i is G_i x - h_i - delta u_i: the violation
+        # where i is not in W (u_i = 0); the rows held are not looked at
         hk = torch.where(ineq, rhs0, zero)
         target = none.expand(B, 1, 1)
         thr = (0.1 * tol) * (1.0 + ipm.amax(d.h))         # a violation worth a step
         thr = torch.where(todo, thr, inf).view(B, 1, 1)   # items not to solve never start
         for _ in range(min(2 * m + 10, maxiter)):
             # items without a target pick the most violated inequality outside W
-            viol = torch.baddbmm(hk, Gk, v, beta=-1.0)
+            viol = torch.baddbmm(hk, K0, v, beta=-1.0)
             top, pick = viol.masked_fill(held, -math.inf).max(dim=1, keepdim=True)
             target = torch.where((target < 0) & (top > thr), pick, target)
             running = target >= 0               # none left: done

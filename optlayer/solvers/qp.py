@@ -357,8 +357,10 @@ class _QPFunction(torch.autograd.Function):
             else:   # the original Q and G (the data need not be stacked)
                 ctx.held = (d.Q, None, res.x, res.y, res.z, *f[:-1], *f.f[:-1], finite & f.f.ok)
                 ctx.reg = (None, d.reg_rel)   # the reduced problem's reg_abs is in f
-        return (x, y, z, s, status, res.iter_num, res.primal_residual.to(dtype),
-                res.dual_residual.to(dtype), res.gap.to(dtype))
+        diag = (res.primal_residual, res.dual_residual, res.gap)
+        if wide:
+            diag = tuple(t.to(dtype) for t in diag)
+        return (x, y, z, s, status, res.iter_num, *diag)
 
     @staticmethod
     @once_differentiable    # its values are not functions of the inputs (no second order)
