@@ -31,6 +31,7 @@ certify.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -54,18 +55,20 @@ def applies(n: int, m: int, me: int, batch: int) -> bool:
             and batch * k * k <= defaults.ACTIVE_SET_MAX_WORK)
 
 
-_CONSTANTS: dict = {}
-
-
-def _constants(dtype, device):
-    """0, 1 and inf of ``dtype`` and the index -1 as tensors on ``device`` (made once:
-    a Python number is made a tensor at each use)."""
-    key = (dtype, device)
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = (*(torch.tensor(c, dtype=dtype, device=device)
-                             for c in (0.0, 1.0, math.inf)),
-                           torch.tensor(-1, dtype=torch.int64, device=device))
-    return _CONSTANTS[key]
+@functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)    # ordinary tensors, whichever mode the first call runs in
+def _fixed(n: int, m: int, me: int, dtype, device):
+    """What every call at these sizes uses, made once: the row index ``(1, k, 1)``, the
+    mask of the inequality rows, the identity, the signs of the regularization (+ on
+    x, - on the constraint rows), and 0, 1, inf and the index -1 as tensors (a Python
+    number is made a tensor at each use)."""
+    k = n + m + me
+    row = torch.arange(k, device=device).view(1, k, 1)
+    sign = torch.ones(k, dtype=dtype, device=device)
+    sign[n:] = -1.0
+    consts = tuple(torch.tensor(c, dtype=dtype, device=device) for c in (0.0, 1.0, math.inf))
+    return (row, (row >= n) & (row < n + m), torch.eye(k, dtype=dtype, device=device), sign,
+            *consts, torch.tensor(-1, dtype=torch.int64, device=device))
 
 
 def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
@@ -89,13 +92,10 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     # u_i = 0 (their columns may stay: they multiply u_i = 0), regularized as in
     # _qp_dense.dense_factor (+delta on x, -delta on the rows held as equalities).
     # ``held`` (B, k, 1) marks the rows of the system kept: x, W and the equalities.
+    row, ineq, eye, sign, zero, one, inf, none = _fixed(n, m, me, dtype, dev)
     K0 = dense._base(d)
-    delta = d.reg_abs.view(B, 1)
-    K0.diagonal(dim1=1, dim2=2).add_(torch.cat(
-        [delta.expand(B, n), (-delta).expand(B, m + me)], dim=1))
+    K0.diagonal(dim1=1, dim2=2).add_(d.reg_abs.view(B, 1) * sign)
     rhs0 = torch.cat([t for t in (-d.p, d.h, d.b) if t is not None], dim=1)
-    eye = torch.eye(k, dtype=dtype, device=dev)
-    zero, one, inf, none = _constants(dtype, dev)
 
     def eqp(held: Tensor):
         """``(K, LU, pivots, info, solution)`` of the EQP on the rows ``held``."""
@@ -103,8 +103,6 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         LU, piv, info = torch.linalg.lu_factor_ex(K)
         return K, LU, piv, info, torch.linalg.lu_solve(LU, piv, torch.where(held, rhs0, zero))
 
-    row = torch.arange(k, device=dev).view(1, k, 1)
-    ineq = (row >= n) & (row < n + m)          # the rows of the inequalities
     held = ~ineq.expand(B, k, 1)
     K, LU, piv, info, v = eqp(held)           # the minimizer on the equalities alone
     steps = []
