@@ -145,7 +145,10 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         y = v[:, n + m:]
     r = ipm.residuals(d, x, s, z, y)
     err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)
-    status = torch.where(err <= tol, int(Status.OPTIMAL), int(Status.MAX_ITER)).to(torch.int8)
+    passed = err <= tol
+    if m:   # an item still on its way to a target at the iteration cap is not done
+        passed = passed & (target < 0).view(B)
+    status = torch.where(passed, int(Status.OPTIMAL), int(Status.MAX_ITER)).to(torch.int8)
     fac = None
     if want_factor:
         # the last EQP's factorization is that of the final working set wherever the
