@@ -173,6 +173,9 @@ IPM_COMPACT_MIN_BATCH = 8
 #: equalities) 19.6/12.0/13.7, hinge_svm (N=54) 22.2/15.5/15.8, minimax_fit
 #: 18.3/11.1/14.3, quantile_regression (N=44, 6 equalities) 16.7/14.3/13.9.
 IPM_DENSE_MAX_SIZE = 200
+IPM_DENSE_MAX_WORK = 1e5
+IPM_DENSE_EQ_SHARE = 0.5
+IPM_LU_MAX_WORK = 3e4
 
 #: Small batches of QPs with few inequalities are first solved by the dual
 #: active-set method (``_qp_active``: its iterations grow with the number of
@@ -187,9 +190,6 @@ IPM_DENSE_MAX_SIZE = 200
 #: n=30 batch 1 3.35/4.53; n=40 batch 1 5.56/5.01.
 ACTIVE_SET_MAX_ROWS = 32
 ACTIVE_SET_MAX_WORK = 3e4
-IPM_DENSE_MAX_WORK = 1e5
-IPM_DENSE_EQ_SHARE = 0.5
-IPM_LU_MAX_WORK = 3e4
 
 #: A batched matrix-vector product ``M @ v`` with ``M`` ``(B, r, c)`` runs as the
 #: row-vector product ``v' @ M'`` on a kept contiguous transpose ``M'`` once

@@ -85,7 +85,8 @@ class DenseFactor(NamedTuple):
 
     LU: Tensor           # (B, k, k), k = n + m + me
     pivots: Tensor       # (B, k)
-    K: Tensor            # (B, k, k) the unregularized active-set matrix (refinement)
+    K: Tensor            # (B, k, k) the active-set matrix (refinement; unregularized here,
+    #                      the factored matrix itself from _qp_active)
     J: Tensor | None     # (B, m, 1) bool, the active set
     ok: Tensor           # (B,) bool
 
