@@ -243,16 +243,23 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int,
             # maxiter (an item's iter_num counts the method that returned its point)
             res = res._replace(iter_num=torch.where(lost, 0, res.iter_num))
             idx = torch.nonzero(lost).view(-1)
-            part = ipm.take(d, idx)
-            kernel = dense.kernel_for(n, m, me, idx.shape[0])
-            if kernel != "full-lu":
-                part = ipm.augment(part)
-            again = _run_kernel(part, kernel, torch.ones_like(idx, dtype=torch.bool), tol,
-                                maxiter, want)
+            again, _ = _interior(ipm.take(d, idx), torch.ones_like(idx, dtype=torch.bool),
+                                 tol, maxiter, want)
             return ipm.merge(res, idx, again), d
+    return _interior(d, finite, tol, maxiter, want)
+
+
+def _interior(d: ipm.Data, active: Tensor, tol: float, maxiter: int,
+              want: bool) -> tuple[ipm.Result, ipm.Data]:
+    """The interior point kernel :func:`_qp_dense.kernel_for` picks for the stacked
+    ``d``, on the items ``active``; returns its result and the data it ran on."""
+    B, n, _ = d.Q.shape
+    m = 0 if d.G is None else d.G.shape[1]
+    me = 0 if d.A is None else d.A.shape[1]
+    kernel = dense.kernel_for(n, m, me, B)
     if kernel != "full-lu":      # the Cholesky factorizations start from Q + rho A'A
         d = ipm.augment(d)
-    return _run_kernel(d, kernel, finite, tol, maxiter, want), d
+    return _run_kernel(d, kernel, active, tol, maxiter, want), d
 
 
 def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: int,
