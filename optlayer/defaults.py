@@ -32,6 +32,7 @@ __all__ = [
     "IPM_LU_MAX_WORK",
     "ACTIVE_SET_MAX_ROWS",
     "ACTIVE_SET_MAX_WORK",
+    "ACTIVE_SET_PDAS_ITERS",
     "IPM_RESCUE_MAX_SIZE",
     "IPM_ELIMINATE_EQUALITIES",
     "IPM_DIVERGED",
@@ -177,19 +178,29 @@ IPM_DENSE_MAX_WORK = 1e5
 IPM_DENSE_EQ_SHARE = 0.5
 IPM_LU_MAX_WORK = 3e4
 
-#: Small batches of QPs with few inequalities are first solved by the dual
-#: active-set method (``_qp_active``: its iterations grow with the number of
-#: constraints that end active, the most over the batch) when there are at most
+#: Small batches of QPs are first solved by the active-set methods
+#: (``_qp_active``: one LU of ``n + m + me`` rows per iteration, a few
+#: iterations for the primal-dual rule, about one per row that ends active for
+#: the dual method that finishes where the rule cycles) when there are at most
 #: ACTIVE_SET_MAX_ROWS inequalities and ``batch * (n + m + me)^2`` is at most
-#: ACTIVE_SET_MAX_WORK; the interior point takes the items it leaves (and the
+#: ACTIVE_SET_MAX_WORK; the interior point takes the items they leave (and the
 #: whole batch where no ``Q`` is positive definite: LPs, epigraph variables).
 #: Crossovers measured on CPU, float64, one thread, fwd+bwd of the
 #: examples/benchmarks/qp.py family (ms, active set / interior point): n=10
-#: batch 1 1.85/2.69, batch 8 2.68/4.93, batch 32 4.55/7.16, batch 64
-#: 12.4/11.5; n=20 batch 1 2.72/3.21, batch 8 5.19/7.61, batch 32 11.9/12.6;
-#: n=30 batch 1 3.35/4.53; n=40 batch 1 5.56/5.01.
-ACTIVE_SET_MAX_ROWS = 32
-ACTIVE_SET_MAX_WORK = 3e4
+#: batch 1 1.20/2.67, batch 32 3.64/7.82, batch 64 7.49/12.5, batch 96
+#: 9.98/11.7, batch 128 14.7/14.4; n=20 batch 32 10.5/13.3, batch 48
+#: 15.5/17.3; n=30 batch 16 8.68/13.6; n=40 batch 16 16.0/13.6; n=50 batch 1
+#: 2.31/6.23, batch 8 11.8/16.3; n=100 batch 1 5.67/10.4, batch 4 18.9/15.9;
+#: n=150 batch 1 12.0/13.0; n=200 batch 1 25.8/16.8.
+ACTIVE_SET_MAX_ROWS = 128
+ACTIVE_SET_MAX_WORK = 6e4
+
+#: The active-set method starts with at most this many primal-dual active-set
+#: iterations (each working set: the rows of the last one with a nonnegative
+#: multiplier, plus every violated row); the items whose set has not settled by
+#: then (the rule can cycle) are finished by Goldfarb and Idnani's dual method.
+#: On the examples/benchmarks/qp.py family they settle within 5-13 changes.
+ACTIVE_SET_PDAS_ITERS = 10
 
 #: A batched matrix-vector product ``M @ v`` with ``M`` ``(B, r, c)`` runs as the
 #: row-vector product ``v' @ M'`` on a kept contiguous transpose ``M'`` once

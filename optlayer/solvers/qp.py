@@ -7,10 +7,11 @@ Solves, for every item of a batch at once::
                 Ax  = b          (dual y)
 
 with Q symmetric positive semidefinite (zero for LPs); either constraint block
-may be absent. Small batches with few inequalities are first solved by a dual
-active-set method (Goldfarb-Idnani, ``_qp_active``) where ``Q`` is positive
-definite; it ends on the exact solution of the KKT system of its working set,
-and the items it leaves go to the interior point. The interior point is
+may be absent. Small batches are first solved by active-set methods
+(``_qp_active``: the primal-dual active-set rule, then Goldfarb and Idnani's
+dual method where the rule cycles) where ``Q`` is positive definite; they end
+on the exact solution of the KKT system of their working set, and the items
+they leave go to the interior point. The interior point is
 Mehrotra's predictor-corrector with one
 of three kernels chosen by a work estimate (``_qp_dense.kernel_for``): the
 loop on the full Newton system with its direction by LU (small batches of
@@ -74,7 +75,8 @@ class QPSolution(NamedTuple):
         ineq_dual: multipliers ``z >= 0`` of ``Gx <= h``, ``(..., m)`` (None without G).
         slack: ``s = h - Gx >= 0``, ``(..., m)`` (None without G).
         status: :class:`~optlayer.status.Status` codes, ``torch.int8``.
-        iter_num: interior point iterations taken per item.
+        iter_num: iterations taken per item (of the interior point, or of the
+            active-set methods where they returned the point).
         error: ``max(primal_residual, dual_residual, gap)`` per item.
         primal_residual: ``max(|Ax - b|, |Gx + s - h|)``, normalized.
         dual_residual: ``|Qx + p + G'z + A'y|_inf``, normalized.
@@ -217,46 +219,51 @@ def _kernel(n: int, m: int, me: int, B: int) -> tuple[str, bool]:
 
 def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int,
          want: bool) -> tuple[ipm.Result, ipm.Data]:
-    """Solve with the kernel :func:`_kernel` picks; equality constraints of full row
-    rank are eliminated where it says so. Returns the result and the data the
+    """Solve with the active-set methods where they apply (:mod:`_qp_active`: small
+    batches, positive definite ``Q``), the interior point taking the items they
+    leave; else with the kernel :func:`_kernel` picks, equality constraints of full
+    row rank eliminated where it says so. Returns the result and the data the
     kernel ran on (``d`` stacked and, for the Cholesky kernels, augmented), or
     ``d`` itself where the equalities were eliminated (then it may be unstacked:
     the original problem is read only by :func:`_qp_elim.restore` and the backward)."""
     B, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
-    kernel, eliminate = _kernel(n, m, me, B)
-    if eliminate:
-        e = elim.eliminate(d, finite)
-        if e is not None:
-            res = _run_kernel(e.data, "reduced", finite, tol, maxiter, want)
-            return elim.restore(d, e, res, tol, want), d
-    d = ipm.stack(d)
-    if kernel != "reduced" and active_set.applies(n, m, me, B):
-        res = active_set.run_active(d, active=finite, tol=tol, maxiter=maxiter,
+    if active_set.applies(n, m, me, B):
+        ds = ipm.stack(d)
+        res = active_set.run_active(ds, active=finite, tol=tol, maxiter=maxiter,
                                     want_factor=want)
         if res is not None:
             lost = finite & (res.status != int(Status.OPTIMAL))
             if not bool(lost.any()):
-                return res, d
-            # the interior point solves what the active-set method left, with the full
+                return res, ds
+            # the interior point solves what the active-set methods left, with the full
             # maxiter (an item's iter_num counts the method that returned its point)
             res = res._replace(iter_num=torch.where(lost, 0, res.iter_num))
             idx = torch.nonzero(lost).view(-1)
-            again, _ = _interior(ipm.take(d, idx), torch.ones_like(idx, dtype=torch.bool),
-                                 tol, maxiter, want)
-            return ipm.merge(res, idx, again), d
-    return _interior(d, finite, tol, maxiter, want)
+            again, _ = _interior(ipm.take(ds, idx), torch.ones_like(idx, dtype=torch.bool),
+                                 tol, maxiter, want, full=True)
+            return ipm.merge(res, idx, again), ds
+    if _kernel(n, m, me, B)[1]:
+        e = elim.eliminate(d, finite)
+        if e is not None:
+            res = _run_kernel(e.data, "reduced", finite, tol, maxiter, want)
+            return elim.restore(d, e, res, tol, want), d
+    return _interior(ipm.stack(d), finite, tol, maxiter, want)
 
 
 def _interior(d: ipm.Data, active: Tensor, tol: float, maxiter: int,
-              want: bool) -> tuple[ipm.Result, ipm.Data]:
+              want: bool, full: bool = False) -> tuple[ipm.Result, ipm.Data]:
     """The interior point kernel :func:`_qp_dense.kernel_for` picks for the stacked
-    ``d``, on the items ``active``; returns its result and the data it ran on."""
+    ``d``, on the items ``active`` (with ``full``, a kernel on the full system: its
+    factorization is the active-set methods' kind); returns its result and the data
+    it ran on."""
     B, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
     kernel = dense.kernel_for(n, m, me, B)
+    if full and kernel == "reduced":
+        kernel = "full-cholesky"
     if kernel != "full-lu":      # the Cholesky factorizations start from Q + rho A'A
         d = ipm.augment(d)
     return _run_kernel(d, kernel, active, tol, maxiter, want), d
@@ -332,8 +339,7 @@ class _QPFunction(torch.autograd.Function):
         n = Q.shape[1]
         m = 0 if G is None else G.shape[1]
         me = 0 if A is None else A.shape[1]
-        kernel, eliminate = _kernel(n, m, me, Q.shape[0])
-        small = kernel != "reduced"
+        eliminate = _kernel(n, m, me, Q.shape[0])[1]
         # _run stacks the data where the kernel needs it, and augments it
         d = ipm.make_data(Q, p, G, h, A, b, augmented=False, stacked=not eliminate)
         res, d = _run(d, finite, min(tol, defaults.tol(torch.float64)) if wide else tol,
@@ -353,10 +359,10 @@ class _QPFunction(torch.autograd.Function):
         x, y, z, s = out(res.x), out(res.y), out(res.z), out(res.s)
         if want:
             f = res.factor
-            ctx.kind = "dense" if small else "elim" if isinstance(f, elim.ElimFactor) \
-                else "split"
+            ctx.kind = "dense" if isinstance(f, dense.DenseFactor) else \
+                "elim" if isinstance(f, elim.ElimFactor) else "split"
             ctx.need = ctx.needs_input_grad[:6]
-            if small:
+            if ctx.kind == "dense":
                 ctx.held = (res.x, res.y, res.z, f.LU, f.pivots, f.K, f.J, finite & f.ok)
             elif ctx.kind == "split":   # the forward's stacked data serves split_solve
                 ctx.held = (d.KA, d.KT, res.x, res.y, res.z, *f[:-1], finite & f.ok)

@@ -1,10 +1,12 @@
 """The QP kernels of ``solve_qp``, as an autouse fixture.
 
-A test module that imports :func:`kernel` runs each of its tests four times:
+A test module that imports :func:`kernel` runs each of its tests five times:
 on the interior point loop over the full Newton system with its direction by
 LU (``full-lu``) or by the reduced system's Cholesky factorization
-(``full-cholesky``), on the reduced kernel (``reduced``), and on the dual
-active-set method (``active-set``, with ``full-lu`` for the items it leaves).
+(``full-cholesky``), on the reduced kernel (``reduced``), and on the
+active-set method (``active-set``: the primal-dual rule, then Goldfarb and
+Idnani's dual method for the items it leaves, then ``full-lu`` for theirs),
+also with the dual method alone (``active-set-dual``).
 """
 
 from __future__ import annotations
@@ -14,23 +16,27 @@ import pytest
 from optlayer import defaults
 
 #: kernel -> (IPM_DENSE_MAX_SIZE, IPM_DENSE_MAX_WORK, IPM_LU_MAX_WORK,
-#: ACTIVE_SET_MAX_ROWS, ACTIVE_SET_MAX_WORK) forcing it
+#: ACTIVE_SET_MAX_ROWS, ACTIVE_SET_MAX_WORK, ACTIVE_SET_PDAS_ITERS or None for its
+#: default) forcing it
 FORCE = {
-    "full-lu": (10**9, float("inf"), float("inf"), -1, 0.0),
-    "full-cholesky": (10**9, float("inf"), 0.0, -1, 0.0),
-    "reduced": (0, 0.0, 0.0, -1, 0.0),
-    "active-set": (10**9, float("inf"), float("inf"), 10**9, float("inf")),
+    "full-lu": (10**9, float("inf"), float("inf"), -1, 0.0, None),
+    "full-cholesky": (10**9, float("inf"), 0.0, -1, 0.0, None),
+    "reduced": (0, 0.0, 0.0, -1, 0.0, None),
+    "active-set": (10**9, float("inf"), float("inf"), 10**9, float("inf"), None),
+    "active-set-dual": (10**9, float("inf"), float("inf"), 10**9, float("inf"), 0),
 }
 
 
 def force(monkeypatch, name: str) -> str:
     """Make ``solve_qp`` run the kernel ``name`` for the rest of the test."""
-    size, work, lu, rows, active_work = FORCE[name]
+    size, work, lu, rows, active_work, pdas = FORCE[name]
     monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", size)
     monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", work)
     monkeypatch.setattr(defaults, "IPM_LU_MAX_WORK", lu)
     monkeypatch.setattr(defaults, "ACTIVE_SET_MAX_ROWS", rows)
     monkeypatch.setattr(defaults, "ACTIVE_SET_MAX_WORK", active_work)
+    if pdas is not None:
+        monkeypatch.setattr(defaults, "ACTIVE_SET_PDAS_ITERS", pdas)
     return name
 
 
