@@ -60,6 +60,7 @@ from optlayer.solvers import _qp_active as active_set
 from optlayer.solvers import _qp_dense as dense
 from optlayer.solvers import _qp_elim as elim
 from optlayer.solvers import _qp_ipm as ipm
+from optlayer.solvers import _qp_schur as schur
 from optlayer.solvers._base import OptStep
 from optlayer.status import Status, check_on_failure, failed_mask
 
@@ -282,8 +283,7 @@ def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: i
     me = 0 if d.A is None else d.A.shape[1]
     rescue = n + 2 * m + me <= defaults.IPM_RESCUE_MAX_SIZE
     if kernel == "reduced":
-        res = ipm.run_ipm(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
-                          give_up=rescue)
+        res = _reduced(d, finite, tol, maxiter, want, rescue)
     else:
         cholesky = kernel == "full-cholesky"
         res = dense.run_dense(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
@@ -301,6 +301,26 @@ def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: i
     if want and kernel == "reduced":   # the reduced kernel's backward, at the point found
         again = again._replace(factor=ipm.split_factor(part, again.s, again.z))
     return ipm.merge(res, idx, again)
+
+
+def _reduced(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool,
+             give_up: bool) -> ipm.Result:
+    """The reduced kernel, after the primal-dual active-set rule on the dual Schur
+    complement where it applies (:mod:`_qp_schur`: no equality constraints left,
+    ``Q`` positive definite); the interior point takes the items the rule leaves."""
+    if schur.applies(d):
+        res = schur.run_schur(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
+        if res is not None:
+            lost = finite & (res.status != int(Status.OPTIMAL))
+            if not bool(lost.any()):
+                return res
+            res = res._replace(iter_num=torch.where(lost, 0, res.iter_num))
+            idx = torch.nonzero(lost).view(-1)
+            again = ipm.run_ipm(ipm.take(d, idx), active=torch.ones_like(idx, dtype=torch.bool),
+                                tol=tol, maxiter=maxiter, want_factor=want, give_up=give_up)
+            return ipm.merge(res, idx, again)
+    return ipm.run_ipm(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
+                       give_up=give_up)
 
 
 def _has_verdict(status: Tensor) -> Tensor:

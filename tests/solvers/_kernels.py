@@ -1,12 +1,14 @@
 """The QP kernels of ``solve_qp``, as an autouse fixture.
 
-A test module that imports :func:`kernel` runs each of its tests five times:
+A test module that imports :func:`kernel` runs each of its tests six times:
 on the interior point loop over the full Newton system with its direction by
 LU (``full-lu``) or by the reduced system's Cholesky factorization
-(``full-cholesky``), on the reduced kernel (``reduced``), and on the
-active-set method (``active-set``: the primal-dual rule, then Goldfarb and
-Idnani's dual method for the items it leaves, then ``full-lu`` for theirs),
-also with the dual method alone (``active-set-dual``).
+(``full-cholesky``), on the reduced kernel (``reduced``; ``reduced-schur``:
+after the primal-dual active-set rule on the dual Schur complement,
+``_qp_schur``), and on the active-set method (``active-set``: the
+primal-dual rule, then Goldfarb and Idnani's dual method for the items it
+leaves, then ``full-lu`` for theirs), also with the dual method alone
+(``active-set-dual``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from optlayer import defaults
 FORCE = {
     "full-lu": (10**9, float("inf"), float("inf"), -1, 0.0, None),
     "full-cholesky": (10**9, float("inf"), 0.0, -1, 0.0, None),
-    "reduced": (0, 0.0, 0.0, -1, 0.0, None),
+    "reduced": (0, 0.0, 0.0, -1, 0.0, 0),
+    "reduced-schur": (0, 0.0, 0.0, -1, 0.0, None),
     "active-set": (10**9, float("inf"), float("inf"), 10**9, float("inf"), None),
     "active-set-dual": (10**9, float("inf"), float("inf"), 10**9, float("inf"), 0),
 }

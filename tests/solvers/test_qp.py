@@ -463,7 +463,7 @@ def test_a_polish_is_not_repeated_on_the_same_active_set(monkeypatch, kernel):  
     Q, p, G, h, _, _ = inst
     assert abs(0.5 * x @ Q @ x + p @ x - f_ref) <= 1e-9
     assert (G @ x - h).max() <= 1e-9
-    if kernel != "reduced":
+    if kernel not in ("reduced", "reduced-schur"):   # (the reduced kernel polishes its own way)
         # tried at errors 1e-3, 1e-5 and at the end: the active set no longer changes
         assert len(calls) == 1
 

@@ -43,10 +43,11 @@ def _spy(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("kernel", ["reduced", "reduced-schur"])
 @pytest.mark.parametrize("rank_deficient_item", [None, 2])
 def test_eliminated_equalities_give_the_point_and_gradients_of_the_full_system(
-        monkeypatch, rank_deficient_item):
-    force(monkeypatch, "reduced")
+        monkeypatch, rank_deficient_item, kernel):
+    force(monkeypatch, kernel)
     data = _batch(0, 5, 8, 10, 3)
     if rank_deficient_item is not None:   # a repeated row: the whole batch keeps A
         A, b = data[4], data[5]
