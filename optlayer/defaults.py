@@ -195,11 +195,13 @@ IPM_LU_MAX_WORK = 3e4
 ACTIVE_SET_MAX_ROWS = 128
 ACTIVE_SET_MAX_WORK = 6e4
 
-#: The active-set method starts with at most this many primal-dual active-set
+#: The active-set methods start with at most this many primal-dual active-set
 #: iterations (each working set: the rows of the last one with a nonnegative
 #: multiplier, plus every violated row); the items whose set has not settled by
-#: then (the rule can cycle) are finished by Goldfarb and Idnani's dual method.
-#: On the examples/benchmarks/qp.py family they settle within 5-13 changes.
+#: then (the rule can cycle) are finished by Goldfarb and Idnani's dual method
+#: (``_qp_active``) or by the reduced interior point (``_qp_schur``). On the
+#: examples/benchmarks/qp.py family (n = 10 to 100) 98% of the items or more
+#: settle within 10 iterations; 0 turns the rule off.
 ACTIVE_SET_PDAS_ITERS = 10
 
 #: A batched matrix-vector product ``M @ v`` with ``M`` ``(B, r, c)`` runs as the

@@ -53,7 +53,7 @@ from optlayer.solvers import _qp_dense as dense
 from optlayer.solvers import _qp_ipm as ipm
 from optlayer.status import Status
 
-__all__ = ["applies", "run_active"]
+__all__ = ["applies", "run_active", "set_changes"]
 
 
 def applies(n: int, m: int, me: int, batch: int) -> bool:
@@ -213,12 +213,18 @@ def _pdas(K0, hk_thr, ineq, held, v, cap, eqp, fac):
     if settled is None:                 # the cap: which items reproduce their set
         new = (torch.where(held, v, torch.baddbmm(hk_thr, K0, v, beta=-1.0)) >= 0) | other
         settled = (new == held).all(dim=1).view(B)
+    return held, v, settled, fac, set_changes(sets)
+
+
+def set_changes(sets: list[Tensor]) -> Tensor:
+    """The number of changes per item in a sequence of working sets ``(B, k, 1)`` of
+    the primal-dual active-set rule (an item's set, once it reproduces itself,
+    stays: the same EQP again)."""
+    B = sets[0].shape[0]
     if len(sets) == 1:
-        changes = torch.zeros(B, dtype=torch.int64, device=v.device)
-    else:   # an item's set, once it reproduces itself, stays (the same EQP again)
-        hist = torch.stack(sets)
-        changes = (hist[1:] != hist[:-1]).any(dim=2).view(len(sets) - 1, B).sum(dim=0)
-    return held, v, settled, fac, changes
+        return torch.zeros(B, dtype=torch.int64, device=sets[0].device)
+    hist = torch.stack(sets)
+    return (hist[1:] != hist[:-1]).any(dim=2).view(len(sets) - 1, B).sum(dim=0)
 
 
 def _dual(K0, hk, thr, fixed, held, v, cap, eqp, fac):

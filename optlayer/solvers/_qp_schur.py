@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from optlayer import defaults
+from optlayer.solvers import _qp_active as active_set
 from optlayer.solvers import _qp_ipm as ipm
 from optlayer.status import Status
 
@@ -112,11 +113,7 @@ def run_schur(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     err = torch.maximum(torch.maximum(res.dres, res.pres), res.gap)
     passed = (err <= tol) & settled & todo & ok
     status = torch.where(passed, int(Status.OPTIMAL), int(Status.MAX_ITER)).to(torch.int8)
-    if len(sets) == 1:
-        iters = torch.zeros(B, dtype=torch.int64, device=dev)
-    else:   # an item's set, once it reproduces itself, stays (the same EQP again)
-        hist = torch.stack(sets)
-        iters = (hist[1:] != hist[:-1]).any(dim=2).view(len(sets) - 1, B).sum(dim=0)
+    iters = active_set.set_changes(sets)
     fac = None
     if want_factor:
         # the active-set KKT system of W: L of Q (no rows added, c = 0), the rows of

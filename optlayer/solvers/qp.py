@@ -235,16 +235,9 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int,
         res = active_set.run_active(ds, active=finite, tol=tol, maxiter=maxiter,
                                     want_factor=want)
         if res is not None:
-            lost = finite & (res.status != int(Status.OPTIMAL))
-            if not bool(lost.any()):
-                return res, ds
-            # the interior point solves what the active-set methods left, with the full
-            # maxiter (an item's iter_num counts the method that returned its point)
-            res = res._replace(iter_num=torch.where(lost, 0, res.iter_num))
-            idx = torch.nonzero(lost).view(-1)
-            again, _ = _interior(ipm.take(ds, idx), torch.ones_like(idx, dtype=torch.bool),
-                                 tol, maxiter, want, full=True)
-            return ipm.merge(res, idx, again), ds
+            return _left_to_interior(res, finite, lambda idx: _interior(
+                ipm.take(ds, idx), torch.ones_like(idx, dtype=torch.bool), tol, maxiter, want,
+                full=True)[0]), ds
     if _kernel(n, m, me, B)[1]:
         e = elim.eliminate(d, finite)
         if e is not None:
@@ -311,16 +304,24 @@ def _reduced(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool,
     if schur.applies(d):
         res = schur.run_schur(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
         if res is not None:
-            lost = finite & (res.status != int(Status.OPTIMAL))
-            if not bool(lost.any()):
-                return res
-            res = res._replace(iter_num=torch.where(lost, 0, res.iter_num))
-            idx = torch.nonzero(lost).view(-1)
-            again = ipm.run_ipm(ipm.take(d, idx), active=torch.ones_like(idx, dtype=torch.bool),
-                                tol=tol, maxiter=maxiter, want_factor=want, give_up=give_up)
-            return ipm.merge(res, idx, again)
+            return _left_to_interior(res, finite, lambda idx: ipm.run_ipm(
+                ipm.take(d, idx), active=torch.ones_like(idx, dtype=torch.bool), tol=tol,
+                maxiter=maxiter, want_factor=want, give_up=give_up))
     return ipm.run_ipm(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want,
                        give_up=give_up)
+
+
+def _left_to_interior(res: ipm.Result, finite: Tensor, interior) -> ipm.Result:
+    """``res`` of an active-set method, with the items it left without a verdict
+    (finite, not OPTIMAL) solved again by ``interior(idx)`` (an interior point on
+    those items, with the full maxiter); an item's ``iter_num`` counts the
+    method that returned its point."""
+    lost = finite & (res.status != int(Status.OPTIMAL))
+    if not bool(lost.any()):
+        return res
+    res = res._replace(iter_num=torch.where(lost, 0, res.iter_num))
+    idx = torch.nonzero(lost).view(-1)
+    return ipm.merge(res, idx, interior(idx))
 
 
 def _has_verdict(status: Tensor) -> Tensor:
