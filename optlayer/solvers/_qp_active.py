@@ -183,11 +183,11 @@ def _finish(K0, rhs0, hk, thr, held, v, fixed, left):
         *fac, v = eqp(held)
         drops = drops + neg.any(dim=1).view(-1)
         left -= 1
-    held, v, target, fac, steps = _dual(K0, hk, thr, (row, ineq, zero, one, inf, none), held,
-                                        v, min(2 * ineq.shape[1] + 10, left), eqp, fac)
+    held, v, done, fac, steps = _dual(K0, hk, thr, (row, ineq, zero, one, inf, none), held, v,
+                                      min(2 * ineq.shape[1] + 10, left), eqp, fac)
     if fac is None:       # (neither loop solved an EQP: that of the set reached)
         *fac, _ = eqp(held)
-    return held, v, *fac, drops + steps, (target < 0).view(-1)
+    return held, v, *fac, drops + steps, done
 
 
 def _pdas(K0, hk_thr, ineq, held, v, cap, eqp, fac):
@@ -230,13 +230,14 @@ def set_changes(sets: list[Tensor]) -> Tensor:
 def _dual(K0, hk, thr, fixed, held, v, cap, eqp, fac):
     """At most ``cap`` iterations of Goldfarb and Idnani's dual method (module doc)
     from the dual feasible ``(held, v)`` (``fixed``: what :func:`_fixed` made).
-    Returns the last working set and point, the target per item (``(B, 1, 1)``, -1
-    where none is left: done), the last factorization and the number of
-    iterations per item."""
+    Returns the last working set and point, whether each item is done (no target
+    left, no row violated), the last factorization and the number of iterations
+    per item."""
     row, ineq, zero, one, inf, none = fixed
     B = v.shape[0]
     target = none.expand(B, 1, 1)
     steps = []
+    done = None
     for _ in range(cap):
         # items without a target pick the most violated inequality outside W
         viol = torch.baddbmm(hk, K0, v, beta=-1.0)
@@ -244,6 +245,7 @@ def _dual(K0, hk, thr, fixed, held, v, cap, eqp, fac):
         target = torch.where((target < 0) & (top > thr), pick, target)
         running = target >= 0               # none left: done
         if not bool(running.any()):
+            done = torch.ones(B, dtype=torch.bool, device=v.device)
             break
         # Items that are done solve their own EQP again: the same system, the same
         # solution, so any step leaves them unchanged. A failed factorization makes
@@ -259,6 +261,9 @@ def _dual(K0, hk, thr, fixed, held, v, cap, eqp, fac):
         held = torch.where(short, held & (row != drop), cand)
         target = torch.where(short, target, none)
         steps.append(running)
+    if done is None:    # the cap: done where no target is left and none is violated
+        top = torch.baddbmm(hk, K0, v, beta=-1.0).masked_fill(held, -math.inf).amax(dim=1)
+        done = (target < 0).view(B) & ~(top > thr.view(B, 1)).view(B)
     count = torch.cat(steps, dim=1).sum(dim=(1, 2)) if steps else \
         torch.zeros(B, dtype=torch.int64, device=v.device)
-    return held, v, target, fac, count
+    return held, v, done, fac, count
