@@ -11,10 +11,10 @@ alone. With ``Q = LL'``, the unconstrained minimizer ``x0 = -Q^-1 p``,
 (``u = 0`` off ``W``). So after one Cholesky factorization of ``Q`` and one
 product for ``S``, an iteration of the rule of :mod:`_qp_active` (keep the rows
 of ``W`` whose multiplier is nonnegative, take every violated row) is one
-Cholesky factorization of ``S`` with the rows and columns outside ``W``
-replaced by those of the identity, one solve and one product: ``m`` rows where
-the interior point factors ``n`` rows twice per iteration and needs about
-twice as many iterations.
+Cholesky factorization of ``S_WW`` (the rows of ``W`` gathered first, padded
+with unit rows to the largest ``|W|`` of the batch), one solve and one
+product: ``|W|`` rows where an interior point iteration factors ``n``, and
+about half as many iterations.
 
 The final factorization serves the backward pass as it is: it is the
 :class:`_qp_ipm.SplitFactor` of the active-set KKT system with ``L`` the
