@@ -211,18 +211,17 @@ def _flat(t: Tensor | None, bshape, core: int, B: int, dtype) -> Tensor | None:
 # the differentiable solve
 # --------------------------------------------------------------------------
 
-def _kernel(n: int, m: int, me: int, B: int) -> tuple[str, bool]:
-    """The kernel :func:`_qp_dense.kernel_for` picks, and whether the equality
-    constraints are to be eliminated first (:mod:`_qp_elim`)."""
-    kernel = dense.kernel_for(n, m, me, B)
-    return kernel, kernel == "reduced" and elim.applies(n, me)
+def _eliminates(n: int, m: int, me: int, B: int) -> bool:
+    """Whether the equality constraints are eliminated first (:mod:`_qp_elim`): where
+    :func:`_qp_dense.kernel_for` picks the reduced kernel and elimination applies."""
+    return dense.kernel_for(n, m, me, B) == "reduced" and elim.applies(n, me)
 
 
 def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int,
          want: bool) -> tuple[ipm.Result, ipm.Data]:
     """Solve with the active-set methods where they apply (:mod:`_qp_active`: small
     batches, positive definite ``Q``), the interior point taking the items they
-    leave; else with the kernel :func:`_kernel` picks, equality constraints of full
+    leave; else with the kernel :func:`_qp_dense.kernel_for` picks, equality constraints of full
     row rank eliminated where it says so. Returns the result and the data the
     kernel ran on (``d`` stacked and, for the Cholesky kernels, augmented), or
     ``d`` itself where the equalities were eliminated (then it may be unstacked:
@@ -238,7 +237,7 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int,
             return _left_to_interior(res, finite, lambda idx: _interior(
                 ipm.take(ds, idx), torch.ones_like(idx, dtype=torch.bool), tol, maxiter, want,
                 full=True)[0]), ds
-    if _kernel(n, m, me, B)[1]:
+    if _eliminates(n, m, me, B):
         e = elim.eliminate(d, finite)
         if e is not None:
             res = _run_kernel(e.data, "reduced", finite, tol, maxiter, want)
@@ -360,7 +359,7 @@ class _QPFunction(torch.autograd.Function):
         n = Q.shape[1]
         m = 0 if G is None else G.shape[1]
         me = 0 if A is None else A.shape[1]
-        eliminate = _kernel(n, m, me, Q.shape[0])[1]
+        eliminate = _eliminates(n, m, me, Q.shape[0])
         # _run stacks the data where the kernel needs it, and augments it
         d = ipm.make_data(Q, p, G, h, A, b, augmented=False, stacked=not eliminate)
         res, d = _run(d, finite, min(tol, defaults.tol(torch.float64)) if wide else tol,
