@@ -85,13 +85,16 @@ def run_schur(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     settled = None
     for _ in range(min(defaults.ACTIVE_SET_PDAS_ITERS, maxiter)):
         new = next_set(held, u)
-        if torch.equal(new, held):      # every item settled (the loop's one host sync)
+        # the loop's one host sync: whether every item settled, and the largest |W|
+        count = new.sum(dim=1)
+        same, most = torch.stack([(new == held).all().to(count.dtype), count.max()]).tolist()
+        if same:
             settled = torch.ones(B, dtype=torch.bool, device=dev)
             break
         held = new
         # the rows of W first (in their order), k = the largest |W| over the batch;
         # the other rows of the first k are dummies (a unit diagonal, no coupling)
-        k = max(1, int(held.sum(dim=1).max()))
+        k = max(1, int(most))
         order = torch.sort((~held).view(B, m).to(torch.uint8), dim=1, stable=True).indices
         rows = order[:, :k].unsqueeze(-1)
         Jk = held.gather(1, rows)
