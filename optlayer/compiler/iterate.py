@@ -40,7 +40,7 @@ from optlayer.status import Status
 
 __all__ = ["SolveResult", "block_solve", "jacobian", "value_and_jacobian", "replicate",
            "fbn_solve", "prox_grad_solve", "md_value_and_jacobian", "mirror_solve",
-           "newton_solve", "status_of"]
+           "newton_solve", "status_of", "relative_residual"]
 
 
 class SolveResult:
@@ -121,6 +121,27 @@ def status_of(res, tol, z):
                        torch.full_like(s, int(Status.NUMERICAL_ERROR)))
 
 
+def relative_residual(r, *terms):
+    """``r / (1 + max_i ||terms_i||)`` per item: a residual relative to the terms it is a
+    sum of, as :func:`optlayer.solvers.solve_qp` judges its KKT residuals (docs/qp.md).
+
+    The first-order and Newton loops measure the gradient mapping ``G = (x - T(x)) /
+    step = grad f(x) + u`` (``u`` from the prox or projection; ``G = grad f`` for
+    ``stationary``) against its terms ``grad f(x)`` (``Qx`` and ``p`` apart for a
+    quadratic ``f``) and ``u``, not against ``||x||``: on a problem that is unbounded
+    below the iterates run off to infinity while ``G`` stays away from zero, and a
+    residual relative to ``1 + ||x||`` would call them converged.
+
+    Args:
+        r: ``(B,)`` the residual's norm.
+        terms: ``(B, N)`` tensors.
+    """
+    scale = terms[0].norm(dim=-1)
+    for t in terms[1:]:
+        scale = torch.maximum(scale, t.norm(dim=-1))
+    return r / (1 + scale)
+
+
 def value_and_jacobian(T, x, step):
     """``T(x)`` and the per-item Jacobian ``dT/dx (B, N, N)`` from one evaluation of ``T``
     on ``N + 1`` stacked copies of the batch (the first ``N`` give the rows as in
@@ -162,8 +183,7 @@ class _Newton:
         """One Newton step at ``x``, kept where it cuts ``||F||`` by ``FP_NEWTON_DECREASE``.
 
         Returns:
-            ``(x_new, kept (B,), residual (B,))``; the residual is
-            ``||F|| / (step (1 + ||x||))`` at the returned point.
+            ``(x_new, kept (B,), ||F|| (B,))``, ``||F||`` at the returned point.
         """
         N = x.shape[1]
         Tx, J = self.values(x, step)
@@ -179,8 +199,7 @@ class _Newton:
         x_new = torch.where(ok[:, None], xt, x)
         self.at = (x_new, step, torch.where(ok[:, None], Tt, Tx),
                    torch.where(ok[:, None, None], Jt, J))
-        res = torch.where(ok, nFt, nF) / (step * (1 + x_new.norm(dim=-1)))
-        return x_new, ok, res
+        return x_new, ok, torch.where(ok, nFt, nF)
 
     def finish(self, x, step):
         """``(T(x), dT/dx or None)``: the cached pair when it is at ``x`` and ``step``."""
@@ -260,13 +279,24 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
         Lc, cinfo = torch.linalg.cholesky_ex(Q)
         z0 = -torch.cholesky_solve(p.unsqueeze(-1), Lc).squeeze(-1)
         z = torch.where(((cinfo == 0) & torch.isfinite(z0).all(-1))[:, None], z0, z)
+    # relative_residual of G = -F / eta = (x - y) / eta + (y - T(x)) / eta against its
+    # terms Qx = (x - y) / eta - p, p and the prox's part, times eta (fewer operations)
+    eta_p = eta[:, None] * p
+    eta_pn = eta_p.norm(dim=-1)
+
+    def residual(state):
+        D = state[:, :3 * N].unflatten(1, (3, N)).diff(dim=1)    # [y - x, T(x) - y]
+        D[:, 0].add_(eta_p)                                        # -eta Qx
+        scale = torch.maximum(D.norm(dim=-1).amax(dim=-1), eta_pn)
+        return state[:, 3 * N:4 * N].norm(dim=-1) / (eta + scale)
+
     cur = at(z)
     it = 0
     rows = torch.arange(B, device=dev)
     while True:
         x, y, Tx, F, phi = cur[:, :N], cur[:, N:2 * N], cur[:, 2 * N:3 * N], \
             cur[:, 3 * N:4 * N], cur[:, -1]
-        res = F.norm(dim=-1) / (eta * (1 + x.norm(dim=-1)))
+        res = residual(cur)
         done = res <= tol
         if it >= maxiter or bool(done.all()):
             break
@@ -322,8 +352,8 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
         if not bool(accepted.all()):  # keep the proximal-gradient point (phi decreases)
             new = pick(~accepted, at(Tx), new)
         cur = new
-    x, Tx, F = cur[:, :N], cur[:, 2 * N:3 * N].contiguous(), cur[:, 3 * N:4 * N]
-    res = F.norm(dim=-1) / (eta * (1 + x.norm(dim=-1)))
+    Tx = cur[:, 2 * N:3 * N].contiguous()
+    res = residual(cur)
     return SolveResult(Tx, status_of(res, tol, Tx), it, res, eta)
 
 
@@ -359,6 +389,14 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             return proxf(zz - step[:, None] * prog.grad(zz, P, qp), step)
         return prog.fixed_point(zz, reps(k), step, None if qp is None else qreps(k))
 
+    def residual(x, Tx, st, gx=None):
+        # G = (x - T(x)) / step against its terms grad f(x) (Qx and p apart) and the prox's
+        if gx is None:
+            gx = bmv(Q, x) + p if qp is not None else prog.grad(x, P, qp)
+        G = (x - Tx) / st[:, None]
+        terms = (gx - p, p) if qp is not None else (gx,)
+        return relative_residual(G.norm(dim=-1), *terms, G - gx)
+
     step = 1 / L
     x = proxf(z, step)
     newton = _Newton(T)
@@ -369,7 +407,8 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         if it >= newton_at and newton_ok:
             it += 1
             pending = ~done
-            x, ok, res = newton.trial(x, step, pending)
+            x, ok, _ = newton.trial(x, step, pending)
+            res = residual(x, newton.values(x, step)[0], step)
             done = done | (ok & (res <= tol))
             y = torch.where(ok[:, None], x, y)
             t = torch.where(ok, torch.ones_like(t), t)
@@ -396,7 +435,7 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
                     break
                 L = torch.where(ok, L, 2 * L)
             step = 1 / L
-        res = (L * d.norm(dim=-1)) / (1 + xn.norm(dim=-1))
+        res = residual(y, xn, 1 / L, gy)     # at y, where xn is the prox-gradient point
         # gradient-based adaptive restart (O'Donoghue & Candes): no function values
         restart = ((y - xn) * (xn - x)).sum(-1) > 0
         tn = 0.5 * (1 + torch.sqrt(1 + 4 * t * t))
@@ -410,7 +449,7 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         if bool(done.all()):
             break
     Tx, J = newton.finish(x, step)
-    res = (Tx - x).norm(dim=-1) / (step * (1 + x.norm(dim=-1)))
+    res = residual(x, Tx, step)
     return SolveResult(Tx, status_of(res, tol, Tx), it, res, step, J)
 
 
@@ -483,7 +522,10 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
         if it >= newton_at and newton_ok:
             it += 1
             pending = ~done
-            z, ok, res = newton.trial(z, step, pending)
+            z, ok, nF = newton.trial(z, step, pending)
+            # relative to 1 + ||z||: the iterates stay on the simplex (bounded), so they
+            # cannot run off as those of relative_residual's unbounded problems do
+            res = nF / (step * (1 + z.norm(dim=-1)))
             done = done | (ok & (res <= tol))
             if bool(done.all()):
                 break
@@ -518,35 +560,42 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
 def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     """Damped Newton with Armijo backtracking for smooth unconstrained problems; the
     Hessian is ``Q`` for a quadratic ``f`` (one step), else :func:`jacobian` of ``grad f``.
-    Converged when ``||grad f|| <= tol (1 + ||z||)``."""
+    Converged when ``||grad f|| <= tol (1 + max(||Hz||, ||grad f - Hz||))``
+    (:func:`relative_residual`: ``grad f = Qz + p`` for a quadratic ``f``; otherwise the
+    terms of its linearisation, with the Hessian ``H`` of the step that led to ``z``; an
+    absolute test before the first one)."""
     B, N = z.shape
     dt, dev = z.dtype, z.device
     eye = torch.eye(N, dtype=dt, device=dev)
     eps = torch.finfo(dt).eps
     reps = _replicas(P)
 
+    def residual(z, g, H):
+        if H is None:
+            return g.norm(dim=-1)
+        Hz = bmv(H, z)
+        return relative_residual(g.norm(dim=-1), Hz, g - Hz)
+
     it, best, stalled = 0, None, 0
     if qp is not None:
-        f0, g = None, bmv(qp[0], z) + qp[1]
+        H, f0, g = qp[0], None, bmv(qp[0], z) + qp[1]
     else:
-        f0, g = prog.value_and_grad(z, P)
-    res = g.norm(dim=-1)
+        H, (f0, g) = None, prog.value_and_grad(z, P)
+    res = residual(z, g, H)
     while it < maxiter:
-        done = res <= tol * (1 + z.norm(dim=-1))
+        done = res <= tol
         if bool(done.all()):
             break
         # Newton converges quadratically; no progress for 3 steps near the solution =
         # roundoff floor (far from it, damped steps across the pieces of a piecewise
         # smooth gradient, e.g. huber, may take a while)
-        worst = float(torch.where(done, 0, res / (1 + z.norm(dim=-1))).max())
+        worst = float(torch.where(done, 0, res).max())
         stalled = stalled + 1 if best is not None and worst > 0.5 * best else 0
         best = worst if best is None else min(best, worst)
         if stalled >= 3 and worst <= tol ** 0.5:
             break
         it += 1
-        if qp is not None:
-            H = qp[0]
-        else:
+        if qp is None:
             H = jacobian(lambda Z, k: prog.grad(Z, reps(k)), z)
             H = 0.5 * (H + H.transpose(-1, -2))
         Lc, info = torch.linalg.cholesky_ex(H)
@@ -559,7 +608,7 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             # half its slope, so Armijo holds at t = 1
             z = torch.where(done[:, None], z, z + d)
             g = bmv(qp[0], z) + qp[1]
-            res = g.norm(dim=-1)
+            res = residual(z, g, H)
             continue
         t = torch.ones(B, dtype=dt, device=dev)
         slope = (g * d).sum(-1)
@@ -573,12 +622,8 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             t = torch.where(ok, t, 0.5 * t)
         z = torch.where(done[:, None], z, z + t[:, None] * d)
         f0, g = prog.value_and_grad(z, P)
-        res = g.norm(dim=-1)
-    ok = res <= tol * (1 + z.norm(dim=-1)) * 10
-    status = torch.where(ok, 0, int(Status.MAX_ITER)).to(torch.int8)
-    status = torch.where(torch.isfinite(z).all(-1), status,
-                         torch.full_like(status, int(Status.NUMERICAL_ERROR)))
-    return SolveResult(z, status, it, res, torch.ones_like(res))
+        res = residual(z, g, H)
+    return SolveResult(z, status_of(res, tol, z), it, res, torch.ones_like(res))
 
 
 def block_solve(B: int, N: int, blocks=None):

@@ -327,3 +327,69 @@ def test_mirror_step_jacobian_from_the_hessian(name):
         lambda Z, s, k: prog.fixed_point(Z, reps(k), s), z, step)
     torch.testing.assert_close(Tz, Tr, rtol=0, atol=1e-14)
     torch.testing.assert_close(J, Jr, rtol=0, atol=1e-12)
+
+
+_UNBOUNDED = {
+    # minimize sum(exp(x)) - y'x: a minimiser exp(x) = y exists only where y > 0
+    "stationary": "minimize sum(exp(x)) - y @ x\n",
+    # minimize 0.1 |x|_1 - y'x: bounded only where |y| <= 0.1
+    "prox_grad": "minimize 0.1 * norm1(x) - y @ x\n",
+    # the first over x <= 1: still no minimiser where some y_i <= 0
+    "proj_grad": "minimize sum(exp(x)) - y @ x\nsubject to\n    x <= 1\n",
+}
+
+
+@pytest.mark.parametrize("method", sorted(_UNBOUNDED))
+def test_unbounded_items_are_not_called_optimal(method):
+    """On an item with no minimiser the iterates run off to infinity while the gradient
+    mapping stays away from zero; relative to ``1 + ||x||`` its residual vanished, and
+    such items came back OPTIMAL with ``|x|`` ~ 1e16-1e19 (stationary, prox_grad).
+    Relative to its own terms (``relative_residual``) it does not."""
+    layer = ol.compile("dim n = 3\nparam y[n]\nvar x[n]\n" + _UNBOUNDED[method],
+                       method=method, maxiter=60, on_failure="ignore")
+    y = torch.tensor([[-1.0, -2.0, -0.5], [1.0, 2.0, 0.5], [0.05, -0.05, 0.02],
+                      [0.5, 0.8, 0.3]], dtype=D)
+    x = layer(y=y)
+    bounded = {"stationary": [False, True, False, True],
+               "prox_grad": [False, False, True, False],
+               "proj_grad": [False, True, False, True]}[method]
+    status = layer.info.status.tolist()
+    for b, ok in enumerate(bounded):
+        if ok:
+            assert status[b] == 0, (b, status)
+        else:
+            assert status[b] != 0, (b, status, x[b])
+    if method == "prox_grad":   # the bounded item: 0 is optimal (|y| <= 0.1)
+        torch.testing.assert_close(x[2], torch.zeros(3, dtype=D), atol=1e-12, rtol=0)
+    else:                       # where y > 0 in every entry: x = min(log y, 1)
+        torch.testing.assert_close(x[1], torch.log(y[1]).clamp(max=1), atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("name,scale_lam", [("lasso", 2), ("ridge", 2), ("nnls", None),
+                                            ("group_lasso", 2), ("logistic_regression", 2)])
+@pytest.mark.parametrize("c", [1e3, 1e6])
+def test_solutions_are_invariant_to_the_scale_of_the_data(name, scale_lam, c):
+    """Scaling the data by ``c`` and ``lam`` by ``c^2`` leaves the minimiser of a least
+    squares fit unchanged (for logistic regression, ``X`` by ``c`` and ``lam`` by
+    ``c^2`` divide it by ``c``). The residual is judged relative to the terms it
+    is made of, so the scaled problems converge in as many iterations (relative to
+    ``1 + ||x||`` they ran to maxiter with MAX_ITER). Not for c < 1: the ``1 +`` makes
+    the test absolute for data that small, as solve_qp's is (docs/qp.md)."""
+    layer = ol.load(f"examples/problems/{name}.opt")
+    vals = random_params(layer.problem, batch=6, seed=1)
+    base = layer(**vals)
+    its = layer.info.iterations
+    scaled = {}
+    for k, v in vals.items():
+        if k == "lam":
+            scaled[k] = v * c ** scale_lam if scale_lam else v
+        elif name == "logistic_regression" and k != "X":
+            scaled[k] = v
+        else:
+            scaled[k] = v * c
+    out = layer(**scaled)
+    assert layer.info.status.tolist() == [0] * 6
+    assert layer.info.iterations <= its + 2
+    base, out = (torch.cat(list(t), -1) if isinstance(t, tuple) else t for t in (base, out))
+    expect = base / c if name == "logistic_regression" else base
+    torch.testing.assert_close(out, expect, rtol=1e-7, atol=1e-9 * float(expect.abs().max()))
