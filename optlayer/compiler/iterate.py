@@ -384,10 +384,15 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
 
     proxf = prog.prox_fn(P)
 
+    last_grad = [None]   # grad f at the value copy of the last stacked evaluation of T
+
     def T(zz, step, k):
         if k == 1:  # no graph needed: the specialised prox
             return proxf(zz - step[:, None] * prog.grad(zz, P, qp), step)
-        return prog.fixed_point(zz, reps(k), step, None if qp is None else qreps(k))
+        # prog.fixed_point, with grad f kept for the residual of a Newton trial
+        g = prog.grad(zz, reps(k), None if qp is None else qreps(k))
+        last_grad[0] = g[(k - 1) * B:].detach()
+        return prog.prox_fn(reps(k))(zz - step[:, None] * g, step)
 
     def residual(x, Tx, st, gx=None):
         # G = (x - T(x)) / step against its terms grad f(x) (Qx and p apart) and the prox's
@@ -408,7 +413,9 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             it += 1
             pending = ~done
             x, ok, _ = newton.trial(x, step, pending)
-            res = residual(x, newton.values(x, step)[0], step)
+            # grad f at the trial point: right where it was kept (ok), the only items
+            # this residual can stop
+            res = residual(x, newton.values(x, step)[0], step, last_grad[0])
             done = done | (ok & (res <= tol))
             y = torch.where(ok[:, None], x, y)
             t = torch.where(ok, torch.ones_like(t), t)
