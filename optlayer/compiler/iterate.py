@@ -389,10 +389,11 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     def T(zz, step, k):
         if k == 1:  # no graph needed: the specialised prox
             return proxf(zz - step[:, None] * prog.grad(zz, P, qp), step)
-        # prog.fixed_point, with grad f kept for the residual of a Newton trial
-        g = prog.grad(zz, reps(k), None if qp is None else qreps(k))
+        # grad f kept for the residual of a Newton trial
+        qk = None if qp is None else qreps(k)
+        g = prog.grad(zz, reps(k), qk)
         last_grad[0] = g[(k - 1) * B:].detach()
-        return prog.prox_fn(reps(k))(zz - step[:, None] * g, step)
+        return prog.fixed_point(zz, reps(k), step, qk, g=g)
 
     def residual(x, Tx, st, gx=None):
         # G = (x - T(x)) / step against its terms grad f(x) (Qx and p apart) and the prox's

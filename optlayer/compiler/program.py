@@ -408,12 +408,15 @@ class Program:
         return None if jac is None else jac(y, x, step)
 
     # --------------------------------------------------------- optimality maps
-    def fixed_point(self, z, P, step, qp=None) -> torch.Tensor:
+    def fixed_point(self, z, P, step, qp=None, g=None) -> torch.Tensor:
         """The method's fixed-point map ``T(z)`` (``z = T(z)`` at the solution) with
-        per-item step ``step (B,)``; ``qp = (Q, p)`` for a quadratic ``f``."""
+        per-item step ``step (B,)``; ``qp = (Q, p)`` for a quadratic ``f``; ``g``:
+        ``grad f(z)`` when the caller has it (else computed here)."""
+        if g is None:
+            g = self.grad(z, P, qp)
         if self.plan.method == "mirror_descent":
-            return self.md_step(z, self.grad(z, P, qp), step, P)
-        return self.prox_fn(P)(z - step[:, None] * self.grad(z, P, qp), step)
+            return self.md_step(z, g, step, P)
+        return self.prox_fn(P)(z - step[:, None] * g, step)
 
     def md_fn(self, P):
         """:meth:`md_step` specialised to ``P`` (simplex values evaluated once), taking
