@@ -409,6 +409,7 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     it, newton_at, gap = 0, defaults.FP_NEWTON_START, defaults.FP_NEWTON_EVERY
     y, t = x, torch.ones(B, dtype=dt, device=dev)
+    safe = None    # the last y where grad f was finite (non-quadratic f)
     while it < maxiter and not bool(done.all()):
         if it >= newton_at and newton_ok:
             it += 1
@@ -433,6 +434,10 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             d = xn - y
         else:
             fy, gy = prog.value_and_grad(y, P)
+            off = ~torch.isfinite(gy).all(-1)
+            if bool(off.any()):
+                x, y, t, L, fy, gy = _back_off(prog, P, proxf, off, safe, x, y, t, L)
+            safe = y
             for _ in range(60):
                 xn = proxf(y - gy / L[:, None], 1 / L)
                 d = xn - y
@@ -453,13 +458,30 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         keep = done[:, None]
         x, y = torch.where(keep, x, xn), torch.where(keep, y, yn)
         t = torch.where(done, t, tn)
-        done = done | (res <= tol)
+        # a non-finite residual cannot recover (NUMERICAL_ERROR): stop the item at once
+        done = done | (res <= tol) | ~torch.isfinite(res)
         if bool(done.all()):
             break
     Tx, J = newton.finish(x, step)
     res = residual(x, Tx, step)
     return SolveResult(Tx, status_of(res, tol, Tx), it, res, step, J)
 
+
+
+def _back_off(prog, P, proxf, off, safe, x, y, t, L):
+    """The items ``off``, whose ``y`` lies where ``grad f`` is not finite (a step onto
+    the boundary of an entropy term, where its value is finite), go back to ``safe``
+    (the last ``y`` with a finite gradient; the projected cold start of
+    :meth:`Program.init` before there is one: a warm start on the boundary) with half
+    the step and the momentum restarted. Returns ``(x, y, t, L, f(y), grad f(y))``."""
+    if safe is None:
+        safe = proxf(prog.init(P, x.shape[0], x.dtype, x.device), 1 / L)
+    col = off[:, None]
+    x, y = torch.where(col, safe, x), torch.where(col, safe, y)
+    t = torch.where(off, torch.ones_like(t), t)
+    L = torch.where(off, 2 * L, L)
+    fy, gy = prog.value_and_grad(y, P)
+    return x, y, t, L, fy, gy
 
 
 def md_value_and_jacobian(md, z, g, H, step):

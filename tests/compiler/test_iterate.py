@@ -277,6 +277,26 @@ def test_mirror_descent_from_a_warm_start_on_the_boundary(name, value):
     torch.testing.assert_close(y, x, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("method", ["proj_grad", "prox_grad"])
+@pytest.mark.parametrize("name", ["entropy_simplex", "kl_projection"])
+def test_projected_gradient_keeps_off_the_boundary_of_an_entropy_term(name, method):
+    """The gradient of an entropy term is infinite at 0, its value is not: the projected
+    gradient loop backs off a step onto the boundary (it ended 9 of 32 items of
+    entropy_simplex NUMERICAL_ERROR after maxiter iterations), and starts from the cold
+    start where the warm start lies on it."""
+    layer = ol.load(f"examples/problems/{name}.opt", method=method)
+    vals = random_params(layer.problem, batch=32, seed=0)
+    x = ol.load(f"examples/problems/{name}.opt")(**vals)
+    y = layer(**vals)
+    assert (layer.info.status == 0).all()
+    torch.testing.assert_close(y, x, rtol=0, atol=1e-8)
+    ws = torch.zeros_like(x)
+    ws[:, 0] = 1.0
+    y = layer(**vals, warm_start=ws)
+    assert (layer.info.status == 0).all()
+    torch.testing.assert_close(y, x, rtol=0, atol=1e-8)
+
+
 @pytest.mark.parametrize("name", ["entropic_assignment", "water_filling"])
 def test_backward_with_the_forward_jacobian_of_another_call(name):
     """The backward reuses the forward's last Jacobian, saved with its own call (and
