@@ -31,7 +31,6 @@ differentiated in the parameters (valid under strict complementarity).
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 
@@ -121,7 +120,7 @@ def canonicalize_qp(program: Program, P, B: int, dtype, device):
                                    create_graph=any(t.requires_grad for t in P.values()))
     Q, p = _affine(g, B, N)
     Q = 0.5 * (Q + Q.transpose(-1, -2))
-    gfun, hfun = row_functions(program)
+    gfun, hfun = _cached(program, "rows", lambda: row_functions(program))
     G, h, isz = _affine_data(gfun, Z, PP, B, N)
     A, b, esz = _affine_data(hfun, Z, PP, B, N)
     return Q, p, G, h, A, b, isz, esz
@@ -288,7 +287,7 @@ def _model_residuals(program, models, sol, P, eq):
 
 def _cached(program, key, build):
     """``build()`` once per program (row tapes: the IR walk is not redone per call)."""
-    cache = _STRUCTURES.setdefault(program, {})
+    cache = program.derived
     if key not in cache:
         cache[key] = build()
     return cache[key]
@@ -446,18 +445,16 @@ def _models(program: Program, P, B, N, dtype, device) -> dict:
     return out
 
 
-_STRUCTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _structure(program, P, N, phase_one):
     """How the rows split into model kinds (cached per program): ``blocks`` of
     ``(kind, function, rows)`` in stacking order (1 affine, 2 quadratic, 3 the cone row
     ``sum_squares(u) / s - s`` of affine ``u, s`` (function of ``(u, s)``), 4 other, 5 the
     phase I cone row ``norm2(u) - s`` (function of ``(u, s)``)) and
     ``order`` (stacked position of each original row, None when the same)."""
-    cache = _STRUCTURES.setdefault(program, {})
-    if phase_one in cache:
-        return cache[phase_one]
+    cache = program.derived
+    key = ("structure", phase_one)
+    if key in cache:
+        return cache[key]
     memo: dict = {}
     rows = program.plan.ineq
     exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr for r in rows]
@@ -490,7 +487,7 @@ def _structure(program, P, N, phase_one):
     st = {"quadratic": all(degree(e, memo) <= 2 for _, e in program.plan.smooth),
           "blocks": blocks, "order": None if order == list(range(offset)) else order,
           "sizes": sizes}
-    cache[phase_one] = st
+    cache[key] = st
     return st
 
 

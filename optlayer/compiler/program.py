@@ -53,6 +53,9 @@ class Program:
         self.param_tape = Tape(pexprs) if pexprs else None
         self._pv = (None, {})
         self._parts: list = []  # (P, parts) of the last few parameter dicts
+        #: what other compiler modules derive from the plan once and reuse at every call
+        #: (the row tapes and the row structure of the KKT paths)
+        self.derived: dict = {}
         #: True when f is quadratic and small enough for a dense (Q, p) per item.
         self.quadratic = (self.layout.size <= defaults.QUADRATIC_MAX_SIZE
                           and is_quadratic([e for _, e in plan.smooth]))

@@ -196,3 +196,19 @@ def test_example_duals_match_cvxpy(path):
     assert duals
     for label, d in duals.items():
         np.testing.assert_allclose(layer.duals(label).reshape(-1).numpy(), d, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["robust_ls", "lp"])
+def test_a_dropped_kkt_layer_is_freed(name):
+    # what the KKT paths build once per program (row tapes, the row structure) lives on
+    # the program: nothing global keeps a layer's program alive once the layer is gone
+    import gc
+    import weakref
+
+    layer = ol.load(EXAMPLES / f"{name}.opt")
+    layer(**random_params(layer.problem, batch=2, seed=0))
+    assert layer.program.derived, "the call cached nothing: this test no longer tests"
+    ref = weakref.ref(layer.program)
+    del layer
+    gc.collect()
+    assert ref() is None
