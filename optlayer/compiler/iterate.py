@@ -273,11 +273,20 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
         return torch.where(mask[:, None], a, b)
 
     if cold and not prog.plan.prox:
-        # a cold start with sets only: from the unconstrained minimiser -Q^-1 p where Q is
-        # definite (often inside, or its projection on the right pieces); with l1 / group
-        # terms the given start (zero) is the better guess (sparse solutions)
+        # a cold start with sets only: from the minimiser of f on the affine hull of the
+        # sets (-Q^-1 p without simplices) where Q is definite (often inside, or its
+        # projection on the right pieces); with l1 / group terms the given start (zero)
+        # is the better guess (sparse solutions)
         Lc, cinfo = torch.linalg.cholesky_ex(Q)
-        z0 = -torch.cholesky_solve(p.unsqueeze(-1), Lc).squeeze(-1)
+        z0 = -torch.cholesky_solve(p.unsqueeze(-1), Lc)
+        hull = prog.simplex_rows(P)
+        if hull is not None:  # x = z0 - Q^-1 A'y with A x = b
+            A, b = hull
+            QiA = torch.cholesky_solve(A.mT.expand(B, N, -1), Lc)
+            Ls, sinfo = torch.linalg.cholesky_ex(A @ QiA)
+            cinfo = cinfo | sinfo
+            z0 = z0 - QiA @ torch.cholesky_solve((A @ z0).sub_(b.unsqueeze(-1)), Ls)
+        z0 = z0.squeeze(-1)
         z = torch.where(((cinfo == 0) & torch.isfinite(z0).all(-1))[:, None], z0, z)
     # relative_residual of G = -F / eta = (x - y) / eta + (y - T(x)) / eta against its
     # terms Qx = (x - y) / eta - p, p and the prox's part, times eta (fewer operations)

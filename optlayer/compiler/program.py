@@ -470,6 +470,26 @@ class Program:
             out[name] = projections.kl_simplex(logits, v)
         return self.layout.pack(out)
 
+    def simplex_rows(self, P):
+        """The equalities ``sum(x) = value`` of the simplex sets (vector variables) as
+        ``(A (k, N), b (B, k))``, or None without simplices."""
+        names = [n for n, s in self.plan.sets.items() if s.kind == "simplex"]
+        if not names:
+            return None
+        t = next(iter(P.values()))
+        B, dtype, device = t.shape[0], t.dtype, t.device
+        key = ("simplex_rows", dtype, device)
+        if key not in self.derived:
+            A = torch.zeros(len(names), self.layout.size, dtype=dtype)
+            for i, n in enumerate(names):
+                A[i, self.layout.slices[n]] = 1.0
+            self.derived[key] = A.to(device)
+        env, cache = dict(P), {}
+        b = [torch.ones(B, dtype=dtype, device=device) if v is None
+             else eval_scalar(v, env, cache, B)
+             for v in (self.plan.sets[n].args.get("value") for n in names)]
+        return self.derived[key], torch.stack(b, dim=-1)
+
     def init(self, P, B, dtype, device) -> torch.Tensor:
         z = torch.zeros(B, self.layout.size, dtype=dtype, device=device)
         if self.plan.method == "mirror_descent":

@@ -413,3 +413,33 @@ def test_solutions_are_invariant_to_the_scale_of_the_data(name, scale_lam, c):
     base, out = (torch.cat(list(t), -1) if isinstance(t, tuple) else t for t in (base, out))
     expect = base / c if name == "logistic_regression" else base
     torch.testing.assert_close(out, expect, rtol=1e-7, atol=1e-9 * float(expect.abs().max()))
+
+
+def test_cold_start_is_the_minimiser_on_the_affine_hull_of_the_simplices():
+    """With sets only, forward-backward Newton starts cold from argmin f over the affine
+    hull of the sets (``sum = value`` for each simplex). Where that point has no
+    negative entry it is the solution: no iteration."""
+    layer = ol.compile("param K[3, 4]\nparam L[3, 3]\nparam c[4]\nparam q[3]\nparam v pos\n"
+                       "var x[4]\nvar y[3]\n"
+                       "minimize 0.5 * sum_squares(K @ x + L @ y) + 5 * sum_squares(x) "
+                       "+ 5 * sum_squares(y) + c @ x + q @ y\n"
+                       "subject to\n x in simplex\n y in simplex(v)")
+    assert layer.method == "proj_grad"
+    g = torch.Generator().manual_seed(0)
+    vals = {k: 0.3 * torch.randn(4, *s, dtype=D, generator=g)
+            for k, s in (("K", (3, 4)), ("L", (3, 3)), ("c", (4,)), ("q", (3,)))}
+    vals["v"] = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=D)
+    x, y = layer(**vals)
+    assert layer.info.iterations == 0
+    # the closed form on z = (x, y): [Q A'; A 0] [z; lam] = [-p; b]
+    A = torch.zeros(2, 7, dtype=D)
+    A[0, :4] = A[1, 4:] = 1.0
+    for i in range(4):
+        M = torch.cat([vals["K"][i], vals["L"][i]], dim=1)
+        Q = M.T @ M + 10 * torch.eye(7, dtype=D)
+        p = torch.cat([vals["c"][i], vals["q"][i]])
+        KKT = torch.cat([torch.cat([Q, A.T], 1), torch.cat([A, torch.zeros(2, 2, dtype=D)], 1)])
+        rhs = torch.cat([-p, torch.tensor([1.0, float(vals["v"][i])], dtype=D)])
+        z = torch.linalg.solve(KKT, rhs)[:7]
+        assert bool((z > 0).all())
+        torch.testing.assert_close(torch.cat([x[i], y[i]]), z, rtol=0, atol=1e-12)
