@@ -521,8 +521,8 @@ class Program:
         with torch.no_grad():
             if m == "stationary":
                 if self.layout.size <= defaults.NEWTON_MAX_SIZE:
-                    return iterate.newton_solve(self, P, init, tol,
-                                                maxiter or defaults.MAXITER["newton"], qp)
+                    return _in_float64(iterate.newton_solve, self, P, init, tol,
+                                       maxiter or defaults.MAXITER["newton"], qp)
                 return iterate.prox_grad_solve(self, P, init, tol,
                                                maxiter or defaults.MAXITER["first_order"], qp)
             if m in ("proj_grad", "prox_grad"):
@@ -537,6 +537,30 @@ class Program:
                 return iterate.mirror_solve(self, P, init, tol,
                                             maxiter or defaults.MAXITER["first_order"])
         raise OptTypeError(f"no iterative solver for method {m!r}")  # pragma: no cover
+
+
+def _in_float64(solver, prog, P, init, tol, maxiter, qp) -> SolveResult:
+    """``solver`` run in float64 to float64's tolerance on narrower inputs, its point
+    returned in their dtype and judged by their ``tol``, as ``solve_qp`` and the convex
+    interior point do: in float32 a dense Newton step's roundoff (the gradient's, the
+    Hessian's factorization) can hold the residual above float32's tolerance
+    (softmax_regression, batch 32, seed 13: one item stalled at 1.6e-4,
+    OPTIMAL_INACCURATE), and a residual of float32's ``tol`` leaves points up to 2e-5
+    from float64's."""
+    dt = init.dtype
+    if dt == torch.float64:
+        return solver(prog, P, init, tol, maxiter, qp)
+
+    def wide(t):
+        return t.to(torch.float64)
+
+    r = solver(prog, {k: wide(v) for k, v in P.items()}, wide(init),
+               min(tol, defaults.tol(torch.float64)), maxiter,
+               None if qp is None else tuple(map(wide, qp)))
+    z = r.z.to(dt)
+    return SolveResult(z, iterate.status_of(r.residual, tol, z), r.iterations,
+                       r.residual.to(dt), r.step.to(dt),
+                       None if r.jacobian is None else r.jacobian.to(dt))
 
 
 def _without_autograd(solver, *args, **kwargs) -> SolveResult:
