@@ -110,7 +110,7 @@ class OptLayer(nn.Module):
 
     def explain(self) -> str:
         """The method-table row, why it applies, the optimality map and the solver."""
-        return explain_plan(self.plan, self.problem)
+        return explain_plan(self.plan, self.problem, self.program)
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}, vars={list(self.problem.vars)}"

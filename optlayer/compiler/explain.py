@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["explain_plan", "ROWS"]
+from optlayer import defaults
+
+__all__ = ["explain_plan", "forward_solver", "ROWS"]
 
 #: method -> (method-table row, optimality map, forward solver)
 ROWS = {
@@ -10,10 +12,10 @@ ROWS = {
                    "x = proj_C(y) (closed form; differentiated through the projection)",
                    "the closed-form projection itself"),
     "stationary": ("smooth objective, no constraints",
-                   "F(x) = grad f(x) = 0", "Newton with backtracking (small n) / FISTA"),
+                   "F(x) = grad f(x) = 0", "FISTA with backtracking and adaptive restart"),
     "proj_grad": ("smooth objective, each var in one simple set",
                   "x = proj_C(x - eta grad f(x))  (projected-gradient fixed point)",
-                  "accelerated projected gradient (FISTA, backtracking, restart)"),
+                  "accelerated projected gradient (FISTA, backtracking, adaptive restart)"),
     "prox_grad": ("smooth + prox-able non-smooth terms, no other constraints",
                   "x = prox_{eta g}(x - eta grad f(x))  (proximal-gradient fixed point)",
                   "FISTA with backtracking and adaptive restart"),
@@ -22,8 +24,9 @@ ROWS = {
                        "exponentiated gradient with backtracking"),
     "kkt": ("affine constraints / QP / LP",
             "KKT: Qx + p + G'z + A'y = 0, Ax = b, z * (Gx - h) = 0",
-            "batched primal-dual interior point (optlayer.solvers.solve_qp); "
-            "backward reuses its KKT system"),
+            "optlayer.solvers.solve_qp: active-set methods for small batches with a "
+            "positive definite Q, else (and for the items they leave) a batched "
+            "primal-dual interior point; backward reuses its KKT system"),
     "kkt_convex": ("general smooth convex constraints",
                    "KKT: grad f + dg' lam + A' nu = 0, Ax = b, lam * g(x) = 0 "
                    "(optlayer.conditions.kkt, custom_root)",
@@ -33,10 +36,35 @@ ROWS = {
 }
 
 
-def explain_plan(plan, problem) -> str:
-    """Readable explanation of a :class:`~optlayer.compiler.Plan`."""
+#: the forward solvers whose choice depends on the program's size and smooth part
+NEWTON = "Newton with Armijo backtracking (one step when f is quadratic)"
+FBN = ("forward-backward Newton (semismooth Newton on the fixed-point residual, Armijo on "
+       "the forward-backward envelope)")
+NEWTON_STEPS = ", with Newton steps on the fixed-point residual"
+
+
+def forward_solver(plan, program) -> str:
+    """The forward solver ``program`` runs (:meth:`Program.solve`), in words."""
+    N, m = program.layout.size, plan.method
+    if m == "stationary" and N <= defaults.NEWTON_MAX_SIZE:
+        return NEWTON
+    if m in ("proj_grad", "prox_grad") and program.quadratic \
+            and N <= defaults.FP_NEWTON_MAX_SIZE:
+        return FBN
+    solver = ROWS[m][2]
+    if m in ("proj_grad", "prox_grad", "mirror_descent") and N <= defaults.FP_NEWTON_MAX_SIZE:
+        solver += NEWTON_STEPS
+    return solver
+
+
+def explain_plan(plan, problem, program=None) -> str:
+    """Readable explanation of a :class:`~optlayer.compiler.Plan`; with its
+    :class:`~optlayer.compiler.Program`, the forward solver it runs."""
     key = "kkt_convex" if plan.method == "kkt" and plan.solver == "convex" else plan.method
     row, fmap, solver = ROWS[key]
+    if program is not None and key in ("stationary", "proj_grad", "prox_grad",
+                                       "mirror_descent"):
+        solver = forward_solver(plan, program)
     lines = [f"method: {plan.method}", f"  table row: {row}", "  why:"]
     lines += [f"    - {w}" for w in plan.why] or ["    - (forced)"]
     lines += [f"  optimality map: {fmap}", f"  solver: {solver}",

@@ -8,16 +8,33 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from optlayer.cli import main
 
 PROBLEMS = Path(__file__).parents[2] / "examples" / "problems"
 
 
-def test_explain_prints_method_map_and_solver(capsys):
-    assert main(["explain", str(PROBLEMS / "lasso.opt")]) == 0
+@pytest.mark.parametrize("args,solver", [
+    ([], "solver: forward-backward Newton"),              # quadratic f, 10 unknowns
+    (["--dims", "n=300"], "solver: FISTA with backtracking and adaptive restart\n"),
+])
+def test_explain_prints_method_map_and_solver(capsys, args, solver):
+    # the solver line names the one Program.solve runs at the layer's size
+    assert main(["explain", str(PROBLEMS / "lasso.opt"), *args]) == 0
     out = capsys.readouterr().out
-    assert "method: prox_grad" in out and "optimality map:" in out and "solver: FISTA" in out
+    assert "method: prox_grad" in out and "optimality map:" in out and solver in out
+
+
+@pytest.mark.parametrize("name,solver", [
+    ("softplus_box", "solver: accelerated projected gradient (FISTA, backtracking, adaptive "
+                     "restart), with Newton steps on the fixed-point residual"),
+    ("logistic_regression", "solver: Newton with Armijo backtracking"),
+    ("kl_projection", "solver: exponentiated gradient with backtracking, with Newton steps"),
+])
+def test_explain_names_the_solver_of_each_method(capsys, name, solver):
+    assert main(["explain", str(PROBLEMS / f"{name}.opt")]) == 0
+    assert solver in capsys.readouterr().out
 
 
 def test_solve_random_data_prints_solution_status_timing(capsys):
