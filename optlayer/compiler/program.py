@@ -479,11 +479,12 @@ class Program:
         t = next(iter(P.values()))
         B, dtype, device = t.shape[0], t.dtype, t.device
         key = ("simplex_rows", dtype, device)
-        if key not in self.derived:
-            A = torch.zeros(len(names), self.layout.size, dtype=dtype)
-            for i, n in enumerate(names):
-                A[i, self.layout.slices[n]] = 1.0
-            self.derived[key] = A.to(device)
+        if key not in self.derived:   # an ordinary tensor even when first made in inference mode
+            with torch.inference_mode(False):
+                A = torch.zeros(len(names), self.layout.size, dtype=dtype)
+                for i, n in enumerate(names):
+                    A[i, self.layout.slices[n]] = 1.0
+                self.derived[key] = A.to(device)
         env, cache = dict(P), {}
         b = [torch.ones(B, dtype=dtype, device=device) if v is None
              else eval_scalar(v, env, cache, B)
