@@ -36,24 +36,26 @@ ROWS = {
 }
 
 
-#: the forward solvers whose choice depends on the program's size and smooth part
-NEWTON = "Newton with Armijo backtracking (one step when f is quadratic)"
-FBN = ("forward-backward Newton (semismooth Newton on the fixed-point residual, Armijo on "
-       "the forward-backward envelope)")
-NEWTON_STEPS = ", with Newton steps on the fixed-point residual"
+#: :meth:`Program.forward_solver` -> the solver in words (None: the method's ROWS entry)
+SOLVERS = {
+    "newton": "Newton with Armijo backtracking (one step when f is quadratic)",
+    "fbn": "forward-backward Newton (semismooth Newton on the fixed-point residual, Armijo "
+           "on the forward-backward envelope)",
+    "mirror": None,
+    "first_order": None,
+}
 
 
 def forward_solver(plan, program) -> str:
-    """The forward solver ``program`` runs (:meth:`Program.solve`), in words."""
-    N, m = program.layout.size, plan.method
-    if m == "stationary" and N <= defaults.NEWTON_MAX_SIZE:
-        return NEWTON
-    if m in ("proj_grad", "prox_grad") and program.quadratic \
-            and N <= defaults.FP_NEWTON_MAX_SIZE:
-        return FBN
-    solver = ROWS[m][2]
-    if m in ("proj_grad", "prox_grad", "mirror_descent") and N <= defaults.FP_NEWTON_MAX_SIZE:
-        solver += NEWTON_STEPS
+    """The forward solver ``program`` runs (:meth:`Program.forward_solver`), in words: the
+    first-order loops take Newton steps up to ``defaults.FP_NEWTON_MAX_SIZE`` unknowns."""
+    kind = program.forward_solver()
+    solver = SOLVERS[kind]
+    if solver is not None:
+        return solver
+    solver = ROWS[plan.method][2]
+    if plan.method != "stationary" and program.layout.size <= defaults.FP_NEWTON_MAX_SIZE:
+        solver += ", with Newton steps on the fixed-point residual"
     return solver
 
 

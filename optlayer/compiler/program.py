@@ -457,14 +457,11 @@ class Program:
 
     def md_step(self, z, g, step, P):
         """Exponentiated-gradient step ``normalize(z exp(-step g))`` per simplex variable."""
-        B = z.shape[0]
         env, cache = P, dict(self.pvals(P))
         parts, gparts = self.layout.unpack(z), self.layout.unpack(g)
         out = {}
         for name, x in parts.items():
-            v = self.plan.sets[name].args.get("value")
-            v = torch.ones(B, dtype=z.dtype, device=z.device) if v is None \
-                else eval_scalar(v, env, cache, B)
+            v = self._simplex_value(name, env, cache, z)
             logx = torch.log(x.clamp_min(torch.finfo(x.dtype).tiny))
             logits = logx - step[:, None] * gparts[name]
             out[name] = projections.kl_simplex(logits, v)
@@ -477,7 +474,7 @@ class Program:
         if not names:
             return None
         t = next(iter(P.values()))
-        B, dtype, device = t.shape[0], t.dtype, t.device
+        dtype, device = t.dtype, t.device
         key = ("simplex_rows", dtype, device)
         if key not in self.derived:   # an ordinary tensor even when first made in inference mode
             with torch.inference_mode(False):
@@ -486,19 +483,23 @@ class Program:
                     A[i, self.layout.slices[n]] = 1.0
                 self.derived[key] = A.to(device)
         env, cache = dict(P), {}
-        b = [torch.ones(B, dtype=dtype, device=device) if v is None
-             else eval_scalar(v, env, cache, B)
-             for v in (self.plan.sets[n].args.get("value") for n in names)]
+        b = [self._simplex_value(n, env, cache, t) for n in names]
         return self.derived[key], torch.stack(b, dim=-1)
+
+    def _simplex_value(self, name, env, cache, like) -> torch.Tensor:
+        """The ``value`` of ``name``'s simplex per item, ``(B,)`` (1 by default)."""
+        v = self.plan.sets[name].args.get("value")
+        B = like.shape[0]
+        if v is None:
+            return torch.ones(B, dtype=like.dtype, device=like.device)
+        return eval_scalar(v, env, cache, B)
 
     def init(self, P, B, dtype, device) -> torch.Tensor:
         z = torch.zeros(B, self.layout.size, dtype=dtype, device=device)
         if self.plan.method == "mirror_descent":
-            parts = {}
+            parts, env, cache = {}, dict(P), {}
             for name, shape in self.layout.shapes.items():
-                v = self.plan.sets[name].args.get("value")
-                v = torch.ones(B, dtype=dtype, device=device) if v is None \
-                    else eval_scalar(v, dict(P), {}, B)
+                v = self._simplex_value(name, env, cache, z)
                 parts[name] = (v[:, None] / shape[-1]).expand(B, *shape)
             z = self.layout.pack(parts)
         return z
@@ -513,31 +514,41 @@ class Program:
         finally:
             self._parts = []  # drop the stacked copies' entries
 
+    def forward_solver(self) -> str:
+        """Which forward solver :meth:`solve` runs at this size: ``"newton"`` (stationary,
+        dense Hessians), ``"fbn"`` (forward-backward Newton: quadratic ``f``, dense
+        Jacobians), ``"mirror"`` or ``"first_order"`` (FISTA)."""
+        m, N = self.plan.method, self.layout.size
+        if m == "stationary" and N <= defaults.NEWTON_MAX_SIZE:
+            return "newton"
+        if m in ("proj_grad", "prox_grad") and self.quadratic \
+                and N <= defaults.FP_NEWTON_MAX_SIZE:
+            return "fbn"
+        return "mirror" if m == "mirror_descent" else "first_order"
+
     def _solve(self, P, init, tol, maxiter, qp) -> SolveResult:
         m = self.plan.method
+        if m not in ("stationary", "proj_grad", "prox_grad", "mirror_descent"):
+            raise OptTypeError(f"no iterative solver for method {m!r}")  # pragma: no cover
         cold = init is None
         if cold:
             t = next(iter(P.values()))
             init = self.init(P, t.shape[0], t.dtype, t.device)
+        kind = self.forward_solver()
         with torch.no_grad():
-            if m == "stationary":
-                if self.layout.size <= defaults.NEWTON_MAX_SIZE:
-                    return _in_float64(iterate.newton_solve, self, P, init, tol,
-                                       maxiter or defaults.MAXITER["newton"], qp)
-                return iterate.prox_grad_solve(self, P, init, tol,
-                                               maxiter or defaults.MAXITER["first_order"], qp)
-            if m in ("proj_grad", "prox_grad"):
-                if qp is not None and self.layout.size <= defaults.FP_NEWTON_MAX_SIZE:
-                    args = (self, P, init, tol, maxiter or defaults.MAXITER["first_order"], qp)
-                    if self._prox_parts(P) is None:   # its prox Jacobian takes autograd
-                        return iterate.fbn_solve(*args, cold=cold)
-                    return _without_autograd(iterate.fbn_solve, *args, cold=cold)
-                return iterate.prox_grad_solve(self, P, init, tol,
-                                               maxiter or defaults.MAXITER["first_order"], qp)
-            if m == "mirror_descent":
+            if kind == "newton":
+                return _in_float64(iterate.newton_solve, self, P, init, tol,
+                                   maxiter or defaults.MAXITER["newton"], qp)
+            if kind == "fbn" and qp is not None:
+                args = (self, P, init, tol, maxiter or defaults.MAXITER["first_order"], qp)
+                if self._prox_parts(P) is None:   # its prox Jacobian takes autograd
+                    return iterate.fbn_solve(*args, cold=cold)
+                return _without_autograd(iterate.fbn_solve, *args, cold=cold)
+            if kind == "mirror":
                 return iterate.mirror_solve(self, P, init, tol,
                                             maxiter or defaults.MAXITER["first_order"])
-        raise OptTypeError(f"no iterative solver for method {m!r}")  # pragma: no cover
+            return iterate.prox_grad_solve(self, P, init, tol,
+                                           maxiter or defaults.MAXITER["first_order"], qp)
 
 
 def _in_float64(solver, prog, P, init, tol, maxiter, qp) -> SolveResult:
