@@ -158,8 +158,6 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
         :class:`ConvexSolution`.
     """
     from optlayer.conditions import kkt
-    from optlayer.implicit import custom_root
-    from optlayer.solvers._base import block_diagonal_solve
 
     t0 = next(iter(P.values()))
     B, N = t0.shape[0], program.layout.size
@@ -186,23 +184,51 @@ def solve_convex(program: Program, P, *, tol: float, maxiter: int | None) -> Con
     status = _final_status(st.status, error, tol)
     isz = list(_structure(program, Pd, N, False)["sizes"]) if gfun else []
     if any(t.requires_grad for t in P.values()):
-        keep = [s for s in sol if s is not None]
-
-        def optimality(x, Pa):
-            full, it = [], iter(x)
-            for s in sol:
-                full.append(None if s is None else next(it))
-            return tuple(r for r in F(tuple(full), Pa, Pa, Pa) if r is not None)
-
-        solve = block_diagonal_solve(tuple(keep))
-        if models:
-            solve = _kkt_solve(program, models, sol, Pd, eq, solve)
-        root = custom_root(optimality, solve=solve)(lambda init, Pa: tuple(keep))
-        res = root(None, P)
-        z = res[0]
+        keep = tuple(s for s in sol if s is not None)
+        key = ("root", B, tuple(s is None for s in sol), tuple(s.shape[-1] for s in keep))
+        root = _cached(program, key, lambda: _implicit_root(program, F, sol))
+        z = root(keep, P, _Call(models, sol, Pd, eq))[0]
     ineq_dual = _scaled(program, gfun, lam.detach(), z.detach(), Pd, isz) if gfun else None
     return ConvexSolution(z, ineq_dual, nu.detach() if hfun else None, isz, esz, status,
                           int(st.iter_num.max()) if st.iter_num.numel() else 0, error)
+
+
+class _Call:
+    """What the backward solve of one :func:`solve_convex` call needs besides the map: the
+    derivative models, the solution ``(z, nu, lam)``, the parameters and the equalities.
+    Not a tensor, so it rides through :func:`optlayer.custom_root` as a plain argument
+    (the implicit map ignores it) and belongs to its own call."""
+
+    def __init__(self, models, sol, P, eq) -> None:
+        self.models, self.sol, self.P, self.eq = models, sol, P, eq
+
+
+def _identity(init, P, call):
+    return init
+
+
+def _implicit_root(program, F, sol):
+    """The implicit function of :func:`solve_convex` for solutions shaped like ``sol``
+    (None where a block is absent), built once per program and shape (so
+    :func:`optlayer.custom_root`'s eager check of the map runs once, not per call):
+    ``root(keep, P, call)`` returns ``keep`` (the present blocks of the solution) with
+    implicit derivatives in ``P`` through ``F`` (:func:`optlayer.conditions.kkt`)."""
+    from optlayer.implicit import custom_root
+    from optlayer.solvers._base import block_diagonal_solve
+
+    absent = tuple(s is None for s in sol)
+    # the fallback solve reads shapes only: a template on the meta device holds no data
+    template = tuple(torch.empty(s.shape, dtype=s.dtype, device="meta")
+                     for s in sol if s is not None)
+
+    def optimality(x, Pa, call):
+        full, it = [], iter(x)
+        for gone in absent:
+            full.append(None if gone else next(it))
+        return tuple(r for r in F(tuple(full), Pa, Pa, Pa) if r is not None)
+
+    solve = _kkt_solve(program, block_diagonal_solve(template))
+    return custom_root(optimality, solve=solve)(_identity)
 
 
 def _setup(program, Pd, B, N, dtype, device, hfun):
@@ -562,19 +588,22 @@ def _bare_row(expr):
     return Row(None, expr)
 
 
-def _kkt_solve(program, models, sol, P, eq, fallback):
+def _kkt_solve(program, fallback):
     """The backward solve of :func:`solve_convex` from the derivative models: the KKT
     Jacobian ``∂F/∂(z, nu, lam) = [[H, A', Dg'], [A, 0, 0], [lam Dg, 0, diag(g)]]``
     (``H`` the Hessian of the Lagrangian) built once, densely per item, instead of
-    ``N`` linearisations of ``F``. Used in a plain first-order backward; under a graph
-    (double backward) or a torch.func transform, ``fallback`` (matvecs of ``F``)."""
+    ``N`` linearisations of ``F``, from the :class:`_Call` of the solve in progress
+    (:func:`optlayer.implicit.solve_point`). Used in a plain first-order backward; under
+    a graph (double backward) or a torch.func transform, or without models,
+    ``fallback`` (matvecs of ``F``)."""
+    from optlayer.implicit import solve_point
     from optlayer.linalg import solve_lu
     from optlayer.solvers.convex_models import AutogradObjective
 
-    z, nu, lam = sol
-    B, n = z.shape
-
-    def matrix():
+    def matrix(call):
+        models, sol, P, eq = call.models, call.sol, call.P, call.eq
+        z, nu, lam = sol
+        B, n = z.shape
         obj = models["objective_model"](None) if "objective_model" in models else \
             AutogradObjective(program.f, P)
         _, H = obj.grad_hess(z)
@@ -600,14 +629,17 @@ def _kkt_solve(program, models, sol, P, eq, fallback):
         rows = [torch.cat(blk, -1) for blk in (top, mid, bot) if blk]
         return torch.cat(rows, -2)
 
-    sizes = [t.shape[-1] for t in sol if t is not None]
-
     def solve(matvec, b, **options):
-        if torch.is_grad_enabled() or _functorch_active() or b.ndim != 1:
+        point = solve_point()
+        call = point[1][-1] if point is not None else None
+        if not isinstance(call, _Call) or not call.models or torch.is_grad_enabled() \
+                or _functorch_active() or b.ndim != 1:
             return fallback(matvec, b, **options)
+        sizes = [t.shape[-1] for t in call.sol if t is not None]
+        B = call.sol[0].shape[0]
         parts = torch.split(b, [B * k for k in sizes])
         bb = torch.cat([p.reshape(B, k) for p, k in zip(parts, sizes, strict=True)], -1)
-        u = solve_lu(matrix().mT, bb, **options)
+        u = solve_lu(matrix(call).mT, bb, **options)
         return torch.cat([p.reshape(-1) for p in torch.split(u, sizes, dim=-1)])
 
     return solve

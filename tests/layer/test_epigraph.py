@@ -207,8 +207,55 @@ def test_a_dropped_kkt_layer_is_freed(name):
 
     layer = ol.load(EXAMPLES / f"{name}.opt")
     layer(**random_params(layer.problem, batch=2, seed=0))
+    vals = random_params(layer.problem, batch=2, seed=1)
+    p = next(iter(vals))
+    vals[p].requires_grad_(True)
+    out = layer(**vals)
+    (out if isinstance(out, torch.Tensor) else out[0]).sum().backward()
     assert layer.program.derived, "the call cached nothing: this test no longer tests"
     ref = weakref.ref(layer.program)
-    del layer
+    del layer, out  # (an output's graph holds its layer's map until the output goes)
     gc.collect()
     assert ref() is None
+
+
+def test_convex_backward_solves_each_call_at_its_own_solution(monkeypatch):
+    # the implicit function of the convex path is built once per shape (custom_root's eager
+    # check of the map runs once, not per call); each call's backward still solves with its
+    # own models and solution, in the closed-form KKT matrix, whatever ran in between
+    import optlayer.implicit.root as root_mod
+    import optlayer.solvers._base as base
+
+    checks, fallbacks = [], []
+    check = root_mod._foreign_leaves
+    monkeypatch.setattr(root_mod, "_foreign_leaves", lambda *a: checks.append(1) or check(*a))
+    make_fallback = base.block_diagonal_solve
+
+    def recording(template):
+        inner = make_fallback(template)
+        return lambda *a, **k: fallbacks.append(1) or inner(*a, **k)
+
+    monkeypatch.setattr(base, "block_diagonal_solve", recording)
+    layer = ol.load(EXAMPLES / "robust_ls.opt")
+    layer.tol = 1e-11
+    w = torch.arange(1.0, 5.0, dtype=torch.float64)
+    calls = []
+    for seed in (3, 4):
+        vals = {k: v.requires_grad_(True)
+                for k, v in random_params(layer.problem, batch=3, seed=seed).items()}
+        calls.append((vals, layer(**vals)))
+    grads = [torch.autograd.grad((x * w).sum(), vals["t"])[0]
+             for vals, x in reversed(calls)]  # the second call's backward first
+    assert len(checks) == 1 and not fallbacks
+    assert len([k for k in layer.program.derived if k[0] == "root"]) == 1
+    d = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64)
+    h = 1e-6
+    for (vals, _), g in zip(reversed(calls), grads, strict=True):
+        plain = {k: v.detach() for k, v in vals.items()}
+
+        def value(eps, plain=plain):
+            with torch.no_grad():
+                return (layer(**dict(plain, t=plain["t"] + eps * d)) * w).sum()
+
+        fd = (value(h) - value(-h)) / (2 * h)
+        assert abs(float((g * d).sum()) - float(fd)) < 1e-6
