@@ -280,6 +280,7 @@ class ConvexInteriorPoint(IterativeSolver):
         # Largest step keeping λ, s > 0 (fraction 0.99 to the boundary), then backtracking
         # for g finite and a decrease of the residual norm.
         tail = n + q
+        reset_floor = torch.finfo(x.dtype).eps ** 0.5
         step = (0.99 * _max_step(v[..., tail:], d[..., tail:], math.inf)).clamp(max=1.0)
         res0 = torch.linalg.vector_norm(torch.cat([rd, rg, rc, rp], -1), dim=-1)
         slope = self.alpha * res0
@@ -301,6 +302,9 @@ class ConvexInteriorPoint(IterativeSolver):
                 rpt = _affine(xt, params_eq)
             else:
                 rpt = rp
+            over = gt + st
+            st = torch.where((gt < 0) & (over > 0.1 * st) & (over > reset_floor), -gt, st)
+            vt = torch.cat([xt, nt, lt, st], -1)
             res = torch.linalg.vector_norm(torch.cat([rdt, gt + st, st * lt - tau, rpt], -1),
                                            dim=-1)
             ok = (res <= res0 - slope * step) & torch.isfinite(res)

@@ -259,3 +259,15 @@ def test_convex_backward_solves_each_call_at_its_own_solution(monkeypatch):
 
         fd = (value(h) - value(-h)) / (2 * h)
         assert abs(float((g * d).sum()) - float(fd)) < 1e-6
+
+
+def test_a_crossed_curved_row_gets_its_slack_back():
+    # risk_portfolio, batch 32, seed 1: the linearised step crosses the curved risk row
+    # (g + s > 0) while x stays inside it; with the slack kept, the residual norm then
+    # rejected long steps (steps of 0.03-0.08 for ten iterations, 21 in all); with
+    # s = -g there, 14
+    layer = ol.load(EXAMPLES / "risk_portfolio.opt")
+    with torch.no_grad():
+        layer(**random_params(layer.problem, batch=32, seed=1))
+    assert bool((layer.info.status == 0).all())
+    assert layer.info.iterations <= 16
