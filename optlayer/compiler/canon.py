@@ -38,6 +38,7 @@ from optlayer import defaults
 from optlayer.compiler.lower import Tape
 from optlayer.compiler.program import Program
 from optlayer.compiler.quadratic import degree
+from optlayer.linalg._common import functorch_active
 
 __all__ = ["canonicalize_qp", "row_functions", "solve_convex"]
 
@@ -239,7 +240,7 @@ def _setup(program, Pd, B, N, dtype, device, hfun):
     if hfun:
         A, b, esz = _affine_data(hfun, _points(B, N, dtype, device), _repeat(Pd, N + 1), B, N)
         eq = (A, b)
-    models = {} if _functorch_active() else _models(program, Pd, B, N, dtype, device)
+    models = {} if functorch_active() else _models(program, Pd, B, N, dtype, device)
     return eq, esz, models
 
 
@@ -370,11 +371,6 @@ def _scaled(program, gfun, lam, z, P, sizes):
 
 
 # --------------------------------------------------------------------------- models
-def _functorch_active() -> bool:
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active()) if active is not None else False
-
-
 def _taylor(fn, P, B, N, k, dtype, device, second):
     """Value, Jacobian and (``second``) Hessians at ``z = 0`` of ``fn(z, P) -> (B, k)``, by
     autograd on copies of ``z = 0`` (one forward pass on ``B k N`` points, no loop):
@@ -633,7 +629,7 @@ def _kkt_solve(program, fallback):
         point = solve_point()
         call = point[1][-1] if point is not None else None
         if not isinstance(call, _Call) or not call.models or torch.is_grad_enabled() \
-                or _functorch_active() or b.ndim != 1:
+                or functorch_active() or b.ndim != 1:
             return fallback(matvec, b, **options)
         sizes = [t.shape[-1] for t in call.sol if t is not None]
         B = call.sol[0].shape[0]

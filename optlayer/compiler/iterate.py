@@ -36,6 +36,7 @@ import torch
 
 from optlayer import defaults
 from optlayer.compiler.quadratic import bmv, lambda_max
+from optlayer.linalg._common import functorch_active
 from optlayer.status import Status
 
 __all__ = ["SolveResult", "block_solve", "jacobian", "value_and_jacobian", "replicate",
@@ -693,7 +694,7 @@ def block_solve(B: int, N: int, blocks=None):
             return solve_lu(matvec, b, **options)
         A = None
         point = solve_point() if blocks is not None else None
-        if point is not None and not torch.is_grad_enabled() and not _functorch_active():
+        if point is not None and not torch.is_grad_enabled() and not functorch_active():
             J, verify = blocks(*point)
             if J is not None and J.dtype == b.dtype and not verify:
                 A = J.transpose(-1, -2)
@@ -719,7 +720,3 @@ def block_solve(B: int, N: int, blocks=None):
 
     return solve
 
-
-def _functorch_active() -> bool:
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active()) if active is not None else False

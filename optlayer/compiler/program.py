@@ -32,6 +32,7 @@ from optlayer.compiler.lower import Layout, Tape, eval_like, eval_scalar
 from optlayer.compiler.quadratic import bmv, is_quadratic, quadratic_data
 from optlayer.errors import OptTypeError
 from optlayer.ir import get_set
+from optlayer.linalg._common import functorch_active
 
 __all__ = ["Program", "SolveResult"]
 
@@ -116,7 +117,7 @@ class Program:
         under a torch.func transform, where autograd.grad cannot run)."""
         if qp is not None:
             return bmv(qp[0], z) + qp[1]
-        if _functorch_active():
+        if functorch_active():
             return torch.func.grad(lambda zz: self.f(zz, P).sum())(z)
         graph = torch.is_grad_enabled()
         with torch.enable_grad():
@@ -683,10 +684,6 @@ _PENALTY = {
     "linf": lambda x: x.abs().amax(-1),
 }
 
-
-def _functorch_active() -> bool:
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active()) if active is not None else False
 
 
 def _atom_of(prox_name: str) -> str:

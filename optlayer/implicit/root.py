@@ -35,6 +35,7 @@ import torch
 
 from optlayer.errors import OptTypeError
 from optlayer.implicit._function import ImplicitRoot, jvp_core, make_spec, vjp_core
+from optlayer.linalg._common import functorch_active
 from optlayer.tree import flatten, tree_map, unflatten
 
 __all__ = ["custom_root", "custom_fixed_point", "root_vjp", "root_jvp"]
@@ -69,7 +70,7 @@ def _attach(fun, solve, sol, args, kwargs, what, checked: set | None = None):
     if checked is None or key not in checked:
         x_d = spec.pack([s.detach() for s in sol_leaves])
         a_d = [a.detach() for a in arg_tensors]
-        if _functorch_active():
+        if functorch_active():
             with torch.no_grad():  # shape/structure check only
                 spec.F(x_d, a_d)
         else:
@@ -94,10 +95,6 @@ def _attach(fun, solve, sol, args, kwargs, what, checked: set | None = None):
     outs = ImplicitRoot.apply(spec, *[s.detach() for s in sol_leaves], *arg_tensors)
     return spec.sol_tree(outs)
 
-
-def _functorch_active() -> bool:
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active()) if active is not None else False
 
 
 def _foreign_leaves(out: torch.Tensor, inputs) -> list:

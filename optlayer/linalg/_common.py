@@ -41,6 +41,7 @@ __all__ = [
     "materialize",
     "physical",
     "any_true",
+    "functorch_active",
     "safe_div",
     "default_maxiter",
     "resolve_tol",
@@ -163,6 +164,13 @@ def physical(t: torch.Tensor) -> torch.Tensor:
     except (AttributeError, RuntimeError):  # pragma: no cover - older/newer torch
         return t
     return t
+
+
+def functorch_active() -> bool:
+    """True inside a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ...), where
+    ``torch.autograd.grad`` cannot run and code must take the ``torch.func`` route."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 def any_true(mask: torch.Tensor) -> bool:

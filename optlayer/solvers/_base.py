@@ -38,7 +38,7 @@ from optlayer.conditions import batched_hessian
 from optlayer.errors import OptTypeError, report_status
 from optlayer.implicit import custom_root
 from optlayer.linalg import solve_lu
-from optlayer.linalg._common import any_true
+from optlayer.linalg._common import any_true, functorch_active
 from optlayer.status import Status, check_on_failure
 from optlayer.tree import flatten, tree_ordinary, unflatten
 
@@ -81,7 +81,7 @@ def value_and_grad(fun, x, *args, **kwargs):
     mode is on and ``x`` or an argument requires grad (unrolled differentiation),
     without one otherwise; ``torch.func.grad`` under a torch.func transform.
     """
-    if _functorch_active():
+    if functorch_active():
         def total(z):
             vals = fun(z, *args, **kwargs)
             return vals.sum(), vals
@@ -110,7 +110,7 @@ def hessian(fun, x, *args, **kwargs) -> torch.Tensor:
     """
     leaves = [t for t in flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
     graph = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in leaves))
-    if graph or _functorch_active():
+    if graph or functorch_active():
         return batched_hessian(fun, x, *args, **kwargs)
     with torch.enable_grad():
         z = x.detach().requires_grad_(True)
@@ -122,10 +122,6 @@ def hessian(fun, x, *args, **kwargs) -> torch.Tensor:
                 for j in range(x.shape[-1])]
     return torch.stack(cols, dim=-1)
 
-
-def _functorch_active() -> bool:
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active()) if active is not None else False
 
 
 def batch_shape_of(params) -> torch.Size:

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import torch
 
-from optlayer.solvers._base import _functorch_active, hessian
+from optlayer.linalg._common import functorch_active
+from optlayer.solvers._base import hessian
 from optlayer.tree import flatten
 
 __all__ = [
@@ -60,7 +61,7 @@ def _mv(M, v):
 
 def _needs_graph(x, params) -> bool:
     """True when the derivatives must stay differentiable (unrolling, or a transform)."""
-    if _functorch_active():
+    if functorch_active():
         return True
     if not torch.is_grad_enabled():
         return False
