@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from optlayer.conditions._common import batched_grad
 from optlayer.errors import OptTypeError
 
 __all__ = ["kkt", "qp_kkt"]
@@ -87,7 +88,7 @@ def kkt(fun, eq_fun=None, ineq_fun=None):
                 val = val + (lam * _call(ineq_fun, zz, params_ineq)).sum()
             return val
 
-        stat = torch.func.grad(lagrangian)(z)
+        stat = batched_grad(lagrangian)(z)
         eq = _absent(nu) if eq_fun is None else _call(eq_fun, z, params_eq)
         comp = _absent(lam) if ineq_fun is None else lam * _call(ineq_fun, z, params_ineq)
         return stat, eq, comp

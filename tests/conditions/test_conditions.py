@@ -71,6 +71,29 @@ def test_batched_grad_and_hessian_match_per_item_autodiff():
         torch.testing.assert_close(H[i], torch.func.hessian(f)(x[i]), rtol=0, atol=1e-12)
 
 
+def test_batched_grad_on_a_graph_matches_torch_func_to_second_order():
+    # with x requiring grad (an implicit backward differentiating F) batched_grad takes
+    # autograd with create_graph instead of torch.func.grad: same values, same second
+    # derivatives in x and in a captured parameter; a function of c only gives zeros
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, generator=g, dtype=D, requires_grad=True)
+    c = torch.tensor(0.7, dtype=D, requires_grad=True)
+
+    def f(z):
+        return c * torch.logsumexp(z, -1) + (z**4).sum(-1)
+
+    G = batched_grad(f)(x)
+    R = torch.func.grad(lambda z: f(z).sum())(x)
+    torch.testing.assert_close(G, R, rtol=0, atol=1e-12)
+    w = torch.randn(3, 4, generator=g, dtype=D)
+    got = torch.autograd.grad((G * w).sum(), (x, c))
+    want = torch.autograd.grad((R * w).sum(), (x, c))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    flat = batched_grad(lambda z: c * z.new_ones(z.shape[0]))(x)
+    assert flat.shape == x.shape and not flat.any()
+
+
 def test_stationary_is_zero_at_ridge_solution_and_gives_closed_form_jacobian(ridge_data):
     X, y = ridge_data
     theta = torch.tensor(0.7, dtype=D)
