@@ -477,7 +477,6 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     return SolveResult(Tx, status_of(res, tol, Tx), it, res, step, J)
 
 
-
 def _back_off(prog, P, proxf, off, safe, x, y, t, L):
     """The items ``off``, whose ``y`` lies where ``grad f`` is not finite (a step onto
     the boundary of an entropy term, where its value is finite), go back to ``safe``
@@ -594,7 +593,6 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
     Tz, J = newton.finish(z, step)
     res = (Tz - z).norm(dim=-1) / (step * (1 + z.norm(dim=-1)))
     return SolveResult(Tz, status_of(res, tol, Tz), it, res, step, J)
-
 
 
 def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
@@ -719,4 +717,3 @@ def block_solve(B: int, N: int, blocks=None):
         return solve_lu(A, b.reshape(B, N), **options).reshape(-1)
 
     return solve
-

@@ -685,7 +685,6 @@ _PENALTY = {
 }
 
 
-
 def _atom_of(prox_name: str) -> str:
     from optlayer.ir import ATOMS
 
