@@ -1,4 +1,4 @@
-"""Benchmarks for OptLayer (run: python examples/benchmarks/layers.py [--quick]).
+"""Benchmarks for OptLayer (run: python examples/benchmarks/layers.py [--quick] [NAME ...]).
 
 Prints, as ratios measured in this process (medians of repeated calls after a warm-up;
 where two things are compared, rounds of calls alternate between them, so a slow spell of
@@ -8,6 +8,8 @@ the machine falls on both, and each round starts with an untimed call):
 3. each example's forward+backward at batch 32 vs cvxpylayers (bar: >= 10x faster),
    skipped when cvxpylayers is not installed; cvxpylayers gets as many solver jobs
    as torch has threads (diffcp's thread pool would otherwise use every CPU).
+   Names of examples/problems/*.opt files given on the command line restrict part 3 to
+   those examples (``--quick``: the first four).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def sparsemax(batch=256, n=100):
           f"{'ok' if r <= 1.5 else 'ABOVE BAR'}")
 
 
-def cvxpylayers_compare(batch=32, quick=False):
+def cvxpylayers_compare(batch=32, quick=False, names=()):
     print(f"3. forward+backward at batch {batch}: optlayer vs cvxpylayers, bar >= 10x faster"
           " (wall-clock medians of alternating rounds; the CPU-time ratio in brackets)")
     try:
@@ -106,7 +108,8 @@ def cvxpylayers_compare(batch=32, quick=False):
         CvxpyLayer = None  # noqa: N806
     sys.path.insert(0, str(ROOT / "tests" / "layer"))
     compared = passed = 0
-    for path in PROBLEMS[:4] if quick else PROBLEMS:
+    problems = [p for p in PROBLEMS if p.stem in names] if names else PROBLEMS
+    for path in problems[:4] if quick else problems:
         try:
             layer = ol.load(path)
         except ol.OptError as e:
@@ -173,10 +176,15 @@ def _cvxpylayer_runner(layer, vals):
 
 if __name__ == "__main__":
     quick = "--quick" in sys.argv
+    names = [a for a in sys.argv[1:] if not a.startswith("--")]
+    unknown = sorted(set(names) - {p.stem for p in PROBLEMS})
+    if unknown:
+        sys.exit(f"unknown example(s) {', '.join(unknown)}; "
+                 f"choose from {', '.join(p.stem for p in PROBLEMS)}")
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s) "
           "(run with OMP_NUM_THREADS=1 on a shared machine: idle worker threads of a busy "
           "CPU slow tiny ops by 10x)")
     construction()
     sparsemax()
-    cvxpylayers_compare(quick=quick)
+    cvxpylayers_compare(quick=quick, names=names)

@@ -59,6 +59,7 @@ from optlayer.errors import BindingError, report_status
 from optlayer.solvers import _qp_active as active_set
 from optlayer.solvers import _qp_dense as dense
 from optlayer.solvers import _qp_elim as elim
+from optlayer.solvers import _qp_fast as fast
 from optlayer.solvers import _qp_ipm as ipm
 from optlayer.solvers import _qp_schur as schur
 from optlayer.solvers._base import OptStep
@@ -264,12 +265,35 @@ def _interior(d: ipm.Data, active: Tensor, tol: float, maxiter: int,
 
 def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: int,
                 want: bool) -> ipm.Result:
-    """Run ``kernel``. When the full Newton system has at most
+    """Run ``kernel``. On the full-system kernels, problems with inequality
+    constraints and no equalities go first through the unguarded loop
+    (:mod:`_qp_fast`), and only the items it leaves not OPTIMAL through the
+    kernel itself, in the iterations left (an item's ``iter_num`` counts both).
+    When the full Newton system has at most
     ``defaults.IPM_RESCUE_MAX_SIZE`` rows (see there), the Cholesky-based
     kernels give up early on hopeless items (:func:`_qp_ipm.watch`), and the
     items they leave without a verdict (OPTIMAL, INFEASIBLE or UNBOUNDED) with
     iterations to spare are solved again on the full system with LU, in what
     is left of ``maxiter``."""
+    B, n, _ = d.Q.shape
+    m = 0 if d.G is None else d.G.shape[1]
+    me = 0 if d.A is None else d.A.shape[1]
+    if kernel != "reduced" and fast.applies(n, m, me):
+        res = fast.run_fast(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
+        left = finite & (res.status != int(Status.OPTIMAL))
+        if not bool(left.any()):
+            return res
+        idx = torch.nonzero(left).view(-1)
+        rest = maxiter - int(res.iter_num.index_select(0, idx).max())
+        again = _run_guarded(ipm.take(d, idx), kernel, torch.ones_like(idx, dtype=torch.bool),
+                             tol, rest, want)
+        return ipm.merge(res, idx, again)
+    return _run_guarded(d, kernel, finite, tol, maxiter, want)
+
+
+def _run_guarded(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: int,
+                 want: bool) -> ipm.Result:
+    """``kernel`` with its safeguards (certificates, guarded steps, the LU rescue)."""
     B, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]

@@ -1,6 +1,8 @@
 """The QP kernels of ``solve_qp``, as an autouse fixture.
 
-A test module that imports :func:`kernel` runs each of its tests six times:
+A test module that imports :func:`kernel` runs each of its tests seven times:
+on the unguarded loop that runs first on small problems without equality
+constraints (``fast``, ``_qp_fast``; the items it leaves go to ``full-cholesky``),
 on the interior point loop over the full Newton system with its direction by
 LU (``full-lu``) or by the reduced system's Cholesky factorization
 (``full-cholesky``), on the reduced kernel (``reduced``; ``reduced-schur``:
@@ -19,25 +21,27 @@ from optlayer import defaults
 
 #: kernel -> (IPM_DENSE_MAX_SIZE, IPM_DENSE_MAX_WORK, IPM_LU_MAX_WORK,
 #: ACTIVE_SET_MAX_ROWS, ACTIVE_SET_MAX_WORK, ACTIVE_SET_PDAS_ITERS or None for its
-#: default) forcing it
+#: default, IPM_FAST_LOOP) forcing it
 FORCE = {
-    "full-lu": (10**9, float("inf"), float("inf"), -1, 0.0, None),
-    "full-cholesky": (10**9, float("inf"), 0.0, -1, 0.0, None),
-    "reduced": (0, 0.0, 0.0, -1, 0.0, 0),
-    "reduced-schur": (0, 0.0, 0.0, -1, 0.0, None),
-    "active-set": (10**9, float("inf"), float("inf"), 10**9, float("inf"), None),
-    "active-set-dual": (10**9, float("inf"), float("inf"), 10**9, float("inf"), 0),
+    "fast": (10**9, float("inf"), 0.0, -1, 0.0, None, True),
+    "full-lu": (10**9, float("inf"), float("inf"), -1, 0.0, None, False),
+    "full-cholesky": (10**9, float("inf"), 0.0, -1, 0.0, None, False),
+    "reduced": (0, 0.0, 0.0, -1, 0.0, 0, False),
+    "reduced-schur": (0, 0.0, 0.0, -1, 0.0, None, False),
+    "active-set": (10**9, float("inf"), float("inf"), 10**9, float("inf"), None, False),
+    "active-set-dual": (10**9, float("inf"), float("inf"), 10**9, float("inf"), 0, False),
 }
 
 
 def force(monkeypatch, name: str) -> str:
     """Make ``solve_qp`` run the kernel ``name`` for the rest of the test."""
-    size, work, lu, rows, active_work, pdas = FORCE[name]
+    size, work, lu, rows, active_work, pdas, fast = FORCE[name]
     monkeypatch.setattr(defaults, "IPM_DENSE_MAX_SIZE", size)
     monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", work)
     monkeypatch.setattr(defaults, "IPM_LU_MAX_WORK", lu)
     monkeypatch.setattr(defaults, "ACTIVE_SET_MAX_ROWS", rows)
     monkeypatch.setattr(defaults, "ACTIVE_SET_MAX_WORK", active_work)
+    monkeypatch.setattr(defaults, "IPM_FAST_LOOP", fast)
     if pdas is not None:
         monkeypatch.setattr(defaults, "ACTIVE_SET_PDAS_ITERS", pdas)
     return name
