@@ -61,7 +61,7 @@ def _solve(nt, rc: Tensor):
     G, Gt, L, W, s, z, rx, rz = nt
     t = torch.addcmul(rc, z, rz, value=-1.0).div_(s)
     dx = torch.cholesky_solve(torch.baddbmm(rx, Gt, t, alpha=-1.0), L)
-    Gdx = ipm.matvec(G, dx, Gt)
+    Gdx = torch.bmm(G, dx)
     return dx, torch.cat([rz - Gdx, torch.addcmul(t, W, Gdx)], dim=1)
 
 
@@ -85,7 +85,7 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     best, since = float("inf"), 0
     for it in range(maxiter + 1):
         s, z = w[:, :m], w[:, m:]
-        prod = ipm.matvec(d.KA, x, d.KAt)                      # [Qx; Gx]
+        prod = torch.bmm(d.KA, x)                              # [Qx; Gx]
         rx = torch.baddbmm(prod[:, :n], Gt, z).add_(p)
         rz = (prod[:, n:] + s).sub_(h)
         sz = s * z
