@@ -275,26 +275,32 @@ def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: i
     items they leave without a verdict (OPTIMAL, INFEASIBLE or UNBOUNDED) with
     iterations to spare are solved again on the full system with LU, in what
     is left of ``maxiter``."""
-    B, n, _ = d.Q.shape
+    _, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
     if kernel != "reduced" and fast.applies(n, m, me):
         res = fast.run_fast(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
-        left = finite & (res.status != int(Status.OPTIMAL))
-        if not bool(left.any()):
-            return res
-        idx = torch.nonzero(left).view(-1)
-        rest = maxiter - int(res.iter_num.index_select(0, idx).max())
-        again = _run_guarded(ipm.take(d, idx), kernel, torch.ones_like(idx, dtype=torch.bool),
-                             tol, rest, want)
-        return ipm.merge(res, idx, again)
+        return _again(res, finite & (res.status != int(Status.OPTIMAL)), d, maxiter,
+                      lambda part, every, left: _run_guarded(part, kernel, every, tol, left,
+                                                             want))
     return _run_guarded(d, kernel, finite, tol, maxiter, want)
+
+
+def _again(res: ipm.Result, lost: Tensor, d: ipm.Data, maxiter: int, run) -> ipm.Result:
+    """``res`` with the items ``lost`` solved again by ``run(part, every, left)`` on their
+    data ``part``, in the iterations ``left`` of ``maxiter`` (added to their counts)."""
+    if not bool(lost.any()):
+        return res
+    idx = torch.nonzero(lost).view(-1)
+    left = maxiter - int(res.iter_num.index_select(0, idx).max())
+    return ipm.merge(res, idx, run(ipm.take(d, idx), torch.ones_like(idx, dtype=torch.bool),
+                                   left))
 
 
 def _run_guarded(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: int,
                  want: bool) -> ipm.Result:
     """``kernel`` with its safeguards (certificates, guarded steps, the LU rescue)."""
-    B, n, _ = d.Q.shape
+    _, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
     rescue = n + 2 * m + me <= defaults.IPM_RESCUE_MAX_SIZE
@@ -306,17 +312,15 @@ def _run_guarded(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: 
                               reduced=cholesky, give_up=cholesky and rescue)
     if kernel == "full-lu" or not rescue:
         return res
+    def on_lu(part, every, left):
+        again = dense.run_dense(part, active=every, tol=tol, maxiter=left,
+                                want_factor=want and kernel != "reduced")
+        if want and kernel == "reduced":   # the reduced kernel's backward, at the point found
+            again = again._replace(factor=ipm.split_factor(part, again.s, again.z))
+        return again
+
     lost = finite & ~_has_verdict(res.status) & (res.iter_num < maxiter)
-    if not bool(lost.any()):
-        return res
-    idx = torch.nonzero(lost).view(-1)
-    left = maxiter - int(res.iter_num.index_select(0, idx).max())
-    part = ipm.take(d, idx)
-    again = dense.run_dense(part, active=torch.ones_like(idx, dtype=torch.bool), tol=tol,
-                            maxiter=left, want_factor=want and kernel != "reduced")
-    if want and kernel == "reduced":   # the reduced kernel's backward, at the point found
-        again = again._replace(factor=ipm.split_factor(part, again.s, again.z))
-    return ipm.merge(res, idx, again)
+    return _again(res, lost, d, maxiter, on_lu)
 
 
 def _reduced(d: ipm.Data, finite: Tensor, tol: float, maxiter: int, want: bool,
