@@ -1,4 +1,5 @@
-"""The unguarded interior point loop for small QPs without equality constraints (private).
+"""The unguarded interior point loop for small QPs without equality constraints (private;
+also run on problems whose equalities :mod:`_qp_elim` eliminated).
 
 For the small problems of :mod:`_qp_dense` an iteration costs what its number of
 tensor operations costs. That module's loop carries, at every iteration, what

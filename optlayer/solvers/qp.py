@@ -265,21 +265,29 @@ def _interior(d: ipm.Data, active: Tensor, tol: float, maxiter: int,
 
 def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: int,
                 want: bool) -> ipm.Result:
-    """Run ``kernel``. On the full-system kernels, problems with inequality
-    constraints and no equalities go first through the unguarded loop
-    (:mod:`_qp_fast`), and only the items it leaves not OPTIMAL through the
-    kernel itself, in the iterations left (an item's ``iter_num`` counts both).
+    """Run ``kernel``. Problems with inequality constraints and no equalities (none
+    left after elimination) that are small enough for the full-system kernels go
+    first through the unguarded loop (:mod:`_qp_fast`), and only the items it
+    leaves not OPTIMAL through ``kernel``, in the iterations left (an item's
+    ``iter_num`` counts both).
     When the full Newton system has at most
     ``defaults.IPM_RESCUE_MAX_SIZE`` rows (see there), the Cholesky-based
     kernels give up early on hopeless items (:func:`_qp_ipm.watch`), and the
     items they leave without a verdict (OPTIMAL, INFEASIBLE or UNBOUNDED) with
     iterations to spare are solved again on the full system with LU, in what
     is left of ``maxiter``."""
-    _, n, _ = d.Q.shape
+    B, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
-    if kernel != "reduced" and fast.applies(n, m, me):
-        res = fast.run_fast(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
+    small = kernel != "reduced" or dense.kernel_for(n, m, me, B) != "reduced"
+    if small and fast.applies(n, m, me):
+        # (a problem whose equalities were eliminated comes with kernel "reduced" even
+        # when what is left is small: its backward wants the reduced kernel's factor)
+        split = want and kernel == "reduced"
+        res = fast.run_fast(d, active=finite, tol=tol, maxiter=maxiter,
+                            want_factor=want and not split)
+        if split:
+            res = res._replace(factor=ipm.split_factor(d, res.s, res.z))
         return _again(res, finite & (res.status != int(Status.OPTIMAL)), d, maxiter,
                       lambda part, every, left: _run_guarded(part, kernel, every, tol, left,
                                                              want))

@@ -117,3 +117,52 @@ def test_the_fast_loop_runs_only_without_equalities(spy):
     sol = solve_qp(*[_t(a) for a in inst], on_failure="raise")
     assert sol.status.item() == Status.OPTIMAL
     assert spy == {"fast": [], "guarded": [1]}
+
+
+@pytest.fixture
+def eliminating(monkeypatch, spy):
+    """Equalities eliminated first (the reduced kernel's rule), what is left small enough
+    for the fast loop: as quantile_regression at batch 32 with the defaults."""
+    monkeypatch.setattr(defaults, "IPM_DENSE_MAX_WORK", 1e9)
+    monkeypatch.setattr(defaults, "IPM_DENSE_EQ_SHARE", 0.0)
+    return spy
+
+
+def _solve_eq_with_grads(args):
+    args = [a.clone().requires_grad_() for a in args]
+    sol = solve_qp(*args, on_failure="ignore")
+    (sol.x.sin().sum() + sol.ineq_dual.cos().sum() + sol.eq_dual.sin().sum()).backward()
+    return sol, [a.grad for a in args]
+
+
+@pytest.mark.parametrize("lp", [False, True], ids=["qp", "lp"])
+def test_after_elimination_the_fast_loop_agrees_with_the_reduced_kernel(monkeypatch,
+                                                                      eliminating, lp):
+    insts = [_random_qp(80 + i, 6, 5, 2, lp=lp) for i in range(10)]
+    args = [_t(np.stack([inst[k] for inst in insts])) for k in range(6)]
+    sol, grads = _solve_eq_with_grads(args)
+    assert eliminating == {"fast": [10], "guarded": []}
+    assert (sol.status == Status.OPTIMAL).all()
+    monkeypatch.setattr(defaults, "IPM_FAST_LOOP", False)
+    ref, ref_grads = _solve_eq_with_grads(args)
+    assert eliminating["guarded"] == [10]
+    for a, b in ((sol.x, ref.x), (sol.ineq_dual, ref.ineq_dual), (sol.eq_dual, ref.eq_dual)):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-7, rtol=1e-7)
+
+
+def test_after_elimination_lost_items_go_to_the_reduced_kernel(eliminating):
+    # x >= 0 with sum(x) = -1 (infeasible) between two feasible items of the same shape
+    bad = _infeasible("simplex-negative-sum")
+    good = [_random_qp(90 + i, 4, 4, 1) for i in range(2)]
+    insts = [good[0], bad, good[1]]
+    args = [_t(np.stack([inst[k] for inst in insts])) for k in range(6)]
+    sol, grads = _solve_eq_with_grads(args)
+    assert sol.status.tolist() == [Status.OPTIMAL, Status.INFEASIBLE, Status.OPTIMAL]
+    assert eliminating == {"fast": [3], "guarded": [1]}   # only the bad item went on
+    for i in (0, 2):
+        alone, alone_grads = _solve_eq_with_grads([_t(a) for a in insts[i]])
+        torch.testing.assert_close(sol.x[i], alone.x, atol=1e-10, rtol=0)
+        for g, r in zip(grads, alone_grads, strict=True):
+            torch.testing.assert_close(g[i], r, atol=1e-8, rtol=1e-8)
