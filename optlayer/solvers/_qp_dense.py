@@ -37,10 +37,14 @@ solution and its transposed solve is the backward pass. The polish is tried
 as soon as every running item's error is below ``IPM_POLISH_BELOW`` (and
 again after each hundredfold decrease); items whose polished point passes
 the KKT check stop there, usually several iterations before the interior
-point itself would reach ``tol``, and the loop goes on for the others. A
-polished point depends on the active set alone, so a polish is computed
-again only where some item's active set has changed (an item whose solution
-is not unique can fail it on one active set to the end).
+point itself would reach ``tol``, and the loop goes on for the others. The
+solve starts from the iterate: where the system is singular (the solution is
+not unique, as for the epigraph variables of a ``neg`` term) it keeps the
+iterate's values in the directions the active set leaves free, which keeps
+the inactive rows satisfied (from 0 they were not, and such items could
+fail the polish to the end). Elsewhere a polished point depends on the
+active set alone, so a polish is computed again only where some item's
+active set has changed.
 """
 
 from __future__ import annotations
@@ -362,7 +366,8 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
 
 def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | None):
     """The polish (:func:`_polish`) at ``v``; ``pol`` again when it was taken on the
-    same active sets: a polished point depends on the active set alone (the loop
+    same active sets: a polished point depends on the active set alone, but for
+    the free directions of a problem whose solution is not unique (the loop
     polishes only with inequalities, so a ``pol`` given has ``m > 0``)."""
     if pol is not None and torch.equal(v[:, n + m:n + 2 * m] > v[:, n:n + m], pol.fac.J):
         return pol
@@ -426,10 +431,18 @@ def dense_factor(d: ipm.Data, s: Tensor | None, z: Tensor | None) -> DenseFactor
     return DenseFactor(LU, piv, K, J, info == 0)
 
 
-def dense_solve(f: DenseFactor, rhs: Tensor, *, adjoint: bool, refine: int) -> Tensor:
-    """Solve ``K u = rhs`` (or ``K' u = rhs``) with ``refine`` refinement steps."""
-    u = torch.linalg.lu_solve(f.LU, f.pivots, rhs, adjoint=adjoint)
+def dense_solve(f: DenseFactor, rhs: Tensor, *, adjoint: bool, refine: int,
+                start: Tensor | None = None) -> Tensor:
+    """Solve ``K u = rhs`` (or ``K' u = rhs``) with ``refine`` refinement steps; from
+    ``start`` (one refinement step more: where ``K`` is singular, the solution found is
+    the one nearest ``start``, not the one nearest 0, up to the regularization)."""
     K = f.K.transpose(1, 2) if adjoint else f.K
+    if start is None:
+        u = torch.linalg.lu_solve(f.LU, f.pivots, rhs, adjoint=adjoint)
+    else:
+        u = start + torch.linalg.lu_solve(f.LU, f.pivots, torch.baddbmm(rhs, K, start,
+                                                                        alpha=-1.0),
+                                          adjoint=adjoint)
     for _ in range(refine):
         u = u + torch.linalg.lu_solve(f.LU, f.pivots, torch.baddbmm(rhs, K, u, alpha=-1.0),
                                       adjoint=adjoint)
@@ -469,8 +482,14 @@ def _polish(d: ipm.Data, x, s, z, y) -> _Polished:
         rhs.append(torch.where(fac.J, d.h, torch.zeros_like(d.h)))
     if d.A is not None:
         rhs.append(d.b)
+    # from the iterate (0 where it is not finite): an item whose solution is not unique
+    # (the epigraph variables of a neg term, say) gets the one nearest the iterate, which
+    # keeps the rows outside the active set satisfied; the one nearest 0 need not
+    start = [u for u in (x, z, y) if u is not None]
+    start = torch.cat(start, dim=1) if len(start) > 1 else start[0]
     sol = dense_solve(fac, torch.cat(rhs, dim=1) if len(rhs) > 1 else rhs[0], adjoint=False,
-                      refine=defaults.IPM_BACKWARD_REFINE_STEPS)
+                      refine=defaults.IPM_BACKWARD_REFINE_STEPS,
+                      start=torch.nan_to_num(start, nan=0.0, posinf=0.0, neginf=0.0))
     px = sol[:, :n]
     pz = ps = py = None
     if m:
