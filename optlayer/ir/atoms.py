@@ -410,11 +410,12 @@ def _norm2_impl(ts, nds, st):
 
 
 def _huber_impl(ts, nds, st):
-    x = ts[0]
-    M = ts[1] if len(ts) > 1 else torch.ones((), dtype=x.dtype, device=x.device)
-    if len(ts) > 1 and nds[0] > 0:
+    a = ts[0].abs()
+    if len(ts) == 1:   # M = 1 (fewer operations: these run at every iteration)
+        return torch.where(a <= 1.0, a * a, 2.0 * a - 1.0)
+    M = ts[1]
+    if nds[0] > 0:
         M = M.reshape(M.shape + (1,) * nds[0])
-    a = x.abs()
     return torch.where(a <= M, a * a, 2 * M * a - M * M)
 
 
