@@ -55,7 +55,9 @@ class Elimination(NamedTuple):
 
 class ElimFactor(NamedTuple):
     """What the backward pass needs: the bases and the reduced problem's active-set
-    factorization (with the reduced problem's stacked matrices for its refinement)."""
+    factorization (with the reduced problem's stacked matrices for its refinement):
+    ``f`` is the reduced kernel's :class:`_qp_ipm.SplitFactor`, or the LU of the
+    fast loop (:mod:`_qp_fast`), whose solve the caller passes to :func:`adjoint_solve`."""
 
     Y: Tensor
     Z: Tensor
@@ -64,7 +66,7 @@ class ElimFactor(NamedTuple):
     KT: Tensor | None        # [G']
     KAt: Tensor              # and [Q G']
     reg_abs: Tensor
-    f: ipm.SplitFactor
+    f: tuple     # ipm.SplitFactor or _qp_dense.DenseFactor
 
 
 def eliminate(d: ipm.Data, active: Tensor) -> Elimination | None:
@@ -125,18 +127,23 @@ def restore(d: ipm.Data, e: Elimination, res: ipm.Result, tol: float,
 
 
 def adjoint_solve(Q: Tensor, G: Tensor | None, fac: ElimFactor, reg_rel: float, a1: Tensor,
-                  a3: Tensor | None, a2: Tensor, refine: int):
+                  a3: Tensor | None, a2: Tensor, refine: int, inner=None):
     """Solve the original active-set KKT system for ``(a1, a3, a2)`` (``Q``, ``G``: the
     original problem's matrices, ``Q`` symmetric); returns ``(u, zeta, w)`` as
-    :func:`_qp_ipm.split_solve` does."""
+    :func:`_qp_ipm.split_solve` does. ``inner(r1, r3) -> (v, zeta)`` solves the reduced
+    problem's system where ``fac.f`` is not a :class:`_qp_ipm.SplitFactor`."""
     m = 0 if a3 is None else a3.shape[1]
     u0 = fac.Y @ torch.linalg.solve_triangular(fac.R.transpose(1, 2), a2, upper=False)
     r1 = fac.Z.transpose(1, 2) @ (a1 - Q @ u0)
     r3 = None if a3 is None else a3 - G @ u0
-    k = fac.Z.shape[2]
-    dr = ipm.Data(fac.KA[:, :k], None, None if m == 0 else fac.KA[:, k:], None, None, None,
-                  fac.KT, None, None, fac.reg_abs, reg_rel, fac.KA, fac.KT, None, fac.KAt)
-    v, zeta, _ = ipm.split_solve(dr, fac.f, r1, r3, None, refine=refine)
+    if inner is not None:
+        v, zeta = inner(r1, r3)
+    else:
+        k = fac.Z.shape[2]
+        dr = ipm.Data(fac.KA[:, :k], None, None if m == 0 else fac.KA[:, k:], None, None,
+                      None, fac.KT, None, None, fac.reg_abs, reg_rel, fac.KA, fac.KT, None,
+                      fac.KAt)
+        v, zeta, _ = ipm.split_solve(dr, fac.f, r1, r3, None, refine=refine)
     u = torch.baddbmm(u0, fac.Z, v)
     rest = torch.baddbmm(a1, Q, u, alpha=-1.0)
     if zeta is not None:

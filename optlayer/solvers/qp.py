@@ -281,14 +281,14 @@ def _run_kernel(d: ipm.Data, kernel: str, finite: Tensor, tol: float, maxiter: i
     me = 0 if d.A is None else d.A.shape[1]
     small = kernel != "reduced" or dense.kernel_for(n, m, me, B) != "reduced"
     if small and fast.applies(n, m, me):
-        # (a problem whose equalities were eliminated comes with kernel "reduced" even
-        # when what is left is small: its backward wants the reduced kernel's factor)
-        split = want and kernel == "reduced"
-        res = fast.run_fast(d, active=finite, tol=tol, maxiter=maxiter,
-                            want_factor=want and not split)
-        if split:
+        res = fast.run_fast(d, active=finite, tol=tol, maxiter=maxiter, want_factor=want)
+        lost = finite & (res.status != int(Status.OPTIMAL))
+        if want and kernel == "reduced" and bool(lost.any()):
+            # (a problem whose equalities were eliminated comes with kernel "reduced"
+            # even when what is left is small; its lost items get the reduced kernel's
+            # factors, and all items then take its kind, to be merged)
             res = res._replace(factor=ipm.split_factor(d, res.s, res.z))
-        return _again(res, finite & (res.status != int(Status.OPTIMAL)), d, maxiter,
+        return _again(res, lost, d, maxiter,
                       lambda part, every, left: _run_guarded(part, kernel, every, tol, left,
                                                              want))
     return _run_guarded(d, kernel, finite, tol, maxiter, want)
@@ -426,6 +426,7 @@ class _QPFunction(torch.autograd.Function):
             else:   # the original Q and G (the data need not be stacked)
                 ctx.held = (d.Q, None, res.x, res.y, res.z, *f[:-1], *f.f[:-1], finite & f.f.ok)
                 ctx.reg = (None, d.reg_rel)   # the reduced problem's reg_abs is in f
+                ctx.inner = type(f.f)         # the reduced problem's factor: split or dense
         diag = (res.primal_residual, res.dual_residual, res.gap)
         if wide:
             diag = tuple(t.to(dtype) for t in diag)
@@ -473,9 +474,15 @@ def _backward(ctx, gx, gy, gz, gs):
         u, zeta, w = ipm.split_solve(d, f, a1, a3, a2, refine=refine)
     else:   # equality constraints eliminated in the forward (_qp_elim)
         k = len(elim.ElimFactor._fields) - 1
-        f = elim.ElimFactor(*saved[5:5 + k], ipm.SplitFactor(*saved[5 + k:-1], ok))
+        f = elim.ElimFactor(*saved[5:5 + k], ctx.inner(*saved[5 + k:-1], ok))
         Q = KA
-        u, zeta, w = elim.adjoint_solve(Q, G, f, ctx.reg[1], a1, a3, a2, refine)
+        inner = None
+        if ctx.inner is dense.DenseFactor:   # the fast loop's factor of the reduced problem
+            n_u, m = f.Z.shape[2], 0 if G is None else G.shape[1]
+
+            def inner(r1, r3):
+                return dense.dense_grad_solve(f.f, n_u, m, r1, r3, None, refine)[:2]
+        u, zeta, w = elim.adjoint_solve(Q, G, f, ctx.reg[1], a1, a3, a2, refine, inner)
     # items whose factorization failed or whose data was not finite: zero gradient
     # (0 * t sums to 0 exactly where every entry of t is finite, to NaN elsewhere)
     lam = torch.cat([t for t in (u, zeta, w) if t is not None], dim=1)
