@@ -166,3 +166,24 @@ def test_after_elimination_lost_items_go_to_the_reduced_kernel(eliminating):
         torch.testing.assert_close(sol.x[i], alone.x, atol=1e-10, rtol=0)
         for g, r in zip(grads, alone_grads, strict=True):
             torch.testing.assert_close(g[i], r, atol=1e-8, rtol=1e-8)
+
+
+def test_the_polish_of_a_problem_without_a_unique_solution_stays_near_the_iterate():
+    # min x1 s.t. 0 <= x1 <= 1, 1 <= x2 <= 2: x2 is free in [1, 2] at the optimum, the
+    # active-set system is singular in x2, and the solution nearest 0 (x2 = 0) violates
+    # x2 >= 1: the polish must keep x2 where the iterate has it (the polish of this loop
+    # and of _qp_dense.run_dense; here once, not under every kernel of test_qp.py)
+    from optlayer.solvers import _qp_dense, _qp_ipm
+
+    Q = torch.zeros(1, 2, 2, dtype=F64)
+    p = torch.tensor([[[1.0], [0.0]]], dtype=F64)
+    G = torch.tensor([[[1.0, 0], [-1, 0], [0, 1], [0, -1]]], dtype=F64)
+    h = torch.tensor([[[1.0], [0.0], [2.0], [-1.0]]], dtype=F64)
+    d = _qp_ipm.make_data(Q, p.squeeze(-1), G, h.squeeze(-1), None, None)
+    x = torch.tensor([[[1e-4], [1.4]]], dtype=F64)            # an iterate near the optimum
+    s = h - G @ x
+    z = torch.tensor([[[1e-4], [1.0 + 1e-4], [1e-4], [1e-4]]], dtype=F64)
+    pol = _qp_dense._polish(d, x, s, z, None)
+    px = pol.point[0].view(-1)
+    torch.testing.assert_close(px, torch.tensor([0.0, 1.4], dtype=F64), atol=1e-12, rtol=0)
+    assert pol.err.item() <= 1e-12
