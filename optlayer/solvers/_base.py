@@ -171,10 +171,13 @@ def _finite_rows(tree, batch: torch.Size, device) -> torch.Tensor:
     """
     ok = torch.ones(batch, dtype=torch.bool, device=device)
     nb = len(batch)
+    seen = set()  # a tensor passed twice (the same data for two roles) is checked once
     for leaf in flatten(tree)[0]:
-        if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point():
+        if not isinstance(leaf, torch.Tensor) or not leaf.is_floating_point() \
+                or id(leaf) in seen:
             continue
-        fin = torch.isfinite(leaf)
+        seen.add(id(leaf))
+        fin = leaf * 0 == 0  # false exactly at NaN and ±inf (two operations, isfinite four)
         if nb and leaf.ndim > nb and leaf.shape[:nb] == batch:
             ok = ok & fin.reshape(*batch, -1).all(-1)
         elif nb and leaf.shape == batch:

@@ -197,9 +197,11 @@ class QuadraticRows:
         self.Q, self.p, self.c = Q, p, c
 
     def _parts(self, x):
-        J = (self.Q * x.unsqueeze(-2).unsqueeze(-2)).sum(-1)  # Qᵢx, (*batch, r, n)
-        g = 0.5 * (J * x.unsqueeze(-2)).sum(-1) + (self.p * x.unsqueeze(-2)).sum(-1) + self.c
-        return g, J + self.p
+        xr = x.unsqueeze(-2)
+        J = (self.Q * xr.unsqueeze(-2)).sum(-1) + self.p  # Qᵢx + pᵢ, (*batch, r, n)
+        # gᵢ = xᵀ(½Qᵢx + pᵢ) + cᵢ = ½ xᵀ(Jᵢ + pᵢ) + cᵢ
+        g = ((J + self.p) * xr).sum(-1) * 0.5 + self.c
+        return g, J
 
     def values(self, x):
         return self._parts(x)[0]

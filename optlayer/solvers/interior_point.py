@@ -28,7 +28,7 @@ import torch
 from optlayer import defaults
 from optlayer.conditions import kkt
 from optlayer.errors import OptTypeError
-from optlayer.linalg._common import any_true
+from optlayer.linalg._common import physical
 from optlayer.solvers._base import RUNNING, IterativeSolver, OptStep, batch_shape_of, norm
 from optlayer.solvers.convex_models import (
     AutogradObjective,
@@ -65,9 +65,24 @@ def _mv(M, v):
     return (M * v.unsqueeze(-2)).sum(-1)
 
 
+def _tmv(M, v):
+    """``Mᵀ v`` per item (``M (*batch, r, n)``, ``v (*batch, r)``) without a transposed view."""
+    return (v.unsqueeze(-1) * M).sum(-2)
+
+
 def _affine(x, params_eq):
     A, b = params_eq
     return _mv(A, x) - b
+
+
+def _gram(J, w, H):
+    """``Jᵀ diag(w) J + H`` per item (``H`` None: no term); one fused product on a single
+    batch dimension (``baddbmm``), ``matmul`` otherwise."""
+    WJ = w.unsqueeze(-1) * J
+    if J.dim() == 3:
+        return torch.bmm(J.mT, WJ) if H is None else torch.baddbmm(H, J.mT, WJ)
+    K = J.mT @ WJ
+    return K if H is None else K + H
 
 
 def _unpack(v, sizes):
@@ -89,13 +104,24 @@ def _pick(mask, new, old):
                  for a, b in zip(new, old, strict=True))
 
 
-def _max_step(v, dv, cap=1.0):
-    """Largest ``a <= cap`` with ``v + a dv >= 0`` (``v > 0``), per item."""
-    neg = dv < 0  # (the inner where keeps unrolled gradients finite)
-    ratio = torch.where(neg, -v / torch.where(neg, dv, -1.0), math.inf)
-    if not ratio.shape[-1]:
-        return v.new_full(v.shape[:-1], cap)
-    return ratio.amin(-1).clamp(max=cap)
+def _running(active):
+    """``(any, every)`` item of ``active`` true, over the whole physical batch (one sync;
+    ``(True, False)`` where the value cannot be read, as under some transforms)."""
+    try:
+        phys = physical(active)
+        n = int(phys.sum())
+    except RuntimeError:  # pragma: no cover - unreadable under some transform
+        return True, False
+    return n > 0, n == phys.numel()
+
+
+def _boundary_step(v, dv, fraction):
+    """``min(1, fraction * a)`` per item, ``a`` the largest step with ``v + a dv >= 0``
+    (``v > 0``): ``fraction / max(fraction, max_i(-dv_i / v_i))``, finite everywhere (no
+    infinite ratio for the entries that grow, so unrolled gradients stay finite)."""
+    if not v.shape[-1]:
+        return v.new_ones(v.shape[:-1])
+    return fraction / (-dv / v).amax(-1).clamp_min(fraction)
 
 
 @dataclass(eq=False)
@@ -194,15 +220,14 @@ class ConvexInteriorPoint(IterativeSolver):
         return x, nu, lam
 
     def init_state(self, init, params_obj=None, params_eq=None, params_ineq=None):
-        return self._init_state(init, (params_obj, params_eq, params_ineq),
-                                self._rows(params_ineq))
+        status = self._start_status(init[0], (params_obj, params_eq, params_ineq), {})
+        return self._init_state(init, status, self._rows(params_ineq))
 
-    def _init_state(self, init, args, rows):
+    def _init_state(self, init, status, rows):
         x, nu, lam = init
         batch = batch_shape_of(x)
         opts = {"dtype": x.dtype, "device": x.device}
         gap = -(rows.values(x) * lam).sum(-1)
-        status = self._start_status(x, args, {})
         return InteriorPointState(
             iter_num=torch.zeros(batch, dtype=torch.long, device=x.device),
             error=torch.full(batch, math.inf, **opts),
@@ -227,32 +252,36 @@ class ConvexInteriorPoint(IterativeSolver):
         the slacks of ``g(x) + s = 0``); ``derivs``: ``(g, Dg, Σλ∇²g, ∇f, ∇²f)`` at ``v`` if
         known. Returns the step, ``g`` at the new point, the derivatives used at ``v`` and
         those at the new point (None unless every item took the first trial step, where
-        they are computed in place of the first-order line-search evaluation)."""
+        they are computed in place of the first-order line-search evaluation). The
+        arithmetic is written for few tensor operations: at the sizes where this method
+        is used, their count, not their flops, sets the time."""
         v, prev = params
         n, q, r = sizes
         x, nu, lam, sl = _unpack(v, sizes)
         if derivs is None:
             derivs = (*rows.second(x, lam), *obj.grad_hess(x))
         g, J, Hg, gf, Hf = derivs
-        rd = gf + _mv(J.mT, lam)
-        if params_eq is not None:
+        rd = gf + _tmv(J, lam)
+        eq = params_eq is not None
+        if eq:
             A = params_eq[0].expand(x.shape[:-1] + params_eq[0].shape[-2:])
-            rd = rd + _mv(A.mT, nu)
+            rd = rd + _tmv(A, nu)
             rp = _affine(x, params_eq)
         else:
             rp = nu  # empty
         rg = g + sl
-        gap = (sl * lam).sum(-1)
+        slam = sl * lam
+        gap = slam.sum(-1)
 
         H = Hf if Hg is None else Hg if Hf is None else Hf + Hg
         w_ratio = lam / sl
-        K = J.mT @ (w_ratio.unsqueeze(-1) * J)
-        K = K if H is None else K + H
+        K = _gram(J, w_ratio, H)
         # A tiny ridge keeps directions that no term curves (a variable absent from
         # f and g, as in phase I) solvable; their gradient is zero, so they stay put.
-        scale = torch.diagonal(K, dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
-        K = K + torch.diag_embed((torch.finfo(x.dtype).eps * (1 + scale)).expand(x.shape))
-        if params_eq is not None:
+        # (in place on the fresh K; the scale is detached: the ridge carries no gradient)
+        diag = torch.diagonal(K, dim1=-2, dim2=-1)
+        diag.add_((1 + diag.detach().abs().amax(-1, keepdim=True)) * torch.finfo(x.dtype).eps)
+        if eq:
             K = torch.cat([torch.cat([K, A.mT], -1),
                            torch.cat([A, A.new_zeros(A.shape[:-1] + (q,))], -1)], -2)
         LU, piv, _ = torch.linalg.lu_factor_ex(K)
@@ -260,33 +289,36 @@ class ConvexInteriorPoint(IterativeSolver):
         # Barrier weight from the surrogate gap, but no sharper than the residuals allow:
         # a gap far below the dual/primal residuals (g + s included) would drive s to 0
         # before x is feasible (tiny steps, a stall): the target follows the largest.
-        resid = torch.maximum(norm(rd), torch.maximum(norm(rp), norm(rg)))
-        target = torch.maximum(gap, resid) / max(r, 1)
+        resid = torch.maximum(norm(rd), norm(rg))
+        if eq:
+            resid = torch.maximum(resid, norm(rp))
+        target = torch.maximum(gap, resid) * (1.0 / (max(r, 1) * self.mu))
         # Near the central path (the last step was long, the residuals are far below the
         # gap) the gap is all that is left: a 10x sharper target (100x per iteration at
         # mu = 10) ends the linear 10x-per-iteration tail.
         fast = (prev >= 0.9) & (resid <= 0.1 * gap)
-        tau = (target / torch.where(fast, 10.0 * self.mu, self.mu)).unsqueeze(-1)
-        rc = sl * lam - tau
+        tau = torch.where(fast, 0.1 * target, target).unsqueeze(-1)
+        rc = slam - tau
 
         # Newton direction d = (dx, dnu, dlam, ds) for (rd, Ax - b, g + s, s∘λ - τ):
         # ds = -rg - J dx, s∘dλ + λ∘ds = -rc; eliminated to the (x, nu) system K.
         w = (lam * rg - rc) / sl
-        rhs = -rd - _mv(J.mT, w)
-        if params_eq is not None:
-            rhs = torch.cat([rhs, -rp], -1)
-        sol = torch.linalg.lu_solve(LU, piv, rhs.unsqueeze(-1)).squeeze(-1)  # (dx, dnu)
-        Jdx = _mv(J, sol[..., :n])
-        d = torch.cat([sol, w + w_ratio * Jdx, -rg - Jdx], -1)
+        rhs = rd + _tmv(J, w)
+        if eq:
+            rhs = torch.cat([rhs, rp], -1)
+        # (dx, dnu) = -K⁻¹ rhs; with Jdx = J dx: dλ = w + (λ/s) Jdx, ds = -rg - Jdx
+        msol = torch.linalg.lu_solve(LU, piv, rhs.unsqueeze(-1)).squeeze(-1)
+        mJdx = _mv(J, msol[..., :n])
+        d = torch.cat([msol.neg(), w - w_ratio * mJdx, mJdx - rg], -1)
 
         # Largest step keeping λ, s > 0 (fraction 0.99 to the boundary), then backtracking
         # for g finite and a decrease of the residual norm.
         tail = n + q
         reset_floor = torch.finfo(x.dtype).eps ** 0.5
-        step = (0.99 * _max_step(v[..., tail:], d[..., tail:], math.inf)).clamp(max=1.0)
+        step = _boundary_step(v[..., tail:], d[..., tail:], 0.99)
         res0 = torch.linalg.vector_norm(torch.cat([rd, rg, rc, rp], -1), dim=-1)
         slope = self.alpha * res0
-        accepted = torch.zeros_like(gap, dtype=torch.bool)
+        accepted = None
         best = (v, g, rd, rp)
         new_derivs = None
         for k in range(self.maxls):
@@ -295,12 +327,12 @@ class ConvexInteriorPoint(IterativeSolver):
             if k == 0:  # second order here: the next iteration needs it if all accept
                 new_derivs = (*rows.second(xt, lt), *obj.grad_hess(xt))
                 gt, Jt, _, gft, _ = new_derivs
-                rdt = gft + _mv(Jt.mT, lt)
+                rdt = gft + _tmv(Jt, lt)
             else:
                 gt, jt = rows.first(xt, lt)
                 rdt = obj.grad(xt) + jt
-            if params_eq is not None:
-                rdt = rdt + _mv(A.mT, nt)
+            if eq:
+                rdt = rdt + _tmv(A, nt)
                 rpt = _affine(xt, params_eq)
             else:
                 rpt = rp
@@ -311,74 +343,92 @@ class ConvexInteriorPoint(IterativeSolver):
             # iterations). Crossings at the roundoff level of g are left alone (in float32
             # resetting them stalled the slack of an active row).
             over = gt + st
-            st = torch.where((gt < 0) & (over > 0.1 * st) & (over > reset_floor), -gt, st)
+            reset = (gt < 0) & (over > (0.1 * st).clamp_min(reset_floor))
+            st = torch.where(reset, -gt, st)
             vt = torch.cat([xt, nt, lt, st], -1)
             res = torch.linalg.vector_norm(torch.cat([rdt, gt + st, st * lt - tau, rpt], -1),
                                            dim=-1)
-            ok = (res <= res0 - slope * step) & torch.isfinite(res)
+            # (a NaN or infinite residual fails the test: the bound is finite or NaN)
+            ok = res <= res0 - slope * step
             trial = (vt, gt, rdt, rpt)
             if k == 0 and bool(ok.all()):  # the common case: every item takes the first step
-                best, accepted = trial, ok
+                best = trial
                 break
             new_derivs = None
-            best = _pick(ok & ~accepted, trial, best)
-            accepted = accepted | ok
+            if accepted is None:
+                best, accepted = _pick(ok, trial, best), ok
+            else:
+                best = _pick(ok & ~accepted, trial, best)
+                accepted = accepted | ok
             if bool(accepted.all()):
                 break
             step = torch.where(accepted, step, step * self.beta)
         v1, g1, rd1, rp1 = best
         _, _, lam1, sl1 = _unpack(v1, sizes)
         gap1 = (sl1 * lam1).sum(-1)
-        pr = torch.linalg.vector_norm(torch.cat([rp1, g1 + sl1], -1), dim=-1)
+        pr = norm(g1 + sl1)
+        if eq:
+            pr = torch.linalg.vector_norm(torch.stack([pr, norm(rp1)], -1), dim=-1)
         dr = norm(rd1)
         error = torch.maximum(torch.maximum(pr, dr), gap1)
-        # An item whose line search failed entirely cannot progress: flag it.
-        error = torch.where(accepted, error, torch.full_like(error, math.nan))
+        if accepted is not None:
+            # An item whose line search failed entirely cannot progress: flag it.
+            error = torch.where(accepted, error, math.nan)
+            step = torch.where(accepted, step, 0.0)
         new = state._replace(error=error, gap=gap1, primal_residual=pr, dual_residual=dr)
-        taken = torch.where(accepted, step, torch.zeros_like(step))
-        return OptStep((v1, taken), new), g1, derivs, new_derivs
+        return OptStep((v1, step), new), g1, derivs, new_derivs
 
     # -- phase I and run ---------------------------------------------------------------
-    def _iterate(self, init, args, obj, rows, params_eq, maxiter, tol, pending=None,
-                 phase_one=False):
-        """The masked iteration (as :meth:`IterativeSolver._loop`) on the given models."""
+    def _iterate(self, init, status, obj, rows, params_eq, maxiter, tol, phase_one=False):
+        """The masked iteration (as :meth:`IterativeSolver._loop`) on the given models from
+        the items' start ``status`` (RUNNING, or a status already final)."""
         x, nu, lam = init
         sizes = (x.shape[-1], nu.shape[-1], lam.shape[-1])
         sl = (-rows.values(x)).clamp_min(torch.finfo(x.dtype).eps)
         params = (torch.cat([x, nu, lam, sl], -1), torch.zeros_like(lam[..., 0]))
-        state = self._init_state(init, args, rows)
-        if pending is not None:
-            state = state._replace(status=torch.where(pending >= 0, pending, state.status))
+        state = self._init_state(init, status, rows)
         derivs = None
+        codes = {c: torch.tensor(int(c), dtype=state.status.dtype, device=x.device)
+                 for c in (Status.OPTIMAL, Status.NUMERICAL_ERROR)}
         for k in range(maxiter):
             active = state.status == RUNNING
-            if k % self.check_every == 0 and not any_true(active):
-                break
+            # every item running (known at a check): no masking of the step's results
+            every = False
+            if k % self.check_every == 0:
+                running, every = _running(active)
+                if not running:
+                    break
             (new_params, new_state), g1, used, nxt = self._step(
                 params, state, obj, rows, params_eq, sizes, derivs)
-            # derivatives at the kept point of every item (frozen items keep theirs)
-            derivs = None if nxt is None else tuple(
-                a if a is None else torch.where(_bcast_to(active, a), a, b)
-                for a, b in zip(nxt, used, strict=True))
             if phase_one:  # done at the first strictly feasible x: g(x) - s < -s, s < 0
                 s1 = new_params[0][..., sizes[0] - 1:sizes[0]]
                 found = (s1[..., 0] < 0) & ((g1[..., :-1] + s1) < 0).all(-1)
-                new_state = new_state._replace(error=torch.where(
-                    found, torch.zeros_like(new_state.error), new_state.error))
-            params = _pick(active, new_params, params)
-            # the step changes error, gap and the residuals; count and classify here
-            error, gap, pr, dr = _pick(
-                active,
-                (new_state.error, new_state.gap, new_state.primal_residual,
-                 new_state.dual_residual),
-                (state.error, state.gap, state.primal_residual, state.dual_residual))
-            status = torch.where(active & (error <= tol), int(Status.OPTIMAL), state.status)
-            status = torch.where(active & ~torch.isfinite(error),
-                                 int(Status.NUMERICAL_ERROR), status).to(state.status.dtype)
+                new_state = new_state._replace(error=torch.where(found, 0.0, new_state.error))
+            if every:
+                derivs, params = nxt, new_params
+                error, gap, pr, dr = new_state.error, new_state.gap, new_state.primal_residual, \
+                    new_state.dual_residual
+            else:
+                # derivatives at the kept point of every item (frozen items keep theirs)
+                derivs = None if nxt is None else tuple(
+                    a if a is None else torch.where(_bcast_to(active, a), a, b)
+                    for a, b in zip(nxt, used, strict=True))
+                params = _pick(active, new_params, params)
+                # the step changes error, gap and the residuals; count and classify here
+                error, gap, pr, dr = _pick(
+                    active,
+                    (new_state.error, new_state.gap, new_state.primal_residual,
+                     new_state.dual_residual),
+                    (state.error, state.gap, state.primal_residual, state.dual_residual))
+            # a non-finite error (NaN, +inf: errors are norms) fails `error < inf`
+            verdict = torch.where(error <= tol, codes[Status.OPTIMAL],
+                                  torch.where(error < math.inf, state.status,
+                                              codes[Status.NUMERICAL_ERROR]))
+            status = verdict if every else torch.where(active, verdict, state.status)
             state = InteriorPointState(state.iter_num + active, error, status, gap, pr, dr)
         return _unpack(params[0], sizes)[:3], state
 
-    def _phase_one(self, x0, params_eq, params_ineq, maxiter, tol):
+    def _phase_one(self, x0, status, params_eq, params_ineq, maxiter, tol):
         """Minimise ``s`` s.t. ``g(x) - s ≤ 0``, ``s ≥ -1``, ``Ax = b`` from a feasible (x0, s0)."""
         inner = self._rows(params_ineq, phase_one=True)
         rows = PhaseOneRows(inner)
@@ -391,23 +441,25 @@ class ConvexInteriorPoint(IterativeSolver):
             eq1 = (torch.cat([A, A.new_zeros(A.shape[:-1] + (1,))], -1), b)
         init = self._split_init(z0, eq1, rows)
         (z, _, _), st = self._iterate(
-            init, (z0, params_eq, params_ineq), QuadraticObjective(None, cost), rows, eq1,
+            init, status, QuadraticObjective(None, cost), rows, eq1,
             defaults.PHASE_ONE_MAXITER_FACTOR * maxiter, tol, phase_one=True)
         return z[..., :-1], z[..., -1], st
 
     def _loop(self, init, params_obj=None, params_eq=None, params_ineq=None):
         maxiter, tol = self._settings(self._dtype(init))
         obj, rows = self._models(params_obj, params_ineq)
-        args = (params_obj, params_eq, params_ineq)
-        if isinstance(init, (tuple, list)) or isinstance(rows, NoRows):
-            return self._iterate(self._split_init(init, params_eq, rows), args, obj, rows,
+        # the inputs are checked once, for phase I and the main iteration
+        warm = isinstance(init, (tuple, list))
+        status = self._start_status(init[0] if warm else init,
+                                    (params_obj, params_eq, params_ineq), {})
+        if warm or isinstance(rows, NoRows):
+            return self._iterate(self._split_init(init, params_eq, rows), status, obj, rows,
                                  params_eq, maxiter, tol)
         x0 = init
         g0 = rows.values(x0)
         need = ~(g0 < 0).all(-1)
-        pending = None
         if bool(need.any()):
-            x1, s1, st1 = self._phase_one(x0, params_eq, params_ineq, maxiter, tol)
+            x1, s1, st1 = self._phase_one(x0, status, params_eq, params_ineq, maxiter, tol)
             x0 = torch.where(need.unsqueeze(-1), x1, x0)
             margin = math.sqrt(tol)
             # a certificate only where phase I converged to its optimum s* > 0 (a phase I
@@ -421,8 +473,9 @@ class ConvexInteriorPoint(IterativeSolver):
             # A phase I that could not finish (equalities inconsistent, ...) keeps its status.
             unfinished = need & (st1.status != int(Status.OPTIMAL)) & ~infeasible
             pending = torch.where(unfinished, st1.status, pending)
+            status = torch.where(pending >= 0, pending, status)
         start = self._split_init(x0, params_eq, rows)
-        return self._iterate(start, args, obj, rows, params_eq, maxiter, tol, pending)
+        return self._iterate(start, status, obj, rows, params_eq, maxiter, tol)
 
     def run(self, init, params_obj=None, params_eq=None, params_ineq=None) -> OptStep:
         """Solve from ``init`` (``x0``, or ``(x0, nu0, lam0)`` with ``g(x0) < 0``, ``lam0 > 0``).
