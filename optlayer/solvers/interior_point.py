@@ -207,7 +207,9 @@ class ConvexInteriorPoint(IterativeSolver):
         return NoRows()
 
     # -- solver protocol --------------------------------------------------------------
-    def _split_init(self, init, params_eq, rows):
+    def _split_init(self, init, params_eq, rows, obj=None):
+        """``(x, nu, lam)`` from ``init``: ``nu = 0``; ``λ∘(-g) ≈ 1`` (a centred start), with
+        ``obj`` each ``λᵢ`` at least ``defaults.CONVEX_DUAL_START ‖∇f‖ / ‖∇gᵢ‖``."""
         if isinstance(init, (tuple, list)):
             if len(init) != 3:
                 raise OptTypeError(f"{self.name}: init must be x or (x, nu, lam)")
@@ -215,6 +217,12 @@ class ConvexInteriorPoint(IterativeSolver):
         x = init
         gx = rows.values(x)
         lam = 1.0 / (-gx).clamp_min(1e-3)  # λ∘(-g) ≈ 1 (centred start)
+        if obj is not None and gx.shape[-1]:
+            jn = torch.linalg.vector_norm(rows.second(x, lam)[1], dim=-1)
+            gn = torch.linalg.vector_norm(obj.grad(x), dim=-1, keepdim=True)
+            moves = jn > 0  # (a row that does not move with x keeps 1 / s)
+            scale = torch.where(moves, gn / torch.where(moves, jn, 1.0), 0.0)
+            lam = torch.maximum(lam, defaults.CONVEX_DUAL_START * scale)
         q = 0 if params_eq is None else params_eq[0].shape[-2]
         nu = x.new_zeros(x.shape[:-1] + (q,))
         return x, nu, lam
@@ -474,7 +482,7 @@ class ConvexInteriorPoint(IterativeSolver):
             unfinished = need & (st1.status != int(Status.OPTIMAL)) & ~infeasible
             pending = torch.where(unfinished, st1.status, pending)
             status = torch.where(pending >= 0, pending, status)
-        start = self._split_init(x0, params_eq, rows)
+        start = self._split_init(x0, params_eq, rows, obj)
         return self._iterate(start, status, obj, rows, params_eq, maxiter, tol)
 
     def run(self, init, params_obj=None, params_eq=None, params_ineq=None) -> OptStep:
