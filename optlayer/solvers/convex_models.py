@@ -59,6 +59,22 @@ def _mv(M, v):
     return (M * v.unsqueeze(-2)).sum(-1)
 
 
+def _tmv(M, v):
+    """``Mᵀ v`` per item (``M (*batch, k, n)``, ``v (*batch, k)``) without a transposed view."""
+    return (v.unsqueeze(-1) * M).sum(-2)
+
+
+def _gram(V, w, H):
+    """``Vᵀ diag(w) V + H`` per item (``w (*batch, k)`` or ``(*batch, 1)``; ``H`` None: no
+    term); one fused product on a single batch dimension (``bmm`` / ``baddbmm``),
+    ``matmul`` otherwise."""
+    WV = w.unsqueeze(-1) * V
+    if V.dim() == 3:
+        return torch.bmm(V.mT, WV) if H is None else torch.baddbmm(H, V.mT, WV)
+    K = V.mT @ WV
+    return K if H is None else K + H
+
+
 def _needs_graph(x, params) -> bool:
     """True when the derivatives must stay differentiable (unrolling, or a transform)."""
     if functorch_active():
@@ -223,15 +239,18 @@ class QuadOverLinRows:
 
     def __init__(self, U, u0, a, b) -> None:
         self.U, self.u0, self.a, self.b = U, u0, a, b
+        self._b = b.unsqueeze(-1)
 
     def _parts(self, x):
         u = _mv(self.U, x) + self.u0
-        s = (self.a * x).sum(-1, keepdim=True) + self.b.unsqueeze(-1)
+        s = (self.a * x).sum(-1, keepdim=True) + self._b
         q = (u * u).sum(-1, keepdim=True)
         return u, s, q, q / s - s
 
     def _grad(self, u, s, q):
-        return _mv(self.U.mT, 2.0 * u / s) - (q / (s * s) + 1.0) * self.a
+        # Uᵀ(2u/s) - (q/s² + 1) a with t = u/s: 2 Uᵀt - (tᵀt + 1) a
+        t = u / s
+        return 2.0 * _tmv(self.U, t) - ((t * t).sum(-1, keepdim=True) + 1.0) * self.a
 
     def values(self, x):
         return self._parts(x)[3]
@@ -243,7 +262,7 @@ class QuadOverLinRows:
     def second(self, x, lam):
         u, s, q, g = self._parts(x)
         V = self.U - u.unsqueeze(-1) * (self.a / s).unsqueeze(-2)
-        H = V.mT @ V * (2.0 * lam / s).unsqueeze(-1)
+        H = _gram(V, 2.0 * lam / s, None)  # (a weight per item, broadcast over the rows)
         return g, self._grad(u, s, q).unsqueeze(-2), H
 
 

@@ -36,6 +36,9 @@ from optlayer.solvers.convex_models import (
     NoRows,
     PhaseOneRows,
     QuadraticObjective,
+    _gram,
+    _mv,
+    _tmv,
 )
 from optlayer.status import Status
 
@@ -60,29 +63,9 @@ class InteriorPointState(NamedTuple):
     dual_residual: torch.Tensor
 
 
-def _mv(M, v):
-    """``M v`` per item (a product and a sum: fewer dispatches than ``matmul`` at small n)."""
-    return (M * v.unsqueeze(-2)).sum(-1)
-
-
-def _tmv(M, v):
-    """``Mᵀ v`` per item (``M (*batch, r, n)``, ``v (*batch, r)``) without a transposed view."""
-    return (v.unsqueeze(-1) * M).sum(-2)
-
-
 def _affine(x, params_eq):
     A, b = params_eq
     return _mv(A, x) - b
-
-
-def _gram(J, w, H):
-    """``Jᵀ diag(w) J + H`` per item (``H`` None: no term); one fused product on a single
-    batch dimension (``baddbmm``), ``matmul`` otherwise."""
-    WJ = w.unsqueeze(-1) * J
-    if J.dim() == 3:
-        return torch.bmm(J.mT, WJ) if H is None else torch.baddbmm(H, J.mT, WJ)
-    K = J.mT @ WJ
-    return K if H is None else K + H
 
 
 def _unpack(v, sizes):
