@@ -164,6 +164,11 @@ class ConvexInteriorPoint(IterativeSolver):
 
     family: ClassVar[str] = "interior_point"
 
+    def __post_init__(self):
+        if not isinstance(self.maxls, int) or self.maxls < 1:
+            raise ValueError(f"{self.name}: maxls must be a positive int (line-search trials "
+                             f"per iteration); got {self.maxls!r}")
+
     # -- maps -----------------------------------------------------------------------
     def optimality_fun(self, params, params_obj=None, params_eq=None, params_ineq=None):
         """KKT residual ``(∇f + ∂gᵀλ + Aᵀν, Ax - b, λ∘g(x))`` at ``params = (x, nu, lam)``."""
