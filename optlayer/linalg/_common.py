@@ -41,6 +41,7 @@ __all__ = [
     "materialize",
     "physical",
     "any_true",
+    "any_all_true",
     "functorch_active",
     "safe_div",
     "default_maxiter",
@@ -182,6 +183,18 @@ def any_true(mask: torch.Tensor) -> bool:
         return bool(physical(mask).any())
     except RuntimeError:  # pragma: no cover - unreadable under some transform
         return True
+
+
+def any_all_true(mask: torch.Tensor) -> tuple[bool, bool]:
+    """``(mask.any(), mask.all())`` over the whole physical batch, as Python bools (one
+    sync). Falls back to ``(True, False)`` (keep iterating, masked) where the value cannot
+    be read."""
+    try:
+        phys = physical(mask)
+        n = int(phys.sum())
+    except RuntimeError:  # pragma: no cover - unreadable under some transform
+        return True, False
+    return n > 0, n == phys.numel()
 
 
 def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

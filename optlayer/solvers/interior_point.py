@@ -28,7 +28,7 @@ import torch
 from optlayer import defaults
 from optlayer.conditions import kkt
 from optlayer.errors import OptTypeError
-from optlayer.linalg._common import physical
+from optlayer.linalg._common import any_all_true
 from optlayer.solvers._base import RUNNING, IterativeSolver, OptStep, batch_shape_of, norm
 from optlayer.solvers.convex_models import (
     AutogradObjective,
@@ -85,17 +85,6 @@ def _pick(mask, new, old):
     col = mask.unsqueeze(-1)
     return tuple(torch.where(col if a.dim() > nd else mask, a, b)
                  for a, b in zip(new, old, strict=True))
-
-
-def _running(active):
-    """``(any, every)`` item of ``active`` true, over the whole physical batch (one sync;
-    ``(True, False)`` where the value cannot be read, as under some transforms)."""
-    try:
-        phys = physical(active)
-        n = int(phys.sum())
-    except RuntimeError:  # pragma: no cover - unreadable under some transform
-        return True, False
-    return n > 0, n == phys.numel()
 
 
 def _boundary_step(v, dv, fraction):
@@ -393,7 +382,7 @@ class ConvexInteriorPoint(IterativeSolver):
             # every item running (known at a check): no masking of the step's results
             every = False
             if k % self.check_every == 0:
-                running, every = _running(active)
+                running, every = any_all_true(active)
                 if not running:
                     break
             (new_params, new_state), g1, used, nxt = self._step(
