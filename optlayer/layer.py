@@ -318,10 +318,12 @@ def _map_jacobian(program, z, step, P, qp, stationary):
             return qp[0]
         return jacobian(lambda Z, k: program.grad(Z, replicate(P, k)), z)
     if qp is not None and program.plan.method != "mirror_descent":
-        y = z - step[:, None] * (qp[0] @ z.unsqueeze(-1)).squeeze(-1) - step[:, None] * qp[1]
-        Jp = program.prox_jacobian(y, program.prox(y, step, P), step, P)
-        if Jp is not None:
-            return Jp @ (eye - step[:, None, None] * qp[0]) - eye
+        Q, p = qp
+        jac = program.prox_jacobian_fn(P)
+        if jac is not None:
+            y = z - step[:, None] * torch.baddbmm(p.unsqueeze(-1), Q, z.unsqueeze(-1))[..., 0]
+            Jp = jac(y, program.prox_fn(P)(y, step), step)
+            return torch.baddbmm(-eye, Jp, eye - step[:, None, None] * Q)
     return jacobian(lambda Z, k: program.fixed_point(Z, replicate(P, k), replicate(step, k),
                                                      replicate(qp, k)), z) - eye
 

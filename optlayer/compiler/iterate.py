@@ -318,7 +318,7 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
         d, info = torch.linalg.solve_ex(torch.baddbmm(-eye, Jp, M), -F)
         MF = bmv(M, F)
         slope = -(MF * d).sum(-1) / eta
-        newton = (info == 0) & torch.isfinite(slope) & (slope < 0)
+        newton = (info == 0) & (slope < 0)  # a NaN slope fails the comparison
         d = torch.where(newton[:, None], d, F)  # no host sync: the line search has one
         slope = torch.where(newton, slope, -(MF * F).sum(-1) / eta)
         # Armijo on the envelope: phi(x + tau d) <= phi + c tau slope (+ a roundoff margin)

@@ -282,7 +282,7 @@ class Program:
                     nrm = torch.linalg.vector_norm(xb, dim=-1, keepdim=True)
                     t = (a * step[:, None])[..., None]
                     den = torch.maximum(nrm, t).clamp_min(torch.finfo(x.dtype).tiny)
-                    y = (xb * (1 - t / den).clamp_min(0)).reshape(x.shape)
+                    y = (xb * (1 - t / den)).reshape(x.shape)   # den >= t: no clamp
                 elif kind == "lasso":
                     t = (a * step)[:, None]
                     y = x - torch.clamp(x, -t, t)
@@ -300,7 +300,7 @@ class Program:
                     nrm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
                     t = (a * step)[:, None]
                     den = torch.maximum(nrm, t).clamp_min(torch.finfo(x.dtype).tiny)
-                    y = x * (1 - t / den).clamp_min(0)
+                    y = x * (1 - t / den)
                 outs.append(y)
             return outs[0] if single else torch.cat(outs, dim=-1)
 
@@ -324,51 +324,52 @@ class Program:
         if parts is None:
             return None
         single = len(parts) == 1
+        t0 = next(iter(P.values()))
+        # per simplex / group-l2 part: the group size and, for several groups, the 0/1
+        # mask of the block diagonal (same group), made once for the solve
+        groups = {}
+        for i, (sl, _shape, kind, a) in enumerate(parts):
+            if kind in _RANK_ONE:
+                n = sl.stop - sl.start
+                m = n if kind in ("simplex", "group_lasso") else n // a.shape[1]
+                g = torch.arange(n, device=t0.device) // m
+                groups[i] = (m, None if m == n else (g[:, None] == g[None, :]).to(t0.dtype))
 
         def jac(y, x, step):
-            B = y.shape[0]
-            diag, blocks = [], []
-            for sl, _shape, kind, a in parts:
+            diag, lowrank, dense = [], [], []
+            for i, (sl, _shape, kind, a) in enumerate(parts):
                 yv, xv = (y, x) if single else (y[:, sl], x[:, sl])
                 if kind == "free":
                     diag.append(torch.ones_like(yv))
                 elif kind in ("nonneg", "box", "ballinf"):
                     diag.append((xv == yv).to(y.dtype))
-                elif kind in ("ball1", "ball2", "psd"):
-                    diag.append(torch.zeros_like(yv))
-                    blocks.append((sl, 1, _set_jacobian(kind, yv, xv, a)[:, None]))
                 elif kind in ("lasso", "nonneg_lasso"):
                     diag.append((xv != 0).to(y.dtype))
-                else:
+                elif kind in _RANK_ONE:  # per group: diag(d) + w v'
+                    m, mask = groups[i]
+                    d, w, v = _RANK_ONE[kind](yv, xv, m)
+                    diag.append(d)
+                    lowrank.append((sl, w, v, mask))
+                else:  # l1 / l2 ball, psd cone: dense
+                    if single:
+                        return _set_jacobian(kind, yv, xv, a)
                     diag.append(torch.zeros_like(yv))
-                    k = 1 if kind in ("simplex", "group_lasso") else a.shape[1]
-                    yb, xb = yv.reshape(B, k, -1), xv.reshape(B, k, -1)
-                    if kind in ("simplex", "simplex_blocks"):
-                        sb = (xb > 0).to(y.dtype)
-                        Jb = torch.diag_embed(sb) - sb[..., :, None] * sb[..., None, :] \
-                            / sb.sum(-1).clamp_min(1)[..., None, None]
-                    else:  # group l2
-                        ny = torch.linalg.vector_norm(yb, dim=-1)
-                        keep = (xb != 0).any(-1)
-                        r = torch.where(keep, (ny - torch.linalg.vector_norm(xb, dim=-1))
-                                        / torch.where(keep, ny, 1), 0.0)  # t / |y|
-                        u = yb / torch.where(keep, ny, 1)[..., None]
-                        eye = torch.eye(yb.shape[-1], dtype=y.dtype, device=y.device)
-                        Jb = ((1 - r) * keep)[..., None, None] * eye \
-                            + (r * keep)[..., None, None] * u[..., :, None] * u[..., None, :]
-                    blocks.append((sl, k, Jb))
-            if single and blocks and blocks[0][1] == 1:
-                return blocks[0][2][:, 0]
+                    dense.append((sl, _set_jacobian(kind, yv, xv, a)))
             J = torch.diag_embed(diag[0] if single else torch.cat(diag, dim=-1))
-            for sl, k, Jb in blocks:
-                m = Jb.shape[-1]
-                Jsub = J if single else J[:, sl, sl]
-                # the k diagonal m x m blocks of the (k m) x (k m) sub-block
-                Jsub.view(B, k, m, k, m).diagonal(dim1=1, dim2=3).copy_(
-                    Jb.permute(0, 2, 3, 1))
+            for sl, w, v, mask in lowrank:
+                outer = w[:, :, None] * v[:, None, :]
+                if mask is not None:
+                    outer = outer * mask
+                if single:
+                    J = J + outer
+                else:
+                    J[:, sl, sl] += outer
+            for sl, Jd in dense:
+                J[:, sl, sl] = Jd
             return J
 
         return jac
+
     def penalty_fn(self, P, copies: int = 1):
         """:meth:`penalty` specialised to ``P`` (weights evaluated once): ``pen(z) -> (B,)``
         (``copies``: as in :meth:`prox_fn`)."""
@@ -404,12 +405,6 @@ class Program:
             norm = _PENALTY[pname](x)
             out = out + (norm if weight is None else eval_scalar(weight, env, cache, B) * norm)
         return out
-
-    def prox_jacobian(self, y, x, step, P):
-        """Jacobian ``(B, N, N)`` of :meth:`prox` at ``y`` given ``x = prox(y)``, in closed
-        form (:meth:`prox_jacobian_fn`); None when some variable needs autograd."""
-        jac = self.prox_jacobian_fn(P)
-        return None if jac is None else jac(y, x, step)
 
     # --------------------------------------------------------- optimality maps
     def fixed_point(self, z, P, step, qp=None, g=None) -> torch.Tensor:
@@ -657,6 +652,33 @@ def _set_jacobian(kind, y, x, a):
     K = (V[:, :, None, :, None] * V[:, None, :, None, :]).reshape(B, n, n)  # V kron V
     J = (K * gamma.reshape(B, 1, n)) @ K.transpose(1, 2)
     return 0.5 * (J + J.reshape(B, n, m, m).transpose(-1, -2).reshape(B, n, n))
+
+
+def _simplex_rank_one(y, x, m):
+    """The simplex projection's Jacobian per group of ``m``: ``diag(s) - s s' / |S|``
+    (``s`` the support of ``x``) as ``(d, w, v) = (s, -s / |S|, s)``."""
+    s = (x > 0).to(y.dtype)
+    cnt = s.unflatten(-1, (-1, m)).sum(-1, keepdim=True).clamp_min(1)
+    return s, (s.unflatten(-1, (-1, m)) / cnt).flatten(-2).neg_(), s
+
+
+def _group_rank_one(y, x, m):
+    """The group-l2 prox's Jacobian per group of ``m``: ``(1 - r) I + r u u'`` with
+    ``r = t / |y|``, ``u = y / |y|`` where ``x != 0`` (zero where the group is cut to
+    0), as ``(d, w, v) = (a, (1 - a) y / |y|^2, y)`` with ``a = |x| / |y|`` (= 1 - r,
+    and 0 on a cut group)."""
+    yb = y.unflatten(-1, (-1, m))
+    ny = torch.linalg.vector_norm(yb, dim=-1, keepdim=True)
+    nx = torch.linalg.vector_norm(x.unflatten(-1, (-1, m)), dim=-1, keepdim=True)
+    inv = 1 / ny.clamp_min(torch.finfo(y.dtype).tiny)
+    a = nx * inv
+    c = ((nx > 0).to(y.dtype) - a).mul_(inv).mul_(inv)
+    return a.expand_as(yb).flatten(-2), (c * yb).flatten(-2), y
+
+
+#: prox / projection kinds whose Jacobian is, per group, a diagonal plus a rank-one term
+_RANK_ONE = {"simplex": _simplex_rank_one, "simplex_blocks": _simplex_rank_one,
+             "group_lasso": _group_rank_one, "group_blocks": _group_rank_one}
 
 
 def _simplex(x, value):

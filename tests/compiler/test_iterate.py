@@ -227,6 +227,11 @@ _PROX_JAC = {
              " + sum_squares(w - y[2 * n:3 * n])"
              "\nsubject to\n u in ball1(r)\n v in ball2(r)\n w in ballinf(0.7)",
     "psd": "dim n = 3\nparam C[n, n]\nvar X[n, n] psd\nminimize sum_squares(X - C)",
+    # group blocks beside another variable, weights large enough that some groups are cut
+    "group_cut": "dim k = 3\nparam y[2 * k + 2]\nparam lam pos\nvar s[2]\nvar a[k]\nvar b[k]\n"
+                 "minimize sum_squares(s - y[0:2]) + sum_squares(a - y[2:k + 2])"
+                 " + sum_squares(b - y[k + 2:2 * k + 2]) + 3 * lam * norm2(a)"
+                 " + 3 * lam * norm2(b)\nsubject to\n s >= 0",
 }
 
 
@@ -248,6 +253,9 @@ def test_prox_jacobian_matches_autograd(name):
     ref = iterate.jacobian(lambda Y, k: prog.prox(Y, iterate.replicate(step, k),
                                                   iterate.replicate(P, k)), y)
     torch.testing.assert_close(jac(y, x, step), ref, rtol=0, atol=1e-12)
+    if name == "group_cut":  # both branches of the group Jacobian are exercised
+        cut = x[:, 2:].unflatten(1, (2, 3)).norm(dim=-1) == 0
+        assert bool(cut.any()) and not bool(cut.all())
 
 
 def test_entropy_simplex_is_one_newton_step():
