@@ -300,6 +300,7 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
         scale = torch.maximum(D.norm(dim=-1).amax(dim=-1), eta_pn)
         return state[:, 3 * N:4 * N].norm(dim=-1) / (eta + scale)
 
+    armijo = -1e-4 / eta   # c * slope = armijo * <MF, d>
     cur = at(z)
     it = 0
     rows = torch.arange(B, device=dev)
@@ -315,14 +316,15 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
             Jp = prox_jac(y, Tx, eta)
         else:
             Jp = jacobian(lambda Y, k: prog.prox(Y, replicate(eta, k), reps(k)), y)
-        d, info = torch.linalg.solve_ex(torch.baddbmm(-eye, Jp, M), -F)
+        d, info = torch.linalg.solve_ex(torch.baddbmm(eye, Jp, M, alpha=-1), F)
+        # the slope of phi along d is -<MF, d> / eta: a descent direction where <MF, d> > 0
         MF = bmv(M, F)
-        slope = -(MF * d).sum(-1) / eta
-        newton = (info == 0) & (slope < 0)  # a NaN slope fails the comparison
+        dot = (MF * d).sum(-1)
+        newton = (info == 0) & (dot > 0)  # a NaN product fails the comparison
         d = torch.where(newton[:, None], d, F)  # no host sync: the line search has one
-        slope = torch.where(newton, slope, -(MF * F).sum(-1) / eta)
+        dot = torch.where(newton, dot, (MF * F).sum(-1))
         # Armijo on the envelope: phi(x + tau d) <= phi + c tau slope (+ a roundoff margin)
-        bound, cslope = phi + 16 * eps * phi.abs(), 1e-4 * slope
+        bound, cslope = phi + 16 * eps * phi.abs(), dot * armijo
         first_ls = at_k is None
         if first_ls:
             trial = at(x + d)
