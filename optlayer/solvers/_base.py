@@ -123,7 +123,6 @@ def hessian(fun, x, *args, **kwargs) -> torch.Tensor:
     return torch.stack(cols, dim=-1)
 
 
-
 def batch_shape_of(params) -> torch.Size:
     """The batch shape of ``params``: all but the last dimension of its first tensor leaf."""
     leaves = [p for p in flatten(params)[0] if isinstance(p, torch.Tensor)]
