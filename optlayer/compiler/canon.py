@@ -31,6 +31,7 @@ differentiated in the parameters (valid under strict complementarity).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -469,9 +470,11 @@ def _models(program: Program, P, B, N, dtype, device) -> dict:
 
 def _structure(program, P, N, phase_one):
     """How the rows split into model kinds (cached per program): ``blocks`` of
-    ``(kind, function, rows)`` in stacking order (1 affine, 2 quadratic, 3 the cone row
-    ``sum_squares(u) / s - s`` of affine ``u, s`` (function of ``(u, s)``), 4 other, 5 the
-    phase I cone row ``norm2(u) - s`` (function of ``(u, s)``)) and
+    ``(kind, function, outputs, spec)`` in stacking order (1 affine, 2 quadratic, 3 the
+    cone row ``sum_squares(u) / s - s`` of affine ``u, s`` (function of ``(u, s)``), 5 the
+    phase I cone row ``norm2(u) - s`` (function of ``(u, s)``), 6 a smooth atom of an
+    affine argument (function of ``(u, c, rest)``, ``spec`` its :class:`_Smooth`), 4
+    other) and
     ``order`` (stacked position of each original row, None when the same)."""
     cache = program.derived
     key = ("structure", phase_one)
@@ -480,28 +483,44 @@ def _structure(program, P, N, phase_one):
     memo: dict = {}
     rows = program.plan.ineq
     exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr for r in rows]
-    kinds = []
-    for e in exprs:
+    kinds, smooth = [], {}
+    for i, e in enumerate(exprs):
         d = degree(e, memo)
-        kinds.append(1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo)
-                     else 5 if _norm_parts(e, memo) else 4)
+        kind = 1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo) \
+            else 5 if _norm_parts(e, memo) else 4
+        if kind == 4:
+            smooth[i] = _smooth_parts(e, memo)
+            kind = 4 if smooth[i] is None else 6
+        kinds.append(kind)
     like = next(iter(P.values()))
     z1 = torch.zeros(1, N, dtype=like.dtype, device=like.device)
     P1 = {k: v[:1] for k, v in P.items()}
     sizes = _Rows(program, rows, phase_one).sizes(z1, P1) if rows else []
     blocks, pos, offset = [], {}, 0
-    for kind in (1, 2, 3, 5, 4):
+    for kind in (1, 2, 3, 5, 6, 4):
         members = [i for i, k in enumerate(kinds) if k == kind]
         if kind in (3, 5):  # one block per cone row
             for i in members:
                 u, sden = (_cone_parts if kind == 3 else _norm_parts)(exprs[i], memo)
                 fn = _Rows(program, [_bare_row(u), _bare_row(sden)])
-                blocks.append((kind, fn, fn.sizes(z1, P1)[0] + 1))
+                blocks.append((kind, fn, fn.sizes(z1, P1)[0] + 1, None))
                 pos[i] = [offset]
                 offset += 1
+        elif kind == 6:  # one block per smooth-atom row: (u, c, rest) as functions
+            for i in members:
+                spec = smooth[i]
+                parts = [e for e in (spec.u, spec.coef, spec.rest) if e is not None]
+                fn = _Rows(program, [_bare_row(e) for e in parts])
+                split = tuple(fn.sizes(z1, P1))
+                spec = spec._replace(rows=sizes[i], split=split, rest_varies=(
+                    spec.rest is not None and degree(spec.rest, {}) > 0))
+                blocks.append((kind, fn, sum(split), spec))
+                pos[i] = list(range(offset, offset + sizes[i]))
+                offset += sizes[i]
         elif members:
             k = sum(sizes[i] for i in members)
-            blocks.append((kind, _Rows(program, [rows[i] for i in members], phase_one), k))
+            blocks.append((kind, _Rows(program, [rows[i] for i in members], phase_one), k,
+                           None))
             for i in members:
                 pos[i] = list(range(offset, offset + sizes[i]))
                 offset += sizes[i]
@@ -523,7 +542,7 @@ def _stacked(st, P, B, N, dtype, device):
     )
 
     parts, sizes = [], []
-    for kind, fn, k in st["blocks"]:
+    for kind, fn, k, spec in st["blocks"]:
         if kind == 1:
             c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
             parts.append(AffineRows(J, -c))
@@ -534,9 +553,11 @@ def _stacked(st, P, B, N, dtype, device):
             c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
             model = QuadOverLinRows if kind == 3 else NormRows
             parts.append(model(J[:, :-1], c[:, :-1], J[:, -1], c[:, -1]))
+        elif kind == 6:
+            parts.append(_smooth_model(spec, fn, P, B, N, k, dtype, device))
         else:
             parts.append(_FunctionRows(fn, P, B, N, k))
-        sizes.append(1 if kind in (3, 5) else k)
+        sizes.append(1 if kind in (3, 5) else spec.rows if kind == 6 else k)
     order = st["order"]
     if order is not None:
         order = torch.tensor(order, device=device)
@@ -576,6 +597,111 @@ def _norm_parts(e, memo):
     if degree(u, memo) > 1 or degree(s, memo) > 1 or math.prod(s.shape) != 1:
         return None
     return u, s
+
+
+class _Smooth(NamedTuple):
+    """A row ``coef φ(u) + rest`` (:func:`_smooth_parts`): ``name`` keys
+    :data:`optlayer.solvers.convex_models.ELEMENTWISE` (or is ``"logsumexp"``),
+    ``static`` its static arguments, ``reduce`` as for
+    :class:`~optlayer.solvers.convex_models.SmoothAtomRows`, ``u`` the affine argument,
+    ``sign * coef`` the parameter-only weight (``coef`` None: 1), ``rest`` the affine part
+    (None: 0); set by :func:`_structure`: ``rows`` the row count, ``split`` the sizes of
+    ``(u, coef, rest)`` (those present) and ``rest_varies`` whether ``rest`` has variables."""
+
+    name: str
+    static: tuple
+    reduce: str
+    u: object
+    sign: float = 1.0
+    coef: object = None
+    rest: object = None
+    rows: int = 0
+    split: tuple = ()
+    rest_varies: bool = False
+
+
+# atoms a smooth-atom row can hold: elementwise, or reduced to one value
+_ELEMENTWISE_ATOMS = ("exp", "log", "sqrt", "softplus", "logistic", "power")
+_REDUCED_ATOMS = {"entropy": ("neg_xlogx", "sum"), "logsumexp": ("logsumexp", "logsumexp")}
+
+
+def _smooth_parts(e, memo):
+    """:class:`_Smooth` when ``e`` is ``coef φ(u) + rest``: one smooth atom ``φ`` (of
+    :data:`_ELEMENTWISE_ATOMS`, possibly summed, or of :data:`_REDUCED_ATOMS`) of an affine
+    ``u``, under sums and differences with affine terms and products or quotients with
+    parameter-only factors (scalars, or of the atom's shape before a reduction); else None."""
+    from optlayer.ir import Apply, functions
+
+    if not isinstance(e, Apply):
+        return None
+    name, args = e.atom.name, e.args
+    if name in _ELEMENTWISE_ATOMS or name in _REDUCED_ATOMS:
+        if degree(args[0], memo) > 1:
+            return None
+        key, reduce = _REDUCED_ATOMS.get(name, (name, "none"))
+        return _Smooth(key, tuple(e.static), reduce, args[0])
+    if name == "sum":
+        inner = _smooth_parts(args[0], memo)
+        if inner is None or inner.reduce != "none":
+            return None
+        rest = None if inner.rest is None else functions.sum(inner.rest)
+        return inner._replace(reduce="sum", rest=rest)
+    if name == "negate":
+        inner = _smooth_parts(args[0], memo)
+        return None if inner is None else inner._replace(
+            sign=-inner.sign, rest=None if inner.rest is None else -inner.rest)
+    if name not in ("add", "sub", "mul", "div") or len(args) != 2:
+        return None
+    a, b = args
+    da, db = degree(a, memo), degree(b, memo)
+    inner_first = da > 1 >= db
+    if not (inner_first or db > 1 >= da):
+        return None
+    child, other = (a, b) if inner_first else (b, a)
+    if child.shape != e.shape:  # the atom's value is not broadcast up
+        return None
+    inner = _smooth_parts(child, memo)
+    if inner is None:
+        return None
+    if name == "add":
+        return inner._replace(rest=other if inner.rest is None else inner.rest + other)
+    if name == "sub":
+        if inner_first:
+            return inner._replace(rest=-other if inner.rest is None else inner.rest - other)
+        return inner._replace(sign=-inner.sign,
+                              rest=other if inner.rest is None else other - inner.rest)
+    # a parameter-only factor: a scalar, or of the atom's own shape before a reduction
+    if name == "div" and not inner_first or degree(other, memo) > 0:
+        return None
+    if other.shape != () and inner.reduce != "none":
+        return None
+    if name == "mul":
+        coef = other if inner.coef is None else other * inner.coef
+        rest = None if inner.rest is None else other * inner.rest
+    else:
+        coef = 1.0 / other if inner.coef is None else inner.coef / other
+        rest = None if inner.rest is None else inner.rest / other
+    return inner._replace(coef=coef, rest=rest)
+
+
+def _smooth_model(spec, fn, P, B, N, k, dtype, device):
+    """:class:`~optlayer.solvers.convex_models.SmoothAtomRows` of a smooth-atom row from
+    ``fn = (u, coef?, rest?)`` at ``P``, read off by :func:`_taylor` (exact: all affine)."""
+    from optlayer.solvers.convex_models import ELEMENTWISE, SmoothAtomRows
+
+    c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
+    parts_c = torch.split(c, spec.split, -1)
+    coef = spec.sign * (parts_c[1] if spec.coef is not None else c.new_ones(B, 1))
+    h = None if spec.rest is None else -parts_c[-1]
+    G = J[:, -spec.split[-1]:] if spec.rest_varies else None
+    phi = None
+    if spec.name != "logsumexp":
+        base, static = ELEMENTWISE[spec.name], spec.static
+
+        def phi(u):
+            return base(u, *static)
+
+    return SmoothAtomRows(phi, spec.reduce, J[:, :spec.split[0]], parts_c[0], coef, G, h)
 
 
 def _bare_row(expr):

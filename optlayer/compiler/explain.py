@@ -31,8 +31,9 @@ ROWS = {
                    "KKT: grad f + dg' lam + A' nu = 0, Ax = b, lam * g(x) = 0 "
                    "(optlayer.conditions.kkt, custom_root)",
                    "primal-dual convex interior point with slack variables; derivatives "
-                   "from data for affine, quadratic and cone rows, from autograd for the "
-                   "others (optlayer.solvers.ConvexInteriorPoint, phase I from z = 0)"),
+                   "from data for affine, quadratic and cone rows and one smooth atom "
+                   "(exp, log, logsumexp, ...) of an affine argument, from autograd for "
+                   "the others (optlayer.solvers.ConvexInteriorPoint, phase I from z = 0)"),
 }
 
 

@@ -15,9 +15,11 @@ default) differentiate the user's functions: one forward pass and ``1 + r + n``
 backward passes for ``second``. The data models answer from matrices without any
 autograd: :class:`QuadraticObjective` (``½xᵀQx + pᵀx``), :class:`AffineRows`
 (``Gx - h``: Jacobian ``G``, no curvature), :class:`QuadraticRows` (constant
-Hessians) and :class:`QuadOverLinRows` (the smooth cone row ``‖u‖²/s - s`` of affine
-``u, s``, closed-form derivatives). :class:`StackedRows` joins row models in a given
-row order.
+Hessians), :class:`QuadOverLinRows` (the smooth cone row ``‖u‖²/s - s`` of affine
+``u, s``, closed-form derivatives) and :class:`SmoothAtomRows` (``c φ(u) + Gx - h`` for
+a smooth atom ``φ`` of an affine ``u``: ``exp``, ``log``, ``softplus``, ``logsumexp``,
+...; closed-form derivatives). :class:`StackedRows` joins row models in a given row
+order.
 
 Example:
     >>> import torch
@@ -50,7 +52,9 @@ __all__ = [
     "QuadOverLinRows",
     "QuadraticRows",
     "PhaseOneRows",
+    "SmoothAtomRows",
     "StackedRows",
+    "ELEMENTWISE",
 ]
 
 
@@ -295,6 +299,118 @@ class NormRows:
         Uh = _mv(self.U.mT, uhat)
         H = (self.U.mT @ self.U - Uh.unsqueeze(-1) * Uh.unsqueeze(-2)) * (lam / nrm).unsqueeze(-1)
         return g, (Uh - self.a).unsqueeze(-2), H
+
+
+def _power(u, p):
+    up = u ** (p - 2)
+    return up * u * u, p * up * u, (p * (p - 1)) * up
+
+
+def _softplus(u):
+    sg = torch.sigmoid(u)
+    return torch.nn.functional.softplus(u), sg, sg * (1.0 - sg)
+
+
+def _exp(u):
+    e = torch.exp(u)
+    return e, e, e
+
+
+def _log(u):
+    inv = 1.0 / u
+    return torch.log(u), inv, -inv * inv
+
+
+def _sqrt(u):
+    r = torch.sqrt(u)
+    return r, 0.5 / r, -0.25 / (r * u)
+
+
+def _neg_xlogx(u):
+    return -torch.special.xlogy(u, u), -torch.log(u) - 1.0, -1.0 / u
+
+
+# Smooth elementwise functions: ``φ(u, *static) -> (φ(u), φ'(u), φ''(u))`` (the static
+# argument of ``power`` is its exponent). ``neg_xlogx`` is the summand of ``entropy``.
+ELEMENTWISE = {
+    "exp": _exp,
+    "log": _log,
+    "sqrt": _sqrt,
+    "softplus": _softplus,
+    "logistic": _softplus,
+    "power": _power,
+    "neg_xlogx": _neg_xlogx,
+}
+
+
+class SmoothAtomRows:
+    """Rows ``g = c φ(u) + Gx - h`` of a smooth atom of the affine ``u = Ux + u₀``
+    (``U (*batch, k, n)``, ``u₀ (*batch, k)``) in closed form, ``reduce`` one of:
+
+    * ``"none"``: ``k`` rows ``cᵢ φ(uᵢ)``, ``φ`` from :data:`ELEMENTWISE`
+      (``c (*batch, 1)`` or ``(*batch, k)``): Jacobian ``diag(c φ') U``, curvature
+      ``Uᵀ diag(λ c φ'') U``;
+    * ``"sum"``: one row ``Σᵢ cᵢ φ(uᵢ)``: Jacobian ``(c φ')ᵀ U``, curvature
+      ``λ Uᵀ diag(c φ'') U``;
+    * ``"logsumexp"``: one row ``c log Σᵢ exp(uᵢ)`` (``φ`` unused, ``c (*batch, 1)``):
+      with ``p = softmax(u)`` and ``t = Uᵀp``, Jacobian ``c tᵀ``, curvature
+      ``λ c (Uᵀ diag(p) U - t tᵀ)``.
+
+    ``G (*batch, rows, n)`` / ``h (*batch, rows)``: the affine part ``Gx - h`` (each None
+    when absent: ``h`` alone for a constant)."""
+
+    def __init__(self, phi, reduce, U, u0, c, G=None, h=None) -> None:
+        if reduce not in ("none", "sum", "logsumexp"):
+            raise ValueError(f"SmoothAtomRows: reduce must be 'none', 'sum' or 'logsumexp'; "
+                             f"got {reduce!r}")
+        self.phi, self.reduce = phi, reduce
+        self.U, self.u0, self.c, self.G, self.h = U, u0, c, G, h
+
+    def _parts(self, x):
+        """``(g, c φ'(u), c φ''(u))``; for logsumexp ``(g, c p, p)``."""
+        u = _mv(self.U, x) + self.u0
+        c = self.c
+        if self.reduce == "logsumexp":
+            v = torch.logsumexp(u, -1, keepdim=True)
+            p = torch.exp(u - v)
+            g, w1, w2 = c * v, c * p, p
+        else:
+            v, d1, d2 = self.phi(u)
+            g, w1, w2 = c * v, c * d1, c * d2
+            if self.reduce == "sum":
+                g = g.sum(-1, keepdim=True)
+        if self.G is not None:
+            g = g + _mv(self.G, x)
+        if self.h is not None:
+            g = g - self.h
+        return g, w1, w2
+
+    def values(self, x):
+        return self._parts(x)[0]
+
+    def first(self, x, lam):
+        g, w1, _ = self._parts(x)
+        v = _tmv(self.U, lam * w1)  # (λ broadcasts: one row for sum and logsumexp)
+        if self.G is not None:
+            v = v + _tmv(self.G, lam)
+        return g, v
+
+    def second(self, x, lam):
+        g, w1, w2 = self._parts(x)
+        if self.reduce == "none":
+            J = w1.unsqueeze(-1) * self.U
+            H = _gram(self.U, lam * w2, None)
+        elif self.reduce == "sum":
+            J = _tmv(self.U, w1).unsqueeze(-2)
+            H = _gram(self.U, lam * w2, None)
+        else:  # λ c (Uᵀ diag(p) U - t tᵀ), t = Uᵀp
+            t = _tmv(self.U, w2)
+            J = (self.c * t).unsqueeze(-2)
+            H = (_gram(self.U, w2, None) - t.unsqueeze(-1) * t.unsqueeze(-2)) \
+                * (lam * self.c).unsqueeze(-1)
+        if self.G is not None:
+            J = J + self.G
+        return g, J, H
 
 
 class StackedRows:

@@ -13,6 +13,7 @@ from optlayer.compiler.lower import expand_params
 from optlayer.layer import random_params
 from optlayer.solvers import ConvexInteriorPoint
 from optlayer.solvers.convex_models import (
+    ELEMENTWISE,
     AffineRows,
     AutogradObjective,
     AutogradRows,
@@ -21,6 +22,7 @@ from optlayer.solvers.convex_models import (
     QuadOverLinRows,
     QuadraticObjective,
     QuadraticRows,
+    SmoothAtomRows,
     StackedRows,
 )
 
@@ -77,6 +79,34 @@ def _norm_case():
     return NormRows(U, u0, a, b), fun, 1
 
 
+def _smooth_case(name, reduce, static=()):
+    """``c φ(Ux + u₀) + Gx - h``; ``u`` kept positive near x = 0 (for log, sqrt, power)."""
+    def case():
+        k = N if reduce == "none" else 5
+        r = k if reduce == "none" else 1
+        U, u0 = 0.3 * _randn(B, k, N, seed=24), 2.0 + _randn(B, k, seed=25).abs()
+        c = _randn(B, k if reduce != "logsumexp" else 1, seed=26)
+        G, h = _randn(B, r, N, seed=27), _randn(B, r, seed=28)
+        phi = None if reduce == "logsumexp" else (lambda u: ELEMENTWISE[name](u, *static))
+
+        def fun(x, _p):
+            u = (U * x.unsqueeze(-2)).sum(-1) + u0
+            if reduce == "logsumexp":
+                v = c * torch.logsumexp(u, -1, keepdim=True)
+            else:
+                v = c * {"exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt,
+                         "softplus": torch.nn.functional.softplus,
+                         "power": lambda t: t ** static[0] if static else t,
+                         "neg_xlogx": lambda t: -t * torch.log(t)}[name](u)
+                if reduce == "sum":
+                    v = v.sum(-1, keepdim=True)
+            return v + (G * x.unsqueeze(-2)).sum(-1) - h
+
+        return SmoothAtomRows(phi, reduce, U, u0, c, G, h), fun, r
+
+    return case
+
+
 def _stacked_case():
     parts = [_affine_case(), _quadratic_case(), _cone_case()]
     order = torch.tensor([3, 0, 7, 1, 5, 2, 6, 4])  # rows out of stacking order
@@ -97,8 +127,16 @@ def _phase_one_case():
     return PhaseOneRows(inner), fun1, k + 1
 
 
+SMOOTH = [("logsumexp", "logsumexp", ()), ("exp", "none", ()), ("log", "sum", ()),
+          ("sqrt", "none", ()), ("softplus", "sum", ()), ("power", "none", (2.5,)),
+          ("neg_xlogx", "sum", ())]
 ROWS = {"affine": _affine_case, "quadratic": _quadratic_case, "cone": _cone_case,
-        "norm": _norm_case, "stacked": _stacked_case, "phase_one": _phase_one_case}
+        "norm": _norm_case, "stacked": _stacked_case, "phase_one": _phase_one_case,
+        **{f"smooth_{name}": _smooth_case(name, red, st) for name, red, st in SMOOTH}}
+
+
+def test_every_elementwise_function_has_a_case():
+    assert {name for name, _, _ in SMOOTH} == set(ELEMENTWISE) - {"logistic"} | {"logsumexp"}
 
 
 @pytest.mark.parametrize("case", list(ROWS.values()), ids=list(ROWS))
@@ -160,11 +198,11 @@ def test_solver_with_data_models_matches_autograd_models():
 
 
 # the row models each example's rows get (affine rows as data, quadratic rows as data, the
-# cone row in closed form, only logsumexp / softplus by autograd)
+# cone row and the smooth atoms logsumexp and sum of softplus in closed form)
 PARTS = {
     "sqrt_lasso": ["AffineRows", "QuadOverLinRows"],
     "robust_ls": ["QuadraticRows"],
-    "logsumexp_constrained": ["_FunctionRows"],
+    "logsumexp_constrained": ["SmoothAtomRows", "SmoothAtomRows"],
     "risk_portfolio": ["AffineRows", "QuadraticRows"],
 }
 
