@@ -262,12 +262,21 @@ def _forward(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter, setup):
     if any(r.phase_one is not None for r in program.plan.ineq):
         phase_one = _cached(program, "phase_one",
                             lambda: _Rows(program, program.plan.ineq, phase_one=True))
+    # the iterations keep the rows in the models' stacking order (no permutation per
+    # evaluation); the multipliers are put back in the rows' order once, at the end
+    order, ip_models = None, dict(models)
+    if "ineq_model" in models:
+        rows = models["ineq_model"](None)
+        order = rows.order
+        ip_models["ineq_model"] = lambda _p: rows.unordered()
     ip = ConvexInteriorPoint(program.f, gfun if gfun else None, tol=tol, maxiter=maxiter,
                              implicit_diff=False, on_failure="ignore",
                              phase_one_fun=phase_one, maxls=defaults.CONVEX_KKT_MAXLS,
-                             **models)
+                             **ip_models)
     out = ip.run(z0, Pd, eq, Pd)
     z, nu, lam = out.params
+    if order is not None:
+        lam = lam.index_select(-1, order)
     return z, nu, lam, out.state
 
 
@@ -525,11 +534,18 @@ def _structure(program, P, N, phase_one):
                 pos[i] = list(range(offset, offset + sizes[i]))
                 offset += sizes[i]
     order = [j for i in range(len(rows)) for j in pos[i]]
+    # the blocks read off to first order, as one function (one autograd pass per call)
+    first = [e for kind, fn, _, _ in blocks if kind in _FIRST_ORDER for e in fn.exprs]
     st = {"quadratic": all(degree(e, memo) <= 2 for _, e in program.plan.smooth),
           "blocks": blocks, "order": None if order == list(range(offset)) else order,
-          "sizes": sizes}
+          "sizes": sizes, "first": _Rows(program, [_bare_row(e) for e in first])}
     cache[key] = st
     return st
+
+
+# block kinds read off to first order (affine functions of z): affine, cone, phase I cone
+# and smooth-atom rows
+_FIRST_ORDER = (1, 3, 5, 6)
 
 
 def _stacked(st, P, B, N, dtype, device):
@@ -541,20 +557,26 @@ def _stacked(st, P, B, N, dtype, device):
         StackedRows,
     )
 
+    blocks = st["blocks"]
+    first = None
+    if st["first"]:
+        ks = [k for kind, _, k, _ in blocks if kind in _FIRST_ORDER]
+        c, J, _ = _taylor(st["first"], P, B, N, sum(ks), dtype, device, second=False)
+        first = zip(torch.split(c, ks, -1), torch.split(J, ks, -2), strict=True)
     parts, sizes = [], []
-    for kind, fn, k, spec in st["blocks"]:
+    for kind, fn, k, spec in blocks:
+        if kind in _FIRST_ORDER:
+            c, J = next(first)
         if kind == 1:
-            c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
             parts.append(AffineRows(J, -c))
         elif kind == 2:
             c, J, Q = _taylor(fn, P, B, N, k, dtype, device, second=True)
             parts.append(QuadraticRows(Q, J, c))
         elif kind in (3, 5):
-            c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
             model = QuadOverLinRows if kind == 3 else NormRows
             parts.append(model(J[:, :-1], c[:, :-1], J[:, -1], c[:, -1]))
         elif kind == 6:
-            parts.append(_smooth_model(spec, fn, P, B, N, k, dtype, device))
+            parts.append(_smooth_model(spec, c, J, B))
         else:
             parts.append(_FunctionRows(fn, P, B, N, k))
         sizes.append(1 if kind in (3, 5) else spec.rows if kind == 6 else k)
@@ -684,14 +706,15 @@ def _smooth_parts(e, memo):
     return inner._replace(coef=coef, rest=rest)
 
 
-def _smooth_model(spec, fn, P, B, N, k, dtype, device):
+def _smooth_model(spec, c, J, B):
     """:class:`~optlayer.solvers.convex_models.SmoothAtomRows` of a smooth-atom row from
-    ``fn = (u, coef?, rest?)`` at ``P``, read off by :func:`_taylor` (exact: all affine)."""
+    the values ``c`` and Jacobians ``J`` of ``(u, coef?, rest?)`` at ``z = 0`` (exact: all
+    affine)."""
     from optlayer.solvers.convex_models import ELEMENTWISE, SmoothAtomRows
 
-    c, J, _ = _taylor(fn, P, B, N, k, dtype, device, second=False)
     parts_c = torch.split(c, spec.split, -1)
-    coef = spec.sign * (parts_c[1] if spec.coef is not None else c.new_ones(B, 1))
+    coef = None if spec.coef is None and spec.sign == 1.0 else \
+        spec.sign * (parts_c[1] if spec.coef is not None else c.new_ones(B, 1))
     h = None if spec.rest is None else -parts_c[-1]
     G = J[:, -spec.split[-1]:] if spec.rest_varies else None
     phi = None

@@ -356,8 +356,8 @@ class SmoothAtomRows:
       with ``p = softmax(u)`` and ``t = Uᵀp``, Jacobian ``c tᵀ``, curvature
       ``λ c (Uᵀ diag(p) U - t tᵀ)``.
 
-    ``G (*batch, rows, n)`` / ``h (*batch, rows)``: the affine part ``Gx - h`` (each None
-    when absent: ``h`` alone for a constant)."""
+    ``c`` None: a weight of 1. ``G (*batch, rows, n)`` / ``h (*batch, rows)``: the affine
+    part ``Gx - h`` (each None when absent: ``h`` alone for a constant)."""
 
     def __init__(self, phi, reduce, U, u0, c, G=None, h=None) -> None:
         if reduce not in ("none", "sum", "logsumexp"):
@@ -367,16 +367,17 @@ class SmoothAtomRows:
         self.U, self.u0, self.c, self.G, self.h = U, u0, c, G, h
 
     def _parts(self, x):
-        """``(g, c φ'(u), c φ''(u))``; for logsumexp ``(g, c p, p)``."""
+        """``(g, c φ'(u), c φ''(u))``; for logsumexp ``(g, c p, p)`` (``c`` None: 1)."""
         u = _mv(self.U, x) + self.u0
         c = self.c
         if self.reduce == "logsumexp":
             v = torch.logsumexp(u, -1, keepdim=True)
             p = torch.exp(u - v)
-            g, w1, w2 = c * v, c * p, p
+            g, w1, w2 = (v, p, p) if c is None else (c * v, c * p, p)
         else:
-            v, d1, d2 = self.phi(u)
-            g, w1, w2 = c * v, c * d1, c * d2
+            g, w1, w2 = self.phi(u)
+            if c is not None:
+                g, w1, w2 = c * g, c * w1, c * w2
             if self.reduce == "sum":
                 g = g.sum(-1, keepdim=True)
         if self.G is not None:
@@ -405,9 +406,9 @@ class SmoothAtomRows:
             H = _gram(self.U, lam * w2, None)
         else:  # λ c (Uᵀ diag(p) U - t tᵀ), t = Uᵀp
             t = _tmv(self.U, w2)
-            J = (self.c * t).unsqueeze(-2)
-            H = (_gram(self.U, w2, None) - t.unsqueeze(-1) * t.unsqueeze(-2)) \
-                * (lam * self.c).unsqueeze(-1)
+            lc = lam if self.c is None else lam * self.c
+            J = (t if self.c is None else self.c * t).unsqueeze(-2)
+            H = (_gram(self.U, w2, None) - t.unsqueeze(-1) * t.unsqueeze(-2)) * lc.unsqueeze(-1)
         if self.G is not None:
             J = J + self.G
         return g, J, H
@@ -422,6 +423,13 @@ class StackedRows:
         self.order = order
         self.inverse = None if order is None else torch.argsort(order)
         self._single = len(self.parts) == 1 and order is None
+
+    def unordered(self):
+        """The same rows in stacking order (``cat(parts)``): for a solver that does not need
+        the rows' order, whose multipliers are then put in order by ``order`` once."""
+        if self.order is None:
+            return self
+        return StackedRows(self.parts, self.sizes)
 
     def _lams(self, lam):
         lam = lam if self.inverse is None else lam.index_select(-1, self.inverse)
