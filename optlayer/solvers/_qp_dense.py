@@ -43,8 +43,9 @@ not unique, as for the epigraph variables of a ``neg`` term) it keeps the
 iterate's values in the directions the active set leaves free, which keeps
 the inactive rows satisfied (from 0 they were not, and such items could
 fail the polish to the end). Elsewhere a polished point depends on the
-active set alone, so a polish is computed again only where some item's
-active set has changed.
+active set alone, so a polish is computed again only for the items whose
+active set has changed (just those items when they are at most a quarter of
+the batch: one LU of a few items instead of the batch's).
 """
 
 from __future__ import annotations
@@ -365,13 +366,34 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
 
 
 def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | None):
-    """The polish (:func:`_polish`) at ``v``; ``pol`` again when it was taken on the
-    same active sets: a polished point depends on the active set alone, but for
+    """The polish (:func:`_polish`) at ``v``; ``pol`` again for the items whose active set
+    it was taken on: a polished point depends on the active set alone, but for
     the free directions of a problem whose solution is not unique (the loop
     polishes only with inequalities, so a ``pol`` given has ``m > 0``)."""
-    if pol is not None and torch.equal(v[:, n + m:n + 2 * m] > v[:, n:n + m], pol.fac.J):
+    if pol is None:
+        return _polish(d, *_split(v, n, m, me))
+    B = v.shape[0]
+    changed = ((v[:, n + m:n + 2 * m] > v[:, n:n + m]) != pol.fac.J).view(B, m).any(dim=1)
+    idx = changed.nonzero().view(-1)
+    k = idx.numel()
+    if not k:
         return pol
-    return _polish(d, *_split(v, n, m, me))
+    if 4 * k > B:
+        return _polish(d, *_split(v, n, m, me))
+    # few items changed their active set (the last ones to converge): polish just those,
+    # one small batched LU instead of the whole batch's (each item's polish is its own)
+    return _put(pol, idx, _polish(ipm.take(d, idx), *_split(v.index_select(0, idx), n, m, me)))
+
+
+def _put(full, idx, part):
+    """``full`` (a tensor, or a (named) tuple of them, nested; None kept) with the items
+    ``idx`` replaced by ``part``."""
+    if full is None:
+        return None
+    if isinstance(full, tuple):
+        vals = [_put(f, idx, q) for f, q in zip(full, part, strict=True)]
+        return type(full)(*vals) if hasattr(full, "_fields") else tuple(vals)
+    return full.index_copy(0, idx, part)
 
 
 def _split(v: Tensor, n: int, m: int, me: int):

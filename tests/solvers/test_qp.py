@@ -468,6 +468,41 @@ def test_a_polish_is_not_repeated_on_the_same_active_set(monkeypatch, kernel):  
         assert len(calls) == 1
 
 
+def test_a_repolish_recomputes_only_the_items_whose_active_set_changed():
+    # the polished point of an item depends on its own data and active set: polishing
+    # just the items whose active set changed equals polishing the whole batch on them,
+    # and the other items keep the earlier polish (LU factors included)
+    from optlayer.solvers import _qp_dense
+    from optlayer.solvers import _qp_ipm as ipm
+
+    B, n, m = 8, 4, 6
+    insts = [_random_qp(70 + i, n, m, 0) for i in range(B)]
+    Q, p, G, h = (_t(np.stack([inst[k] for inst in insts])) for k in range(4))
+    d = ipm.pack(Q, p.unsqueeze(-1), G, h.unsqueeze(-1), None, None, None,
+                 torch.full((B, 1), 1e-12, dtype=torch.float64), 0.0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(B, n, 1, dtype=torch.float64, generator=gen)
+    s = torch.rand(B, m, 1, dtype=torch.float64, generator=gen) + 0.1
+    z = torch.rand(B, m, 1, dtype=torch.float64, generator=gen) + 0.1
+    v = torch.cat([x, s, z], dim=1)
+    pol = _qp_dense._polish(d, x, s, z, None)
+    w = v.clone()
+    w[1, n:n + m], w[1, n + m:] = v[1, n + m:], v[1, n:n + m]   # item 1: every row flips
+    w[5, :n] += 1.0   # item 5: the same active set, a moved iterate
+    again = _qp_dense._repolish(d, w, n, m, 0, pol)
+    full = _qp_dense._polish(d, *_qp_dense._split(w, n, m, 0))
+
+    def leaves(t):
+        return [u for part in t for u in (leaves(part) if isinstance(part, tuple)
+                                            else [part]) if u is not None]
+
+    for got, old, new in zip(leaves(again), leaves(pol), leaves(full), strict=True):
+        torch.testing.assert_close(got[1], new[1], rtol=0, atol=0)
+        keep = [i for i in range(B) if i != 1]
+        torch.testing.assert_close(got[keep], old[keep], rtol=0, atol=0)
+    assert not torch.equal(pol.fac.J[1], again.fac.J[1])
+
+
 def test_kernel_choice_follows_the_work_estimate(monkeypatch):
     from optlayer.solvers._qp_dense import kernel_for
 
