@@ -302,8 +302,8 @@ class NormRows:
 
 
 def _power(u, p):
-    up = u ** (p - 2)
-    return up * u * u, p * up * u, (p * (p - 1)) * up
+    # (three powers: u^(p-2) u^2 would be NaN at u = 0 for p < 2, where u^p is 0)
+    return u ** p, p * u ** (p - 1), (p * (p - 1)) * u ** (p - 2)
 
 
 def _softplus(u):

@@ -135,6 +135,14 @@ ROWS = {"affine": _affine_case, "quadratic": _quadratic_case, "cone": _cone_case
         **{f"smooth_{name}": _smooth_case(name, red, st) for name, red, st in SMOOTH}}
 
 
+def test_power_is_finite_at_zero_where_its_value_is():
+    # u^p at u = 0 is 0 for p > 0 (its curvature may be infinite there, as autograd's)
+    u = torch.zeros(3, dtype=D)
+    for p in (1.5, 3.0, 0.5):
+        v, d1, _ = ELEMENTWISE["power"](u, p)
+        assert v.tolist() == [0.0] * 3 and bool(torch.isfinite(d1).all()) == (p >= 1)
+
+
 def test_every_elementwise_function_has_a_case():
     assert {name for name, _, _ in SMOOTH} == set(ELEMENTWISE) - {"logistic"} | {"logsumexp"}
 
