@@ -460,15 +460,23 @@ def _models(program: Program, P, B, N, dtype, device) -> dict:
 
     out = {}
     st = _structure(program, P, N, False)
+    quad = None
     if st["quadratic"]:
-        def f(z, PP):
-            return program.f(z, PP).unsqueeze(-1)
+        # the objective and the quadratic rows (at most one block) in one second-order pass
+        rows = next((fn for kind, fn, _, _ in st["blocks"] if kind == 2), None)
+        k = 1 + (0 if rows is None else next(k for kind, _, k, _ in st["blocks"] if kind == 2))
 
-        _, p, Q = _taylor(f, P, B, N, 1, dtype, device, second=True)
+        def f(z, PP):
+            fz = program.f(z, PP).unsqueeze(-1)
+            return fz if rows is None else torch.cat([fz, rows(z, PP)], -1)
+
+        c, p, Q = _taylor(f, P, B, N, k, dtype, device, second=True)
         qobj = QuadraticObjective(Q[:, 0], p[:, 0])
         out["objective_model"] = lambda _p: qobj
+        if rows is not None:
+            quad = (c[:, 1:], p[:, 1:], Q[:, 1:])
     if program.plan.ineq:
-        main = _stacked(st, P, B, N, dtype, device)
+        main = _stacked(st, P, B, N, dtype, device, quad)
         out["ineq_model"] = lambda _p: main
         if any(r.phase_one is not None for r in program.plan.ineq):
             # built only when phase I runs
@@ -548,7 +556,9 @@ def _structure(program, P, N, phase_one):
 _FIRST_ORDER = (1, 3, 5, 6)
 
 
-def _stacked(st, P, B, N, dtype, device):
+def _stacked(st, P, B, N, dtype, device, quad=None):
+    """The :class:`~optlayer.solvers.convex_models.StackedRows` of the blocks of ``st`` at
+    ``P``; ``quad``: the quadratic block's ``(c, J, Q)`` when already read off."""
     from optlayer.solvers.convex_models import (
         AffineRows,
         NormRows,
@@ -570,7 +580,8 @@ def _stacked(st, P, B, N, dtype, device):
         if kind == 1:
             parts.append(AffineRows(J, -c))
         elif kind == 2:
-            c, J, Q = _taylor(fn, P, B, N, k, dtype, device, second=True)
+            c, J, Q = quad if quad is not None else \
+                _taylor(fn, P, B, N, k, dtype, device, second=True)
             parts.append(QuadraticRows(Q, J, c))
         elif kind in (3, 5):
             model = QuadOverLinRows if kind == 3 else NormRows
