@@ -382,18 +382,8 @@ def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | 
         return _polish(d, *_split(v, n, m, me))
     # few items changed their active set (the last ones to converge): polish just those,
     # one small batched LU instead of the whole batch's (each item's polish is its own)
-    return _put(pol, idx, _polish(ipm.take(d, idx), *_split(v.index_select(0, idx), n, m, me)))
-
-
-def _put(full, idx, part):
-    """``full`` (a tensor, or a (named) tuple of them, nested; None kept) with the items
-    ``idx`` replaced by ``part``."""
-    if full is None:
-        return None
-    if isinstance(full, tuple):
-        vals = [_put(f, idx, q) for f, q in zip(full, part, strict=True)]
-        return type(full)(*vals) if hasattr(full, "_fields") else tuple(vals)
-    return full.index_copy(0, idx, part)
+    return ipm.scatter(pol, idx,
+                       _polish(ipm.take(d, idx), *_split(v.index_select(0, idx), n, m, me)))
 
 
 def _split(v: Tensor, n: int, m: int, me: int):

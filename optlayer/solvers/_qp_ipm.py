@@ -41,7 +41,7 @@ __all__ = [
     "split_factor", "split_solve", "run_ipm", "take", "merge", "watch", "residuals", "final_status",
     "infeasibility_certificate", "unbounded_certificate", "split", "amax", "boundary_fraction",
     "pick", "guarded_step", "gap_slope", "step_ladder", "matvec", "matvec_add", "augment", "stack",
-    "widen", "merge_factors",
+    "widen", "merge_factors", "scatter",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -495,10 +495,12 @@ def _gather(state, idx):
                  else v.index_select(0, idx) for v in state)
 
 
-def _scatter(full, idx, part):
-    """``full`` with the items ``idx`` replaced by ``part`` (tuples as in :func:`_gather`)."""
-    return tuple(None if f is None else _scatter(f, idx, p) if isinstance(f, tuple)
-                 else f.index_copy(0, idx, p) for f, p in zip(full, part, strict=True))
+def scatter(full, idx, part):
+    """``full`` with the items ``idx`` replaced by ``part`` (tuples as in :func:`_gather`;
+    a named tuple keeps its type)."""
+    vals = [None if f is None else scatter(f, idx, p) if isinstance(f, tuple)
+            else f.index_copy(0, idx, p) for f, p in zip(full, part, strict=True)]
+    return type(full)(*vals) if hasattr(full, "_fields") else tuple(vals)
 
 
 def watch(err: Tensor, track: tuple | None):
@@ -554,8 +556,8 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             # polish the retried items again (only them: the others keep theirs)
             idx = torch.nonzero(retry).view(-1)
             p2, r2, e2, f2 = _polish(take(d, idx), _gather(state, idx))
-            point = _scatter(point, idx, p2)
-            r = _Res(*_scatter(r, idx, r2))
+            point = scatter(point, idx, p2)
+            r = scatter(r, idx, r2)
             err = err.index_copy(0, idx, e2)
             fac = merge_factors(fac, idx, f2)
     x, s, z, y = point
@@ -669,7 +671,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         nw = active.shape[0]
         if nw >= defaults.IPM_COMPACT_MIN_BATCH and count <= nw // 2:
             state = (x, s, z, y, status, iters, boost, track, KAx)
-            full = state if full is None else _scatter(full, idx, state)
+            full = state if full is None else scatter(full, idx, state)
             keep = torch.nonzero(active).view(-1)
             idx = keep if idx is None else idx[keep]
             d = take(full_d, idx)
@@ -714,7 +716,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
         iters = iters + active.to(iters.dtype)
 
     if full is not None:
-        x, s, z, y, status, iters, _, _, _ = _scatter(full, idx, (x, s, z, y, status, iters,
+        x, s, z, y, status, iters, _, _, _ = scatter(full, idx, (x, s, z, y, status, iters,
                                                                  boost, track, KAx))
         active = _scatter_mask(full_d.Q.shape[0], idx, active)
     return (x, s, z, y, status, iters), active
