@@ -40,6 +40,8 @@ from optlayer.compiler.lower import Tape
 from optlayer.compiler.program import Program
 from optlayer.compiler.quadratic import degree
 from optlayer.linalg._common import functorch_active
+from optlayer.solvers.convex_models import outside_inference_mode
+from optlayer.tree import tree_map
 
 __all__ = ["canonicalize_qp", "row_functions", "solve_convex"]
 
@@ -273,7 +275,15 @@ def _forward(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter, setup):
                              implicit_diff=False, on_failure="ignore",
                              phase_one_fun=phase_one, maxls=defaults.CONVEX_KKT_MAXLS,
                              **ip_models)
-    out = ip.run(z0, Pd, eq, Pd)
+    if functorch_active():
+        out = ip.run(z0, Pd, eq, Pd)
+    else:
+        # in inference mode (no version counters or view tracking: at these sizes, where
+        # the count of tensor operations sets the time, a tenth less), the results cloned
+        # out of it; autograd models and the phase I data step out of it themselves
+        with torch.inference_mode():
+            out = ip.run(z0, Pd, eq, Pd)
+        out = tree_map(torch.Tensor.clone, out)
     z, nu, lam = out.params
     if order is not None:
         lam = lam.index_select(-1, order)
@@ -427,6 +437,7 @@ class _FunctionRows:
     def values(self, x):
         return self.rows(x, self.P)
 
+    @outside_inference_mode
     def first(self, x, lam):
         with torch.enable_grad():
             z = x.detach().requires_grad_(True)
@@ -434,6 +445,7 @@ class _FunctionRows:
             (v,) = torch.autograd.grad(g, z, grad_outputs=lam, materialize_grads=True)
         return g.detach(), v
 
+    @outside_inference_mode
     def second(self, x, lam):
         B, N, r = self.B, self.N, self.r
         W = torch.cat([lam.unsqueeze(1).expand(B, N, r), self.eye_r], 1).reshape(-1, r)
@@ -480,8 +492,11 @@ def _models(program: Program, P, B, N, dtype, device) -> dict:
         out["ineq_model"] = lambda _p: main
         if any(r.phase_one is not None for r in program.plan.ineq):
             # built only when phase I runs
-            out["phase_one_model"] = lambda _p: _stacked(
-                _structure(program, P, N, True), P, B, N, dtype, device)
+            def phase_one(_p):  # read off by autograd, out of the loop's inference mode
+                with torch.inference_mode(False):
+                    return _stacked(_structure(program, P, N, True), P, B, N, dtype, device)
+
+            out["phase_one_model"] = phase_one
     return out
 
 

@@ -252,6 +252,9 @@ class IterativeSolver:
     check_every: int = 1
 
     family: ClassVar[str] = "first_order"
+    #: True when ``_loop`` may run in ``torch.inference_mode`` (its autograd, if any, leaves
+    #: the mode by itself); otherwise ``run`` takes the loop out of it.
+    inference_loop: ClassVar[bool] = False
 
     # -- to be provided by each solver -------------------------------------------------
     def init_state(self, init, *args, **kwargs):  # pragma: no cover - abstract
@@ -344,7 +347,8 @@ class IterativeSolver:
             OptimizationWarning: some item did not reach OPTIMAL and ``on_failure="warn"``.
         """
         check_on_failure(self.on_failure)
-        if torch.is_inference_mode_enabled():
+        if torch.is_inference_mode_enabled() and (self.implicit_diff
+                                                  or not self.inference_loop):
             # the loop takes gradients of fun by autograd, which inference tensors refuse:
             # run on ordinary copies, out of inference mode and without a graph
             with torch.inference_mode(False), torch.no_grad():

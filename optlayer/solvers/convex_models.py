@@ -36,11 +36,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from optlayer.linalg._common import functorch_active
 from optlayer.solvers._base import hessian
-from optlayer.tree import flatten
+from optlayer.tree import flatten, tree_ordinary
 
 __all__ = [
     "AffineRows",
@@ -55,6 +57,7 @@ __all__ = [
     "SmoothAtomRows",
     "StackedRows",
     "ELEMENTWISE",
+    "outside_inference_mode",
 ]
 
 
@@ -95,16 +98,44 @@ def _columns(out, z, k):
                                             materialize_grads=True)[0] for j in range(k)], -1)
 
 
+def _ordinary_params(params):
+    """In inference mode, ``params`` with ordinary copies of its inference tensors, made out
+    of it (autograd saves the parameters for its backward passes; it refuses inference
+    tensors); ``params`` otherwise."""
+    if not torch.is_inference_mode_enabled():
+        return params
+    with torch.inference_mode(False):
+        return tree_ordinary(params)
+
+
+def outside_inference_mode(method):
+    """Decorator for the methods of a model that takes autograd: called in
+    ``torch.inference_mode`` (the interior point's loop runs there), the method runs out of
+    it, without a graph, on ordinary copies of its tensor arguments; its results are
+    ordinary tensors, which the loop reads in inference mode. (The model's own tensors
+    must be ordinary: made out of inference mode.)"""
+
+    @functools.wraps(method)
+    def run(self, *args):
+        if not torch.is_inference_mode_enabled():
+            return method(self, *args)
+        with torch.inference_mode(False), torch.no_grad():
+            return method(self, *tree_ordinary(args))
+
+    return run
+
+
 class AutogradObjective:
     """``∇f`` and ``∇²f`` of ``fun(x, params)`` by autograd (``n`` backward passes for the
     Hessian without a graph; :func:`optlayer.conditions.batched_hessian` with one)."""
 
     def __init__(self, fun, params) -> None:
-        self.fun, self.params = fun, params
+        self.fun, self.params = fun, _ordinary_params(params)
 
     def _total(self, z):
         return self.fun(z, self.params).sum()
 
+    @outside_inference_mode
     def grad(self, x):
         if _needs_graph(x, self.params):
             return torch.func.grad(self._total)(x)
@@ -112,6 +143,7 @@ class AutogradObjective:
             z = x.detach().requires_grad_(True)
             return torch.autograd.grad(self._total(z), z)[0]
 
+    @outside_inference_mode
     def grad_hess(self, x):
         if _needs_graph(x, self.params):
             return self.grad(x), hessian(self.fun, x, self.params)
@@ -144,11 +176,12 @@ class AutogradRows:
     of ``λᵀg`` (``torch.func`` when a graph is needed: unrolling, transforms)."""
 
     def __init__(self, fun, params) -> None:
-        self.fun, self.params = fun, params
+        self.fun, self.params = fun, _ordinary_params(params)
 
     def values(self, x):
         return self.fun(x, self.params)
 
+    @outside_inference_mode
     def first(self, x, lam):
         if _needs_graph(x, (self.params, lam)):
             g, vjp = torch.func.vjp(lambda z: self.fun(z, self.params), x)
@@ -161,6 +194,7 @@ class AutogradRows:
             (v,) = torch.autograd.grad(g, z, grad_outputs=lam.expand(g.shape).contiguous())
         return g.detach(), v
 
+    @outside_inference_mode
     def second(self, x, lam):
         r = lam.shape[-1]
         if _needs_graph(x, (self.params, lam)):

@@ -205,6 +205,47 @@ def test_solver_with_data_models_matches_autograd_models():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("models", ["autograd", "data"])
+def test_loop_runs_in_inference_mode_with_the_no_grad_solution(models):
+    # in inference mode (implicit_diff off) the loop stays there: its results are inference
+    # tensors; the autograd models (and phase I on them, from an infeasible start) step out
+    # of it for each evaluation; the solution is the one of a no_grad run
+    G, h = _randn(B, 3, N, seed=15), _randn(B, 3, seed=16).abs() + 0.1
+    c = 2.0 * _randn(B, N, seed=17)
+
+    def f(x, c):
+        return 0.5 * ((x - c) ** 2).sum(-1)
+
+    def g(x, _p=None):
+        return torch.cat([(G * x.unsqueeze(-2)).sum(-1) - h, (x * x).sum(-1, keepdim=True) - 1],
+                         -1)
+
+    extra = {}
+    if models == "data":
+        Q = 2.0 * torch.eye(N, dtype=D).expand(B, 1, N, N)
+        rows = StackedRows([AffineRows(G, h), QuadraticRows(Q, torch.zeros(B, 1, N, dtype=D),
+                                                            -torch.ones(B, 1, dtype=D))],
+                           [3, 1])
+        extra = {"objective_model": lambda c: QuadraticObjective(torch.eye(N, dtype=D), -c),
+                 "ineq_model": lambda _p: rows}
+    x0 = torch.full((B, N), 3.0, dtype=D)
+    ip = ConvexInteriorPoint(f, g, tol=1e-11, on_failure="raise", implicit_diff=False,
+                             **extra)
+    with torch.no_grad():
+        ref = ip.run(x0, c, None, None)
+    with torch.inference_mode():
+        out = ip.run(x0, c, None, None)
+    assert all(t.is_inference() for t in out.params)
+    assert out.state.status.tolist() == [0] * B
+    for a, b in zip(out.params, ref.params, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # with implicit_diff the loop leaves inference mode, as every solver's does
+    with torch.inference_mode():
+        x = ConvexInteriorPoint(f, g, tol=1e-11, **extra).run(x0, c, None, None).params[0]
+    assert not x.is_inference()
+    torch.testing.assert_close(x, ref.params[0], rtol=0, atol=1e-12)
+
+
 # the row models each example's rows get (affine rows as data, quadratic rows as data, the
 # cone row and the smooth atoms logsumexp and sum of softplus in closed form)
 PARTS = {
