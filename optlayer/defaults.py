@@ -52,6 +52,7 @@ __all__ = [
     "FBN_MAXLS",
     "CONVEX_KKT_MAXLS",
     "CONVEX_DUAL_START",
+    "DOMAIN_START_WEIGHT",
     "MD_STEP_MAX",
     "FBN_LS_BATCH",
     "FP_NEWTON_DECREASE",
@@ -295,6 +296,11 @@ CONVEX_KKT_MAXLS = 20
 #: the slowest batch 34 -> 24; 0.1 gave one batch of 52; sqrt_lasso, risk_portfolio and
 #: logsumexp_constrained within 1%).
 CONVEX_DUAL_START = 0.3
+#: Where the start of the convex interior point is not strictly inside the rows that atom
+#: domains imply (``x = 0`` for ``log(x)``), it moves to the point maximising their margin
+#: ``t <= 1`` less this weight times ``|z - z0|^2 / 2`` (small: the margin, not the
+#: distance, decides; positive: the point is unique and near the old start).
+DOMAIN_START_WEIGHT = 1e-3
 #: Mirror descent's first step comes from the curvature at the initial point (see
 #: iterate.mirror_solve); at most this (linear objectives have no curvature).
 MD_STEP_MAX = 1e3

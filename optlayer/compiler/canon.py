@@ -41,6 +41,7 @@ from optlayer.compiler.program import Program
 from optlayer.compiler.quadratic import degree
 from optlayer.linalg._common import functorch_active
 from optlayer.solvers.convex_models import outside_inference_mode
+from optlayer.status import Status
 from optlayer.tree import tree_map
 
 __all__ = ["canonicalize_qp", "row_functions", "solve_convex"]
@@ -260,6 +261,7 @@ def _forward(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter, setup):
         # inequalities are not strictly feasible there, and certifies infeasibility
         z0 = (torch.linalg.pinv(A) @ b.unsqueeze(-1)).squeeze(-1)
     z0 = _start(program, Pd, B, N, dtype, device, z0)
+    z0, no_domain = _inside_domains(program, Pd, B, N, dtype, device, z0, eq, tol)
     phase_one = None
     if any(r.phase_one is not None for r in program.plan.ineq):
         phase_one = _cached(program, "phase_one",
@@ -287,7 +289,51 @@ def _forward(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter, setup):
     z, nu, lam = out.params
     if order is not None:
         lam = lam.index_select(-1, order)
-    return z, nu, lam, out.state
+    state = out.state
+    if no_domain is not None:
+        state = state._replace(status=torch.where(no_domain, int(Status.INFEASIBLE),
+                                                  state.status).to(state.status.dtype))
+    return z, nu, lam, state
+
+
+def _inside_domains(program, P, B, N, dtype, device, z, eq, tol):
+    """``(z, infeasible)``: ``z``, or, for the items where it is not strictly inside the
+    affine rows that atom domains imply (``x > 0`` for ``log(x)``, ``x >= 0`` for
+    ``sqrt(x)`` or ``x ^ 1.5``), a point that is: on the boundary or outside, a row or its
+    derivatives are infinite or NaN, and neither phase I nor the main iteration can start
+    (``z = 0`` is on it for ``log(x)``). The point maximises the margin ``t <= 1`` of these
+    rows, ``Dz + t <= d``, less ``DOMAIN_START_WEIGHT / 2 |z - z0|^2`` (so it stays near
+    ``z``), on the equalities: a QP of one more variable. Where the rows have no interior
+    (``t <= 0``) ``z`` is kept, and the interior point reports the items it cannot solve;
+    ``infeasible`` (None when no QP ran) marks those where no point of the domains
+    satisfies the equalities (``t < -sqrt(tol)``): the problem is infeasible there."""
+    rows = _cached(program, "domain", lambda: _Rows(program, [
+        r for r in program.plan.ineq if r.domain and degree(r.expr, {}) <= 1]))
+    if not rows:
+        return z, None
+    out = ~(rows(z, P) < 0).all(-1)
+    if not bool(out.any()):
+        return z, None
+    from optlayer.solvers.qp import solve_qp
+
+    D, d, _ = _affine_data(rows, _points(B, N, dtype, device), _repeat(P, N + 1), B, N)
+    k = D.shape[1]
+    w = defaults.DOMAIN_START_WEIGHT
+    Q = torch.diag_embed(torch.cat([z.new_full((N,), w), z.new_zeros(1)])).expand(B, -1, -1)
+    q = torch.cat([-w * z, z.new_full((B, 1), -1.0)], -1)
+    G = torch.cat([torch.cat([D, D.new_ones(B, k, 1)], -1),
+                   torch.cat([D.new_zeros(B, 1, N), D.new_ones(B, 1, 1)], -1)], 1)
+    h = torch.cat([d, d.new_ones(B, 1)], -1)
+    A = b = None
+    if eq is not None:
+        A = torch.cat([eq[0], eq[0].new_zeros(B, eq[0].shape[1], 1)], -1)
+        b = eq[1]
+    sol = solve_qp(Q, q, G, h, A, b, on_failure="ignore")
+    solved = out & (sol.status == int(Status.OPTIMAL))
+    inside = solved & (sol.x[:, -1] > 0)
+    moved = _start(program, P, B, N, dtype, device, sol.x[:, :N])
+    return (torch.where(inside.unsqueeze(-1), moved, z),
+            solved & (sol.x[:, -1] < -math.sqrt(tol)))
 
 
 def _kkt_error(F, sol, P, gfun, residuals=None):
@@ -348,8 +394,6 @@ def _final_status(status, error, tol):
     The interior point's error is absolute: at the roundoff floor of ``lam * g(z)``
     (float32; multipliers ~1e4 in float64) it stalls just above ``tol``. INFEASIBLE and
     NONFINITE_INPUT are kept."""
-    from optlayer.status import Status
-
     stuck = (status == int(Status.MAX_ITER)) | (status == int(Status.NUMERICAL_ERROR))
     status = torch.where(stuck & (error <= 10 * tol), int(Status.OPTIMAL), status)
     status = torch.where(stuck & (error > 10 * tol) & (error <= 1e3 * tol),

@@ -65,6 +65,9 @@ class Row(NamedTuple):
             constraint is this row's times ``numerator / denominator`` at the
             solution (:func:`soc_row`).
         phase_one: the row for phase I when ``expr`` is not defined everywhere.
+        domain: True for a row ``-arg <= 0`` that an atom's domain implies (``log``,
+            ``sqrt``, ``entropy``, ``x ^ 1.5``, ...; possibly also the user's): the
+            interior point starts strictly inside these rows.
     """
 
     label: str | None
@@ -73,6 +76,7 @@ class Row(NamedTuple):
     cone: bool = False
     scale: object = None
     phase_one: object = None
+    domain: bool = False
 
 
 class Epi(NamedTuple):
@@ -366,8 +370,11 @@ def rewrite(problem) -> Rewrite:
         rw.constraint(c, eq)
     for c in problem.domain_constraints():  # arg >= 0 of log, sqrt, entropy, ...
         g = rw.expr(sub(c.rhs, c.lhs), 1)
-        if not any(equal(g, r.expr) for r in rw.ineq):
-            rw.ineq.append(Row(None, g, None))
+        same = next((i for i, r in enumerate(rw.ineq) if equal(g, r.expr)), None)
+        if same is None:
+            rw.ineq.append(Row(None, g, None, domain=True))
+        else:
+            rw.ineq[same] = rw.ineq[same]._replace(domain=True)
     qp = all(e.degree is not None for _, e in smooth) and all(
         r.expr.degree is not None and r.expr.degree <= 1 and not r.cone for r in rw.ineq + eq)
     objective = minimize(sum((c * e for c, e in smooth[1:]), smooth[0][1] * smooth[0][0])
