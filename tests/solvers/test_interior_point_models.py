@@ -180,8 +180,9 @@ def test_quadratic_objective_matches_autograd():
     torch.testing.assert_close(H, H0, rtol=0, atol=1e-12)
 
 
-def test_solver_with_data_models_matches_autograd_models():
-    # min ½‖x - c‖² s.t. Gx <= h, ‖x‖² <= 1 (phase I from an infeasible start)
+def _ball_and_halfspaces():
+    """min ½‖x - c‖² s.t. Gx <= h, ‖x‖² <= 1 from an infeasible start (phase I runs):
+    ``(f, g, c, x0, models)``, ``models`` the data models of the same functions."""
     G, h = _randn(B, 3, N, seed=15), _randn(B, 3, seed=16).abs() + 0.1
     c = 2.0 * _randn(B, N, seed=17)
     Q = 2.0 * torch.eye(N, dtype=D).expand(B, 1, N, N)
@@ -195,12 +196,16 @@ def test_solver_with_data_models_matches_autograd_models():
 
     rows = StackedRows([AffineRows(G, h), QuadraticRows(Q, torch.zeros(B, 1, N, dtype=D),
                                                         -torch.ones(B, 1, dtype=D))], [3, 1])
-    x0 = torch.full((B, N), 3.0, dtype=D)
+    models = {"objective_model": lambda c: QuadraticObjective(torch.eye(N, dtype=D), -c),
+              "ineq_model": lambda _p: rows}
+    return f, g, c, torch.full((B, N), 3.0, dtype=D), models
+
+
+def test_solver_with_data_models_matches_autograd_models():
+    f, g, c, x0, models = _ball_and_halfspaces()
     plain = ConvexInteriorPoint(f, g, tol=1e-11, on_failure="raise").run(x0, c, None, None)
-    fast = ConvexInteriorPoint(
-        f, g, tol=1e-11, on_failure="raise",
-        objective_model=lambda c: QuadraticObjective(torch.eye(N, dtype=D), -c),
-        ineq_model=lambda _p: rows).run(x0, c, None, None)
+    fast = ConvexInteriorPoint(f, g, tol=1e-11, on_failure="raise", **models).run(
+        x0, c, None, None)
     for a, b in zip(fast.params, plain.params, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
 
@@ -210,25 +215,8 @@ def test_loop_runs_in_inference_mode_with_the_no_grad_solution(models):
     # in inference mode (implicit_diff off) the loop stays there: its results are inference
     # tensors; the autograd models (and phase I on them, from an infeasible start) step out
     # of it for each evaluation; the solution is the one of a no_grad run
-    G, h = _randn(B, 3, N, seed=15), _randn(B, 3, seed=16).abs() + 0.1
-    c = 2.0 * _randn(B, N, seed=17)
-
-    def f(x, c):
-        return 0.5 * ((x - c) ** 2).sum(-1)
-
-    def g(x, _p=None):
-        return torch.cat([(G * x.unsqueeze(-2)).sum(-1) - h, (x * x).sum(-1, keepdim=True) - 1],
-                         -1)
-
-    extra = {}
-    if models == "data":
-        Q = 2.0 * torch.eye(N, dtype=D).expand(B, 1, N, N)
-        rows = StackedRows([AffineRows(G, h), QuadraticRows(Q, torch.zeros(B, 1, N, dtype=D),
-                                                            -torch.ones(B, 1, dtype=D))],
-                           [3, 1])
-        extra = {"objective_model": lambda c: QuadraticObjective(torch.eye(N, dtype=D), -c),
-                 "ineq_model": lambda _p: rows}
-    x0 = torch.full((B, N), 3.0, dtype=D)
+    f, g, c, x0, data = _ball_and_halfspaces()
+    extra = data if models == "data" else {}
     ip = ConvexInteriorPoint(f, g, tol=1e-11, on_failure="raise", implicit_diff=False,
                              **extra)
     with torch.no_grad():
