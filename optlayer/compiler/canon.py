@@ -31,14 +31,21 @@ differentiated in the parameters (valid under strict complementarity).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 
 from optlayer import defaults
-from optlayer.compiler.lower import Tape
 from optlayer.compiler.program import Program
 from optlayer.compiler.quadratic import degree
+from optlayer.compiler.smooth import (
+    Rows,
+    bare_row,
+    repeat,
+    smooth_model,
+    smooth_parts,
+    spec_parts,
+    taylor,
+)
 from optlayer.linalg._common import functorch_active
 from optlayer.solvers.convex_models import outside_inference_mode
 from optlayer.status import Status
@@ -53,53 +60,18 @@ def _points(B, N, dtype, device):
     return basis.unsqueeze(0).expand(B, N + 1, N).reshape(B * (N + 1), N)
 
 
-def _repeat(P, k):
-    return {n: t.repeat_interleave(k, dim=0) for n, t in P.items()}
-
-
 def _affine(values, B, N):
     v = values.reshape(B, N + 1, -1)
     return v[:, 1:, :].transpose(1, 2) - v[:, :1, :].transpose(1, 2), v[:, 0, :]
 
 
-class _Rows:
-    """Row blocks lowered to one function ``(z, P) -> (B, rows)`` (a :class:`Tape`);
-    ``phase_one=True`` lowers each row's phase-I form where it has one."""
-
-    def __init__(self, program: Program, rows, phase_one: bool = False) -> None:
-        self.program = program
-        self.rows = list(rows)
-        self.exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr
-                      for r in self.rows]
-        self.tape = Tape(self.exprs) if self.rows else None
-
-    def __bool__(self) -> bool:
-        return bool(self.rows)
-
-    def blocks(self, z, P) -> list:
-        B = z.shape[0]
-        vals = self.tape.run(self.program.env(z, P))
-        out = []
-        for e in self.exprs:
-            v = vals[id(e)]
-            out.append(v.reshape(B, -1) if v.numel() >= B and v.dim() > 0 and v.shape[0] == B
-                       else v.reshape(1, -1).expand(B, -1))
-        return out
-
-    def __call__(self, z, P) -> torch.Tensor:
-        return torch.cat(self.blocks(z, P), dim=-1)
-
-    def sizes(self, z, P) -> list:
-        return [b.shape[-1] for b in self.blocks(z, P)]
-
-
 def row_functions(program: Program):
     """``(g, h)``: the inequality and equality rows as functions ``(z, P) -> (B, rows)``
     (falsy when there are no such rows)."""
-    return _Rows(program, program.plan.ineq), _Rows(program, program.plan.eq)
+    return Rows(program, program.plan.ineq), Rows(program, program.plan.eq)
 
 
-def _affine_data(rows: _Rows, Z, PP, B, N):
+def _affine_data(rows: Rows, Z, PP, B, N):
     if not rows:
         return None, None, []
     vals = rows.blocks(Z, PP)
@@ -117,7 +89,7 @@ def canonicalize_qp(program: Program, P, B: int, dtype, device):
     """
     N = program.layout.size
     Z = _points(B, N, dtype, device)
-    PP = _repeat(P, N + 1)
+    PP = repeat(P, N + 1)
     with torch.enable_grad():
         Zr = Z.clone().requires_grad_(True)
         fz = program.f(Zr, PP)
@@ -242,7 +214,7 @@ def _setup(program, Pd, B, N, dtype, device, hfun):
     derivative models (empty under ``torch.func`` transforms)."""
     eq, esz = None, []
     if hfun:
-        A, b, esz = _affine_data(hfun, _points(B, N, dtype, device), _repeat(Pd, N + 1), B, N)
+        A, b, esz = _affine_data(hfun, _points(B, N, dtype, device), repeat(Pd, N + 1), B, N)
         eq = (A, b)
     models = {} if functorch_active() else _models(program, Pd, B, N, dtype, device)
     return eq, esz, models
@@ -265,7 +237,7 @@ def _forward(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter, setup):
     phase_one = None
     if any(r.phase_one is not None for r in program.plan.ineq):
         phase_one = _cached(program, "phase_one",
-                            lambda: _Rows(program, program.plan.ineq, phase_one=True))
+                            lambda: Rows(program, program.plan.ineq, phase_one=True))
     # the iterations keep the rows in the models' stacking order (no permutation per
     # evaluation); the multipliers are put back in the rows' order once, at the end
     order, ip_models = None, dict(models)
@@ -307,7 +279,7 @@ def _inside_domains(program, P, B, N, dtype, device, z, eq, tol):
     (``t <= 0``) ``z`` is kept, and the interior point reports the items it cannot solve;
     ``infeasible`` (None when no QP ran) marks those where no point of the domains
     satisfies the equalities (``t < -sqrt(tol)``): the problem is infeasible there."""
-    rows = _cached(program, "domain", lambda: _Rows(program, [
+    rows = _cached(program, "domain", lambda: Rows(program, [
         r for r in program.plan.ineq if r.domain and degree(r.expr, {}) <= 1]))
     if not rows:
         return z, None
@@ -316,7 +288,7 @@ def _inside_domains(program, P, B, N, dtype, device, z, eq, tol):
         return z, None
     from optlayer.solvers.qp import solve_qp
 
-    D, d, _ = _affine_data(rows, _points(B, N, dtype, device), _repeat(P, N + 1), B, N)
+    D, d, _ = _affine_data(rows, _points(B, N, dtype, device), repeat(P, N + 1), B, N)
     k = D.shape[1]
     w = defaults.DOMAIN_START_WEIGHT
     Q = torch.diag_embed(torch.cat([z.new_full((N,), w), z.new_zeros(1)])).expand(B, -1, -1)
@@ -435,34 +407,6 @@ def _scaled(program, gfun, lam, z, P, sizes):
 
 
 # --------------------------------------------------------------------------- models
-def _taylor(fn, P, B, N, k, dtype, device, second):
-    """Value, Jacobian and (``second``) Hessians at ``z = 0`` of ``fn(z, P) -> (B, k)``, by
-    autograd on copies of ``z = 0`` (one forward pass on ``B k N`` points, no loop):
-    ``(c (B, k), J (B, k, N), Q (B, k, N, N) or None)``. Exact (no differences): for an
-    affine or quadratic ``fn`` these are its coefficients."""
-    m = N if second else 1
-    Z = torch.zeros(B * k * m, N, dtype=dtype, device=device, requires_grad=True)
-    PP = _repeat(P, k * m)
-    eye_k = torch.eye(k, dtype=dtype, device=device)
-    W = eye_k.unsqueeze(1).expand(k, m, k).reshape(1, k * m, k).expand(B, -1, -1)
-    with torch.enable_grad():
-        vals = fn(Z, PP)
-        (gr,) = torch.autograd.grad((W.reshape(-1, k) * vals).sum(), Z, create_graph=second,
-                                    materialize_grads=True)
-        Q = None
-        if second:
-            E = torch.eye(N, dtype=dtype, device=device).expand(B * k, N, N).reshape(-1, N)
-            if gr.requires_grad:
-                (Hr,) = torch.autograd.grad((gr * E).sum(), Z, materialize_grads=True)
-                Q = Hr.reshape(B, k, N, N).detach()
-                Q = 0.5 * (Q + Q.transpose(-1, -2))
-            else:
-                Q = torch.zeros(B, k, N, N, dtype=dtype, device=device)
-    c = vals.detach().reshape(B, k * m, k)[:, 0, :]
-    J = gr.detach().reshape(B, k, m, N)[:, :, 0, :]
-    return c, J, Q
-
-
 class _FunctionRows:
     """Row model (:mod:`optlayer.solvers.convex_models`) of non-quadratic rows: ``first`` is
     one backward pass; ``second`` evaluates the rows on ``n + r`` copies of each item
@@ -470,9 +414,9 @@ class _FunctionRows:
     pass gives ``∇(λᵀg)`` and ``Dg`` and one more the Hessian of ``λᵀg`` (no loop over
     rows or columns)."""
 
-    def __init__(self, rows: _Rows, P, B, N, r) -> None:
+    def __init__(self, rows: Rows, P, B, N, r) -> None:
         self.rows, self.P, self.B, self.N, self.r = rows, P, B, N, r
-        self.PP = _repeat(P, N + r)
+        self.PP = repeat(P, N + r)
         like = next(iter(P.values()))
         opts = {"dtype": like.dtype, "device": like.device}
         self.E = torch.cat([torch.eye(N, **opts), torch.zeros(r, N, **opts)]).expand(B, -1, -1)
@@ -510,7 +454,7 @@ class _FunctionRows:
 def _models(program: Program, P, B, N, dtype, device) -> dict:
     """Models for :class:`ConvexInteriorPoint`: a quadratic objective as ``(Q, p)``, affine
     rows as ``(G, h)``, quadratic rows as ``(Q_i, p_i, c_i)``, cone rows as the affine data
-    of ``(u, s)`` (all read off once per call, exactly, by :func:`_taylor`), other rows
+    of ``(u, s)`` (all read off once per call, exactly, by :func:`taylor`), other rows
     by autograd on their own tape. The split of the rows is cached per program."""
     from optlayer.solvers.convex_models import QuadraticObjective
 
@@ -526,7 +470,7 @@ def _models(program: Program, P, B, N, dtype, device) -> dict:
             fz = program.f(z, PP).unsqueeze(-1)
             return fz if rows is None else torch.cat([fz, rows(z, PP)], -1)
 
-        c, p, Q = _taylor(f, P, B, N, k, dtype, device, second=True)
+        c, p, Q = taylor(f, P, B, N, k, dtype, device, second=True)
         qobj = QuadraticObjective(Q[:, 0], p[:, 0])
         out["objective_model"] = lambda _p: qobj
         if rows is not None:
@@ -549,7 +493,7 @@ def _structure(program, P, N, phase_one):
     ``(kind, function, outputs, spec)`` in stacking order (1 affine, 2 quadratic, 3 the
     cone row ``sum_squares(u) / s - s`` of affine ``u, s`` (function of ``(u, s)``), 5 the
     phase I cone row ``norm2(u) - s`` (function of ``(u, s)``), 6 a smooth atom of an
-    affine argument (function of ``(u, c, rest)``, ``spec`` its :class:`_Smooth`), 4
+    affine argument (function of ``(u, c, rest)``, ``spec`` its :class:`SmoothSpec`), 4
     other) and
     ``order`` (stacked position of each original row, None when the same)."""
     cache = program.derived
@@ -565,28 +509,27 @@ def _structure(program, P, N, phase_one):
         kind = 1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo) \
             else 5 if _norm_parts(e, memo) else 4
         if kind == 4:
-            smooth[i] = _smooth_parts(e, memo)
+            smooth[i] = smooth_parts(e, memo)
             kind = 4 if smooth[i] is None else 6
         kinds.append(kind)
     like = next(iter(P.values()))
     z1 = torch.zeros(1, N, dtype=like.dtype, device=like.device)
     P1 = {k: v[:1] for k, v in P.items()}
-    sizes = _Rows(program, rows, phase_one).sizes(z1, P1) if rows else []
+    sizes = Rows(program, rows, phase_one).sizes(z1, P1) if rows else []
     blocks, pos, offset = [], {}, 0
     for kind in (1, 2, 3, 5, 6, 4):
         members = [i for i, k in enumerate(kinds) if k == kind]
         if kind in (3, 5):  # one block per cone row
             for i in members:
                 u, sden = (_cone_parts if kind == 3 else _norm_parts)(exprs[i], memo)
-                fn = _Rows(program, [_bare_row(u), _bare_row(sden)])
+                fn = Rows(program, [bare_row(u), bare_row(sden)])
                 blocks.append((kind, fn, fn.sizes(z1, P1)[0] + 1, None))
                 pos[i] = [offset]
                 offset += 1
         elif kind == 6:  # one block per smooth-atom row: (u, c, rest) as functions
             for i in members:
                 spec = smooth[i]
-                parts = [e for e in (spec.u, spec.coef, spec.rest) if e is not None]
-                fn = _Rows(program, [_bare_row(e) for e in parts])
+                fn = Rows(program, [bare_row(e) for e in spec_parts(spec)])
                 split = tuple(fn.sizes(z1, P1))
                 spec = spec._replace(rows=sizes[i], split=split, rest_varies=(
                     spec.rest is not None and degree(spec.rest, {}) > 0))
@@ -595,7 +538,7 @@ def _structure(program, P, N, phase_one):
                 offset += sizes[i]
         elif members:
             k = sum(sizes[i] for i in members)
-            blocks.append((kind, _Rows(program, [rows[i] for i in members], phase_one), k,
+            blocks.append((kind, Rows(program, [rows[i] for i in members], phase_one), k,
                            None))
             for i in members:
                 pos[i] = list(range(offset, offset + sizes[i]))
@@ -605,7 +548,7 @@ def _structure(program, P, N, phase_one):
     first = [e for kind, fn, _, _ in blocks if kind in _FIRST_ORDER for e in fn.exprs]
     st = {"quadratic": all(degree(e, memo) <= 2 for _, e in program.plan.smooth),
           "blocks": blocks, "order": None if order == list(range(offset)) else order,
-          "sizes": sizes, "first": _Rows(program, [_bare_row(e) for e in first])}
+          "sizes": sizes, "first": Rows(program, [bare_row(e) for e in first])}
     cache[key] = st
     return st
 
@@ -630,7 +573,7 @@ def _stacked(st, P, B, N, dtype, device, quad=None):
     first = None
     if st["first"]:
         ks = [k for kind, _, k, _ in blocks if kind in _FIRST_ORDER]
-        c, J, _ = _taylor(st["first"], P, B, N, sum(ks), dtype, device, second=False)
+        c, J, _ = taylor(st["first"], P, B, N, sum(ks), dtype, device, second=False)
         first = zip(torch.split(c, ks, -1), torch.split(J, ks, -2), strict=True)
     parts, sizes = [], []
     for kind, fn, k, spec in blocks:
@@ -640,13 +583,13 @@ def _stacked(st, P, B, N, dtype, device, quad=None):
             parts.append(AffineRows(J, -c))
         elif kind == 2:
             c, J, Q = quad if quad is not None else \
-                _taylor(fn, P, B, N, k, dtype, device, second=True)
+                taylor(fn, P, B, N, k, dtype, device, second=True)
             parts.append(QuadraticRows(Q, J, c))
         elif kind in (3, 5):
             model = QuadOverLinRows if kind == 3 else NormRows
             parts.append(model(J[:, :-1], c[:, :-1], J[:, -1], c[:, -1]))
         elif kind == 6:
-            parts.append(_smooth_model(spec, c, J, B))
+            parts.append(smooth_model(spec, c, J, B))
         else:
             parts.append(_FunctionRows(fn, P, B, N, k))
         sizes.append(1 if kind in (3, 5) else spec.rows if kind == 6 else k)
@@ -689,118 +632,6 @@ def _norm_parts(e, memo):
     if degree(u, memo) > 1 or degree(s, memo) > 1 or math.prod(s.shape) != 1:
         return None
     return u, s
-
-
-class _Smooth(NamedTuple):
-    """A row ``coef φ(u) + rest`` (:func:`_smooth_parts`): ``name`` keys
-    :data:`optlayer.solvers.convex_models.ELEMENTWISE` (or is ``"logsumexp"``),
-    ``static`` its static arguments, ``reduce`` as for
-    :class:`~optlayer.solvers.convex_models.SmoothAtomRows`, ``u`` the affine argument,
-    ``sign * coef`` the parameter-only weight (``coef`` None: 1), ``rest`` the affine part
-    (None: 0); set by :func:`_structure`: ``rows`` the row count, ``split`` the sizes of
-    ``(u, coef, rest)`` (those present) and ``rest_varies`` whether ``rest`` has variables."""
-
-    name: str
-    static: tuple
-    reduce: str
-    u: object
-    sign: float = 1.0
-    coef: object = None
-    rest: object = None
-    rows: int = 0
-    split: tuple = ()
-    rest_varies: bool = False
-
-
-# atoms a smooth-atom row can hold: elementwise, or reduced to one value
-_ELEMENTWISE_ATOMS = ("exp", "log", "sqrt", "softplus", "logistic", "power")
-_REDUCED_ATOMS = {"entropy": ("neg_xlogx", "sum"), "logsumexp": ("logsumexp", "logsumexp")}
-
-
-def _smooth_parts(e, memo):
-    """:class:`_Smooth` when ``e`` is ``coef φ(u) + rest``: one smooth atom ``φ`` (of
-    :data:`_ELEMENTWISE_ATOMS`, possibly summed, or of :data:`_REDUCED_ATOMS`) of an affine
-    ``u``, under sums and differences with affine terms and products or quotients with
-    parameter-only factors (scalars, or of the atom's shape before a reduction); else None."""
-    from optlayer.ir import Apply, functions
-
-    if not isinstance(e, Apply):
-        return None
-    name, args = e.atom.name, e.args
-    if name in _ELEMENTWISE_ATOMS or name in _REDUCED_ATOMS:
-        if degree(args[0], memo) > 1:
-            return None
-        key, reduce = _REDUCED_ATOMS.get(name, (name, "none"))
-        return _Smooth(key, tuple(e.static), reduce, args[0])
-    if name == "sum":
-        inner = _smooth_parts(args[0], memo)
-        if inner is None or inner.reduce != "none":
-            return None
-        rest = None if inner.rest is None else functions.sum(inner.rest)
-        return inner._replace(reduce="sum", rest=rest)
-    if name == "negate":
-        inner = _smooth_parts(args[0], memo)
-        return None if inner is None else inner._replace(
-            sign=-inner.sign, rest=None if inner.rest is None else -inner.rest)
-    if name not in ("add", "sub", "mul", "div") or len(args) != 2:
-        return None
-    a, b = args
-    da, db = degree(a, memo), degree(b, memo)
-    inner_first = da > 1 >= db
-    if not (inner_first or db > 1 >= da):
-        return None
-    child, other = (a, b) if inner_first else (b, a)
-    if child.shape != e.shape:  # the atom's value is not broadcast up
-        return None
-    inner = _smooth_parts(child, memo)
-    if inner is None:
-        return None
-    if name == "add":
-        return inner._replace(rest=other if inner.rest is None else inner.rest + other)
-    if name == "sub":
-        if inner_first:
-            return inner._replace(rest=-other if inner.rest is None else inner.rest - other)
-        return inner._replace(sign=-inner.sign,
-                              rest=other if inner.rest is None else other - inner.rest)
-    # a parameter-only factor: a scalar, or of the atom's own shape before a reduction
-    if name == "div" and not inner_first or degree(other, memo) > 0:
-        return None
-    if other.shape != () and inner.reduce != "none":
-        return None
-    if name == "mul":
-        coef = other if inner.coef is None else other * inner.coef
-        rest = None if inner.rest is None else other * inner.rest
-    else:
-        coef = 1.0 / other if inner.coef is None else inner.coef / other
-        rest = None if inner.rest is None else inner.rest / other
-    return inner._replace(coef=coef, rest=rest)
-
-
-def _smooth_model(spec, c, J, B):
-    """:class:`~optlayer.solvers.convex_models.SmoothAtomRows` of a smooth-atom row from
-    the values ``c`` and Jacobians ``J`` of ``(u, coef?, rest?)`` at ``z = 0`` (exact: all
-    affine)."""
-    from optlayer.solvers.convex_models import ELEMENTWISE, SmoothAtomRows
-
-    parts_c = torch.split(c, spec.split, -1)
-    coef = None if spec.coef is None and spec.sign == 1.0 else \
-        spec.sign * (parts_c[1] if spec.coef is not None else c.new_ones(B, 1))
-    h = None if spec.rest is None else -parts_c[-1]
-    G = J[:, -spec.split[-1]:] if spec.rest_varies else None
-    phi = None
-    if spec.name != "logsumexp":
-        base, static = ELEMENTWISE[spec.name], spec.static
-
-        def phi(u):
-            return base(u, *static)
-
-    return SmoothAtomRows(phi, spec.reduce, J[:, :spec.split[0]], parts_c[0], coef, G, h)
-
-
-def _bare_row(expr):
-    from optlayer.compiler.epigraph import Row
-
-    return Row(None, expr)
 
 
 def _kkt_solve(program, fallback):

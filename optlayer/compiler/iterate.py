@@ -48,7 +48,8 @@ class SolveResult:
     """Forward result: ``z (B, N)``, ``status`` int8 ``(B,)``, ``iterations`` (int),
     ``residual (B,)``, the step ``(B,)`` of the fixed-point map at the solution and,
     when the last Newton evaluation gave it, ``jacobian``: ``dT/dx (B, N, N)`` at the
-    last iterate ``x`` with ``z = T(x)`` (else None)."""
+    last iterate ``x`` with ``z = T(x)``, or for the stationary Newton solve with an
+    objective model the Hessian ``∇²f (B, N, N)`` at ``z`` (else None)."""
 
     def __init__(self, z, status, iterations, residual, step, jacobian=None):
         self.z, self.status, self.iterations = z, status, iterations
@@ -597,18 +598,22 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
     return SolveResult(Tz, status_of(res, tol, Tz), it, res, step, J)
 
 
-def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
+def newton_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResult:
     """Damped Newton with Armijo backtracking for smooth unconstrained problems; the
-    Hessian is ``Q`` for a quadratic ``f`` (one step), else :func:`jacobian` of ``grad f``.
+    Hessian is ``Q`` for a quadratic ``f`` (one step), the closed form of ``model`` (an
+    :class:`~optlayer.compiler.smooth.ObjectiveModel` of ``f``, which then also gives
+    ``f`` and its gradient), else :func:`jacobian` of ``grad f``.
     Converged when ``||grad f|| <= tol (1 + max(||Hz||, ||grad f - Hz||))``
     (:func:`relative_residual`: ``grad f = Qz + p`` for a quadratic ``f``; otherwise the
     terms of its linearisation, with the Hessian ``H`` of the step that led to ``z``; an
-    absolute test before the first one)."""
+    absolute test before the first one). With ``model`` the result carries the Hessian
+    at the returned point as its ``jacobian`` (the backward's system)."""
     B, N = z.shape
     dt, dev = z.dtype, z.device
     eye = torch.eye(N, dtype=dt, device=dev)
     eps = torch.finfo(dt).eps
     reps = _replicas(P)
+    Hz = None        # with a model: the Hessian at z
 
     def residual(z, g, H):
         if H is None:
@@ -619,6 +624,8 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
     it, best, stalled = 0, None, 0
     if qp is not None:
         H, f0, g = qp[0], None, bmv(qp[0], z) + qp[1]
+    elif model is not None:
+        H, (f0, g, Hz) = None, model.value_grad_hess(z)
     else:
         H, (f0, g) = None, prog.value_and_grad(z, P)
     res = residual(z, g, H)
@@ -635,7 +642,9 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         if stalled >= 3 and worst <= tol ** 0.5:
             break
         it += 1
-        if qp is None:
+        if model is not None:
+            H = Hz
+        elif qp is None:
             H = jacobian(lambda Z, k: prog.grad(Z, reps(k)), z)
             H = 0.5 * (H + H.transpose(-1, -2))
         Lc, info = torch.linalg.cholesky_ex(H)
@@ -653,7 +662,8 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         t = torch.ones(B, dtype=dt, device=dev)
         slope = (g * d).sum(-1)
         for _ in range(30):
-            fz = prog.f(z + t[:, None] * d, P)
+            zt = z + t[:, None] * d
+            fz = prog.f(zt, P) if model is None else model.value(zt)
             # Armijo, with a roundoff margin (near the solution f changes below ulps)
             ok = (fz <= f0 + 1e-4 * t * slope + 16 * eps * f0.abs()) \
                 | ~torch.isfinite(f0) | (slope >= 0)
@@ -661,9 +671,12 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
                 break
             t = torch.where(ok, t, 0.5 * t)
         z = torch.where(done[:, None], z, z + t[:, None] * d)
-        f0, g = prog.value_and_grad(z, P)
+        if model is None:
+            f0, g = prog.value_and_grad(z, P)
+        else:
+            f0, g, Hz = model.value_grad_hess(z)
         res = residual(z, g, H)
-    return SolveResult(z, status_of(res, tol, z), it, res, torch.ones_like(res))
+    return SolveResult(z, status_of(res, tol, z), it, res, torch.ones_like(res), Hz)
 
 
 def block_solve(B: int, N: int, blocks=None):

@@ -30,6 +30,7 @@ from optlayer.compiler.classify import Plan
 from optlayer.compiler.iterate import SolveResult
 from optlayer.compiler.lower import Layout, Tape, eval_like, eval_scalar
 from optlayer.compiler.quadratic import bmv, is_quadratic, quadratic_data
+from optlayer.compiler.smooth import objective_model
 from optlayer.errors import OptTypeError
 from optlayer.ir import get_set
 from optlayer.linalg._common import functorch_active
@@ -533,7 +534,7 @@ class Program:
         kind = self.forward_solver()
         with torch.no_grad():
             if kind == "newton":
-                return _in_float64(iterate.newton_solve, self, P, init, tol,
+                return _in_float64(_newton, self, P, init, tol,
                                    maxiter or defaults.MAXITER["newton"], qp)
             if kind == "fbn" and qp is not None:
                 args = (self, P, init, tol, maxiter or defaults.MAXITER["first_order"], qp)
@@ -545,6 +546,14 @@ class Program:
                                             maxiter or defaults.MAXITER["first_order"])
             return iterate.prox_grad_solve(self, P, init, tol,
                                            maxiter or defaults.MAXITER["first_order"], qp)
+
+
+def _newton(prog, P, init, tol, maxiter, qp) -> SolveResult:
+    """:func:`iterate.newton_solve`, with the closed-form derivative model of ``f`` where it
+    has one (:func:`optlayer.compiler.smooth.objective_model`; a quadratic ``f`` has
+    ``qp``)."""
+    model = None if qp is not None else objective_model(prog, P)
+    return iterate.newton_solve(prog, P, init, tol, maxiter, qp, model)
 
 
 def _in_float64(solver, prog, P, init, tol, maxiter, qp) -> SolveResult:

@@ -364,8 +364,17 @@ def _neg_xlogx(u):
     return -torch.special.xlogy(u, u), -torch.log(u) - 1.0, -1.0 / u
 
 
+def _huber(u, M=1.0):
+    # as the atom: m (2u - m), m = u clipped to [-M, M]; φ'' is 2 where m = u (|u| <= M,
+    # the atom's own autograd at |u| = M too), else 0
+    m = torch.minimum(torch.maximum(u, -M), M) if isinstance(M, torch.Tensor) \
+        else u.clamp(-M, M)
+    return m * (2.0 * u - m), 2.0 * m, 2.0 * (m == u).to(u.dtype)
+
+
 # Smooth elementwise functions: ``φ(u, *static) -> (φ(u), φ'(u), φ''(u))`` (the static
-# argument of ``power`` is its exponent). ``neg_xlogx`` is the summand of ``entropy``.
+# argument of ``power`` is its exponent, that of ``huber`` its ``M``, a float or a tensor
+# that broadcasts over ``u``). ``neg_xlogx`` is the summand of ``entropy``.
 ELEMENTWISE = {
     "exp": _exp,
     "log": _log,
@@ -374,6 +383,7 @@ ELEMENTWISE = {
     "logistic": _softplus,
     "power": _power,
     "neg_xlogx": _neg_xlogx,
+    "huber": _huber,
 }
 
 

@@ -97,7 +97,10 @@ def _smooth_case(name, reduce, static=()):
                 v = c * {"exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt,
                          "softplus": torch.nn.functional.softplus,
                          "power": lambda t: t ** static[0] if static else t,
-                         "neg_xlogx": lambda t: -t * torch.log(t)}[name](u)
+                         "neg_xlogx": lambda t: -t * torch.log(t),
+                         "huber": lambda t: torch.where(t.abs() <= static[0], t * t,
+                                                        2 * static[0] * t.abs()
+                                                        - static[0] ** 2)}[name](u)
                 if reduce == "sum":
                     v = v.sum(-1, keepdim=True)
             return v + (G * x.unsqueeze(-2)).sum(-1) - h
@@ -129,7 +132,7 @@ def _phase_one_case():
 
 SMOOTH = [("logsumexp", "logsumexp", ()), ("exp", "none", ()), ("log", "sum", ()),
           ("sqrt", "none", ()), ("softplus", "sum", ()), ("power", "none", (2.5,)),
-          ("neg_xlogx", "sum", ())]
+          ("neg_xlogx", "sum", ()), ("huber", "sum", (2.5,))]   # u ~ 2-4: both pieces
 ROWS = {"affine": _affine_case, "quadratic": _quadratic_case, "cone": _cone_case,
         "norm": _norm_case, "stacked": _stacked_case, "phase_one": _phase_one_case,
         **{f"smooth_{name}": _smooth_case(name, red, st) for name, red, st in SMOOTH}}

@@ -1,0 +1,320 @@
+"""Smooth functions of affine arguments read off as data: the row tapes and Taylor data
+shared by the KKT paths (:mod:`optlayer.compiler.canon`), the smooth-atom models of rows,
+and the closed-form derivative model of a smooth objective for the stationary Newton
+solve (:func:`objective_model`).
+
+Every function here is evaluated through the program's lowered IR (a :class:`Tape`), so
+what it reads off (values, Jacobians and Hessians at ``z = 0`` by :func:`taylor`) is exact
+for the affine and quadratic pieces it is applied to; the non-quadratic part is a smooth
+atom whose derivatives are closed forms (:data:`optlayer.solvers.convex_models.ELEMENTWISE`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from optlayer.compiler.lower import Tape
+from optlayer.compiler.quadratic import degree
+
+__all__ = ["ELEMENTWISE_ATOMS", "REDUCED_ATOMS", "ObjectiveModel", "Rows", "SmoothSpec",
+           "bare_row", "objective_model", "repeat", "smooth_model", "smooth_parts",
+           "spec_parts", "taylor"]
+
+
+def repeat(P, k):
+    """Each parameter's items repeated ``k`` times in place (``b`` -> ``b, b, ...``)."""
+    return {n: t.repeat_interleave(k, dim=0) for n, t in P.items()}
+
+
+class Rows:
+    """Row blocks lowered to one function ``(z, P) -> (B, rows)`` (a :class:`Tape`);
+    ``phase_one=True`` lowers each row's phase-I form where it has one."""
+
+    def __init__(self, program, rows, phase_one: bool = False) -> None:
+        self.program = program
+        self.rows = list(rows)
+        self.exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr
+                      for r in self.rows]
+        self.tape = Tape(self.exprs) if self.rows else None
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def blocks(self, z, P) -> list:
+        B = z.shape[0]
+        vals = self.tape.run(self.program.env(z, P))
+        out = []
+        for e in self.exprs:
+            v = vals[id(e)]
+            out.append(v.reshape(B, -1) if v.numel() >= B and v.dim() > 0 and v.shape[0] == B
+                       else v.reshape(1, -1).expand(B, -1))
+        return out
+
+    def __call__(self, z, P) -> torch.Tensor:
+        return torch.cat(self.blocks(z, P), dim=-1)
+
+    def sizes(self, z, P) -> list:
+        return [b.shape[-1] for b in self.blocks(z, P)]
+
+
+
+def taylor(fn, P, B, N, k, dtype, device, second):
+    """Value, Jacobian and (``second``) Hessians at ``z = 0`` of ``fn(z, P) -> (B, k)``, by
+    autograd on copies of ``z = 0`` (one forward pass on ``B k N`` points, no loop):
+    ``(c (B, k), J (B, k, N), Q (B, k, N, N) or None)``. Exact (no differences): for an
+    affine or quadratic ``fn`` these are its coefficients."""
+    m = N if second else 1
+    Z = torch.zeros(B * k * m, N, dtype=dtype, device=device, requires_grad=True)
+    PP = repeat(P, k * m)
+    eye_k = torch.eye(k, dtype=dtype, device=device)
+    W = eye_k.unsqueeze(1).expand(k, m, k).reshape(1, k * m, k).expand(B, -1, -1)
+    with torch.enable_grad():
+        vals = fn(Z, PP)
+        (gr,) = torch.autograd.grad((W.reshape(-1, k) * vals).sum(), Z, create_graph=second,
+                                    materialize_grads=True)
+        Q = None
+        if second:
+            E = torch.eye(N, dtype=dtype, device=device).expand(B * k, N, N).reshape(-1, N)
+            if gr.requires_grad:
+                (Hr,) = torch.autograd.grad((gr * E).sum(), Z, materialize_grads=True)
+                Q = Hr.reshape(B, k, N, N).detach()
+                Q = 0.5 * (Q + Q.transpose(-1, -2))
+            else:
+                Q = torch.zeros(B, k, N, N, dtype=dtype, device=device)
+    c = vals.detach().reshape(B, k * m, k)[:, 0, :]
+    J = gr.detach().reshape(B, k, m, N)[:, :, 0, :]
+    return c, J, Q
+
+
+class SmoothSpec(NamedTuple):
+    """A row ``coef φ(u) + rest`` (:func:`smooth_parts`): ``name`` keys
+    :data:`optlayer.solvers.convex_models.ELEMENTWISE` (or is ``"logsumexp"``),
+    ``static`` its static arguments, ``reduce`` as for
+    :class:`~optlayer.solvers.convex_models.SmoothAtomRows`, ``u`` the affine argument,
+    ``sign * coef`` the parameter-only weight (``coef`` None: 1), ``rest`` the affine part
+    (None: 0), ``arg`` a parameter-only scalar second argument of the atom (``huber``'s
+    ``M``; None: its default); set where the row is lowered: ``rows`` the row count,
+    ``split`` the sizes of :func:`spec_parts` and ``rest_varies`` whether ``rest`` has
+    variables."""
+
+    name: str
+    static: tuple
+    reduce: str
+    u: object
+    sign: float = 1.0
+    coef: object = None
+    rest: object = None
+    arg: object = None
+    rows: int = 0
+    split: tuple = ()
+    rest_varies: bool = False
+
+
+# atoms a smooth-atom row can hold: elementwise, or reduced to one value
+ELEMENTWISE_ATOMS = ("exp", "log", "sqrt", "softplus", "logistic", "power", "huber")
+REDUCED_ATOMS = {"entropy": ("neg_xlogx", "sum"), "logsumexp": ("logsumexp", "logsumexp")}
+
+
+def smooth_parts(e, memo):
+    """:class:`SmoothSpec` when ``e`` is ``coef φ(u) + rest``: one smooth atom ``φ`` (of
+    :data:`ELEMENTWISE_ATOMS`, possibly summed, or of :data:`REDUCED_ATOMS`) of an affine
+    ``u``, under sums and differences with affine terms and products or quotients with
+    parameter-only factors (scalars, or of the atom's shape before a reduction); else None."""
+    from optlayer.ir import Apply, functions
+
+    if not isinstance(e, Apply):
+        return None
+    name, args = e.atom.name, e.args
+    if name in ELEMENTWISE_ATOMS or name in REDUCED_ATOMS:
+        if degree(args[0], memo) > 1:
+            return None
+        arg = None
+        if len(args) > 1:   # huber's M: a parameter-only scalar
+            arg = args[1]
+            if len(args) > 2 or degree(arg, memo) > 0 or math.prod(arg.shape) != 1:
+                return None
+        key, reduce = REDUCED_ATOMS.get(name, (name, "none"))
+        return SmoothSpec(key, tuple(e.static), reduce, args[0], arg=arg)
+    if name == "sum":
+        inner = smooth_parts(args[0], memo)
+        if inner is None or inner.reduce != "none":
+            return None
+        rest = None if inner.rest is None else functions.sum(inner.rest)
+        return inner._replace(reduce="sum", rest=rest)
+    if name == "negate":
+        inner = smooth_parts(args[0], memo)
+        return None if inner is None else inner._replace(
+            sign=-inner.sign, rest=None if inner.rest is None else -inner.rest)
+    if name not in ("add", "sub", "mul", "div") or len(args) != 2:
+        return None
+    a, b = args
+    da, db = degree(a, memo), degree(b, memo)
+    inner_first = da > 1 >= db
+    if not (inner_first or db > 1 >= da):
+        return None
+    child, other = (a, b) if inner_first else (b, a)
+    if child.shape != e.shape:  # the atom's value is not broadcast up
+        return None
+    inner = smooth_parts(child, memo)
+    if inner is None:
+        return None
+    if name == "add":
+        return inner._replace(rest=other if inner.rest is None else inner.rest + other)
+    if name == "sub":
+        if inner_first:
+            return inner._replace(rest=-other if inner.rest is None else inner.rest - other)
+        return inner._replace(sign=-inner.sign,
+                              rest=other if inner.rest is None else other - inner.rest)
+    # a parameter-only factor: a scalar, or of the atom's own shape before a reduction
+    if name == "div" and not inner_first or degree(other, memo) > 0:
+        return None
+    if other.shape != () and inner.reduce != "none":
+        return None
+    if name == "mul":
+        coef = other if inner.coef is None else other * inner.coef
+        rest = None if inner.rest is None else other * inner.rest
+    else:
+        coef = 1.0 / other if inner.coef is None else inner.coef / other
+        rest = None if inner.rest is None else inner.rest / other
+    return inner._replace(coef=coef, rest=rest)
+
+
+def spec_parts(spec: SmoothSpec) -> list:
+    """The expressions a smooth-atom row is read off from, in this order: ``u``, then
+    ``coef``, ``arg`` and ``rest`` where present (all affine)."""
+    return [e for e in (spec.u, spec.coef, spec.arg, spec.rest) if e is not None]
+
+
+def smooth_model(spec, c, J, B):
+    """:class:`~optlayer.solvers.convex_models.SmoothAtomRows` of a smooth-atom row from
+    the values ``c`` and Jacobians ``J`` of :func:`spec_parts` at ``z = 0`` (exact: all
+    affine)."""
+    from optlayer.solvers.convex_models import ELEMENTWISE, SmoothAtomRows
+
+    parts_c = torch.split(c, spec.split, -1)
+    coef = None if spec.coef is None and spec.sign == 1.0 else \
+        spec.sign * (parts_c[1] if spec.coef is not None else c.new_ones(B, 1))
+    h = None if spec.rest is None else -parts_c[-1]
+    G = J[:, -spec.split[-1]:] if spec.rest_varies else None
+    phi = None
+    if spec.name != "logsumexp":
+        base = ELEMENTWISE[spec.name]
+        static = spec.static if spec.arg is None else \
+            (parts_c[1 + (spec.coef is not None)],)       # (B, 1): broadcast over u
+
+        def phi(u):
+            return base(u, *static)
+
+    return SmoothAtomRows(phi, spec.reduce, J[:, :spec.split[0]], parts_c[0], coef, G, h)
+
+
+def bare_row(expr):
+    from optlayer.compiler.epigraph import Row
+
+    return Row(None, expr)
+
+
+
+class ObjectiveModel:
+    """``f(z) = c + pᵀz + ½ zᵀQz + Σₜ wₜ gₜ(z)`` per item with closed-form derivatives:
+    the quadratic part as data (``Q (B, N, N)``, ``p (B, N)``, ``c (B,)``), each ``gₜ`` a
+    one-row smooth-atom model (:class:`~optlayer.solvers.convex_models.SmoothAtomRows`,
+    joined in ``rows``; None: no such term) with the weights ``w (B, r)``. A few tensor
+    operations per evaluation where autograd would take a forward and ``1 + N``
+    backward passes."""
+
+    def __init__(self, Q, p, c, rows, weights) -> None:
+        self.Q, self.p, self.c, self.rows, self.w = Q, p, c, rows, weights
+
+    def _quadratic(self, z):
+        Qz = (self.Q * z.unsqueeze(-2)).sum(-1)
+        return self.c + (z * (self.p + 0.5 * Qz)).sum(-1), Qz + self.p
+
+    def value(self, z):
+        """``f(z)``, ``(B,)``."""
+        f = self._quadratic(z)[0]
+        return f if self.rows is None else f + (self.w * self.rows.values(z)).sum(-1)
+
+    def value_grad_hess(self, z):
+        """``(f (B,), ∇f (B, N), ∇²f (B, N, N))`` at ``z``."""
+        f, g = self._quadratic(z)
+        if self.rows is None:
+            return f, g, self.Q
+        vals, J, H = self.rows.second(z, self.w)
+        return (f + (self.w * vals).sum(-1), g + (self.w.unsqueeze(-1) * J).sum(-2),
+                self.Q + H)
+
+
+def _objective_structure(program, P):
+    """How ``f``'s terms split (cached per program): ``(quadratic, smooth, fn, sizes)``
+    with the weights of the terms of degree <= 2 and ``(weight, spec)`` of the smooth-atom
+    terms, ``fn`` the :class:`Rows` of those quadratic terms followed by the
+    :func:`spec_parts` of each smooth one, ``sizes`` its output sizes; None when a term is
+    neither."""
+    cache = program.derived
+    if "objective structure" in cache:
+        return cache["objective structure"]
+    memo: dict = {}
+    quad, smooth, exprs = [], [], []
+    for w, e in program.plan.smooth:
+        if degree(e, memo) <= 2:
+            quad.append(float(w))
+            exprs.append(e)
+    for w, e in program.plan.smooth:
+        if degree(e, memo) <= 2:
+            continue
+        spec = smooth_parts(e, memo)
+        if spec is None or math.prod(e.shape) != 1:
+            cache["objective structure"] = None
+            return None
+        parts = spec_parts(spec)
+        smooth.append((float(w), spec, len(exprs), len(parts)))
+        exprs += parts
+    out = None
+    if smooth:   # (all quadratic: the solvers take (Q, p) from Program.quad instead)
+        fn = Rows(program, [bare_row(e) for e in exprs])
+        N = program.layout.size
+        like = next(iter(P.values()))
+        z1 = torch.zeros(1, N, dtype=like.dtype, device=like.device)
+        sizes = fn.sizes(z1, {k: v[:1] for k, v in P.items()})
+        specs = []
+        for w, spec, start, k in smooth:
+            split = tuple(sizes[start:start + k])
+            specs.append((w, spec._replace(rows=1, split=split, rest_varies=(
+                spec.rest is not None and degree(spec.rest, {}) > 0))))
+        out = (quad, specs, fn, sizes)
+    cache["objective structure"] = out
+    return out
+
+
+def objective_model(program, P) -> ObjectiveModel | None:
+    """The :class:`ObjectiveModel` of the program's smooth objective at the parameters
+    ``P`` (one :func:`taylor` pass), or None unless every term is quadratic or one smooth
+    atom of an affine argument (:func:`smooth_parts`: ``exp``, ``log``, ``logistic``,
+    ``huber``, ``logsumexp``, ...) with at least one of the latter."""
+    from optlayer.solvers.convex_models import StackedRows
+
+    st = _objective_structure(program, P)
+    if st is None:
+        return None
+    quad, specs, fn, sizes = st
+    like = next(iter(P.values()))
+    B, N = like.shape[0], program.layout.size
+    opts = {"dtype": like.dtype, "device": like.device}
+    c, J, H = taylor(fn, P, B, N, sum(sizes), second=True, **opts)
+    nq = len(quad)
+    wq = torch.tensor(quad, **opts)
+    Q = (H[:, :nq] * wq.view(-1, 1, 1)).sum(1)
+    p = (J[:, :nq] * wq.view(-1, 1)).sum(1)
+    c0 = (c[:, :nq] * wq).sum(-1)
+    rows, at = [], sum(sizes[:nq])
+    for _w, spec in specs:
+        k = sum(spec.split)
+        rows.append(smooth_model(spec, c[:, at:at + k], J[:, at:at + k], B))
+        at += k
+    model = rows[0] if len(rows) == 1 else StackedRows(rows, [1] * len(rows))
+    w = torch.tensor([w for w, _ in specs], **opts).expand(B, len(specs))
+    return ObjectiveModel(Q, p, c0, model, w)
