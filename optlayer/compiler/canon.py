@@ -319,9 +319,9 @@ def _kkt_error(F, sol, P, gfun, residuals=None):
             g = gfun(sol[0], P) if comp is not None else None
         else:
             stat, eq, comp, g = residuals
-        err = stat.norm(dim=-1)
+        err = torch.linalg.vector_norm(stat, dim=-1)
         if eq is not None:
-            err = torch.maximum(err, eq.norm(dim=-1))
+            err = torch.maximum(err, torch.linalg.vector_norm(eq, dim=-1))
         if comp is not None:
             lam = sol[2]
             err = torch.maximum(err, -comp.sum(-1))

@@ -56,6 +56,11 @@ class SolveResult:
         self.residual, self.step, self.jacobian = residual, step, jacobian
 
 
+def _norm(t):
+    """``‖t‖`` over the last dim (``Tensor.norm`` is a Python wrapper of this kernel)."""
+    return torch.linalg.vector_norm(t, dim=-1)
+
+
 def replicate(t, k: int):
     """``k`` stacked copies of a batched tensor (or a tuple/dict of them) along dim 0."""
     if t is None:
@@ -138,9 +143,9 @@ def relative_residual(r, *terms):
         r: ``(B,)`` the residual's norm.
         terms: ``(B, N)`` tensors.
     """
-    scale = terms[0].norm(dim=-1)
+    scale = _norm(terms[0])
     for t in terms[1:]:
-        scale = torch.maximum(scale, t.norm(dim=-1))
+        scale = torch.maximum(scale, _norm(t))
     return r / (1 + scale)
 
 
@@ -195,7 +200,7 @@ class _Newton:
         xt = x + d
         Tt, Jt = value_and_jacobian(self.T, xt, step)
         Ft = Tt - xt
-        nF, nFt = Fx.norm(dim=-1), Ft.norm(dim=-1)
+        nF, nFt = _norm(Fx), _norm(Ft)
         ok = pending & (info == 0) & torch.isfinite(nFt) & torch.isfinite(xt).all(-1) \
             & (nFt <= defaults.FP_NEWTON_DECREASE * nF)
         x_new = torch.where(ok[:, None], xt, x)
@@ -293,13 +298,13 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
     # relative_residual of G = -F / eta = (x - y) / eta + (y - T(x)) / eta against its
     # terms Qx = (x - y) / eta - p, p and the prox's part, times eta (fewer operations)
     eta_p = eta[:, None] * p
-    eta_pn = eta_p.norm(dim=-1)
+    eta_pn = _norm(eta_p)
 
     def residual(state):
         D = state[:, :3 * N].unflatten(1, (3, N)).diff(dim=1)    # [y - x, T(x) - y]
         D[:, 0].add_(eta_p)                                        # -eta Qx
-        scale = torch.maximum(D.norm(dim=-1).amax(dim=-1), eta_pn)
-        return state[:, 3 * N:4 * N].norm(dim=-1) / (eta + scale)
+        scale = torch.maximum(_norm(D).amax(dim=-1), eta_pn)
+        return _norm(state[:, 3 * N:4 * N]) / (eta + scale)
 
     armijo = -1e-4 / eta   # c * slope = armijo * <MF, d>
     cur = at(z)
@@ -414,7 +419,7 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             gx = bmv(Q, x) + p if qp is not None else prog.grad(x, P, qp)
         G = (x - Tx) / st[:, None]
         terms = (gx - p, p) if qp is not None else (gx,)
-        return relative_residual(G.norm(dim=-1), *terms, G - gx)
+        return relative_residual(_norm(G), *terms, G - gx)
 
     step = 1 / L
     x = proxf(z, step)
@@ -512,7 +517,7 @@ def md_value_and_jacobian(md, z, g, H, step):
     tiny = torch.finfo(z.dtype).tiny
     y = md(torch.log(z.clamp_min(tiny)), g, step)
     S = torch.diag_embed(y) - y[:, :, None] * (y / y.sum(-1, keepdim=True))[:, None, :]
-    inv = torch.where(z > tiny, 1 / z.clamp_min(tiny), 0.0)
+    inv = torch.where(z > tiny, z.clamp_min(tiny).reciprocal(), 0.0)
     return y, S * inv[:, None, :] - step[:, None, None] * (S @ H)
 
 
@@ -567,7 +572,7 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
             z, ok, nF = newton.trial(z, step, pending)
             # relative to 1 + ||z||: the iterates stay on the simplex (bounded), so they
             # cannot run off as those of relative_residual's unbounded problems do
-            res = nF / (step * (1 + z.norm(dim=-1)))
+            res = nF / (step * (1 + _norm(z)))
             done = done | (ok & (res <= tol))
             if bool(done.all()):
                 break
@@ -587,14 +592,14 @@ def mirror_solve(prog, P, z, tol, maxiter) -> SolveResult:
             if bool(ok.all()):
                 break
             step = torch.where(ok, step, 0.5 * step)
-        res = (zn - z).norm(dim=-1) / (step * (1 + zn.norm(dim=-1)))
+        res = _norm(zn - z) / (step * (1 + _norm(zn)))
         z = torch.where(done[:, None], z, zn)
         done = done | (res <= tol)
         if bool(done.all()):
             break
         fg = None
     Tz, J = newton.finish(z, step)
-    res = (Tz - z).norm(dim=-1) / (step * (1 + z.norm(dim=-1)))
+    res = _norm(Tz - z) / (step * (1 + _norm(z)))
     return SolveResult(Tz, status_of(res, tol, Tz), it, res, step, J)
 
 
@@ -617,9 +622,9 @@ def newton_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResult:
 
     def residual(z, g, H):
         if H is None:
-            return g.norm(dim=-1)
+            return _norm(g)
         Hz = bmv(H, z)
-        return relative_residual(g.norm(dim=-1), Hz, g - Hz)
+        return relative_residual(_norm(g), Hz, g - Hz)
 
     it, best, stalled = 0, None, 0
     if qp is not None:

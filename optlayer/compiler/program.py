@@ -679,7 +679,7 @@ def _group_rank_one(y, x, m):
     yb = y.unflatten(-1, (-1, m))
     ny = torch.linalg.vector_norm(yb, dim=-1, keepdim=True)
     nx = torch.linalg.vector_norm(x.unflatten(-1, (-1, m)), dim=-1, keepdim=True)
-    inv = 1 / ny.clamp_min(torch.finfo(y.dtype).tiny)
+    inv = ny.clamp_min(torch.finfo(y.dtype).tiny).reciprocal()
     a = nx * inv
     c = ((nx > 0).to(y.dtype) - a).mul_(inv).mul_(inv)
     return a.expand_as(yb).flatten(-2), (c * yb).flatten(-2), y

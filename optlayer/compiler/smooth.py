@@ -194,7 +194,7 @@ def smooth_model(spec, c, J, B):
     affine)."""
     from optlayer.solvers.convex_models import ELEMENTWISE, SmoothAtomRows
 
-    parts_c = torch.split(c, spec.split, -1)
+    parts_c = c.split_with_sizes(spec.split, -1)
     coef = None if spec.coef is None and spec.sign == 1.0 else \
         spec.sign * (parts_c[1] if spec.coef is not None else c.new_ones(B, 1))
     h = None if spec.rest is None else -parts_c[-1]

@@ -206,11 +206,11 @@ def block_diagonal_solve(sol_template):
         B = math.prod(batch_shape_of(template))
 
         def to_blocks(v):
-            parts = torch.split(v, sizes, dim=-1)
+            parts = v.split_with_sizes(sizes, dim=-1)
             return torch.cat([p.reshape(B, n) for p, n in zip(parts, ns, strict=True)], -1)
 
         def from_blocks(V):
-            parts = torch.split(V, ns, dim=-1)
+            parts = V.split_with_sizes(ns, dim=-1)
             return torch.cat([p.reshape(-1) for p in parts], -1)
 
         if b.ndim != 1 or b.shape[0] != sum(sizes) or B <= 1:  # no regrouping to do

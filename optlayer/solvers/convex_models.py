@@ -351,7 +351,7 @@ def _exp(u):
 
 
 def _log(u):
-    inv = 1.0 / u
+    inv = u.reciprocal()
     return torch.log(u), inv, -inv * inv
 
 
@@ -361,7 +361,7 @@ def _sqrt(u):
 
 
 def _neg_xlogx(u):
-    return -torch.special.xlogy(u, u), -torch.log(u) - 1.0, -1.0 / u
+    return -torch.special.xlogy(u, u), -torch.log(u) - 1.0, u.reciprocal().neg_()
 
 
 def _huber(u, M=1.0):
@@ -477,7 +477,7 @@ class StackedRows:
 
     def _lams(self, lam):
         lam = lam if self.inverse is None else lam.index_select(-1, self.inverse)
-        return torch.split(lam, self.sizes, dim=-1)
+        return lam.split_with_sizes(self.sizes, dim=-1)
 
     def _join(self, gs, dim):
         out = torch.cat(gs, dim)

@@ -71,7 +71,7 @@ def _affine(x, params_eq):
 def _unpack(v, sizes):
     """``(x, nu, lam, s)`` views of the packed iterate ``v``."""
     n, q, r = sizes
-    return torch.split(v, [n, q, r, r], dim=-1)
+    return v.split_with_sizes([n, q, r, r], dim=-1)
 
 
 def _bcast_to(mask, t):
