@@ -176,13 +176,16 @@ class _Newton:
     current point: a trial costs one :func:`value_and_jacobian` at the trial point, whose
     value and Jacobian serve the next trial (and the layer's backward) when it is kept."""
 
-    def __init__(self, T):
-        self.T, self.at = T, None  # at: (x, step, Tx, J) of the last evaluation
+    def __init__(self, T, vj=None):
+        # vj(x, step) -> (T(x), dT/dx): in closed form where given, else stacked autograd
+        self.T = T
+        self.vj = vj if vj is not None else (lambda x, step: value_and_jacobian(T, x, step))
+        self.at = None  # (x, step, Tx, J) of the last evaluation
 
     def values(self, x, step):
         a = self.at
         if a is None or a[0] is not x or a[1] is not step:
-            Tx, J = value_and_jacobian(self.T, x, step)
+            Tx, J = self.vj(x, step)
             self.at = a = (x, step, Tx, J)
         return a[2], a[3]
 
@@ -198,7 +201,7 @@ class _Newton:
         eye = torch.eye(N, dtype=x.dtype, device=x.device)
         d, info = torch.linalg.solve_ex(J - eye, -Fx)
         xt = x + d
-        Tt, Jt = value_and_jacobian(self.T, xt, step)
+        Tt, Jt = self.vj(xt, step)
         Ft = Tt - xt
         nF, nFt = _norm(Fx), _norm(Ft)
         ok = pending & (info == 0) & torch.isfinite(nFt) & torch.isfinite(xt).all(-1) \
@@ -375,12 +378,15 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
     return SolveResult(Tx, status_of(res, tol, Tx), it, res, eta)
 
 
-def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
+def prox_grad_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResult:
     """Accelerated proximal gradient (FISTA, adaptive restart) with Newton steps on
     ``T(z) = prox(z - eta grad f(z))`` (up to ``defaults.FP_NEWTON_MAX_SIZE`` unknowns);
     ``qp = (Q, p)`` for a quadratic ``f`` (exact step ``1 / lambda_max(Q)``, no
     backtracking; :func:`fbn_solve` is the better choice there up to that size), else
-    backtracking on ``f``.
+    backtracking on ``f``. With ``model`` (an
+    :class:`~optlayer.compiler.smooth.ObjectiveModel` of ``f``) ``f`` and ``grad f``
+    come from it, and where the prox has a closed-form Jacobian so does the Newton
+    steps' ``dT/dz = J_prox (I - eta H)``; else from stacked autograd on ``T``.
 
     Args:
         prog: the Program (``prox``, ``f``, ``value_and_grad``, ``fixed_point``).
@@ -413,17 +419,28 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
         last_grad[0] = g[(k - 1) * B:].detach()
         return prog.fixed_point(zz, reps(k), step, qk, g=g)
 
+    jac = None if model is None or not newton_ok else prog.prox_jacobian_fn(P)
+
+    def closed_form(x, step):   # (T(x), dT/dx) from the model and the prox's Jacobian
+        _, g, H = model.value_grad_hess(x)
+        y = torch.addcmul(x, step[:, None], g, value=-1.0)
+        Tx = proxf(y, step)
+        last_grad[0] = g
+        Jp = jac(y, Tx, step)
+        return Tx, Jp - step[:, None, None] * torch.bmm(Jp, H.expand_as(Jp))
+
     def residual(x, Tx, st, gx=None):
         # G = (x - T(x)) / step against its terms grad f(x) (Qx and p apart) and the prox's
         if gx is None:
-            gx = bmv(Q, x) + p if qp is not None else prog.grad(x, P, qp)
+            gx = bmv(Q, x) + p if qp is not None else \
+                prog.grad(x, P, qp) if model is None else model.value_grad(x)[1]
         G = (x - Tx) / st[:, None]
         terms = (gx - p, p) if qp is not None else (gx,)
         return relative_residual(_norm(G), *terms, G - gx)
 
     step = 1 / L
     x = proxf(z, step)
-    newton = _Newton(T)
+    newton = _Newton(T, None if jac is None else closed_form)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     it, newton_at, gap = 0, defaults.FP_NEWTON_START, defaults.FP_NEWTON_EVERY
     y, t = x, torch.ones(B, dtype=dt, device=dev)
@@ -451,7 +468,7 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             xn = proxf(y - gy / L[:, None], 1 / L)
             d = xn - y
         else:
-            fy, gy = prog.value_and_grad(y, P)
+            fy, gy = prog.value_and_grad(y, P) if model is None else model.value_grad(y)
             off = ~torch.isfinite(gy).all(-1)
             if bool(off.any()):
                 x, y, t, L, fy, gy = _back_off(prog, P, proxf, off, safe, x, y, t, L)
@@ -459,7 +476,7 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None) -> SolveResult:
             for _ in range(60):
                 xn = proxf(y - gy / L[:, None], 1 / L)
                 d = xn - y
-                fxn = prog.f(xn, P)
+                fxn = prog.f(xn, P) if model is None else model.value(xn)
                 bound = fy + (gy * d).sum(-1) + 0.5 * L * (d * d).sum(-1)
                 ok = fxn <= bound + 16 * eps * fy.abs()
                 if bool(ok.all()):

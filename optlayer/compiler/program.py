@@ -545,7 +545,8 @@ class Program:
                 return iterate.mirror_solve(self, P, init, tol,
                                             maxiter or defaults.MAXITER["first_order"])
             return iterate.prox_grad_solve(self, P, init, tol,
-                                           maxiter or defaults.MAXITER["first_order"], qp)
+                                           maxiter or defaults.MAXITER["first_order"], qp,
+                                           None if qp is not None else objective_model(self, P))
 
 
 def _newton(prog, P, init, tol, maxiter, qp) -> SolveResult:

@@ -238,6 +238,14 @@ class ObjectiveModel:
         f = self._quadratic(z)[0]
         return f if self.rows is None else f + (self.w * self.rows.values(z)).sum(-1)
 
+    def value_grad(self, z):
+        """``(f (B,), ∇f (B, N))`` at ``z``."""
+        f, g = self._quadratic(z)
+        if self.rows is None:
+            return f, g
+        vals, jt = self.rows.first(z, self.w)
+        return f + (self.w * vals).sum(-1), g + jt
+
     def value_grad_hess(self, z):
         """``(f (B,), ∇f (B, N), ∇²f (B, N, N))`` at ``z``."""
         f, g = self._quadratic(z)

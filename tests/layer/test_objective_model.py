@@ -157,3 +157,24 @@ def test_huber_row_on_the_convex_path_matches_cvxpy():
         assert abs(float((m * (2 * r - m)).sum()) - 4.0) <= 1e-7   # active
         grad_g = P["A"][i].T @ (2 * m)   # x - y = -lam grad g / 2 with lam > 0
         assert float((d @ -grad_g) / (d.norm() * grad_g.norm())) >= 1 - 1e-12
+
+
+@pytest.mark.parametrize("name", ["water_filling", "softplus_box", "sqrt_utility"])
+def test_prox_gradient_with_the_model_takes_the_same_steps(name):
+    # f, grad f and the Newton steps' dT/dz = J_prox (I - eta H) in closed form: the same
+    # iterates and the same Jacobian as the tape with stacked autograd
+    layer = ol.load(f"examples/problems/{name}.opt")
+    program = layer.program
+    assert program.forward_solver() == "first_order" and not program.quadratic
+    P = random_params(layer.problem, batch=8, seed=2)
+    z0 = program.init(P, 8, D, torch.device("cpu"))
+    model = objective_model(program, P)
+    assert model is not None and program.prox_jacobian_fn(P) is not None
+    with torch.no_grad():
+        with_model = iterate.prox_grad_solve(program, P, z0, 1e-12, 2000, None, model)
+        without = iterate.prox_grad_solve(program, P, z0, 1e-12, 2000, None, None)
+    assert with_model.iterations == without.iterations
+    assert with_model.status.tolist() == without.status.tolist() == [0] * 8
+    torch.testing.assert_close(with_model.z, without.z, rtol=0, atol=1e-12)
+    assert with_model.jacobian is not None and without.jacobian is not None
+    torch.testing.assert_close(with_model.jacobian, without.jacobian, rtol=0, atol=1e-10)
