@@ -40,6 +40,7 @@ from optlayer.compiler.quadratic import degree
 from optlayer.compiler.smooth import (
     Rows,
     bare_row,
+    objective_model,
     repeat,
     smooth_model,
     smooth_parts,
@@ -455,7 +456,9 @@ def _models(program: Program, P, B, N, dtype, device) -> dict:
     """Models for :class:`ConvexInteriorPoint`: a quadratic objective as ``(Q, p)``, affine
     rows as ``(G, h)``, quadratic rows as ``(Q_i, p_i, c_i)``, cone rows as the affine data
     of ``(u, s)`` (all read off once per call, exactly, by :func:`taylor`), other rows
-    by autograd on their own tape. The split of the rows is cached per program."""
+    by autograd on their own tape. An objective with smooth-atom terms gets its
+    closed-form model (:func:`optlayer.compiler.smooth.objective_model`) where every term
+    has one, else autograd. The split of the rows is cached per program."""
     from optlayer.solvers.convex_models import QuadraticObjective
 
     out = {}
@@ -475,6 +478,10 @@ def _models(program: Program, P, B, N, dtype, device) -> dict:
         out["objective_model"] = lambda _p: qobj
         if rows is not None:
             quad = (c[:, 1:], p[:, 1:], Q[:, 1:])
+    else:
+        model = objective_model(program, P)
+        if model is not None:
+            out["objective_model"] = lambda _p: model
     if program.plan.ineq:
         main = _stacked(st, P, B, N, dtype, device, quad)
         out["ineq_model"] = lambda _p: main

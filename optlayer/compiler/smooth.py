@@ -238,6 +238,15 @@ class ObjectiveModel:
         f = self._quadratic(z)[0]
         return f if self.rows is None else f + (self.w * self.rows.values(z)).sum(-1)
 
+    # the objective protocol of optlayer.solvers.convex_models (the convex interior point)
+    def grad(self, z):
+        """``∇f(z)``."""
+        return self.value_grad(z)[1]
+
+    def grad_hess(self, z):
+        """``(∇f(z), ∇²f(z))``."""
+        return self.value_grad_hess(z)[1:]
+
     def value_grad(self, z):
         """``(f (B,), ∇f (B, N))`` at ``z``."""
         f, g = self._quadratic(z)

@@ -178,3 +178,32 @@ def test_prox_gradient_with_the_model_takes_the_same_steps(name):
     torch.testing.assert_close(with_model.z, without.z, rtol=0, atol=1e-12)
     assert with_model.jacobian is not None and without.jacobian is not None
     torch.testing.assert_close(with_model.jacobian, without.jacobian, rtol=0, atol=1e-10)
+
+
+def test_convex_path_takes_the_objective_model(monkeypatch):
+    # a non-quadratic objective under general constraints: the interior point's objective
+    # model is the closed form (was autograd), with the same solution and iterations
+    from optlayer.compiler import canon
+    from optlayer.compiler.smooth import ObjectiveModel
+
+    src = ("dim n = 3\nparam c[n]\nparam A[2, n]\nparam b[2]\nvar x[n]\n"
+           "minimize sum(exp(x - c)) + 0.5 * sum_squares(x) - 2 * sum(log(x + 3))\n"
+           "subject to\n    lab: A @ x <= b\n    sum(x ^ 2) <= 4")
+    layer = ol.compile(src, tol=1e-12)
+    assert layer.plan.solver == "convex"
+    P = random_params(layer.problem, batch=4, seed=6)
+    P["b"] = P["b"].abs() - 0.5   # some rows bind
+    N = layer.program.layout.size
+    models = canon._models(layer.program, P, 4, N, D, torch.device("cpu"))
+    assert isinstance(models["objective_model"](None), ObjectiveModel)
+    x = layer(**P)
+    iters = layer.info.iterations
+    assert layer.info.status.tolist() == [0] * 4
+    for i in range(4):
+        ref, _ = solve_reference(layer.problem, {k: v[i].numpy() for k, v in P.items()})
+        np.testing.assert_allclose(x[i].numpy(), ref["x"], atol=1e-6, rtol=0)
+    assert float(layer.duals("lab").amax()) > 1e-3
+    monkeypatch.setattr(canon, "objective_model", lambda program, P: None)   # autograd
+    x0 = layer(**P)
+    assert layer.info.iterations == iters
+    torch.testing.assert_close(x, x0, rtol=0, atol=1e-10)
