@@ -1,7 +1,8 @@
 """Smooth functions of affine arguments read off as data: the row tapes and Taylor data
 shared by the KKT paths (:mod:`optlayer.compiler.canon`), the smooth-atom models of rows,
-and the closed-form derivative model of a smooth objective for the stationary Newton
-solve (:func:`objective_model`).
+and the closed-form derivative model of a smooth objective (:func:`objective_model`) that
+the stationary Newton solve, the first-order loop's Newton steps and the convex interior
+point use in place of autograd.
 
 Every function here is evaluated through the program's lowered IR (a :class:`Tape`), so
 what it reads off (values, Jacobians and Hessians at ``z = 0`` by :func:`taylor`) is exact
@@ -58,7 +59,6 @@ class Rows:
 
     def sizes(self, z, P) -> list:
         return [b.shape[-1] for b in self.blocks(z, P)]
-
 
 
 def taylor(fn, P, B, N, k, dtype, device, second):
@@ -215,7 +215,6 @@ def bare_row(expr):
     from optlayer.compiler.epigraph import Row
 
     return Row(None, expr)
-
 
 
 class ObjectiveModel:
