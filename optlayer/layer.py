@@ -184,9 +184,10 @@ class OptLayer(nn.Module):
         per-item Jacobian block for the backward solve
         (:func:`optlayer.compiler.iterate.block_solve`) is built in the backward
         from the call's saved values: the forward's last Newton Jacobian when there
-        is one (checked there against one product of the map), else in closed form
-        from ``qp = (Q, p)`` (computed without a graph) for a quadratic smooth part,
-        else from one stacked evaluation. Those values travel as extra arguments of
+        is one (checked there against one product of the map), the Hessian at the
+        solution from the objective's closed-form model (stationary Newton), else in
+        closed form from ``qp = (Q, p)`` (computed without a graph) for a quadratic
+        smooth part, else from one stacked evaluation. Those values travel as extra arguments of
         the implicit function (the map ignores them), so they belong to this call
         whatever other calls run before its backward. The decorated identity solver
         is cached per shape, so the eager check of the map in
@@ -306,8 +307,8 @@ def _map_blocks(program, stationary, x, args, kwargs):
     z = x.reshape(step.shape[0], -1)
     if "forward_jacobian" in extra:
         return _minus_eye(extra["forward_jacobian"]), True
-    if "hessian" in extra:   # closed form at z*: checked against one product of the map
-        return extra["hessian"], True
+    if "hessian" in extra:   # closed form at z* itself (as Q below): exact, no check
+        return extra["hessian"], False
     qp = (extra["Q"], extra["p"]) if "Q" in extra else None
     return _map_jacobian(program, z, step, P, qp, stationary), False
 
