@@ -19,6 +19,7 @@ import torch
 
 from optlayer.compiler.lower import Tape
 from optlayer.compiler.quadratic import degree
+from optlayer.linalg._common import functorch_active
 
 __all__ = ["ELEMENTWISE_ATOMS", "REDUCED_ATOMS", "ObjectiveModel", "Rows", "SmoothSpec",
            "bare_row", "objective_model", "repeat", "smooth_model", "smooth_parts",
@@ -310,9 +311,12 @@ def objective_model(program, P) -> ObjectiveModel | None:
     """The :class:`ObjectiveModel` of the program's smooth objective at the parameters
     ``P`` (one :func:`taylor` pass), or None unless every term is quadratic or one smooth
     atom of an affine argument (:func:`smooth_parts`: ``exp``, ``log``, ``logistic``,
-    ``huber``, ``logsumexp``, ...) with at least one of the latter."""
+    ``huber``, ``logsumexp``, ...) with at least one of the latter; None under a
+    ``torch.func`` transform."""
     from optlayer.solvers.convex_models import StackedRows
 
+    if functorch_active():   # (taylor's autograd cannot run under a torch.func transform)
+        return None
     st = _objective_structure(program, P)
     if st is None:
         return None
