@@ -60,6 +60,19 @@ def forward_solver(plan, program) -> str:
     return solver
 
 
+def _derivatives(program) -> str:
+    """Where the solvers of the smooth paths take ``grad f`` and its Hessian from."""
+    from optlayer.compiler.quadratic import is_quadratic
+    from optlayer.compiler.smooth import objective_terms
+
+    if is_quadratic([e for _, e in program.plan.smooth]):
+        return "(Q, p) of the quadratic f, read off once per call"
+    if objective_terms(program) is not None:
+        return ("closed form: quadratic terms as data, smooth atoms of affine arguments "
+                "(optlayer.compiler.smooth.objective_model)")
+    return "autograd on the lowered objective"
+
+
 def explain_plan(plan, problem, program=None) -> str:
     """Readable explanation of a :class:`~optlayer.compiler.Plan`; with its
     :class:`~optlayer.compiler.Program`, the forward solver it runs."""
@@ -70,9 +83,11 @@ def explain_plan(plan, problem, program=None) -> str:
         solver = forward_solver(plan, program)
     lines = [f"method: {plan.method}", f"  table row: {row}", "  why:"]
     lines += [f"    - {w}" for w in plan.why] or ["    - (forced)"]
-    lines += [f"  optimality map: {fmap}", f"  solver: {solver}",
-              f"  applicable methods: {', '.join(plan.applicable)} (default {plan.applicable[0]})",
-              f"  variables: {', '.join(problem.vars)}"]
+    lines += [f"  optimality map: {fmap}", f"  solver: {solver}"]
+    if program is not None and key in ("stationary", "proj_grad", "prox_grad", "kkt_convex"):
+        lines.append(f"  derivatives of f: {_derivatives(program)}")
+    lines += [f"  applicable methods: {', '.join(plan.applicable)} "
+              f"(default {plan.applicable[0]})", f"  variables: {', '.join(problem.vars)}"]
     aux = [n for n in getattr(plan.problem, "vars", {}) if n not in problem.vars]
     if aux:
         lines.append(f"  epigraph variables (internal, not returned): {', '.join(aux)}")

@@ -22,8 +22,8 @@ from optlayer.compiler.quadratic import degree
 from optlayer.linalg._common import functorch_active
 
 __all__ = ["ELEMENTWISE_ATOMS", "REDUCED_ATOMS", "ObjectiveModel", "Rows", "SmoothSpec",
-           "bare_row", "objective_model", "repeat", "smooth_model", "smooth_parts",
-           "spec_parts", "taylor"]
+           "bare_row", "objective_model", "objective_terms", "repeat", "smooth_model",
+           "smooth_parts", "spec_parts", "taylor"]
 
 
 def repeat(P, k):
@@ -265,44 +265,54 @@ class ObjectiveModel:
                 self.Q + H)
 
 
+def objective_terms(program):
+    """How ``f``'s terms split (cached per program; no parameters needed):
+    ``(quadratic, smooth)``, the ``(weight, expr)`` of the terms of degree <= 2 and the
+    ``(weight, spec)`` of the smooth-atom terms (:func:`smooth_parts`), or None when some
+    term is neither or none is a smooth atom (a quadratic ``f`` has ``(Q, p)`` from
+    ``Program.quad``)."""
+    cache = program.derived
+    if "objective terms" not in cache:
+        memo: dict = {}
+        quad, smooth, out = [], [], None
+        for w, e in program.plan.smooth:
+            spec = None if degree(e, memo) <= 2 else smooth_parts(e, memo)
+            if spec is None and degree(e, memo) > 2 or math.prod(e.shape) != 1:
+                break
+            if spec is None:
+                quad.append((float(w), e))
+            else:
+                smooth.append((float(w), spec))
+        else:
+            out = (quad, smooth) if smooth else None
+        cache["objective terms"] = out
+    return cache["objective terms"]
+
+
 def _objective_structure(program, P):
-    """How ``f``'s terms split (cached per program): ``(quadratic, smooth, fn, sizes)``
-    with the weights of the terms of degree <= 2 and ``(weight, spec)`` of the smooth-atom
-    terms, ``fn`` the :class:`Rows` of those quadratic terms followed by the
-    :func:`spec_parts` of each smooth one, ``sizes`` its output sizes; None when a term is
-    neither."""
+    """:func:`objective_terms` lowered (cached per program): ``(weights, specs, fn,
+    sizes)``, the weights of the quadratic terms, ``(weight, spec)`` of the smooth ones
+    with their part sizes set, ``fn`` the :class:`Rows` of the quadratic terms followed by
+    the :func:`spec_parts` of each smooth one, ``sizes`` its output sizes; or None."""
     cache = program.derived
     if "objective structure" in cache:
         return cache["objective structure"]
-    memo: dict = {}
-    quad, smooth, exprs = [], [], []
-    for w, e in program.plan.smooth:
-        if degree(e, memo) <= 2:
-            quad.append(float(w))
-            exprs.append(e)
-    for w, e in program.plan.smooth:
-        if degree(e, memo) <= 2:
-            continue
-        spec = smooth_parts(e, memo)
-        if spec is None or math.prod(e.shape) != 1:
-            cache["objective structure"] = None
-            return None
-        parts = spec_parts(spec)
-        smooth.append((float(w), spec, len(exprs), len(parts)))
-        exprs += parts
+    terms = objective_terms(program)
     out = None
-    if smooth:   # (all quadratic: the solvers take (Q, p) from Program.quad instead)
+    if terms is not None:
+        quad, smooth = terms
+        exprs = [e for _, e in quad] + [e for _, spec in smooth for e in spec_parts(spec)]
         fn = Rows(program, [bare_row(e) for e in exprs])
-        N = program.layout.size
         like = next(iter(P.values()))
-        z1 = torch.zeros(1, N, dtype=like.dtype, device=like.device)
+        z1 = torch.zeros(1, program.layout.size, dtype=like.dtype, device=like.device)
         sizes = fn.sizes(z1, {k: v[:1] for k, v in P.items()})
-        specs = []
-        for w, spec, start, k in smooth:
-            split = tuple(sizes[start:start + k])
-            specs.append((w, spec._replace(rows=1, split=split, rest_varies=(
+        specs, at = [], len(quad)
+        for w, spec in smooth:
+            k = len(spec_parts(spec))
+            specs.append((w, spec._replace(rows=1, split=tuple(sizes[at:at + k]), rest_varies=(
                 spec.rest is not None and degree(spec.rest, {}) > 0))))
-        out = (quad, specs, fn, sizes)
+            at += k
+        out = ([w for w, _ in quad], specs, fn, sizes)
     cache["objective structure"] = out
     return out
 

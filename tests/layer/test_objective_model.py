@@ -207,3 +207,13 @@ def test_convex_path_takes_the_objective_model(monkeypatch):
     x0 = layer(**P)
     assert layer.info.iterations == iters
     torch.testing.assert_close(x, x0, rtol=0, atol=1e-10)
+
+
+def test_explain_says_where_the_derivatives_come_from():
+    def line(layer):
+        return next(t for t in layer.explain().splitlines() if "derivatives of f" in t)
+
+    assert "closed form" in line(ol.compile(MODELLED["huber_param_M"]))
+    assert "autograd" in line(ol.compile("dim n = 3\nparam y[n]\nvar x[n]\n"
+                                         "minimize sum(exp(square(x))) + sum_squares(x - y)"))
+    assert "(Q, p)" in line(ol.load("examples/problems/ridge.opt"))
