@@ -44,6 +44,7 @@ __all__ = [
     "IPM_REG_RETRIES",
     "NEWTON_MAX_SIZE",
     "QUADRATIC_MAX_SIZE",
+    "OBJECTIVE_MODEL_MAX_ELEMENTS",
     "FP_NEWTON_START",
     "FP_NEWTON_EVERY",
     "FP_NEWTON_MAX_SIZE",
@@ -269,6 +270,11 @@ NEWTON_MAX_SIZE = 200
 
 #: Dense quadratic data (Q, p) of a quadratic smooth part up to this many unknowns.
 QUADRATIC_MAX_SIZE = 500
+#: The closed-form objective model (compiler.smooth.objective_model) reads its data off
+#: by evaluating the objective's pieces on stacked copies of the parameters (one per
+#: affine output, or per unknown for the quadratic terms); above this many parameter
+#: elements in all the copies (80 MB in float64) the solvers keep autograd instead.
+OBJECTIVE_MODEL_MAX_ELEMENTS = 10_000_000
 #: Fixed-point methods try Newton steps on T(z) - z after this many first-order iterations,
 FP_NEWTON_START = 0
 #: and again this many iterations after a trial some item rejected (doubled after a trial

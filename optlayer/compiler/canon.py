@@ -500,7 +500,7 @@ def _structure(program, P, N, phase_one):
     ``(kind, function, outputs, spec)`` in stacking order (1 affine, 2 quadratic, 3 the
     cone row ``sum_squares(u) / s - s`` of affine ``u, s`` (function of ``(u, s)``), 5 the
     phase I cone row ``norm2(u) - s`` (function of ``(u, s)``), 6 a smooth atom of an
-    affine argument (function of ``(u, c, rest)``, ``spec`` its :class:`SmoothSpec`), 4
+    affine argument (function of its :func:`spec_parts`, ``spec`` its :class:`SmoothSpec`), 4
     other) and
     ``order`` (stacked position of each original row, None when the same)."""
     cache = program.derived
@@ -533,7 +533,7 @@ def _structure(program, P, N, phase_one):
                 blocks.append((kind, fn, fn.sizes(z1, P1)[0] + 1, None))
                 pos[i] = [offset]
                 offset += 1
-        elif kind == 6:  # one block per smooth-atom row: (u, c, rest) as functions
+        elif kind == 6:  # one block per smooth-atom row: its spec_parts as functions
             for i in members:
                 spec = smooth[i]
                 fn = Rows(program, [bare_row(e) for e in spec_parts(spec)])

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from optlayer import defaults
 from optlayer.compiler.lower import Tape
 from optlayer.compiler.quadratic import degree
 from optlayer.linalg._common import functorch_active
@@ -220,7 +221,8 @@ def bare_row(expr):
 
 class ObjectiveModel:
     """``f(z) = c + pᵀz + ½ zᵀQz + Σₜ wₜ gₜ(z)`` per item with closed-form derivatives:
-    the quadratic part as data (``Q (B, N, N)``, ``p (B, N)``, ``c (B,)``), each ``gₜ`` a
+    the quadratic part as data (``Q (B, N, N)`` or None for none, ``p (B, N)``,
+    ``c (B,)``), each ``gₜ`` a
     one-row smooth-atom model (:class:`~optlayer.solvers.convex_models.SmoothAtomRows`,
     joined in ``rows``; None: no such term) with the weights ``w (B, r)``. A few tensor
     operations per evaluation where autograd would take a forward and ``1 + N``
@@ -230,6 +232,8 @@ class ObjectiveModel:
         self.Q, self.p, self.c, self.rows, self.w = Q, p, c, rows, weights
 
     def _quadratic(self, z):
+        if self.Q is None:
+            return self.c + (z * self.p).sum(-1), self.p
         Qz = (self.Q * z.unsqueeze(-2)).sum(-1)
         return self.c + (z * (self.p + 0.5 * Qz)).sum(-1), Qz + self.p
 
@@ -262,7 +266,7 @@ class ObjectiveModel:
             return f, g, self.Q
         vals, J, H = self.rows.second(z, self.w)
         return (f + (self.w * vals).sum(-1), g + (self.w.unsqueeze(-1) * J).sum(-2),
-                self.Q + H)
+                H if self.Q is None else self.Q + H)
 
 
 def objective_terms(program):
@@ -290,10 +294,11 @@ def objective_terms(program):
 
 
 def _objective_structure(program, P):
-    """:func:`objective_terms` lowered (cached per program): ``(weights, specs, fn,
-    sizes)``, the weights of the quadratic terms, ``(weight, spec)`` of the smooth ones
-    with their part sizes set, ``fn`` the :class:`Rows` of the quadratic terms followed by
-    the :func:`spec_parts` of each smooth one, ``sizes`` its output sizes; or None."""
+    """:func:`objective_terms` lowered (cached per program): ``(weights, quad_fn, specs,
+    parts_fn, sizes)``, the weights of the quadratic terms and the :class:`Rows` of those
+    terms (None without one), ``(weight, spec)`` of the smooth ones with their part sizes
+    set and the :class:`Rows` of the :func:`spec_parts` of each, ``sizes`` its output
+    sizes; or None."""
     cache = program.derived
     if "objective structure" in cache:
         return cache["objective structure"]
@@ -301,46 +306,56 @@ def _objective_structure(program, P):
     out = None
     if terms is not None:
         quad, smooth = terms
-        exprs = [e for _, e in quad] + [e for _, spec in smooth for e in spec_parts(spec)]
-        fn = Rows(program, [bare_row(e) for e in exprs])
+        quad_fn = Rows(program, [bare_row(e) for _, e in quad]) if quad else None
+        parts_fn = Rows(program, [bare_row(e) for _, spec in smooth for e in spec_parts(spec)])
         like = next(iter(P.values()))
         z1 = torch.zeros(1, program.layout.size, dtype=like.dtype, device=like.device)
-        sizes = fn.sizes(z1, {k: v[:1] for k, v in P.items()})
-        specs, at = [], len(quad)
+        sizes = parts_fn.sizes(z1, {k: v[:1] for k, v in P.items()})
+        specs, at = [], 0
         for w, spec in smooth:
             k = len(spec_parts(spec))
             specs.append((w, spec._replace(rows=1, split=tuple(sizes[at:at + k]), rest_varies=(
                 spec.rest is not None and degree(spec.rest, {}) > 0))))
             at += k
-        out = ([w for w, _ in quad], specs, fn, sizes)
+        out = ([w for w, _ in quad], quad_fn, specs, parts_fn, sizes)
     cache["objective structure"] = out
     return out
 
 
 def objective_model(program, P) -> ObjectiveModel | None:
     """The :class:`ObjectiveModel` of the program's smooth objective at the parameters
-    ``P`` (one :func:`taylor` pass), or None unless every term is quadratic or one smooth
-    atom of an affine argument (:func:`smooth_parts`: ``exp``, ``log``, ``logistic``,
-    ``huber``, ``logsumexp``, ...) with at least one of the latter; None under a
-    ``torch.func`` transform."""
+    ``P`` (a second-order :func:`taylor` pass on the weighted sum of the quadratic terms,
+    a first-order one on the smooth terms' affine parts), or None unless every term is
+    quadratic or one smooth atom of an affine argument (:func:`smooth_parts`: ``exp``,
+    ``log``, ``logistic``, ``huber``, ``logsumexp``, ...) with at least one of the latter;
+    None under a ``torch.func`` transform, above ``defaults.QUADRATIC_MAX_SIZE``
+    unknowns (the model's Hessians are dense) and where the parameter copies of the
+    read-off would exceed ``defaults.OBJECTIVE_MODEL_MAX_ELEMENTS``."""
     from optlayer.solvers.convex_models import StackedRows
 
     if functorch_active():   # (taylor's autograd cannot run under a torch.func transform)
         return None
-    st = _objective_structure(program, P)
+    N = program.layout.size
+    st = None if N > defaults.QUADRATIC_MAX_SIZE else _objective_structure(program, P)
     if st is None:
         return None
-    quad, specs, fn, sizes = st
+    quad, quad_fn, specs, parts_fn, sizes = st
     like = next(iter(P.values()))
-    B, N = like.shape[0], program.layout.size
+    B = like.shape[0]
+    copies = max(sum(sizes), N if quad_fn is not None else 0)
+    if B * copies * sum(t[0].numel() for t in P.values()) > \
+            defaults.OBJECTIVE_MODEL_MAX_ELEMENTS:
+        return None
     opts = {"dtype": like.dtype, "device": like.device}
-    c, J, H = taylor(fn, P, B, N, sum(sizes), second=True, **opts)
-    nq = len(quad)
-    wq = torch.tensor(quad, **opts)
-    Q = (H[:, :nq] * wq.view(-1, 1, 1)).sum(1)
-    p = (J[:, :nq] * wq.view(-1, 1)).sum(1)
-    c0 = (c[:, :nq] * wq).sum(-1)
-    rows, at = [], sum(sizes[:nq])
+    Q = None
+    p, c0 = like.new_zeros(B, N), like.new_zeros(B)
+    if quad_fn is not None:
+        wq = torch.tensor(quad, **opts)
+        c, J, H = taylor(lambda Z, PP: (quad_fn(Z, PP) * wq).sum(-1, keepdim=True), P, B, N,
+                         1, second=True, **opts)
+        Q, p, c0 = H[:, 0], J[:, 0], c[:, 0]
+    c, J, _ = taylor(parts_fn, P, B, N, sum(sizes), second=False, **opts)
+    rows, at = [], 0
     for _w, spec in specs:
         k = sum(spec.split)
         rows.append(smooth_model(spec, c[:, at:at + k], J[:, at:at + k], B))

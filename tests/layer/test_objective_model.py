@@ -217,3 +217,21 @@ def test_explain_says_where_the_derivatives_come_from():
     assert "autograd" in line(ol.compile("dim n = 3\nparam y[n]\nvar x[n]\n"
                                          "minimize sum(exp(square(x))) + sum_squares(x - y)"))
     assert "(Q, p)" in line(ol.load("examples/problems/ridge.opt"))
+
+
+def test_no_model_where_its_read_off_would_copy_too_much(monkeypatch):
+    # the read-off evaluates the pieces on one copy of the parameters per affine output:
+    # large data keep autograd (a huber fit with m = 2000, n = 150 would copy X 2000 times)
+    from optlayer import defaults
+
+    layer, P = _prog_and_params(MODELLED["huber"])
+    assert objective_model(layer.program, P) is not None
+    monkeypatch.setattr(defaults, "OBJECTIVE_MODEL_MAX_ELEMENTS", 4 * 6 * 24 - 1)
+    assert objective_model(layer.program, P) is None       # 4 items, 6 outputs, 24 elements
+    monkeypatch.setattr(defaults, "OBJECTIVE_MODEL_MAX_ELEMENTS", 4 * 6 * 24)
+    assert objective_model(layer.program, P) is not None
+    big = ol.compile("dim m = 2000\ndim n = 150\nparam X[m, n]\nparam t[m]\nvar w[n]\n"
+                     "minimize sum(huber(X @ w - t)) + 0.1 * sum_squares(w)")
+    monkeypatch.undo()
+    Pb = {"X": torch.zeros(2, 2000, 150, dtype=D), "t": torch.zeros(2, 2000, dtype=D)}
+    assert objective_model(big.program, Pb) is None
