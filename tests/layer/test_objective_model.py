@@ -1,7 +1,8 @@
 """The closed-form derivative model of a smooth objective (``compiler.smooth.objective_model``)
-that the stationary Newton solve uses in place of autograd: its value, gradient and Hessian
-equal autograd's on the lowered objective; Newton with it takes the same steps as without;
-objectives it cannot model fall back to autograd; and the layers built on it (including
+that the stationary Newton solve, the first-order loop and the convex interior point use in
+place of autograd: its value, gradient and Hessian equal autograd's on the lowered
+objective; the solvers take the same steps with it as without; objectives it cannot model,
+and data too large for its read-off, keep autograd; and the layers built on it (including
 ``huber`` with a parameter ``M``, new to the smooth-atom models) solve to cvxpy's solution
 with the gradients of finite differences. ``huber`` rows on the convex path use the same
 atom model."""
