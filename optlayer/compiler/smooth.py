@@ -229,13 +229,14 @@ class ObjectiveModel:
     backward passes."""
 
     def __init__(self, Q, p, c, rows, weights) -> None:
+        from optlayer.solvers.convex_models import QuadraticObjective
+
         self.Q, self.p, self.c, self.rows, self.w = Q, p, c, rows, weights
+        self.quad = QuadraticObjective(Q, p)
 
     def _quadratic(self, z):
-        if self.Q is None:
-            return self.c + (z * self.p).sum(-1), self.p
-        Qz = (self.Q * z.unsqueeze(-2)).sum(-1)
-        return self.c + (z * (self.p + 0.5 * Qz)).sum(-1), Qz + self.p
+        g = self.quad.grad(z)      # Qz + p: the value is c + z'(Qz + 2p) / 2
+        return self.c + 0.5 * (z * (g + self.p)).sum(-1), g
 
     def value(self, z):
         """``f(z)``, ``(B,)``."""

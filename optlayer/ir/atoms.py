@@ -414,13 +414,10 @@ def _huber_impl(ts, nds, st):
     # the second derivative of a twice-used abs is a ZeroTensor, whose sums run in Python
     # (torch._refs) in a double backward, a quarter millisecond each
     x = ts[0]
-    if len(ts) == 1:   # M = 1 (fewer operations: these run at every iteration)
-        m = x.clamp(-1.0, 1.0)
-    else:
-        M = ts[1]
-        if nds[0] > 0:
-            M = M.reshape(M.shape + (1,) * nds[0])
-        m = torch.minimum(torch.maximum(x, -M), M)
+    M = 1.0 if len(ts) == 1 else ts[1]
+    if len(ts) > 1 and nds[0] > 0:
+        M = M.reshape(M.shape + (1,) * nds[0])
+    m = torch.clamp(x, -M, M)
     return m * (2.0 * x - m)
 
 

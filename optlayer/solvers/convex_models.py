@@ -367,8 +367,7 @@ def _neg_xlogx(u):
 def _huber(u, M=1.0):
     # as the atom: m (2u - m), m = u clipped to [-M, M]; φ'' is 2 where m = u (|u| <= M,
     # the atom's own autograd at |u| = M too), else 0
-    m = torch.minimum(torch.maximum(u, -M), M) if isinstance(M, torch.Tensor) \
-        else u.clamp(-M, M)
+    m = torch.clamp(u, -M, M)
     return m * (2.0 * u - m), 2.0 * m, 2.0 * (m == u).to(u.dtype)
 
 
