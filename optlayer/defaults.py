@@ -30,6 +30,7 @@ __all__ = [
     "IPM_DENSE_MAX_WORK",
     "IPM_DENSE_EQ_SHARE",
     "IPM_LU_MAX_WORK",
+    "LU_BATCHED_MAX_SIZE",
     "ACTIVE_SET_MAX_ROWS",
     "ACTIVE_SET_MAX_WORK",
     "ACTIVE_SET_PDAS_ITERS",
@@ -181,6 +182,14 @@ IPM_DENSE_MAX_SIZE = 200
 IPM_DENSE_MAX_WORK = 1e5
 IPM_DENSE_EQ_SHARE = 0.5
 IPM_LU_MAX_WORK = 3e4
+
+#: Batched LU factorisations (``linalg._common.lu_factor``) of CPU matrices larger than
+#: this, with more than one torch thread, run one item at a time: torch 2.13's batched
+#: ``lu_factor_ex`` / ``linalg.solve`` with MKL hang (or fail with "Parameter 6 was
+#: incorrect on entry to DLASWP") from n = 151 at 2 threads on this project's CPUs;
+#: one matrix at a time, or one thread, they are right. Above this size the
+#: factorisation's flops, not the loop, set the time.
+LU_BATCHED_MAX_SIZE = 128
 
 #: Small batches of QPs are first solved by the active-set methods
 #: (``_qp_active``: one LU of ``n + m + me`` rows per iteration, a few

@@ -43,6 +43,7 @@ __all__ = [
     "any_true",
     "any_all_true",
     "functorch_active",
+    "lu_factor",
     "safe_div",
     "default_maxiter",
     "resolve_tol",
@@ -172,6 +173,20 @@ def functorch_active() -> bool:
     ``torch.autograd.grad`` cannot run and code must take the ``torch.func`` route."""
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(active()) if active is not None else False
+
+
+def lu_factor(A: torch.Tensor):
+    """``torch.linalg.lu_factor_ex(A)`` (``(LU, pivots, info)``), one matrix at a time
+    for a batch of CPU matrices above ``defaults.LU_BATCHED_MAX_SIZE`` rows when torch
+    runs more than one thread: the batched factorisation hangs there in torch 2.13 with
+    MKL (see that constant). ``lu_solve`` on the stacked factors is safe."""
+    n = A.shape[-1]
+    if A.dim() < 3 or n <= defaults.LU_BATCHED_MAX_SIZE or A.device.type != "cpu" \
+            or torch.get_num_threads() == 1 or A.shape[:-2].numel() <= 1:
+        return torch.linalg.lu_factor_ex(A)
+    parts = [torch.linalg.lu_factor_ex(a) for a in A.reshape(-1, n, n).unbind(0)]
+    LU, piv, info = (torch.stack(t) for t in zip(*parts, strict=True))
+    return LU.view(A.shape), piv.view(A.shape[:-1]), info.view(A.shape[:-2])
 
 
 def any_true(mask: torch.Tensor) -> bool:

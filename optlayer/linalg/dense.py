@@ -33,6 +33,7 @@ from optlayer.linalg._common import (
     Packed,
     as_matvec,
     check_common,
+    lu_factor,
     materialize,
     physical,
     report,
@@ -88,7 +89,7 @@ def _lu_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (``tests/implicit/test_review_vmap_hessian.py``). A zero pivot gives
     Inf/NaN, which the residual check reports.
     """
-    LU, piv, _info = torch.linalg.lu_factor_ex(A)
+    LU, piv, _info = lu_factor(A)
     P, L, U = torch.lu_unpack(LU, piv)
     y = torch.linalg.solve_triangular(
         L, (P.mT @ b.unsqueeze(-1)), upper=False, unitriangular=True

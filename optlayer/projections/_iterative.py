@@ -32,7 +32,7 @@ import torch
 from optlayer import defaults
 from optlayer.implicit import custom_root
 from optlayer.linalg import solve_lstsq
-from optlayer.linalg._common import physical
+from optlayer.linalg._common import lu_factor, physical
 from optlayer.status import OptimizationWarning
 
 __all__ = ["polyhedron", "transport", "birkhoff", "kl_transport", "kl_birkhoff"]
@@ -288,7 +288,8 @@ def transport(
             # at the solution, so the local convergence stays superlinear.
             shift = 1e-12 + g.abs().amax(-1)
             H = H + shift[..., None, None] * eye
-            d = torch.linalg.solve(H, g.unsqueeze(-1)).squeeze(-1)
+            LU, piv, _ = lu_factor(H)
+            d = torch.linalg.lu_solve(LU, piv, g.unsqueeze(-1)).squeeze(-1)
             # g = P 1 - a = -grad(dual), so the Newton step is u + H^{-1} g.
             # Backtrack on the dual value.
             f0, size = _dual_value(X, alpha, beta, a, b)

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from optlayer import defaults
+from optlayer.linalg._common import lu_factor
 from optlayer.solvers import _qp_dense as dense
 from optlayer.solvers import _qp_ipm as ipm
 from optlayer.status import Status
@@ -161,7 +162,7 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
 def _eqp(K0, rhs0, eye, zero, held: Tensor):
     """``(K, LU, pivots, info, solution)`` of the EQP on the rows ``held``."""
     K = torch.where(held, K0, eye)
-    LU, piv, info = torch.linalg.lu_factor_ex(K)
+    LU, piv, info = lu_factor(K)
     return K, LU, piv, info, torch.linalg.lu_solve(LU, piv, torch.where(held, rhs0, zero))
 
 

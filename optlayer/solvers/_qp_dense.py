@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from optlayer import defaults
+from optlayer.linalg._common import lu_factor
 from optlayer.solvers import _qp_elim as elim
 from optlayer.solvers import _qp_ipm as ipm
 
@@ -150,7 +151,7 @@ def _newton_lu(L: _Layout, v: Tensor):
     J = L.Jreg
     if L.m:
         J = J.index_copy(1, L.idx, v.view(B, L.N).index_select(1, L.perm))
-    LU, piv, info = torch.linalg.lu_factor_ex(J.view(B, L.N, L.N))
+    LU, piv, info = lu_factor(J.view(B, L.N, L.N))
     return LU, piv, info == 0
 
 
@@ -439,7 +440,7 @@ def dense_factor(d: ipm.Data, s: Tensor | None, z: Tensor | None) -> DenseFactor
         reg.append(-delta.expand(B, me))
     Kreg = K.clone()
     Kreg.diagonal(dim1=1, dim2=2).add_(torch.cat(reg, dim=1))
-    LU, piv, info = torch.linalg.lu_factor_ex(Kreg)
+    LU, piv, info = lu_factor(Kreg)
     return DenseFactor(LU, piv, K, J, info == 0)
 
 

@@ -28,7 +28,7 @@ import torch
 from optlayer import defaults
 from optlayer.conditions import kkt
 from optlayer.errors import OptTypeError
-from optlayer.linalg._common import any_all_true
+from optlayer.linalg._common import any_all_true, lu_factor
 from optlayer.solvers._base import RUNNING, IterativeSolver, OptStep, batch_shape_of, norm
 from optlayer.solvers.convex_models import (
     AutogradObjective,
@@ -276,7 +276,7 @@ class ConvexInteriorPoint(IterativeSolver):
         if eq:
             K = torch.cat([torch.cat([K, A.mT], -1),
                            torch.cat([A, A.new_zeros(A.shape[:-1] + (q,))], -1)], -2)
-        LU, piv, _ = torch.linalg.lu_factor_ex(K)
+        LU, piv, _ = lu_factor(K)
 
         # Barrier weight from the surrogate gap, but no sharper than the residuals allow:
         # a gap far below the dual/primal residuals (g + s included) would drive s to 0
