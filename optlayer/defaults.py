@@ -46,6 +46,7 @@ __all__ = [
     "NEWTON_MAX_SIZE",
     "QUADRATIC_MAX_SIZE",
     "OBJECTIVE_MODEL_MAX_ELEMENTS",
+    "READOFF_MAX_ELEMENTS",
     "FP_NEWTON_START",
     "FP_NEWTON_EVERY",
     "FP_NEWTON_MAX_SIZE",
@@ -284,6 +285,15 @@ QUADRATIC_MAX_SIZE = 500
 #: affine output, or per unknown for the quadratic terms); above this many parameter
 #: elements in all the copies (80 MB in float64) the solvers keep autograd instead.
 OBJECTIVE_MODEL_MAX_ELEMENTS = 10_000_000
+#: The kkt paths read the QP data and affine rows off by evaluating the problem at
+#: N + 1 points per item, on as many stacked copies of the parameters; one evaluation
+#: holds at most this many parameter elements in its copies (8 MB in float64); more
+#: points run in chunks (a single point uses the parameters themselves), each
+#: checkpointed where the parameters need gradients (its copies are made again in the
+#: backward instead of kept). (lad_regression, m = 1000, d = 100, batch 2: one
+#: evaluation of all 1101 points held 2.2 GB; chunks of 1e7 elements read off in
+#: 1.24 s, of 1e6 in 0.47 s, of 4e5 in 0.37 s: the copies stay in cache.)
+READOFF_MAX_ELEMENTS = 1_000_000
 #: Fixed-point methods try Newton steps on T(z) - z after this many first-order iterations,
 FP_NEWTON_START = 0
 #: and again this many iterations after a trial some item rejected (doubled after a trial

@@ -13,9 +13,11 @@ recovered exactly from evaluations of the lowered IR:
 * ``p = grad f(0)``, ``Q[:, j] = grad f(e_j) - grad f(0)``;
 * ``h = -g(0)``, ``G[:, j] = g(e_j) - g(0)`` (same for ``A, b``).
 
-All ``N + 1`` points are evaluated in one batched call; the result keeps the
-autograd graph to the parameters, so the QP solver's differentiable backward
-reaches them.
+The ``N + 1`` points are evaluated in one batched call on stacked copies of the
+parameters, whose result keeps the autograd graph to the parameters, so the QP
+solver's differentiable backward reaches them; where the copies would exceed
+``defaults.READOFF_MAX_ELEMENTS`` the points run in chunks, each checkpointed
+(:class:`_ReadOff`: memory bounded by a chunk, the copies made again in the backward).
 
 **General smooth convex** (:func:`solve_convex`). ``f``, ``g`` (every
 inequality row, cone rows in their smooth form ``sum_squares(u) - s^2``) and
@@ -33,6 +35,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from optlayer import defaults
 from optlayer.compiler.program import Program
@@ -55,10 +58,45 @@ from optlayer.tree import tree_map
 __all__ = ["canonicalize_qp", "row_functions", "solve_convex"]
 
 
-def _points(B, N, dtype, device):
-    basis = torch.cat([torch.zeros(1, N, dtype=dtype, device=device),
-                       torch.eye(N, dtype=dtype, device=device)])
-    return basis.unsqueeze(0).expand(B, N + 1, N).reshape(B * (N + 1), N)
+class _ReadOff:
+    """Evaluations at every item's ``N + 1`` read-off points (``0``, then the unit vectors
+    ``e_j``) on stacked copies of the parameters ``P``: all points at once where the
+    copies hold at most ``defaults.READOFF_MAX_ELEMENTS`` parameter elements (made once
+    per call, shared by the functions read off), else in chunks of as many points as
+    fit (``P`` itself for one point: no copy), each checkpointed where the parameters
+    need gradients (its copies are made again in the backward instead of kept: the
+    graph of all of them is what the chunks bound)."""
+
+    def __init__(self, P, B, N, dtype, device) -> None:
+        self.P, self.B, self.N = P, B, N
+        per = max(1, sum(t.numel() for t in P.values()))
+        k = max(1, min(N + 1, defaults.READOFF_MAX_ELEMENTS // per))
+        basis = torch.cat([torch.zeros(1, N, dtype=dtype, device=device),
+                           torch.eye(N, dtype=dtype, device=device)])
+        self.chunks = []
+        for start in range(0, N + 1, k):
+            pts = basis[start:start + k]
+            kk = pts.shape[0]
+            self.chunks.append((pts.unsqueeze(0).expand(B, kk, N).reshape(B * kk, N), kk))
+        self.whole = repeat(P, N + 1) if len(self.chunks) == 1 else None
+
+    def __call__(self, fn):
+        """``fn(Z, PP)`` (``(B * k, ...)`` values) at the points, as ``(B, N + 1, -1)``."""
+        B = self.B
+        if self.whole is not None:
+            return fn(self.chunks[0][0], self.whole).reshape(B, self.N + 1, -1)
+        names = list(self.P)
+
+        def chunk(Z, k, *vals):
+            PP = dict(zip(names, vals, strict=True))
+            return fn(Z, PP if k == 1 else repeat(PP, k)).reshape(B, k, -1)
+
+        # (not under a torch.func transform, whose levels checkpoint's recomputation lacks)
+        graph = torch.is_grad_enabled() and any(t.requires_grad for t in self.P.values()) \
+            and not functorch_active()
+        vals = self.P.values()
+        return torch.cat([checkpoint(chunk, Z, k, *vals, use_reentrant=False) if graph
+                          else chunk(Z, k, *vals) for Z, k in self.chunks], 1)
 
 
 def _affine(values, B, N):
@@ -72,12 +110,18 @@ def row_functions(program: Program):
     return Rows(program, program.plan.ineq), Rows(program, program.plan.eq)
 
 
-def _affine_data(rows: Rows, Z, PP, B, N):
+def _affine_data(rows: Rows, read: _ReadOff):
     if not rows:
         return None, None, []
-    vals = rows.blocks(Z, PP)
-    M, m0 = _affine(torch.cat(vals, dim=-1), B, N)
-    return M, -m0, [v.shape[-1] for v in vals]
+    sizes = []
+
+    def values(Z, PP):
+        vals = rows.blocks(Z, PP)
+        sizes[:] = [v.shape[-1] for v in vals]
+        return torch.cat(vals, dim=-1)
+
+    M, m0 = _affine(read(values), read.B, read.N)
+    return M, -m0, sizes
 
 
 def canonicalize_qp(program: Program, P, B: int, dtype, device):
@@ -89,18 +133,19 @@ def canonicalize_qp(program: Program, P, B: int, dtype, device):
         each constraint in order (for the duals).
     """
     N = program.layout.size
-    Z = _points(B, N, dtype, device)
-    PP = repeat(P, N + 1)
-    with torch.enable_grad():
-        Zr = Z.clone().requires_grad_(True)
-        fz = program.f(Zr, PP)
-        (g,) = torch.autograd.grad(fz.sum(), Zr,
-                                   create_graph=any(t.requires_grad for t in P.values()))
-    Q, p = _affine(g, B, N)
+    graph = any(t.requires_grad for t in P.values())
+
+    def grad(Z, PP):
+        with torch.enable_grad():
+            Zr = Z.clone().requires_grad_(True)
+            return torch.autograd.grad(program.f(Zr, PP).sum(), Zr, create_graph=graph)[0]
+
+    read = _ReadOff(P, B, N, dtype, device)
+    Q, p = _affine(read(grad), B, N)
     Q = 0.5 * (Q + Q.transpose(-1, -2))
     gfun, hfun = _cached(program, "rows", lambda: row_functions(program))
-    G, h, isz = _affine_data(gfun, Z, PP, B, N)
-    A, b, esz = _affine_data(hfun, Z, PP, B, N)
+    G, h, isz = _affine_data(gfun, read)
+    A, b, esz = _affine_data(hfun, read)
     return Q, p, G, h, A, b, isz, esz
 
 
@@ -215,7 +260,7 @@ def _setup(program, Pd, B, N, dtype, device, hfun):
     derivative models (empty under ``torch.func`` transforms)."""
     eq, esz = None, []
     if hfun:
-        A, b, esz = _affine_data(hfun, _points(B, N, dtype, device), repeat(Pd, N + 1), B, N)
+        A, b, esz = _affine_data(hfun, _ReadOff(Pd, B, N, dtype, device))
         eq = (A, b)
     models = {} if functorch_active() else _models(program, Pd, B, N, dtype, device)
     return eq, esz, models
@@ -289,7 +334,7 @@ def _inside_domains(program, P, B, N, dtype, device, z, eq, tol):
         return z, None
     from optlayer.solvers.qp import solve_qp
 
-    D, d, _ = _affine_data(rows, _points(B, N, dtype, device), repeat(P, N + 1), B, N)
+    D, d, _ = _affine_data(rows, _ReadOff(P, B, N, dtype, device))
     k = D.shape[1]
     w = defaults.DOMAIN_START_WEIGHT
     Q = torch.diag_embed(torch.cat([z.new_full((N,), w), z.new_zeros(1)])).expand(B, -1, -1)

@@ -1,0 +1,85 @@
+"""The kkt paths' read-off of the QP data and affine rows in chunks
+(``compiler.canon._ReadOff``): above ``defaults.READOFF_MAX_ELEMENTS`` parameter
+elements in the copies, the ``N + 1`` points run in chunks (checkpointed where the
+parameters need gradients), with the same data, solutions and gradients as one
+evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import optlayer as ol
+from optlayer import defaults
+from optlayer.compiler import canonicalize_qp, expand_params
+from optlayer.layer import random_params
+
+D = torch.float64
+
+# an LP with equalities and inequalities (quantile regression), a QP with absolute
+# values rewritten to epigraph rows (lad regression with a ridge), a general QP
+PROBLEMS = ["quantile_regression", "lad_regression", "general_qp"]
+
+
+def _layer(name, **kw):
+    return ol.load(f"examples/problems/{name}.opt", **kw)
+
+
+def _data(layer, P, B):
+    return canonicalize_qp(layer.program, P, B, D, "cpu")
+
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+@pytest.mark.parametrize("budget", [1, 500])   # chunks of 1 point; of 4 to 8
+def test_chunked_data_equal_one_evaluation(name, budget, monkeypatch):
+    layer = _layer(name)
+    P, B, _ = expand_params(layer.problem, random_params(layer.problem, batch=3, seed=1))
+    whole = _data(layer, P, B)
+    monkeypatch.setattr(defaults, "READOFF_MAX_ELEMENTS", budget)
+    chunked = _data(layer, P, B)
+    for a, b in zip(whole[:6], chunked[:6], strict=True):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-13)
+    assert whole[6:] == chunked[6:]
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_chunked_layer_same_solution_and_gradients(name, monkeypatch):
+    vals = random_params(_layer(name).problem, batch=4, seed=2)
+
+    def run():
+        layer = _layer(name, tol=1e-12)
+        ins = {k: v.clone().requires_grad_(True) for k, v in vals.items()}
+        out = layer(**ins)
+        x = out if isinstance(out, torch.Tensor) else torch.cat([o.flatten(1) for o in out], 1)
+        w = torch.linspace(-1.0, 1.0, x.numel(), dtype=D).reshape(x.shape)
+        grads = torch.autograd.grad((w * x).sum(), list(ins.values()))
+        return x.detach(), grads
+
+    x0, g0 = run()
+    monkeypatch.setattr(defaults, "READOFF_MAX_ELEMENTS", 1)   # one point per chunk
+    x1, g1 = run()
+    torch.testing.assert_close(x1, x0, rtol=0, atol=1e-10)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10)
+
+
+def test_chunked_gradients_match_finite_differences(monkeypatch):
+    monkeypatch.setattr(defaults, "READOFF_MAX_ELEMENTS", 50)
+    layer = _layer("lad_regression", tol=1e-12)
+    vals = random_params(layer.problem, batch=2, seed=3)
+    X = vals["X"].clone().requires_grad_(True)
+    w = torch.randn(2, layer.program.layout.shapes["w"][0], dtype=D,
+                    generator=torch.Generator().manual_seed(0))
+    (gX,) = torch.autograd.grad((w * layer(X=X, t=vals["t"])).sum(), X)
+    eps = 1e-6
+    for idx in [(0, 0, 0), (1, 3, 1), (0, 7, 2)]:
+        Xp, Xm = vals["X"].clone(), vals["X"].clone()
+        Xp[idx] += eps
+        Xm[idx] -= eps
+        fd = ((w * layer(X=Xp, t=vals["t"])).sum() - (w * layer(X=Xm, t=vals["t"])).sum()) \
+            / (2 * eps)
+        assert abs(float(fd) - float(gX[idx])) < 1e-6 * (1 + abs(float(fd)))
