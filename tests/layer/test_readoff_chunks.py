@@ -12,6 +12,7 @@ import torch
 import optlayer as ol
 from optlayer import defaults
 from optlayer.compiler import canonicalize_qp, expand_params
+from optlayer.compiler.canon import _ReadOff
 from optlayer.layer import random_params
 
 D = torch.float64
@@ -29,7 +30,6 @@ def _data(layer, P, B):
     return canonicalize_qp(layer.program, P, B, D, "cpu")
 
 
-
 @pytest.mark.parametrize("name", PROBLEMS)
 @pytest.mark.parametrize("budget", [1, 500])   # chunks of 1 point; of 4 to 8
 def test_chunked_data_equal_one_evaluation(name, budget, monkeypatch):
@@ -37,6 +37,9 @@ def test_chunked_data_equal_one_evaluation(name, budget, monkeypatch):
     P, B, _ = expand_params(layer.problem, random_params(layer.problem, batch=3, seed=1))
     whole = _data(layer, P, B)
     monkeypatch.setattr(defaults, "READOFF_MAX_ELEMENTS", budget)
+    N = layer.program.layout.size
+    sizes = [k for _, k in _ReadOff(P, B, N, D, "cpu").chunks]
+    assert len(sizes) > 1 and sum(sizes) == N + 1   # the points do run in chunks
     chunked = _data(layer, P, B)
     for a, b in zip(whole[:6], chunked[:6], strict=True):
         if a is None:
