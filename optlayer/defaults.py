@@ -293,6 +293,10 @@ OBJECTIVE_MODEL_MAX_ELEMENTS = 10_000_000
 #: backward instead of kept). (lad_regression, m = 1000, d = 100, batch 2: with one
 #: evaluation of all 1101 points the layer's process peaked at 2.7 GB, now 1.2 GB;
 #: chunks of 1e7 elements read off in 1.24 s, of 1e6 in 0.47 s, of 4e5 in 0.37 s.)
+#: The same bound holds the convex path's read-off (compiler.smooth.taylor: a point per
+#: row and unknown) and its autograd rows (N + r points per evaluation): robust_ls at
+#: n = 200, m = 300, k = 20, batch 16 peaked at 3.8 GB, now 0.5 GB, its forward 1.7x
+#: faster.
 READOFF_MAX_ELEMENTS = 1_000_000
 #: Fixed-point methods try Newton steps on T(z) - z after this many first-order iterations,
 FP_NEWTON_START = 0

@@ -458,11 +458,15 @@ class _FunctionRows:
     one backward pass; ``second`` evaluates the rows on ``n + r`` copies of each item
     (weights ``λ`` on the first ``n``, ``e_i`` on the last ``r``) so that one backward
     pass gives ``∇(λᵀg)`` and ``Dg`` and one more the Hessian of ``λᵀg`` (no loop over
-    rows or columns)."""
+    rows or columns). The parameter copies are made once where they hold at most
+    ``defaults.READOFF_MAX_ELEMENTS`` elements, else for each evaluation, in chunks of
+    points under that bound (the memory stays bounded, the copying is repeated)."""
 
     def __init__(self, rows: Rows, P, B, N, r) -> None:
         self.rows, self.P, self.B, self.N, self.r = rows, P, B, N, r
-        self.PP = repeat(P, N + r)
+        per = max(1, sum(t.numel() for t in P.values()))
+        self.size = max(1, min(N + r, defaults.READOFF_MAX_ELEMENTS // per))
+        self.PP = repeat(P, N + r) if self.size == N + r else None
         like = next(iter(P.values()))
         opts = {"dtype": like.dtype, "device": like.device}
         self.E = torch.cat([torch.eye(N, **opts), torch.zeros(r, N, **opts)]).expand(B, -1, -1)
@@ -479,22 +483,39 @@ class _FunctionRows:
             (v,) = torch.autograd.grad(g, z, grad_outputs=lam, materialize_grads=True)
         return g.detach(), v
 
+    def _points(self, x, W, start, k):
+        """Values, gradients of ``W``-weighted rows and the second pass (None for affine
+        rows) at points ``start ... start + k - 1`` of every item, as ``(B, k, ...)``."""
+        B, N, r = self.B, self.N, self.r
+        if self.PP is not None:
+            PP = self.PP
+        else:
+            PP = self.P if k == 1 else repeat(self.P, k)
+        with torch.enable_grad():
+            Z = x.detach().repeat_interleave(k, 0).requires_grad_(True)
+            g = self.rows(Z, PP)
+            (gr,) = torch.autograd.grad((W[:, start:start + k].reshape(-1, r) * g).sum(), Z,
+                                        create_graph=True, materialize_grads=True)
+            H = None
+            if gr.requires_grad:
+                E = self.E[:, start:start + k].reshape(-1, N)
+                (H,) = torch.autograd.grad((gr * E).sum(), Z, materialize_grads=True)
+                H = H.reshape(B, k, N)
+        return g.detach().reshape(B, k, r), gr.detach().reshape(B, k, N), H
+
     @outside_inference_mode
     def second(self, x, lam):
         B, N, r = self.B, self.N, self.r
-        W = torch.cat([lam.unsqueeze(1).expand(B, N, r), self.eye_r], 1).reshape(-1, r)
-        with torch.enable_grad():
-            Z = x.detach().repeat_interleave(N + r, 0).requires_grad_(True)
-            g = self.rows(Z, self.PP)
-            (gr,) = torch.autograd.grad((W * g).sum(), Z, create_graph=True,
-                                        materialize_grads=True)
-            H = None
-            if gr.requires_grad:
-                (H,) = torch.autograd.grad((gr * self.E.reshape(-1, N)).sum(), Z,
-                                           materialize_grads=True)
-                H = H.reshape(B, N + r, N)[:, :N, :]
-        gr = gr.detach().reshape(B, N + r, N)
-        return g.detach().reshape(B, N + r, r)[:, 0, :], gr[:, N:, :], H
+        W = torch.cat([lam.unsqueeze(1).expand(B, N, r), self.eye_r], 1)
+        parts = [self._points(x, W, start, min(self.size, N + r - start))
+                 for start in range(0, N + r, self.size)]
+        g = parts[0][0][:, 0, :]
+        gr = torch.cat([p[1] for p in parts], 1) if len(parts) > 1 else parts[0][1]
+        H = None
+        if parts[0][2] is not None:
+            H = torch.cat([p[2] for p in parts], 1) if len(parts) > 1 else parts[0][2]
+            H = H[:, :N, :]
+        return g, gr[:, N:, :], H
 
 
 def _models(program: Program, P, B, N, dtype, device) -> dict:

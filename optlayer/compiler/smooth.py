@@ -65,29 +65,43 @@ class Rows:
 
 def taylor(fn, P, B, N, k, dtype, device, second):
     """Value, Jacobian and (``second``) Hessians at ``z = 0`` of ``fn(z, P) -> (B, k)``, by
-    autograd on copies of ``z = 0`` (one forward pass on ``B k N`` points, no loop):
-    ``(c (B, k), J (B, k, N), Q (B, k, N, N) or None)``. Exact (no differences): for an
-    affine or quadratic ``fn`` these are its coefficients."""
+    autograd on copies of ``z = 0``: one copy per item, row ``i`` and (``second``) unknown
+    ``j``, weighted by ``e_i`` for the first backward pass and ``e_j`` for the second, so
+    ``B k N`` points in all and no loop over rows or unknowns. The copies of ``P`` they
+    need run in chunks of at most ``defaults.READOFF_MAX_ELEMENTS`` parameter elements
+    (a chunk of one point per item uses ``P`` itself), so the memory stays bounded
+    however large ``k N`` and the data are.
+    ``(c (B, k), J (B, k, N), Q (B, k, N, N) or None)``, detached. Exact (no differences):
+    for an affine or quadratic ``fn`` these are its coefficients."""
     m = N if second else 1
-    Z = torch.zeros(B * k * m, N, dtype=dtype, device=device, requires_grad=True)
-    PP = repeat(P, k * m)
-    eye_k = torch.eye(k, dtype=dtype, device=device)
-    W = eye_k.unsqueeze(1).expand(k, m, k).reshape(1, k * m, k).expand(B, -1, -1)
-    with torch.enable_grad():
-        vals = fn(Z, PP)
-        (gr,) = torch.autograd.grad((W.reshape(-1, k) * vals).sum(), Z, create_graph=second,
-                                    materialize_grads=True)
-        Q = None
-        if second:
-            E = torch.eye(N, dtype=dtype, device=device).expand(B * k, N, N).reshape(-1, N)
-            if gr.requires_grad:
-                (Hr,) = torch.autograd.grad((gr * E).sum(), Z, materialize_grads=True)
-                Q = Hr.reshape(B, k, N, N).detach()
-                Q = 0.5 * (Q + Q.transpose(-1, -2))
-            else:
-                Q = torch.zeros(B, k, N, N, dtype=dtype, device=device)
-    c = vals.detach().reshape(B, k * m, k)[:, 0, :]
-    J = gr.detach().reshape(B, k, m, N)[:, :, 0, :]
+    pairs = k * m                      # point t: row t // m, unknown t % m
+    per = max(1, sum(t.numel() for t in P.values()))
+    size = max(1, min(pairs, defaults.READOFF_MAX_ELEMENTS // per))
+    W = torch.eye(k, dtype=dtype, device=device).repeat_interleave(m, 0)    # (pairs, k)
+    E = torch.eye(N, dtype=dtype, device=device).repeat(k, 1) if second else None
+    c, grads, hess = None, [], []
+    for start in range(0, pairs, size):
+        kk = min(size, pairs - start)
+        Z = torch.zeros(B * kk, N, dtype=dtype, device=device, requires_grad=True)
+        w = W[start:start + kk].expand(B, kk, k).reshape(-1, k)
+        with torch.enable_grad():
+            vals = fn(Z, P if kk == 1 else repeat(P, kk))
+            (gr,) = torch.autograd.grad((w * vals).sum(), Z, create_graph=second,
+                                        materialize_grads=True)
+            if second and gr.requires_grad:   # (not for an affine fn: no curvature)
+                e = E[start:start + kk].expand(B, kk, N).reshape(-1, N)
+                (Hr,) = torch.autograd.grad((gr * e).sum(), Z, materialize_grads=True)
+                hess.append(Hr.reshape(B, kk, N))
+        if c is None:   # the value at z = 0, the same at every point
+            c = vals.detach().reshape(B, kk, k)[:, 0, :]
+        grads.append(gr.detach().reshape(B, kk, N))
+    J = (torch.cat(grads, 1) if len(grads) > 1 else grads[0]).reshape(B, k, m, N)[:, :, 0, :]
+    Q = None
+    if second and not hess:
+        Q = torch.zeros(B, k, N, N, dtype=dtype, device=device)
+    elif second:
+        Q = (torch.cat(hess, 1) if len(hess) > 1 else hess[0]).reshape(B, k, N, N).detach()
+        Q = 0.5 * (Q + Q.transpose(-1, -2))
     return c, J, Q
 
 
