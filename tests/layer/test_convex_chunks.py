@@ -17,6 +17,8 @@ from optlayer.compiler.canon import _FunctionRows, _structure
 from optlayer.compiler.smooth import Rows, taylor
 from optlayer.layer import random_params
 
+from .chunks import assert_same_in_chunks
+
 D = torch.float64
 
 # a row with two smooth atoms: no closed-form row model, autograd rows (_FunctionRows)
@@ -120,19 +122,4 @@ def test_chunked_convex_layer_same_solution_and_gradients(source, monkeypatch):
         return ol.load("examples/problems/robust_ls.opt", tol=1e-12)
 
     vals = random_params(make().problem, batch=4, seed=3)
-
-    def run():
-        layer = make()
-        ins = {k: v.clone().requires_grad_(True) for k, v in vals.items()}
-        x = layer(**ins)
-        assert layer.info.status.tolist() == [0] * 4
-        w = torch.linspace(-1.0, 1.0, x.numel(), dtype=D).reshape(x.shape)
-        grads = torch.autograd.grad((w * x).sum(), list(ins.values()))
-        return x.detach(), grads
-
-    x0, g0 = run()
-    monkeypatch.setattr(defaults, "READOFF_MAX_ELEMENTS", 1)   # one point per chunk
-    x1, g1 = run()
-    torch.testing.assert_close(x1, x0, rtol=0, atol=1e-10)
-    for a, b in zip(g0, g1, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10)
+    assert_same_in_chunks(make, vals, monkeypatch)

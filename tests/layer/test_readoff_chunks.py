@@ -15,6 +15,8 @@ from optlayer.compiler import canonicalize_qp, expand_params
 from optlayer.compiler.canon import _ReadOff
 from optlayer.layer import random_params
 
+from .chunks import assert_same_in_chunks
+
 D = torch.float64
 
 # an LP with equalities and inequalities (quantile regression), a QP with absolute
@@ -52,22 +54,7 @@ def test_chunked_data_equal_one_evaluation(name, budget, monkeypatch):
 @pytest.mark.parametrize("name", PROBLEMS)
 def test_chunked_layer_same_solution_and_gradients(name, monkeypatch):
     vals = random_params(_layer(name).problem, batch=4, seed=2)
-
-    def run():
-        layer = _layer(name, tol=1e-12)
-        ins = {k: v.clone().requires_grad_(True) for k, v in vals.items()}
-        out = layer(**ins)
-        x = out if isinstance(out, torch.Tensor) else torch.cat([o.flatten(1) for o in out], 1)
-        w = torch.linspace(-1.0, 1.0, x.numel(), dtype=D).reshape(x.shape)
-        grads = torch.autograd.grad((w * x).sum(), list(ins.values()))
-        return x.detach(), grads
-
-    x0, g0 = run()
-    monkeypatch.setattr(defaults, "READOFF_MAX_ELEMENTS", 1)   # one point per chunk
-    x1, g1 = run()
-    torch.testing.assert_close(x1, x0, rtol=0, atol=1e-10)
-    for a, b in zip(g0, g1, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10)
+    assert_same_in_chunks(lambda: _layer(name, tol=1e-12), vals, monkeypatch)
 
 
 def test_chunked_gradients_match_finite_differences(monkeypatch):
