@@ -43,6 +43,7 @@ from optlayer.compiler.quadratic import degree
 from optlayer.compiler.smooth import (
     Rows,
     bare_row,
+    chunk_points,
     objective_model,
     repeat,
     smooth_model,
@@ -69,8 +70,7 @@ class _ReadOff:
 
     def __init__(self, P, B, N, dtype, device) -> None:
         self.P, self.B, self.N = P, B, N
-        per = max(1, sum(t.numel() for t in P.values()))
-        k = max(1, min(N + 1, defaults.READOFF_MAX_ELEMENTS // per))
+        k = chunk_points(P, N + 1)
         basis = torch.cat([torch.zeros(1, N, dtype=dtype, device=device),
                            torch.eye(N, dtype=dtype, device=device)])
         self.chunks = []
@@ -464,8 +464,7 @@ class _FunctionRows:
 
     def __init__(self, rows: Rows, P, B, N, r) -> None:
         self.rows, self.P, self.B, self.N, self.r = rows, P, B, N, r
-        per = max(1, sum(t.numel() for t in P.values()))
-        self.size = max(1, min(N + r, defaults.READOFF_MAX_ELEMENTS // per))
+        self.size = chunk_points(P, N + r)
         self.PP = repeat(P, N + r) if self.size == N + r else None
         like = next(iter(P.values()))
         opts = {"dtype": like.dtype, "device": like.device}

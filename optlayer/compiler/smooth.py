@@ -23,13 +23,21 @@ from optlayer.compiler.quadratic import degree
 from optlayer.linalg._common import functorch_active
 
 __all__ = ["ELEMENTWISE_ATOMS", "REDUCED_ATOMS", "ObjectiveModel", "Rows", "SmoothSpec",
-           "bare_row", "objective_model", "objective_terms", "repeat", "smooth_model",
-           "smooth_parts", "spec_parts", "taylor"]
+           "bare_row", "chunk_points", "objective_model", "objective_terms", "repeat",
+           "smooth_model", "smooth_parts", "spec_parts", "taylor"]
 
 
 def repeat(P, k):
     """Each parameter's items repeated ``k`` times in place (``b`` -> ``b, b, ...``)."""
     return {n: t.repeat_interleave(k, dim=0) for n, t in P.items()}
+
+
+def chunk_points(P, points: int) -> int:
+    """How many of ``points`` read-off points to evaluate at once on :func:`repeat` copies
+    of ``P`` (each ``(B, ...)``): as many as keep the copies within
+    ``defaults.READOFF_MAX_ELEMENTS`` parameter elements, at least one."""
+    per = max(1, sum(t.numel() for t in P.values()))
+    return max(1, min(points, defaults.READOFF_MAX_ELEMENTS // per))
 
 
 class Rows:
@@ -75,8 +83,7 @@ def taylor(fn, P, B, N, k, dtype, device, second):
     for an affine or quadratic ``fn`` these are its coefficients."""
     m = N if second else 1
     pairs = k * m                      # point t: row t // m, unknown t % m
-    per = max(1, sum(t.numel() for t in P.values()))
-    size = max(1, min(pairs, defaults.READOFF_MAX_ELEMENTS // per))
+    size = chunk_points(P, pairs)
     W = torch.eye(k, dtype=dtype, device=device).repeat_interleave(m, 0)    # (pairs, k)
     E = torch.eye(N, dtype=dtype, device=device).repeat(k, 1) if second else None
     c, grads, hess = None, [], []
