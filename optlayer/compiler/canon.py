@@ -70,9 +70,20 @@ class _ReadOff:
 
     def __init__(self, P, B, N, dtype, device) -> None:
         self.P, self.B, self.N = P, B, N
+        self.dtype, self.device = dtype, device
+        self.chunks = None   # the points and copies, made at the first call
+
+    def chunk_sizes(self) -> list:
+        """The number of points in each chunk."""
+        if self.chunks is None:
+            self._points()
+        return [k for _, k in self.chunks]
+
+    def _points(self):
+        B, N, P = self.B, self.N, self.P
         k = chunk_points(P, N + 1)
-        basis = torch.cat([torch.zeros(1, N, dtype=dtype, device=device),
-                           torch.eye(N, dtype=dtype, device=device)])
+        basis = torch.cat([torch.zeros(1, N, dtype=self.dtype, device=self.device),
+                           torch.eye(N, dtype=self.dtype, device=self.device)])
         self.chunks = []
         for start in range(0, N + 1, k):
             pts = basis[start:start + k]
@@ -83,6 +94,8 @@ class _ReadOff:
     def __call__(self, fn):
         """``fn(Z, PP)`` (``(B * k, ...)`` values) at the points, as ``(B, N + 1, -1)``."""
         B = self.B
+        if self.chunks is None:
+            self._points()
         if self.whole is not None:
             return fn(self.chunks[0][0], self.whole).reshape(B, self.N + 1, -1)
         names = list(self.P)
@@ -111,8 +124,15 @@ def row_functions(program: Program):
 
 
 def _affine_data(rows: Rows, read: _ReadOff):
+    """``(M, m0, sizes)`` with ``rows(z) = M z - m0``: from the rows' coefficients
+    (:class:`~optlayer.compiler.coefficients.AffineMaps`) where their atoms have tangent
+    rules, else read off at the ``N + 1`` points."""
     if not rows:
         return None, None, []
+    cJ = rows.coefficients(read.P, read.B, torch.zeros((), dtype=read.dtype,
+                                                        device=read.device))
+    if cJ is not None:
+        return cJ[1], -cJ[0], [int(math.prod(e.shape)) for e in rows.exprs]
     sizes = []
 
     def values(Z, PP):
@@ -141,8 +161,12 @@ def canonicalize_qp(program: Program, P, B: int, dtype, device):
             return torch.autograd.grad(program.f(Zr, PP).sum(), Zr, create_graph=graph)[0]
 
     read = _ReadOff(P, B, N, dtype, device)
-    Q, p = _affine(read(grad), B, N)
-    Q = 0.5 * (Q + Q.transpose(-1, -2))
+    model = program.quadratic_model()
+    if defaults.READOFF_COEFFICIENTS and model.ok:
+        Q, p = model(P, B, torch.zeros((), dtype=dtype, device=device))
+    else:
+        Q, p = _affine(read(grad), B, N)
+        Q = 0.5 * (Q + Q.transpose(-1, -2))
     gfun, hfun = _cached(program, "rows", lambda: row_functions(program))
     G, h, isz = _affine_data(gfun, read)
     A, b, esz = _affine_data(hfun, read)
@@ -520,7 +544,8 @@ class _FunctionRows:
 def _models(program: Program, P, B, N, dtype, device) -> dict:
     """Models for :class:`ConvexInteriorPoint`: a quadratic objective as ``(Q, p)``, affine
     rows as ``(G, h)``, quadratic rows as ``(Q_i, p_i, c_i)``, cone rows as the affine data
-    of ``(u, s)`` (all read off once per call, exactly, by :func:`taylor`), other rows
+    of ``(u, s)`` (all read off once per call, exactly: from their coefficients,
+    :meth:`~optlayer.compiler.smooth.Rows.coefficients`, or by :func:`taylor`), other rows
     by autograd on their own tape. An objective with smooth-atom terms gets its
     closed-form model (:func:`optlayer.compiler.smooth.objective_model`) where every term
     has one, else autograd. The split of the rows is cached per program."""
@@ -529,9 +554,19 @@ def _models(program: Program, P, B, N, dtype, device) -> dict:
     out = {}
     st = _structure(program, P, N, False)
     quad = None
-    if st["quadratic"]:
+    model = program.quadratic_model()
+    rows = next((fn for kind, fn, _, _ in st["blocks"] if kind == 2), None)
+    like = torch.zeros((), dtype=dtype, device=device)
+    qrows = None if rows is None or not st["quadratic"] or not model.ok else \
+        rows.coefficients(P, B, like, second=True)
+    if st["quadratic"] and model.ok and defaults.READOFF_COEFFICIENTS and (
+            rows is None or qrows is not None):
+        Q, p = model(P, B, like)
+        qobj = QuadraticObjective(Q.detach(), p.detach())
+        out["objective_model"] = lambda _p: qobj
+        quad = None if qrows is None else tuple(t.detach() for t in qrows)
+    elif st["quadratic"]:
         # the objective and the quadratic rows (at most one block) in one second-order pass
-        rows = next((fn for kind, fn, _, _ in st["blocks"] if kind == 2), None)
         k = 1 + (0 if rows is None else next(k for kind, _, k, _ in st["blocks"] if kind == 2))
 
         def f(z, PP):
@@ -645,7 +680,9 @@ def _stacked(st, P, B, N, dtype, device, quad=None):
     first = None
     if st["first"]:
         ks = [k for kind, _, k, _ in blocks if kind in _FIRST_ORDER]
-        c, J, _ = taylor(st["first"], P, B, N, sum(ks), dtype, device, second=False)
+        cJ = st["first"].coefficients(P, B, torch.zeros((), dtype=dtype, device=device))
+        c, J = (t.detach() for t in cJ) if cJ is not None else \
+            taylor(st["first"], P, B, N, sum(ks), dtype, device, second=False)[:2]
         first = zip(torch.split(c, ks, -1), torch.split(J, ks, -2), strict=True)
     parts, sizes = [], []
     for kind, fn, k, spec in blocks:
@@ -654,8 +691,12 @@ def _stacked(st, P, B, N, dtype, device, quad=None):
         if kind == 1:
             parts.append(AffineRows(J, -c))
         elif kind == 2:
-            c, J, Q = quad if quad is not None else \
-                taylor(fn, P, B, N, k, dtype, device, second=True)
+            if quad is None:
+                quad = fn.coefficients(P, B, torch.zeros((), dtype=dtype, device=device),
+                                       second=True)
+                quad = taylor(fn, P, B, N, k, dtype, device, second=True) if quad is None \
+                    else tuple(t.detach() for t in quad)
+            c, J, Q = quad
             parts.append(QuadraticRows(Q, J, c))
         elif kind in (3, 5):
             model = QuadOverLinRows if kind == 3 else NormRows

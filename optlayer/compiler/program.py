@@ -27,6 +27,7 @@ from optlayer import defaults, projections
 from optlayer import prox as prox_catalog
 from optlayer.compiler import iterate
 from optlayer.compiler.classify import Plan
+from optlayer.compiler.coefficients import QuadraticModel
 from optlayer.compiler.iterate import SolveResult
 from optlayer.compiler.lower import Layout, Tape, eval_like, eval_scalar
 from optlayer.compiler.quadratic import bmv, is_quadratic, quadratic_data
@@ -106,10 +107,22 @@ class Program:
         return {name: apply(_atom_of(p), [self.problem.vars[name]])
                 for name, (p, _w, _h) in self.plan.prox.items()}
 
+    def quadratic_model(self) -> QuadraticModel:
+        """The objective's :class:`~optlayer.compiler.coefficients.QuadraticModel` (made
+        once; its ``ok`` says whether it covers the objective's terms)."""
+        model = self.derived.get("quadratic")
+        if model is None:
+            model = self.derived["quadratic"] = QuadraticModel(self.layout, self.plan.smooth)
+        return model
+
     def quad(self, P):
         """``(Q, p)`` with ``f(z) = 1/2 z'Qz + p'z + c`` (only for :attr:`quadratic`);
-        differentiable in ``P`` when a parameter requires grad."""
+        differentiable in ``P`` when a parameter requires grad: from the terms'
+        coefficients where the model covers them, else read off at ``N + 1`` points."""
         t = next(iter(P.values()))
+        model = self.quadratic_model()
+        if defaults.READOFF_COEFFICIENTS and model.ok:
+            return model(P, t.shape[0], t)
         return quadratic_data(self.f, P, t.shape[0], self.layout.size, t.dtype, t.device)
 
     def grad(self, z, P, qp=None) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from optlayer import defaults
+from optlayer.compiler.coefficients import AffineMaps, QuadraticModel
 from optlayer.compiler.lower import Tape
 from optlayer.compiler.quadratic import degree
 from optlayer.linalg._common import functorch_active
@@ -50,6 +51,7 @@ class Rows:
         self.exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr
                       for r in self.rows]
         self.tape = Tape(self.exprs) if self.rows else None
+        self._coefficients: dict = {}   # second -> the model of coefficients()
 
     def __bool__(self) -> bool:
         return bool(self.rows)
@@ -66,6 +68,25 @@ class Rows:
 
     def __call__(self, z, P) -> torch.Tensor:
         return torch.cat(self.blocks(z, P), dim=-1)
+
+    def coefficients(self, P, B: int, like, second: bool = False):
+        """As :func:`taylor` at ``P`` for affine rows (``second``: scalar quadratic rows),
+        from their coefficients (:mod:`optlayer.compiler.coefficients`: one pass over the
+        IR, differentiable in ``P``): ``(c (B, rows), J (B, rows, N))``, and the rows'
+        Hessians ``(B, rows, N, N)`` with ``second``; None where an atom or a form is not
+        covered or ``defaults.READOFF_COEFFICIENTS`` is off (the caller reads off at
+        points)."""
+        if not defaults.READOFF_COEFFICIENTS:
+            return None
+        model = self._coefficients.get(second)
+        if model is None:
+            model = self._coefficients[second] = (
+                QuadraticModel(self.program.layout, [(1.0, e) for e in self.exprs])
+                if second and all(e.shape == () for e in self.exprs)
+                else None if second else AffineMaps(self.program.layout, self.exprs))
+        if model is None or not model.ok:
+            return None
+        return model.rows(P, B, like)
 
     def sizes(self, z, P) -> list:
         return [b.shape[-1] for b in self.blocks(z, P)]
@@ -364,19 +385,32 @@ def objective_model(program, P) -> ObjectiveModel | None:
     quad, quad_fn, specs, parts_fn, sizes = st
     like = next(iter(P.values()))
     B = like.shape[0]
-    copies = max(sum(sizes), N if quad_fn is not None else 0)
+    # from the coefficients where they cover the pieces, else by taylor on copies of P
+    cJ = parts_fn.coefficients(P, B, like)
+    Qpc = None
+    if quad_fn is not None and defaults.READOFF_COEFFICIENTS:
+        qmodel = program.derived.get("objective quadratic terms")
+        if qmodel is None:
+            qmodel = program.derived["objective quadratic terms"] = QuadraticModel(
+                program.layout, list(zip(quad, quad_fn.exprs, strict=True)))
+        Qpc = qmodel(P, B, like, value=True) if qmodel.ok else None
+    copies = max(sum(sizes) if cJ is None else 0,
+                 N if quad_fn is not None and Qpc is None else 0)
     if B * copies * sum(t[0].numel() for t in P.values()) > \
             defaults.OBJECTIVE_MODEL_MAX_ELEMENTS:
         return None
     opts = {"dtype": like.dtype, "device": like.device}
     Q = None
     p, c0 = like.new_zeros(B, N), like.new_zeros(B)
-    if quad_fn is not None:
+    if Qpc is not None:
+        Q, p, c0 = (t.detach() for t in Qpc)
+    elif quad_fn is not None:
         wq = torch.tensor(quad, **opts)
         c, J, H = taylor(lambda Z, PP: (quad_fn(Z, PP) * wq).sum(-1, keepdim=True), P, B, N,
                          1, second=True, **opts)
         Q, p, c0 = H[:, 0], J[:, 0], c[:, 0]
-    c, J, _ = taylor(parts_fn, P, B, N, sum(sizes), second=False, **opts)
+    c, J = (t.detach() for t in cJ) if cJ is not None else \
+        taylor(parts_fn, P, B, N, sum(sizes), second=False, **opts)[:2]
     rows, at = [], 0
     for _w, spec in specs:
         k = sum(spec.split)

@@ -64,6 +64,13 @@ class Atom:
         symbol: operator text for operators (``+``, ``@``, ...), else ``None``.
         const_args: indices of arguments that must not depend on variables.
         hint: a rewrite hint shown with DCP errors, if any.
+        tangent: for atoms linear in each argument that carries the variables (the
+            arguments of the others are variable-free), the map of Jacobians:
+            ``(args, declared_ndims, static, moving) -> Jacobian`` where ``args[i]`` is
+            the Jacobian ``(lead, *declared_i, N)`` (its ``N`` tangents last) of each
+            argument with ``moving[i]`` true and the value ``(*lead, *declared_i)`` of
+            the others; ``None`` for the rest. Read by
+            :mod:`optlayer.compiler.coefficients` (the coefficients of affine rows).
     """
 
     name: str
@@ -84,6 +91,7 @@ class Atom:
     why_unknown: Callable | None = field(default=None)
     domain_rule: Callable | None = None
     degree: Callable | None = None
+    tangent: Callable | None = None
 
     def degree_of(self, degrees, static=()) -> int | None:
         """Polynomial degree in the variables (0, 1, 2) or ``None`` (not a quadratic).
@@ -431,6 +439,92 @@ def _power_impl(ts, nds, st):
     return torch.pow(x, p)
 
 
+
+# ----------------------------------------------------------- Jacobian (tangent) rules
+# A Jacobian carries the declared dims of its node, then the N tangents; its leading
+# dim is 1 (the same for every item) or the batch. Values of variable-free arguments
+# keep their own leading dims (none for constants).
+
+def _jlift(J, nd, k):
+    """A Jacobian of ``nd`` declared dims aligned to ``k`` (as :func:`_align`)."""
+    return J.reshape(J.shape[:-1] + (1,) * (k - nd) + J.shape[-1:]) if nd < k else J
+
+
+def _vlift(v, nd, k):
+    """A value of ``nd`` declared dims aligned to ``k``, with a unit tangent dim."""
+    return v.reshape(v.shape + (1,) * (k - nd + 1))
+
+
+def _t_add(sign):
+    def rule(ts, nds, st, moving):
+        k, out = max(nds), None
+        for i, (t, nd) in enumerate(zip(ts, nds, strict=True)):
+            if moving[i]:
+                t = _jlift(t, nd, k)
+                t = t if i == 0 or sign > 0 else -t
+                out = t if out is None else out + t
+        return out
+    return rule
+
+
+def _t_scale(op):
+    """``mul`` / ``div``: the moving argument's Jacobian times (over) the other's value."""
+    def rule(ts, nds, st, moving):
+        i = 0 if moving[0] else 1
+        k = max(nds)
+        return op(_jlift(ts[i], nds[i], k), _vlift(ts[1 - i], nds[1 - i], k))
+    return rule
+
+
+def _t_matmul(ts, nds, st, moving):
+    na, nb = nds
+    if moving[1] and na == 2 and nb == 1:       # A @ x: the common case, one matmul
+        return ts[0] @ ts[1]
+    if moving[0] and na == 1 and nb == 2:       # x' @ A
+        return ts[1].mT @ ts[0]
+    a = "ij" if na == 2 else "j"
+    b = "jk" if nb == 2 else "j"
+    out = (a[0] if na == 2 else "") + (b[1] if nb == 2 else "")
+    a, b = (a + "n", b) if moving[0] else (a, b + "n")
+    return torch.einsum(f"...{a},...{b}->...{out}n", ts[0], ts[1])
+
+
+def _t_dot(ts, nds, st, moving):
+    i = 0 if moving[0] else 1
+    return (ts[i] * ts[1 - i].unsqueeze(-1)).sum(-2)
+
+
+def _t_unary(fn):
+    return lambda ts, nds, st, moving: fn(ts[0], nds[0], st)
+
+
+def _t_transpose(J, nd, st):
+    return J.transpose(-3, -2) if nd == 2 else J
+
+
+def _t_sum(J, nd, st):
+    return J.sum(dim=tuple(range(-nd - 1, -1))) if nd else J
+
+
+def _t_mean(J, nd, st):
+    return _t_sum(J, nd, st) / max(1, math.prod(J.shape[J.dim() - nd - 1:-1]))
+
+
+def _t_index(J, nd, st):
+    key = tuple(slice(k.start, k.stop) if isinstance(k, Slice) else k for k in st)
+    return J[(slice(None),) + key + (slice(None),) * (nd - len(key) + 1)]
+
+
+def _t_trace(J, nd, st):
+    return torch.diagonal(J, dim1=-3, dim2=-2).sum(-1)
+
+
+def _t_diag(J, nd, st):
+    if nd == 1:   # vector -> diagonal matrix
+        return torch.diag_embed(J.movedim(-1, -2)).movedim(-3, -1)
+    return torch.diagonal(J, dim1=-3, dim2=-2).movedim(-1, -2)
+
+
 # --------------------------------------------------------------- sign / mono rules
 
 def _s(sign):
@@ -637,53 +731,65 @@ R, NN, P = Domain.REAL, Domain.NONNEG, Domain.POSITIVE
 
 _register(Atom("add", (2, 2), _broadcast, AFF, _signs_add, (I, I), True,
                _ew(torch.add), "a + b, elementwise with scalar broadcasting", symbol="+",
-               degree=_deg_linear))
+               degree=_deg_linear,
+               tangent=_t_add(1)))
 _register(Atom("sub", (2, 2), _broadcast, AFF,
                lambda a, st: a[0].sign.add(a[1].sign.negate()), (I, D), True,
                _ew(torch.sub), "a - b, elementwise with scalar broadcasting", symbol="-",
-               degree=_deg_linear))
+               degree=_deg_linear,
+               tangent=_t_add(-1)))
 _register(Atom("negate", (1, 1), _same, AFF, lambda a, st: a[0].sign.negate(), (D,), True,
                _unary(torch.neg), "-a", symbol="-u",
-               degree=_deg_linear))
+               degree=_deg_linear,
+               tangent=_t_unary(lambda J, nd, st: -J)))
 _register(Atom("mul", (2, 2), _broadcast, _bilinear, _signs_mul, _mono_mul, True,
                _ew(torch.mul), "a * b, elementwise; one factor must be variable-free",
                symbol="*", why_unknown=_bilinear_why("`*`"),
-               degree=_deg_product))
+               degree=_deg_product,
+               tangent=_t_scale(torch.mul)))
 _register(Atom("div", (2, 2), _broadcast, _div_curv, _div_sign, _mono_div, True,
                _ew(torch.div), "a / c for a variable-free c (a constant or a parameter)",
                symbol="/", const_args=(1,), why_unknown=lambda a, st: _div_why(a, st),
-               degree=_deg_div))
+               degree=_deg_div,
+               tangent=_t_scale(torch.div)))
 _register(Atom("matmul", (2, 2), _matmul_shape, _bilinear, _signs_mul, _mono_mul, True,
                _matmul_impl,
                "A @ x, matrix-matrix / matrix-vector / vector-vector product", symbol="@",
                why_unknown=_bilinear_why("`@`"),
-               degree=_deg_product))
+               degree=_deg_product,
+               tangent=_t_matmul))
 _register(Atom("power", (1, 1), _same, _power_curv, _power_sign, _power_mono, True,
                _power_impl, "x ^ p, elementwise, p a constant number", symbol="^",
                domain=(NN,), domain_rule=_power_domain,
-               degree=_deg_power))
+               degree=_deg_power,
+               tangent=_t_unary(lambda J, nd, st: J)))
 _register(Atom("transpose", (1, 1), _transpose_shape, AFF, _sign_of(), (I,), True,
                _transpose_impl, "A', the transpose of a matrix (vectors unchanged)",
                symbol="'",
-               degree=_deg_linear))
+               degree=_deg_linear,
+               tangent=_t_unary(_t_transpose)))
 _register(Atom("index", (1, 1), _index_shape, AFF, _sign_of(), (I,), True, _index_impl,
                "x[i], x[a:b], X[i, j]: indexing and slicing (0-based, end exclusive)",
                symbol="[]",
-               degree=_deg_linear))
+               degree=_deg_linear,
+               tangent=_t_unary(_t_index)))
 
 # ---------------------------------------------------------------------------- atoms
 
 _register(Atom("sum", (1, 1), _scalar, AFF, _sum_sign, (I,), True, _reduce(lambda x: x),
                "sum(x) = sum_i x_i",
-               degree=_deg_linear))
+               degree=_deg_linear,
+               tangent=_t_unary(_t_sum)))
 _register(Atom("mean", (1, 1), _scalar, AFF, _sum_sign, (I,), True,
                lambda ts, nds, st: _red(ts[0], nds[0]) / max(1, math.prod(ts[0].shape[
                    ts[0].ndim - nds[0]:])), "mean(x) = sum_i x_i / size(x)",
-               degree=_deg_linear))
+               degree=_deg_linear,
+               tangent=_t_unary(_t_mean)))
 _register(Atom("dot", (2, 2), _dot_shape, _bilinear, _signs_mul, _mono_mul, True,
                lambda ts, nds, st: (ts[0] * ts[1]).sum(-1), "dot(x, y) = sum_i x_i y_i",
                why_unknown=_bilinear_why("dot"),
-               degree=_deg_product))
+               degree=_deg_product,
+               tangent=_t_dot))
 _register(Atom("quad_form", (2, 2), _quad_shape, _quad_curv, _quad_sign, (N, N), True,
                lambda ts, nds, st: torch.einsum("...i,...ij,...j->...", ts[0], ts[1], ts[0]),
                "quad_form(x, P) = x' P x, convex for a psd P", const_args=(1,),
@@ -749,7 +855,9 @@ _register(Atom("min", (1, 2), _maxmin_shape, CCV, lambda a, st: (
 _register(Atom("trace", (1, 1), _square_matrix, AFF, _trace_sign, (I,), True,
                lambda ts, nds, st: torch.diagonal(ts[0], dim1=-2, dim2=-1).sum(-1),
                "trace(X) = sum_i X_ii",
-               degree=_deg_linear))
+               degree=_deg_linear,
+               tangent=_t_unary(_t_trace)))
 _register(Atom("diag", (1, 1), _diag_shape, AFF, _diag_sign, (I,), True, _diag_impl,
                "diag(x) = the diagonal matrix of vector x; diag(X) = the diagonal of X",
-               degree=_deg_linear))
+               degree=_deg_linear,
+               tangent=_t_unary(_t_diag)))

@@ -221,10 +221,13 @@ def test_explain_says_where_the_derivatives_come_from():
 
 
 def test_no_model_where_its_read_off_would_copy_too_much(monkeypatch):
-    # the read-off evaluates the pieces on one copy of the parameters per affine output:
-    # large data keep autograd (a huber fit with m = 2000, n = 150 would copy X 2000 times)
+    # the read-off at points evaluates the pieces on one copy of the parameters per affine
+    # output: large data keep autograd (a huber fit with m = 2000, n = 150 would copy X
+    # 2000 times); the coefficients (the default) make no copies, so the bound is not theirs
     from optlayer import defaults
 
+    limit = defaults.OBJECTIVE_MODEL_MAX_ELEMENTS
+    monkeypatch.setattr(defaults, "READOFF_COEFFICIENTS", False)
     layer, P = _prog_and_params(MODELLED["huber"])
     assert objective_model(layer.program, P) is not None
     monkeypatch.setattr(defaults, "OBJECTIVE_MODEL_MAX_ELEMENTS", 4 * 6 * 24 - 1)
@@ -233,6 +236,8 @@ def test_no_model_where_its_read_off_would_copy_too_much(monkeypatch):
     assert objective_model(layer.program, P) is not None
     big = ol.compile("dim m = 2000\ndim n = 150\nparam X[m, n]\nparam t[m]\nvar w[n]\n"
                      "minimize sum(huber(X @ w - t)) + 0.1 * sum_squares(w)")
-    monkeypatch.undo()
+    monkeypatch.setattr(defaults, "OBJECTIVE_MODEL_MAX_ELEMENTS", limit)
     Pb = {"X": torch.zeros(2, 2000, 150, dtype=D), "t": torch.zeros(2, 2000, dtype=D)}
     assert objective_model(big.program, Pb) is None
+    monkeypatch.setattr(defaults, "READOFF_COEFFICIENTS", True)
+    assert objective_model(big.program, Pb) is not None

@@ -19,6 +19,13 @@ from .chunks import assert_same_in_chunks
 
 D = torch.float64
 
+
+@pytest.fixture(autouse=True)
+def _points(monkeypatch):
+    """These tests are of the read-off at points: the examples' rows and objectives would
+    otherwise take their coefficients from the IR (compiler.coefficients)."""
+    monkeypatch.setattr(defaults, "READOFF_COEFFICIENTS", False)
+
 # an LP with equalities and inequalities (quantile regression), a QP with absolute
 # values rewritten to epigraph rows (lad regression with a ridge), a general QP
 PROBLEMS = ["quantile_regression", "lad_regression", "general_qp"]
@@ -40,7 +47,7 @@ def test_chunked_data_equal_one_evaluation(name, budget, monkeypatch):
     whole = _data(layer, P, B)
     monkeypatch.setattr(defaults, "READOFF_MAX_ELEMENTS", budget)
     N = layer.program.layout.size
-    sizes = [k for _, k in _ReadOff(P, B, N, D, "cpu").chunks]
+    sizes = _ReadOff(P, B, N, D, "cpu").chunk_sizes()
     assert len(sizes) > 1 and sum(sizes) == N + 1   # the points do run in chunks
     chunked = _data(layer, P, B)
     for a, b in zip(whole[:6], chunked[:6], strict=True):
