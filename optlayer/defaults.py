@@ -281,12 +281,14 @@ NEWTON_MAX_SIZE = 200
 
 #: Dense quadratic data (Q, p) of a quadratic smooth part up to this many unknowns.
 QUADRATIC_MAX_SIZE = 500
-#: The closed-form objective model (compiler.smooth.objective_model) reads its data off
-#: by evaluating the objective's pieces on stacked copies of the parameters (one per
-#: affine output, or per unknown for the quadratic terms); above this many parameter
-#: elements in all the copies (80 MB in float64) the solvers keep autograd instead.
+#: The closed-form objective model (compiler.smooth.objective_model) reads the pieces
+#: that the coefficients (READOFF_COEFFICIENTS) do not cover off by evaluating them on
+#: stacked copies of the parameters (one per affine output, or per unknown for the
+#: quadratic terms); above this many parameter elements in all the copies (80 MB in
+#: float64) the solvers keep autograd instead.
 OBJECTIVE_MODEL_MAX_ELEMENTS = 10_000_000
-#: The kkt paths read the QP data and affine rows off by evaluating the problem at
+#: Where the coefficients do not cover an expression (READOFF_COEFFICIENTS below), the
+#: kkt paths read the QP data and affine rows off by evaluating the problem at
 #: N + 1 points per item, on as many stacked copies of the parameters; one evaluation
 #: holds at most this many parameter elements in its copies (8 MB in float64); more
 #: points run in chunks (a single point uses the parameters themselves), each

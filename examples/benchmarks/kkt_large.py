@@ -7,9 +7,10 @@ convex interior point path).
 
 Random data that fits the declarations, forward and backward of ``sum(x)``, four calls in
 one process: prints each call's times and the process's peak resident memory so far.
-The QP path reads its data off by evaluating the problem at ``N + 1`` points; the convex
-path reads its quadratic and affine pieces off at one point per row and unknown, and
-evaluates rows without a closed-form model on ``N + r`` points per iteration. Past
+Both kkt paths take their data from the coefficients of the affine and quadratic
+pieces (``compiler.coefficients``); pieces those do not cover are read off by evaluating
+the problem at ``N + 1`` points (the convex path: one per row and unknown), and rows
+without a closed-form model are evaluated on ``N + r`` points per iteration. Past
 ``defaults.READOFF_MAX_ELEMENTS`` parameter elements in their copies these run in chunks
 (docs/layer.md).
 """

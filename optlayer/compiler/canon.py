@@ -7,8 +7,12 @@ atoms replaced by epigraph variables).
 
 **QP** (:func:`canonicalize_qp`). For a quadratic objective
 ``f(z) = 1/2 z'Qz + p'z + c`` and affine rows ``g(z) = Gz - h <= 0``,
-``a(z) = Az - b == 0`` (all torch functions of the parameters), the data are
-recovered exactly from evaluations of the lowered IR:
+``a(z) = Az - b == 0`` (all torch functions of the parameters), the data are the
+coefficients of the rows and of the objective's quadratic forms
+(:mod:`optlayer.compiler.coefficients`: one pass over the IR, differentiable in the
+parameters). Where those do not cover an expression (or
+``defaults.READOFF_COEFFICIENTS`` is off) the data are recovered exactly from
+evaluations of the lowered IR:
 
 * ``p = grad f(0)``, ``Q[:, j] = grad f(e_j) - grad f(0)``;
 * ``h = -g(0)``, ``G[:, j] = g(e_j) - g(0)`` (same for ``A, b``).

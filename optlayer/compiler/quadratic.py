@@ -8,8 +8,10 @@ instead of walking the expression tape, the Lipschitz constant of ``grad f``
 is ``lambda_max(Q)`` (one batched ``eigvalsh``), and the implicit backward
 differentiates ``(Q, p)`` once per call instead of the tape per product.
 
-``Q`` and ``p`` come from ``N + 1`` gradient evaluations in one batched
-call: ``p = grad f(0)``, ``Q e_j = grad f(e_j) - p`` (exact for a quadratic),
+``Q`` and ``p`` come from the terms' coefficients
+(:class:`optlayer.compiler.coefficients.QuadraticModel`, :meth:`Program.quad`) where they
+cover the terms, else from ``N + 1`` gradient evaluations in one batched call
+(:func:`quadratic_data`): ``p = grad f(0)``, ``Q e_j = grad f(e_j) - p`` (exact for a quadratic),
 keeping the autograd graph to the parameters when one of them requires grad.
 """
 
