@@ -65,72 +65,71 @@ class AffineMaps:
 
         self.layout, self.roots = layout, list(roots)
         self.ok = all(_affine_nodes_ok(r) for r in self.roots)
-        order, seen = [], set()
+        fixed, order, seen = [], [], {}
         for r in self.roots:
             for node in postorder(r):
                 if id(node) in seen:
                     continue
-                seen.add(id(node))
-                if isinstance(node, Variable):
-                    order.append((0, node))
-                elif isinstance(node, Parameter):
-                    order.append((1, node))
-                elif isinstance(node, Constant):
-                    order.append((2, node))
-                elif isinstance(node, Let):
-                    order.append((3, node))
-                elif isinstance(node, Apply):
-                    order.append((4, node))
-                else:  # pragma: no cover - the IR has no other node kinds
-                    raise TypeError(f"cannot lower {type(node).__name__}")
-        self.order = order
-        self._consts: dict = {}
+                if not isinstance(node, (Variable, Parameter, Constant, Let, Apply)):
+                    raise TypeError(f"cannot lower {type(node).__name__}")  # pragma: no cover
+                # a node of no parameter is the same at every call: evaluated once
+                seen[id(node)] = not isinstance(node, Parameter) and all(
+                    seen[id(a)] for a in node.args)
+                (fixed if seen[id(node)] else order).append(node)
+        self.fixed, self.order = fixed, order
+        self._fixed: dict = {}   # (dtype, device) -> values of the fixed nodes
         #: the rows of each root (its declared size)
         self.sizes = [math.prod(int(d) for d in r.shape) for r in self.roots]
 
-    def _eye(self, like):
-        key = ("eye", like.dtype, like.device)
-        eye = self._consts.get(key)
-        if eye is None:   # an ordinary tensor even when first made in inference mode
-            with torch.inference_mode(False):
-                eye = self._consts[key] = torch.eye(self.layout.size, dtype=like.dtype,
-                                                    device=like.device)
-        return eye
+    def _fixed_values(self, like) -> dict:
+        """The values and Jacobians of the nodes without parameters (ordinary tensors,
+        made once per dtype and device)."""
+        key = (like.dtype, like.device)
+        out = self._fixed.get(key)
+        if out is None:
+            out = {}
+            with torch.inference_mode(False), torch.no_grad():
+                like = torch.zeros((), dtype=like.dtype, device=like.device)
+                eye = torch.eye(self.layout.size, dtype=like.dtype, device=like.device)
+                for node in self.fixed:
+                    self._evaluate(node, out, None, like, eye)
+            self._fixed[key] = out
+        return out
+
+    def _evaluate(self, node, out, P, like, eye=None):
+        """``out[id(node)] = (value at z = 0, Jacobian or None)`` from its arguments'."""
+        from optlayer.ir import Constant, Let, Parameter, Variable
+
+        if isinstance(node, Variable):
+            shape = self.layout.shapes[node.name]
+            rows = eye[self.layout.slices[node.name]].reshape(1, *shape, self.layout.size)
+            out[id(node)] = (like.new_zeros((1, *shape)), rows)
+        elif isinstance(node, Parameter):
+            out[id(node)] = (P[node.name], None)
+        elif isinstance(node, Constant):
+            out[id(node)] = (node._eval([], P, like), None)
+        elif isinstance(node, Let):
+            out[id(node)] = out[id(node.args[0])]
+        else:
+            args = [out[id(a)] for a in node.args]
+            nds = [a.ndim for a in node.args]
+            value = node.atom.impl([v for v, _ in args], nds, node.static)
+            J = None
+            if node.degree != 0:
+                moving = [j is not None for _, j in args]
+                J = node.atom.tangent([j if m else v for (v, j), m in zip(
+                    args, moving, strict=True)], nds, node.static, moving)
+                shape = tuple(int(d) for d in node.shape)
+                if tuple(J.shape[1:-1]) != shape:   # a scalar broadcast in the node
+                    J = J.expand(J.shape[0], *shape, self.layout.size)
+            out[id(node)] = (value, J)
 
     def run(self, P, like) -> dict:
         """``{id(node): (value at z = 0, Jacobian or None)}`` for every node of the roots
         (``like``: a tensor of the unknowns' dtype and device)."""
-        N = self.layout.size
-        out: dict = {}
-        for kind, node in self.order:
-            if kind == 0:
-                shape = self.layout.shapes[node.name]
-                rows = self._eye(like)[self.layout.slices[node.name]]
-                out[id(node)] = (like.new_zeros((1, *shape)), rows.reshape(1, *shape, N))
-            elif kind == 1:
-                out[id(node)] = (P[node.name], None)
-            elif kind == 2:
-                ck = (id(node), like.dtype, like.device)
-                c = self._consts.get(ck)
-                if c is None:
-                    with torch.inference_mode(False):
-                        c = self._consts[ck] = node._eval([], P, like)
-                out[id(node)] = (c, None)
-            elif kind == 3:
-                out[id(node)] = out[id(node.args[0])]
-            else:
-                args = [out[id(a)] for a in node.args]
-                nds = [a.ndim for a in node.args]
-                value = node.atom.impl([v for v, _ in args], nds, node.static)
-                J = None
-                if node.degree != 0:
-                    moving = [j is not None for _, j in args]
-                    J = node.atom.tangent([j if m else v for (v, j), m in zip(
-                        args, moving, strict=True)], nds, node.static, moving)
-                    shape = tuple(int(d) for d in node.shape)
-                    if tuple(J.shape[1:-1]) != shape:   # a scalar broadcast in the node
-                        J = J.expand(J.shape[0], *shape, N)
-                out[id(node)] = (value, J)
+        out = dict(self._fixed_values(like))
+        for node in self.order:
+            self._evaluate(node, out, P, like)
         return out
 
     def rows(self, P, B: int, like):
@@ -227,18 +226,37 @@ class QuadraticModel:
         self.ok = all(_quadratic_pieces(e, pieces) for _, e in self.terms)
         self.maps = AffineMaps(layout, pieces) if self.ok else None
         self.ok = self.ok and self.maps.ok
+        # terms of no parameter (a ridge, a sum of epigraph variables): the same at every
+        # call, evaluated once per dtype and device
+        self.fixed = [not e.parameters() for _, e in self.terms]
+        self._fixed: dict = {}
+
+    def _terms(self, P, like, value: bool):
+        """Each term's ``coeff * (c, g, H)`` (see :meth:`_taylor`)."""
+        vals, out = None, []
+        for i, ((coeff, e), fixed) in enumerate(zip(self.terms, self.fixed, strict=True)):
+            key = (i, value, like.dtype, like.device)
+            t = self._fixed.get(key) if fixed else None
+            if t is None:
+                vals = self.maps.run(P, like) if vals is None else vals
+                if fixed:
+                    with torch.inference_mode(False), torch.no_grad():
+                        t = self._fixed[key] = tuple(
+                            _scaled(u, coeff) for u in self._taylor(e, vals, value))
+                else:
+                    t = tuple(_scaled(u, coeff) for u in self._taylor(e, vals, value))
+            out.append(t)
+        return out
 
     def __call__(self, P, B: int, like, value: bool = False):
         """``Q (B, N, N)`` (symmetric) and ``p (B, N)``, differentiable in ``P``; with
         ``value`` also ``c (B,)``."""
         N = self.maps.layout.size
-        vals = self.maps.run(P, like)
         Q = p = c = None
-        for coeff, e in self.terms:
-            c1, g, H = self._taylor(e, vals, value)
-            c = _plus(c, _scaled(c1, coeff)) if value else None
-            p = _plus(p, _scaled(g, coeff))
-            Q = _plus(Q, _scaled(H, coeff))
+        for c1, g, H in self._terms(P, like, value):
+            c = _plus(c, c1) if value else None
+            p = _plus(p, g)
+            Q = _plus(Q, H)
         p = like.new_zeros(1, N) if p is None else p
         Q = like.new_zeros(1, N, N) if Q is None else Q
         if not value:
@@ -249,10 +267,8 @@ class QuadraticModel:
         """Each term times its coefficient as a row: ``(c (B, k), J (B, k, N),
         H (B, k, N, N))``, its value at ``z = 0``, gradient there and Hessian."""
         N = self.maps.layout.size
-        vals = self.maps.run(P, like)
         cs, gs, Hs = [], [], []
-        for coeff, e in self.terms:
-            c, g, H = (_scaled(t, coeff) for t in self._taylor(e, vals, True))
+        for c, g, H in self._terms(P, like, True):
             cs.append(c.reshape(-1, 1).expand(B, 1))
             gs.append(like.new_zeros(1, 1, N).expand(B, 1, N) if g is None
                       else g.reshape(-1, 1, N).expand(B, 1, N))

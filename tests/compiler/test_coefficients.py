@@ -264,3 +264,27 @@ def test_layers_solve_the_same_with_points(name, monkeypatch):
     torch.testing.assert_close(x0, x1, rtol=0, atol=1e-10)
     for u, v in zip(g0, g1, strict=True):
         torch.testing.assert_close(u, v, rtol=1e-8, atol=1e-10)
+
+
+def test_parts_without_parameters_are_made_once_and_reused():
+    """Nodes and terms of no parameter are evaluated once per dtype and device: later calls
+    with other parameters, in inference mode first or with gradients, agree with autograd."""
+    rows = [AFFINE["composition"], x - 1.0, ol.sum(Y) + ol.trace(Z)]
+    maps = AffineMaps(LAYOUT, rows)
+    assert {id(n) for n in maps.fixed} >= {id(x), id(Y), id(Z)}
+    terms = [(1.0, 0.5 * ol.sum_squares(x) + ol.sum(Y)), (2.0, s * ol.sum_squares(C @ x - a))]
+    model = QuadraticModel(LAYOUT, terms)
+    assert model.fixed == [True, False]
+    for seed, mode in ((10, torch.inference_mode), (11, torch.enable_grad),
+                       (12, torch.no_grad)):
+        P = _params(seed, grad=mode is torch.enable_grad)
+        with mode():
+            c, J = maps.rows(P, B, torch.zeros((), dtype=D))
+            Q, p = model(P, B, torch.zeros((), dtype=D))
+        c0, J0 = _taylor_reference(rows, P)
+        Q0, p0 = quadratic_data(lambda z, PP: sum(w * _values([e], z, PP)[:, 0]
+                                                  for w, e in terms), P, B, N, D, "cpu")
+        for u, v in ((c, c0), (J, J0), (Q, Q0), (p, p0)):
+            torch.testing.assert_close(u, v, rtol=0, atol=1e-11)
+        if mode is torch.enable_grad:   # the fixed parts do not stop the gradients
+            assert J.requires_grad and Q.requires_grad
