@@ -54,6 +54,7 @@ __all__ = [
     "IMPLICIT_LOOP_MAX",
     "FBN_STEP_FRACTION",
     "FBN_MAXLS",
+    "FBN_UNBOUNDED_CHECK",
     "CONVEX_KKT_MAXLS",
     "CONVEX_DUAL_START",
     "DOMAIN_START_WEIGHT",
@@ -323,6 +324,10 @@ FBN_STEP_FRACTION = 0.95
 #: Backtracking trials (halving) along the Newton direction before the forward-backward
 #: Newton iteration falls back to the proximal-gradient point.
 FBN_MAXLS = 40
+#: Forward-backward Newton tests the items that have not converged for a ray along which
+#: the objective falls without bound (an UNBOUNDED certificate) at this iteration, at
+#: twice it, and so on, and at maxiter (the bounded examples converge in under 16).
+FBN_UNBOUNDED_CHECK = 16
 #: Line-search trials per iteration of the convex interior point behind method "kkt"
 #: (halving: 2**-20 ~ 1e-6 is the smallest step tried; more trials only burn time at the
 #: roundoff floor, where every item must accept or exhaust its trials).

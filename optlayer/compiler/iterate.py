@@ -253,7 +253,8 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
     B, N = z.shape
     dt, dev = z.dtype, z.device
     eps = torch.finfo(dt).eps
-    eta = defaults.FBN_STEP_FRACTION / lambda_max(Q)
+    L = lambda_max(Q)
+    eta = defaults.FBN_STEP_FRACTION / L
     eye = torch.eye(N, dtype=dt, device=dev)
     M = eye - eta[:, None, None] * Q
     prox, penalty, prox_jac = prog.prox_fn(P), prog.penalty_fn(P), prog.prox_jacobian_fn(P)
@@ -303,22 +304,41 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
     eta_p = eta[:, None] * p
     eta_pn = _norm(eta_p)
 
-    def residual(state):
+    def residual(state):   # and the scale it is relative to
         D = state[:, :3 * N].unflatten(1, (3, N)).diff(dim=1)    # [y - x, T(x) - y]
         D[:, 0].add_(eta_p)                                        # -eta Qx
-        scale = torch.maximum(_norm(D).amax(dim=-1), eta_pn)
-        return _norm(state[:, 3 * N:4 * N]) / (eta + scale)
+        scale = eta + torch.maximum(_norm(D).amax(dim=-1), eta_pn)
+        return _norm(state[:, 3 * N:4 * N]) / scale, scale
 
     armijo = -1e-4 / eta   # c * slope = armijo * <MF, d>
     cur = at(z)
     it = 0
     rows = torch.arange(B, device=dev)
+    # an item with no minimiser never converges: the ray of its steps is tested at
+    # iteration FBN_UNBOUNDED_CHECK, at twice that, ..., and at maxiter
+    unbounded = torch.zeros(B, dtype=torch.bool, device=dev)
+    check, twice = defaults.FBN_UNBOUNDED_CHECK, None
     while True:
         x, y, Tx, F, phi = cur[:, :N], cur[:, N:2 * N], cur[:, 2 * N:3 * N], \
             cur[:, 3 * N:4 * N], cur[:, -1]
-        res = residual(cur)
-        done = res <= tol
-        if it >= maxiter or bool(done.all()):
+        res, scale = residual(cur)
+        done = res <= tol if twice is None else (res <= tol) | unbounded
+        every = bool(done.all())
+        stop = it >= maxiter or every
+        if stop or it == check:
+            check *= 2
+            # the items not converged, and those called converged whose point ran so far
+            # out that their steps fell below its roundoff (a ray's end, not a minimiser)
+            test = Tx.abs().amax(-1) > scale * (tol / eps)
+            test = test if every else test | ~done
+            test = test if twice is None else test & ~unbounded
+            if bool(test.any()):
+                if twice is None:   # the prox and penalty on two stacked copies
+                    twice = (prog.prox_fn(P, 2), prog.penalty_fn(P, 2))
+                unbounded = unbounded | (test & _recedes(Q, p, Tx, F, L, *twice))
+                done = done | unbounded
+                stop = stop or bool(done.all())
+        if stop:
             break
         it += 1
         if prox_jac is not None:
@@ -374,8 +394,43 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
             new = pick(~accepted, at(Tx), new)
         cur = new
     Tx = cur[:, 2 * N:3 * N].contiguous()
-    res = residual(cur)
-    return SolveResult(Tx, status_of(res, tol, Tx), it, res, eta)
+    res = residual(cur)[0]
+    status = torch.where(unbounded, int(Status.UNBOUNDED), status_of(res, tol, Tx))
+    return SolveResult(Tx, status.to(torch.int8), it, res, eta)
+
+
+def _recedes(Q, p, x, F, L, prox2, penalty2):
+    """Items whose objective ``1/2 z'Qz + p'z + g(z)`` decreases without bound along a ray
+    ``x + t d`` (``x`` a point of the sets), for ``d`` along the last step ``F`` or along
+    ``x`` (on a problem with no minimiser the steps line up with such a ray, and the
+    iterates run off along it), to tolerance:
+
+    * ``Q d ≈ 0``: ``|Q d| <= sqrt(eps) lambda_max(Q)`` (``L``), so ``f`` is affine on it;
+    * ``d`` in the recession cone of the sets: ``x + T d`` is its own projection (the prox
+      at step 0; ``prox2`` and ``penalty2`` take two stacked copies of the batch) for
+      ``T = 1e6 (1 + |x|_inf)``, to ``1e-6 T``;
+    * the slope ``(Qx + p)'d + g(d)`` is below ``-sqrt(eps)`` times its terms (the prox
+      terms are weighted norms, their own recession functions: ``g(x + t d) <= g(x) +
+      t g(d)``).
+
+    Then the objective falls at least linearly along the ray: a certificate of
+    unboundedness (exact for ``Q d = 0``). No optimal point passes, whatever ``d``: there
+    the slope along every direction of the recession cone is at least 0."""
+    eps, tiny = torch.finfo(x.dtype).eps, torch.finfo(x.dtype).tiny
+    B = x.shape[0]
+    D = torch.cat([F, x])                       # both directions, stacked (2 B, N)
+    nD = _norm(D)
+    d = D / nD.clamp_min(tiny)[:, None]
+    xx, QQ = x.repeat(2, 1), Q.repeat(2, 1, 1)
+    flat = _norm(bmv(QQ, d)) <= eps ** 0.5 * L.repeat(2)
+    T = 1e6 * (1 + xx.abs().amax(-1))
+    y = xx + T[:, None] * d
+    inside = (prox2(y, torch.zeros_like(T)) - y).abs().amax(-1) <= 1e-6 * T
+    g = bmv(QQ, xx) + p.repeat(2, 1)
+    pen = penalty2(d)
+    slope = (g * d).sum(-1) + pen
+    ok = (nD > 0) & flat & inside & (slope < -eps ** 0.5 * (_norm(g) + pen.abs()))
+    return ok[:B] | ok[B:]
 
 
 def prox_grad_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResult:
