@@ -500,6 +500,10 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResul
     it, newton_at, gap = 0, defaults.FP_NEWTON_START, defaults.FP_NEWTON_EVERY
     y, t = x, torch.ones(B, dtype=dt, device=dev)
     safe = None    # the last y where grad f was finite (non-quadratic f)
+    # a quadratic f: the items not converged at iteration FBN_UNBOUNDED_CHECK, twice it,
+    # ..., and at maxiter are tested for a ray of no lower bound (as in fbn_solve)
+    unbounded = torch.zeros(B, dtype=torch.bool, device=dev)
+    check, twice = defaults.FBN_UNBOUNDED_CHECK, None
     while it < maxiter and not bool(done.all()):
         if it >= newton_at and newton_ok:
             it += 1
@@ -546,15 +550,24 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResul
         yn = torch.where(restart[:, None], xn, yn)
         tn = torch.where(restart, torch.ones_like(tn), tn)
         keep = done[:, None]
+        last_step = xn - x
         x, y = torch.where(keep, x, xn), torch.where(keep, y, yn)
         t = torch.where(done, t, tn)
         # a non-finite residual cannot recover (NUMERICAL_ERROR): stop the item at once
         done = done | (res <= tol) | ~torch.isfinite(res)
+        if qp is not None and (it == check or it >= maxiter):
+            check *= 2
+            if not bool(done.all()):
+                if twice is None:
+                    twice = (prog.prox_fn(P, 2), prog.penalty_fn(P, 2))
+                unbounded = unbounded | (~done & _recedes(Q, p, xn, last_step, L, *twice))
+                done = done | unbounded
         if bool(done.all()):
             break
     Tx, J = newton.finish(x, step)
     res = residual(x, Tx, step)
-    return SolveResult(Tx, status_of(res, tol, Tx), it, res, step, J)
+    status = torch.where(unbounded, int(Status.UNBOUNDED), status_of(res, tol, Tx))
+    return SolveResult(Tx, status.to(torch.int8), it, res, step, J)
 
 
 def _back_off(prog, P, proxf, off, safe, x, y, t, L):

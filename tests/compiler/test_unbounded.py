@@ -122,3 +122,24 @@ def test_the_certificate_needs_a_flat_ray():
     # a norm term steeper than the slope: bounded along the ray
     steep = lambda z: 2.0 * z.abs().sum(-1)     # noqa: E731
     assert _recedes(zero, p, x, F, L0, free, steep).tolist() == [False, False]
+
+
+@pytest.mark.parametrize("body,criterion", [
+    ("minimize 0.1 * norm1(x) - y @ x", lambda y: y.abs().amax(-1) > 0.1),
+    ("minimize norm2(x) - y @ x", lambda y: y.norm(dim=-1) > 1),
+    # unbounded along d = (u, u) iff some |y_i + y_(i+150)| > 0.4
+    ("minimize sum_squares(x[0:150] - x[150:300]) - y @ x + 0.2 * norm1(x)",
+     lambda y: (y[:, :150] + y[:, 150:]).abs().amax(-1) > 0.4),
+], ids=["l1", "l2", "null space"])
+def test_fista_certifies_unboundedness_too(body, criterion):
+    """Above FP_NEWTON_MAX_SIZE unknowns a quadratic f runs FISTA, with the same test."""
+    layer = ol.compile("dim n = 300\nparam y[n]\nvar x[n]\n" + body, on_failure="ignore")
+    assert layer.program.forward_solver() == "first_order"
+    y = torch.randn(6, 300, generator=torch.Generator().manual_seed(0), dtype=D) * \
+        torch.tensor([0.001, 0.003, 0.05, 0.1, 1.0, 2.0], dtype=D)[:, None]
+    layer(y=y)
+    want = criterion(y)
+    assert 0 < int(want.sum()) < 6
+    expect = torch.where(want, int(Status.UNBOUNDED), 0).to(torch.int8)
+    assert layer.info.status.tolist() == expect.tolist()
+    assert layer.info.iterations <= 4 * defaults.FBN_UNBOUNDED_CHECK
