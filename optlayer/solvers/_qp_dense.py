@@ -356,12 +356,15 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
 
     pol = _repolish(d, v, n, m, me, pol)
     # items that stopped without converging: the certificates at their last point
-    # (an infeasible or unbounded item may break down between two periodic checks)
+    # (an infeasible or unbounded item may break down between two periodic checks), the
+    # ray along the last direction or along the iterate itself (one that ran off along a
+    # ray: its bounded part is negligible against -p'x)
     open_ = active & ~infeasible & ~unbounded & ~(err <= tol) & ~(pol.err <= tol)
     if bool(open_.any()):
         if m:
             infeasible = infeasible | (open_ & _infeasible(d, L, v, eps_inf))
-        unbounded = unbounded | (open_ & ~infeasible & _unbounded(d, L, -dv[:, :n], eps_inf))
+        ray = _unbounded(d, L, -dv[:, :n], eps_inf) | _unbounded(d, L, v[:, :n], eps_inf)
+        unbounded = unbounded | (open_ & ~infeasible & ray)
     return _finish(d, _split(v, n, m, me), pol, err, active, running, infeasible, unbounded,
                    iters, tol, want_factor)
 

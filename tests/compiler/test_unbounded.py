@@ -143,3 +143,13 @@ def test_fista_certifies_unboundedness_too(body, criterion):
     expect = torch.where(want, int(Status.UNBOUNDED), 0).to(torch.int8)
     assert layer.info.status.tolist() == expect.tolist()
     assert layer.info.iterations <= 4 * defaults.FBN_UNBOUNDED_CHECK
+
+
+def test_the_qp_path_certifies_a_ray_its_iterates_ran_off_along():
+    """``solve_qp`` (method kkt): items that stop without converging also try the ray
+    along the iterate itself; this LP's epigraph form was MAX_ITER on every item."""
+    layer = ol.compile("dim n = 3\nparam y[n]\nvar x[n]\nminimize 0.1 * norm1(x) - y @ x",
+                       method="kkt", on_failure="ignore")
+    y = torch.tensor([[1.0, 2.0, 0.5], [0.05, -0.02, 0.0], [0.5, -2.0, 1.0]], dtype=D)
+    layer(y=y)
+    assert layer.info.status.tolist() == [int(Status.UNBOUNDED), 0, int(Status.UNBOUNDED)]
