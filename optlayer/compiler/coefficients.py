@@ -18,9 +18,10 @@ compositions of affine pieces (``sum_squares(a)``, ``square(a)``, ``a ^ 2``,
 Both replace, for the expressions they cover, the read-off by evaluation at ``N + 1``
 points (:mod:`optlayer.compiler.canon`, :func:`optlayer.compiler.quadratic.quadratic_data`):
 a handful of tensor operations per call whose backward is as short, with no copies of the
-parameters, so their cost grows with the data, not with ``N`` times the data. They return
-None at construction (``.ok`` false) for expressions with an atom they do not cover; the
-callers then read off as before.
+parameters, so their cost grows with the data, not with ``N`` times the data. Nodes and
+terms of no parameter (the variables' identity slices, a ridge term) are evaluated once
+per dtype and device and reused. Their ``ok`` is false for expressions with an atom or a
+form they do not cover; the callers then read off as before.
 """
 
 from __future__ import annotations
@@ -261,7 +262,8 @@ class QuadraticModel:
         Q = like.new_zeros(1, N, N) if Q is None else Q
         if not value:
             return Q.expand(B, N, N), p.expand(B, N)
-        return Q.expand(B, N, N), p.expand(B, N), c.reshape(-1).expand(B)
+        c = like.new_zeros(1) if c is None else c.reshape(-1)
+        return Q.expand(B, N, N), p.expand(B, N), c.expand(B)
 
     def rows(self, P, B: int, like):
         """Each term times its coefficient as a row: ``(c (B, k), J (B, k, N),

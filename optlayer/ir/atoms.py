@@ -439,7 +439,6 @@ def _power_impl(ts, nds, st):
     return torch.pow(x, p)
 
 
-
 # ----------------------------------------------------------- Jacobian (tangent) rules
 # A Jacobian carries the declared dims of its node, then the N tangents; its leading
 # dim is 1 (the same for every item) or the batch. Values of variable-free arguments
