@@ -306,7 +306,7 @@ READOFF_MAX_ELEMENTS = 1_000_000
 #: quadratic objectives from one pass over the IR (compiler.coefficients: each node's
 #: Jacobian carried beside its value) where every atom involved has a tangent rule, instead
 #: of evaluating at the N + 1 points above; False forces the points (as the tests of that
-#: path do). lad_regression, batch 32: forward + backward 7.0 -> 6.3 ms.
+#: path do). lad_regression, batch 32: forward + backward 6.7-6.9 -> 6.1-6.2 ms.
 READOFF_COEFFICIENTS = True
 #: Fixed-point methods try Newton steps on T(z) - z after this many first-order iterations,
 FP_NEWTON_START = 0
