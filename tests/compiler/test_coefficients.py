@@ -1,6 +1,7 @@
 """Coefficients carried through the IR (``compiler.coefficients``): every tangent rule of the
-atom registry, the quadratic compositions, and the kkt / quadratic paths that use them, all
-against evaluation at points with autograd (the read-off they replace)."""
+atom registry, the quadratic compositions and the QP data of every shipped QP-path example,
+against evaluation at points with autograd (the read-off they replace). The layers that use
+them: ``tests/layer/test_coefficient_paths.py``."""
 
 from __future__ import annotations
 
@@ -239,31 +240,6 @@ def test_every_qp_example_reads_the_same_data_from_its_coefficients(monkeypatch)
         for u, v in zip(gu, gv, strict=True):
             torch.testing.assert_close(u, v, rtol=0, atol=1e-11, msg=name)
     assert covered == seen >= 7   # every shipped QP-path example is covered
-
-
-def _solution_and_gradients(layer, vals):
-    ins = {k: v.clone().requires_grad_(True) for k, v in vals.items()}
-    out = layer(**ins)
-    assert bool((layer.info.status == 0).all())
-    xs = out if isinstance(out, torch.Tensor) else torch.cat([o.flatten(1) for o in out], 1)
-    w = torch.linspace(-1.0, 1.0, xs.numel(), dtype=xs.dtype).reshape(xs.shape)
-    return xs.detach(), torch.autograd.grad((w * xs).sum(), list(ins.values()))
-
-
-@pytest.mark.parametrize("name", ["robust_ls", "sqrt_lasso", "risk_portfolio",
-                                  "logsumexp_constrained", "group_lasso", "svm_dual",
-                                  "huber_regression", "logistic_regression",
-                                  "softmax_regression", "portfolio"])
-def test_layers_solve_the_same_with_points(name, monkeypatch):
-    """The convex path's quadratic objective, quadratic and cone rows and smooth-atom
-    arguments, and the first-order methods' (Q, p), against the read-off at points."""
-    vals = random_params(ol.load(f"examples/problems/{name}.opt").problem, batch=4, seed=8)
-    x0, g0 = _solution_and_gradients(ol.load(f"examples/problems/{name}.opt", tol=1e-12), vals)
-    monkeypatch.setattr(defaults, "READOFF_COEFFICIENTS", False)
-    x1, g1 = _solution_and_gradients(ol.load(f"examples/problems/{name}.opt", tol=1e-12), vals)
-    torch.testing.assert_close(x0, x1, rtol=0, atol=1e-10)
-    for u, v in zip(g0, g1, strict=True):
-        torch.testing.assert_close(u, v, rtol=1e-8, atol=1e-10)
 
 
 def test_parts_without_parameters_are_made_once_and_reused():

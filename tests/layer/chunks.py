@@ -1,5 +1,6 @@
 """Test helper: a layer's solutions and gradients are the same with its read-offs in
-chunks of one point (``defaults.READOFF_MAX_ELEMENTS = 1``) as in one evaluation."""
+chunks of one point (``defaults.READOFF_MAX_ELEMENTS = 1``) as in one evaluation, or
+with another setting of ``defaults`` as with the default."""
 
 from __future__ import annotations
 
@@ -20,8 +21,13 @@ def _solution_and_gradients(layer, vals):
 
 def assert_same_in_chunks(make, vals, monkeypatch):
     """``make()`` builds the layer (each run builds its own: no cached read-off)."""
+    assert_same_with(make, vals, monkeypatch, "READOFF_MAX_ELEMENTS", 1)  # a point a chunk
+
+
+def assert_same_with(make, vals, monkeypatch, setting, value):
+    """The same solutions and gradients with ``defaults.<setting> = value`` as before."""
     x0, g0 = _solution_and_gradients(make(), vals)
-    monkeypatch.setattr(defaults, "READOFF_MAX_ELEMENTS", 1)   # one point per chunk
+    monkeypatch.setattr(defaults, setting, value)
     x1, g1 = _solution_and_gradients(make(), vals)
     torch.testing.assert_close(x1, x0, rtol=0, atol=1e-10)
     for a, b in zip(g0, g1, strict=True):
