@@ -417,20 +417,22 @@ def _recedes(Q, p, x, F, L, prox2, penalty2):
     unboundedness (exact for ``Q d = 0``). No optimal point passes, whatever ``d``: there
     the slope along every direction of the recession cone is at least 0."""
     eps, tiny = torch.finfo(x.dtype).eps, torch.finfo(x.dtype).tiny
-    B = x.shape[0]
-    D = torch.cat([F, x])                       # both directions, stacked (2 B, N)
+    B, N = x.shape
+    D = torch.stack([F, x])                     # both directions, (2, B, N)
     nD = _norm(D)
-    d = D / nD.clamp_min(tiny)[:, None]
-    xx, QQ = x.repeat(2, 1), Q.repeat(2, 1, 1)
-    flat = _norm(bmv(QQ, d)) <= eps ** 0.5 * L.repeat(2)
-    T = 1e6 * (1 + xx.abs().amax(-1))
-    y = xx + T[:, None] * d
-    inside = (prox2(y, torch.zeros_like(T)) - y).abs().amax(-1) <= 1e-6 * T
-    g = bmv(QQ, xx) + p.repeat(2, 1)
-    pen = penalty2(d)
+    d = D / nD.clamp_min(tiny).unsqueeze(-1)
+    flat = _norm(bmv(Q, d)) <= eps ** 0.5 * L   # (Q broadcast over the two)
+    T = 1e6 * (1 + x.abs().amax(-1))
+    y = x + T[:, None] * d
+    Tt = T.repeat(2)
+    inside = (prox2(y.reshape(2 * B, N), torch.zeros_like(Tt)) - y.reshape(2 * B, N)) \
+        .abs().amax(-1) <= 1e-6 * Tt
+    g = bmv(Q, x) + p
+    pen = penalty2(d.reshape(2 * B, N)).reshape(2, B)
     slope = (g * d).sum(-1) + pen
-    ok = (nD > 0) & flat & inside & (slope < -eps ** 0.5 * (_norm(g) + pen.abs()))
-    return ok[:B] | ok[B:]
+    ok = (nD > 0) & flat & inside.reshape(2, B) & \
+        (slope < -eps ** 0.5 * (_norm(g) + pen.abs()))
+    return ok[0] | ok[1]
 
 
 def prox_grad_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResult:
@@ -550,12 +552,13 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResul
         yn = torch.where(restart[:, None], xn, yn)
         tn = torch.where(restart, torch.ones_like(tn), tn)
         keep = done[:, None]
-        last_step = xn - x
+        testing = qp is not None and (it == check or it >= maxiter)
+        last_step = xn - x if testing else None
         x, y = torch.where(keep, x, xn), torch.where(keep, y, yn)
         t = torch.where(done, t, tn)
         # a non-finite residual cannot recover (NUMERICAL_ERROR): stop the item at once
         done = done | (res <= tol) | ~torch.isfinite(res)
-        if qp is not None and (it == check or it >= maxiter):
+        if testing:
             check *= 2
             if not bool(done.all()):
                 if twice is None:
