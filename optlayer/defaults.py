@@ -21,6 +21,7 @@ __all__ = [
     "DSL_MAX_SOURCE_CHARS",
     "DSL_MAX_DEPTH",
     "IPM_REG_FACTOR",
+    "QP_SCALE_ABOVE",
     "IPM_REFINE_STEPS",
     "IPM_BACKWARD_REFINE_STEPS",
     "IPM_POLISH_REFINE_STEPS",
@@ -117,6 +118,14 @@ DSL_MAX_SOURCE_CHARS = 100_000
 DSL_MAX_DEPTH = 1000
 
 # --- interior point QP (optlayer.solvers.qp) -------------------------------
+
+#: ``solve_qp`` divides an item's objective (``Q``, ``p``) by its largest coefficient where
+#: that is above this, and multiplies the multipliers back (the solution is the same;
+#: the reported residuals are the scaled problem's, relative as always). The interior
+#: point's start, regularization and active-set thresholds are in absolute units:
+#: portfolio with mu and F times 1e6 (|Q| ~ 1e12) ended MAX_ITER on every item, and nnls
+#: with its data times 1e3 took 18 iterations instead of 3 (times 10: 3).
+QP_SCALE_ABOVE = 1e4
 
 #: Diagonal regularization of the reduced KKT factorization, in units of the
 #: dtype's machine epsilon (relative to the diagonal, plus the same times the

@@ -105,7 +105,8 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     # _qp_dense.dense_factor (+delta on x, -delta on the rows held as equalities).
     # ``held`` (B, k, 1) marks the rows of the system kept: x, W and the equalities.
     row, ineq, eye, sign, zero, one, inf, none = _fixed(n, m, me, dtype, dev)
-    K0 = dense._base(d)
+    Kb = dense._base(d)
+    K0 = Kb.clone()
     K0.diagonal(dim1=1, dim2=2).add_(d.reg_abs.view(B, 1) * sign)
     rhs0 = torch.cat([t for t in (-d.p, d.h, d.b) if t is not None], dim=1)
 
@@ -136,6 +137,12 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             iters = iters.index_add(0, idx, out[6])
             settled = settled.index_copy(0, idx, out[7])
     K, LU, piv, info = fac
+    # one refinement step on the unregularized system of the final working set: the
+    # regularization leaves its rows off by delta u_W, which grows with the data's scale
+    # (nnls with A and t times 10: 7e-10 relative, above tol, on every item)
+    v = v + torch.linalg.lu_solve(LU, piv, torch.baddbmm(torch.where(held, rhs0, zero),
+                                                         torch.where(held, Kb, eye), v,
+                                                         alpha=-1.0))
     W = held[:, n:n + m]
     x = v[:, :n]
     z = s = y = None
