@@ -8,8 +8,10 @@ apply, default first.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from optlayer import defaults
 from optlayer.compiler.epigraph import Unsupported, rewrite
 from optlayer.errors import OptTypeError
 from optlayer.ir import (
@@ -28,6 +30,9 @@ __all__ = ["METHODS", "SetSpec", "Plan", "classify"]
 METHODS = ("projection", "stationary", "proj_grad", "prox_grad", "mirror_descent", "kkt")
 
 _PROJECTABLE = {"nonneg", "box", "simplex", "ball1", "ball2", "ballinf", "psd", "soc"}
+#: Simple sets whose rows are those of a QP as they stand (bounds, and one equality per
+#: simplex): with a quadratic objective, ``kkt`` is the default (``_sets_as_qp``).
+_QP_SETS = {"nonneg", "box", "simplex"}
 _NORM_BALL = {"norm1": "ball1", "norm2": "ball2", "norm_inf": "ballinf"}
 
 
@@ -302,6 +307,12 @@ def classify(problem, method: str | None = None) -> Plan:
     default = applicable[0]
     if "mirror_descent" in applicable and has_entropy and default != "projection":
         default = "mirror_descent"
+    if default == "proj_grad" and solver == "qp" and _sets_as_qp(problem, sets):
+        default = "kkt"
+        why.append("a quadratic objective on polyhedral sets only (nonneg, box, simplex) is "
+                   f"a QP; up to {defaults.SETS_AS_QP_MAX_SIZE} unknowns the QP interior "
+                   "point is faster and surer than projected gradient (method='proj_grad' "
+                   "still applies)")
     chosen = method or default
     if chosen not in applicable:
         hint = "applicable methods: " + ", ".join(applicable)
@@ -317,6 +328,15 @@ def classify(problem, method: str | None = None) -> Plan:
     if chosen == "kkt":
         plan.smooth, plan.problem, plan.start = rw.smooth, rw.problem, rw.start
     return plan
+
+
+def _sets_as_qp(problem, sets) -> bool:
+    """True when the problem's sets are all QP rows as they stand (:data:`_QP_SETS`) and it
+    has at most ``defaults.SETS_AS_QP_MAX_SIZE`` unknowns (a larger one keeps
+    projected gradient: its projections cost O(n), the QP's dense rows O(n^2))."""
+    size = sum(math.prod(v.shape) for v in problem.vars.values())
+    return (size <= defaults.SETS_AS_QP_MAX_SIZE
+            and all(s.kind in _QP_SETS for s in sets.values()))
 
 
 def _rewrite(problem):

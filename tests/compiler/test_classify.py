@@ -5,22 +5,32 @@ from __future__ import annotations
 import pytest
 
 import optlayer as ol
+from optlayer import defaults
 from optlayer.compiler import classify
 
 HEAD = "dim n = 4\nparam y[n]\nparam r pos\nparam A[n, n]\nvar x[n]\n"
 
 CASES = [
-    ("simplex_member", "minimize sum_squares(A @ x - y)\nsubject to\n x in simplex", "proj_grad",
+    # a quadratic objective on polyhedral sets is a QP: kkt by default, proj_grad applies
+    ("simplex_member", "minimize sum_squares(A @ x - y)\nsubject to\n x in simplex", "kkt",
      "simplex"),
     ("simplex_spelled", "minimize sum_squares(A @ x - y)\nsubject to\n sum(x) == r\n x >= 0",
-     "proj_grad", "simplex"),
-    ("nonneg_ineq", "minimize sum_squares(A @ x - y)\nsubject to\n x >= 0", "proj_grad", "nonneg"),
-    ("nonneg_member", "minimize sum_squares(A @ x - y)\nsubject to\n x in nonneg", "proj_grad",
+     "kkt", "simplex"),
+    ("nonneg_ineq", "minimize sum_squares(A @ x - y)\nsubject to\n x >= 0", "kkt", "nonneg"),
+    ("nonneg_member", "minimize sum_squares(A @ x - y)\nsubject to\n x in nonneg", "kkt",
      "nonneg"),
-    ("bounds", "minimize sum_squares(A @ x - y)\nsubject to\n x >= -1\n x <= r", "proj_grad",
+    ("bounds", "minimize sum_squares(A @ x - y)\nsubject to\n x >= -1\n x <= r", "kkt", "box"),
+    ("box_member", "minimize sum_squares(A @ x - y)\nsubject to\n x in box(-1, 1)", "kkt",
      "box"),
-    ("box_member", "minimize sum_squares(A @ x - y)\nsubject to\n x in box(-1, 1)", "proj_grad",
-     "box"),
+    # the same sets under an objective that is not quadratic: projected gradient
+    ("simplex_smooth", "minimize sum(exp(A @ x - y))\nsubject to\n x in simplex", "proj_grad",
+     "simplex"),
+    ("simplex_spelled_smooth", "minimize sum(exp(A @ x - y))\nsubject to\n sum(x) == r\n"
+     " x >= 0", "proj_grad", "simplex"),
+    ("nonneg_smooth", "minimize sum(exp(A @ x - y))\nsubject to\n x >= 0", "proj_grad",
+     "nonneg"),
+    ("bounds_smooth", "minimize sum(exp(A @ x - y))\nsubject to\n x >= -1\n x <= r",
+     "proj_grad", "box"),
     ("norm2_ball", "minimize sum_squares(A @ x - y)\nsubject to\n norm2(x) <= r", "proj_grad",
      "ball2"),
     ("norm1_ball", "minimize sum_squares(A @ x - y)\nsubject to\n norm1(x) <= r", "proj_grad",
@@ -44,6 +54,28 @@ def test_default_method_and_set(body, method, kind):
     assert plan.method == method
     if kind is not None:
         assert plan.sets["x"].kind == kind
+    if method in ("kkt", "proj_grad") and kind is not None:
+        assert "proj_grad" in plan.applicable
+
+
+def test_quadratic_objective_on_polyhedral_sets_defaults_to_kkt_up_to_the_size_bound():
+    """Below ``SETS_AS_QP_MAX_SIZE`` unknowns the QP interior point; above it, and for a set
+    that is not a QP row as it stands (a ball), projected gradient."""
+    body = "minimize sum_squares(A @ x - y)\nsubject to\n x in simplex"
+    bound = defaults.SETS_AS_QP_MAX_SIZE
+    for n, method in ((bound, "kkt"), (bound + 1, "proj_grad")):
+        head = f"dim n = {n}\nparam y[n]\nparam A[n, n]\nvar x[n]\n"
+        plan = classify(ol.check(head + body, dims={}))
+        assert (plan.method, plan.applicable[0]) == (method, method)
+        assert {"kkt", "proj_grad"} <= set(plan.applicable)
+    # two variables count together: 2 * (bound // 2 + 1) unknowns are above the bound
+    half = bound // 2 + 1
+    two = (f"dim n = {half}\nparam y[n]\nvar x[n]\nvar w[n]\n"
+           "minimize sum_squares(x - y) + sum_squares(w + y)\nsubject to\n x >= 0\n w >= 0")
+    assert classify(ol.check(two, dims={})).method == "proj_grad"
+    mixed = (HEAD + "var w[n]\nminimize sum_squares(A @ x - y) + sum_squares(w - y)\n"
+             "subject to\n x >= 0\n norm2(w) <= r")
+    assert classify(ol.check(mixed, dims={})).method == "proj_grad"
 
 
 def test_forcing_a_method_that_does_not_apply_names_the_applicable_ones():
@@ -73,7 +105,8 @@ def test_nonsmooth_objective_goes_to_kkt_through_the_epigraph():
 
 
 def test_explain_names_row_map_and_solver():
-    text = ol.compile(HEAD + "minimize sum_squares(A @ x - y)\nsubject to\n x >= 0").explain()
+    text = ol.compile(HEAD + "minimize sum_squares(A @ x - y)\nsubject to\n x >= 0",
+                      method="proj_grad").explain()
     assert "method: proj_grad" in text
     assert "x = proj_C(x - eta grad f(x))" in text
     assert "each var in one simple set" in text
@@ -85,3 +118,11 @@ def test_forcing_kkt_on_a_smooth_set_problem_explains_the_rule():
     with pytest.raises(ol.OptTypeError, match="does not apply") as info:
         classify(ol.check(src, dims={}), "kkt")
     assert "offered only when no other method applies" in str(info.value)
+
+
+def test_explain_says_why_a_quadratic_on_sets_is_a_qp():
+    text = ol.compile(HEAD + "minimize sum_squares(A @ x - y)\nsubject to\n x >= 0").explain()
+    assert "method: kkt" in text
+    assert "x in nonneg (x >= 0)" in text
+    assert "polyhedral sets only (nonneg, box, simplex) is a QP" in text
+    assert "applicable methods: kkt, proj_grad, prox_grad (default kkt)" in text

@@ -431,7 +431,7 @@ def test_cold_start_is_the_minimiser_on_the_affine_hull_of_the_simplices():
                        "var x[4]\nvar y[3]\n"
                        "minimize 0.5 * sum_squares(K @ x + L @ y) + 5 * sum_squares(x) "
                        "+ 5 * sum_squares(y) + c @ x + q @ y\n"
-                       "subject to\n x in simplex\n y in simplex(v)")
+                       "subject to\n x in simplex\n y in simplex(v)", method="proj_grad")
     assert layer.method == "proj_grad"
     g = torch.Generator().manual_seed(0)
     vals = {k: 0.3 * torch.randn(4, *s, dtype=D, generator=g)

@@ -63,7 +63,7 @@ def test_unbounded_items_are_certified_and_bounded_ones_solved(name):
         [0.02, 0.05, 0.2, 0.5, 1.0, 2.0] * 2, dtype=D)[:, None]
     if name == "null space":   # half the items with y in the row space: bounded
         y[::2, 2:] = -y[::2, :2]
-    layer, x = _solve(body, y)
+    layer, x = _solve(body, y, method=method)   # (kkt is the default for "nonneg")
     assert layer.method == method and layer.program.forward_solver() == "fbn"
     want = _cvxpy_unbounded(build, y)
     assert 0 < sum(want) < len(want)          # both kinds occur
@@ -85,7 +85,8 @@ def test_bounded_problems_are_not_called_unbounded(body, monkeypatch):
     # checks from the first iteration on, on data that pushes hard
     monkeypatch.setattr(defaults, "FBN_UNBOUNDED_CHECK", 1)
     y = torch.randn(16, 4, generator=torch.Generator().manual_seed(1), dtype=D) * 50
-    layer, _ = _solve(body, y)
+    # (a QP on sets defaults to kkt: the forward-backward Newton's certificate is tested)
+    layer, _ = _solve(body, y, method="prox_grad" if "norm1" in body else "proj_grad")
     assert layer.program.forward_solver() == "fbn"
     assert bool((layer.info.status == 0).all()), layer.info.status
 

@@ -72,4 +72,4 @@ def test_python_dash_m_solve():
                         str(PROBLEMS / "portfolio.opt")],
                        capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "method proj_grad" in r.stdout and "status: OPTIMAL" in r.stdout
+    assert "method kkt" in r.stdout and "status: OPTIMAL" in r.stdout
