@@ -531,6 +531,11 @@ def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = N
     ``s'z = 0``. The result is differentiable in every input, once (implicit
     differentiation of the KKT conditions; see the module docstring).
 
+    An item whose objective has a coefficient above ``defaults.QP_SCALE_ABOVE`` is
+    solved with ``Q`` and ``p`` divided by the largest (the multipliers multiplied
+    back; its residuals are the scaled problem's), as the start, regularization and
+    thresholds of the methods are in absolute units.
+
     float32 inputs are solved in float64 (forward and backward), to float64's
     tolerance, and the results returned in float32, OPTIMAL where the float64
     point passes ``tol``: in float32 the normal equations of the interior
