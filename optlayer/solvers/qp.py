@@ -593,11 +593,8 @@ def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = N
         clean = [None if t is None else
                  torch.where(finite.view(-1, *([1] * (t.dim() - 1))), t, torch.zeros_like(t))
                  for t in args]
-    # An objective with coefficients above QP_SCALE_ABOVE is solved in units of its
-    # largest one: the same solution, multipliers divided by the scale (multiplied back
-    # below). The interior point's start, regularization and active-set thresholds are in
-    # absolute units: portfolio with mu and F times 1e6 (|Q| ~ 1e12) ended MAX_ITER on
-    # every item, nnls with its data times 1e3 took 18 iterations instead of 3.
+    # an objective with coefficients above QP_SCALE_ABOVE in units of its largest one
+    # (defaults.QP_SCALE_ABOVE says why): the multipliers are multiplied back below
     Qc, pc = clean[0], clean[1]
     scale = torch.maximum(Qc.detach().abs().amax(dim=(1, 2)), pc.detach().abs().amax(dim=1))
     big = scale > defaults.QP_SCALE_ABOVE
