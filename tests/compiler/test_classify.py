@@ -54,8 +54,8 @@ def test_default_method_and_set(body, method, kind):
     assert plan.method == method
     if kind is not None:
         assert plan.sets["x"].kind == kind
-    if method in ("kkt", "proj_grad") and kind is not None:
-        assert "proj_grad" in plan.applicable
+        if method in ("kkt", "proj_grad"):
+            assert "proj_grad" in plan.applicable
 
 
 def test_quadratic_objective_on_polyhedral_sets_defaults_to_kkt_up_to_the_size_bound():

@@ -54,9 +54,10 @@ def test_a_scaled_objective_has_the_same_solution_and_scaled_multipliers(c, batc
     torch.testing.assert_close(gbig, gbase / c, atol=1e-8 / c, rtol=1e-7)
 
 
-def test_below_the_threshold_nothing_is_rescaled(monkeypatch):
-    """The scaled solve is the same computation as the unscaled one up to roundoff;
-    with the threshold out of reach the iterates are those of the data as given."""
+def test_scaling_every_item_leaves_the_solution_and_multipliers(monkeypatch):
+    """With the threshold at 0 every item is solved scaled (here by its largest
+    coefficient, between 1 and 10): the solution and multipliers are those of the data
+    as given, to roundoff."""
     Q, p, G, h, A, b = _qp(2)
     sol = solve_qp(Q, p, G, h, A, b)
     monkeypatch.setattr(defaults, "QP_SCALE_ABOVE", 0.0)   # every item rescaled
