@@ -28,7 +28,9 @@ inequality row, cone rows in their smooth form ``sum_squares(u) - s^2``) and
 the affine equality rows ``h`` are lowered to batched torch functions of
 ``(z, params)``. The forward pass is
 :class:`optlayer.solvers.ConvexInteriorPoint` (no graph; ``A, b`` of the
-equalities read off as above); gradients come from ``custom_root`` on the KKT
+equalities read off as above), or, for a quadratic objective under one quadratic
+row, Newton on that row's multiplier
+(:func:`optlayer.solvers.secular.solve_one_quadratic_row`); gradients come from ``custom_root`` on the KKT
 map of :func:`optlayer.conditions.kkt`,
 ``F(z, nu, lam) = (grad f + dg' lam + dh' nu, h(z), lam * g(z))``,
 differentiated in the parameters (valid under strict complementarity).
@@ -37,6 +39,7 @@ differentiated in the parameters (valid under strict complementarity).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -295,8 +298,69 @@ def _setup(program, Pd, B, N, dtype, device, hfun):
 
 
 def _forward(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter, setup):
-    """The interior point run of :func:`solve_convex` (``setup`` from :func:`_setup` at
-    ``Pd``): ``(z, nu, lam, state)``."""
+    """The forward solve of :func:`solve_convex` (``setup`` from :func:`_setup` at ``Pd``):
+    ``(z, nu, lam, state)`` (``state`` with ``status`` and ``iter_num`` per item). A
+    quadratic objective under one quadratic row goes to Newton on the row's multiplier
+    (:func:`~optlayer.solvers.secular.solve_one_quadratic_row`); the items it does not
+    certify, and every other problem, to the convex interior point."""
+    one = _one_row_data(setup) if one_quadratic_row(program) else None
+    if one is None:
+        return _interior_point(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter,
+                               setup)
+    from optlayer.solvers.secular import solve_one_quadratic_row
+
+    sol = solve_one_quadratic_row(*one, tol=tol, maxiter=maxiter or
+                                  defaults.MAXITER["newton"])
+    ok = sol.status == int(Status.OPTIMAL)
+    state = _OneRowState(sol.status, sol.iterations)
+    z, nu, lam = sol.x, sol.x.new_zeros(B, 0), sol.lam
+    if not bool(ok.all()):   # (an infeasible row, an indefinite Q, ...)
+        z1, nu1, lam1, st1 = _interior_point(program, Pd, B, N, dtype, device, gfun, hfun,
+                                             tol, maxiter, setup)
+        z, lam = torch.where(ok.unsqueeze(-1), z, z1), torch.where(ok.unsqueeze(-1), lam, lam1)
+        state = _OneRowState(torch.where(ok, state.status, st1.status),
+                             torch.where(ok, state.iter_num, st1.iter_num))
+    return z, nu, lam, state
+
+
+class _OneRowState(NamedTuple):
+    status: torch.Tensor
+    iter_num: torch.Tensor
+
+
+def one_quadratic_row(program) -> bool:
+    """Whether the problem is a quadratic objective under one scalar quadratic row and
+    nothing else, which :func:`_forward` solves by Newton on the row's multiplier."""
+    plan = program.plan
+    if plan.eq or len(plan.ineq) != 1:
+        return False
+    row = plan.ineq[0].expr
+    return row.shape == () and degree(row, {}) == 2 and all(
+        degree(e, {}) <= 2 for _, e in plan.smooth)
+
+
+def _one_row_data(setup):
+    """``(Q, p, P, q, c)`` of ``min ½z'Qz + p'z s.t. ½z'Pz + q'z + c <= 0`` from the models
+    of a :func:`one_quadratic_row` problem; None where they are not these (under
+    ``torch.func`` transforms there are none)."""
+    from optlayer.solvers.convex_models import QuadraticObjective, QuadraticRows
+
+    _, _, models = setup
+    if "objective_model" not in models or "ineq_model" not in models:
+        return None
+    obj, rows = models["objective_model"](None), models["ineq_model"](None)
+    parts = getattr(rows, "parts", ())
+    if not (isinstance(obj, QuadraticObjective) and obj.Q is not None and len(parts) == 1
+            and isinstance(parts[0], QuadraticRows) and rows.sizes == [1]):
+        return None
+    row = parts[0]
+    B, N = obj.p.shape
+    return (obj.Q.expand(B, N, N), obj.p, row.Q[:, 0].expand(B, N, N),
+            row.p[:, 0].expand(B, N), row.c[:, 0].expand(B))
+
+
+def _interior_point(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter, setup):
+    """The convex interior point run of :func:`_forward`."""
     from optlayer.solvers import ConvexInteriorPoint
 
     eq, _, models = setup

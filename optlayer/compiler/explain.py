@@ -37,6 +37,10 @@ ROWS = {
 }
 
 
+#: the forward solver of a quadratic objective under one quadratic row (and nothing else)
+ONE_ROW = ("Newton on the multiplier of the one quadratic row (the secular equation of "
+           "trust-region methods, optlayer.solvers.secular)")
+
 #: :meth:`Program.forward_solver` -> the solver in words (None: the method's ROWS entry)
 SOLVERS = {
     "newton": "Newton with Armijo backtracking (one step when f is quadratic)",
@@ -81,6 +85,12 @@ def explain_plan(plan, problem, program=None) -> str:
     if program is not None and key in ("stationary", "proj_grad", "prox_grad",
                                        "mirror_descent"):
         solver = forward_solver(plan, program)
+    if program is not None and key == "kkt_convex":
+        from optlayer.compiler.canon import one_quadratic_row
+
+        if one_quadratic_row(program):
+            solver = (f"{ONE_ROW}; the items it cannot certify (an infeasible row, an "
+                      f"objective that is not strictly convex) go to the {solver}")
     lines = [f"method: {plan.method}", f"  table row: {row}", "  why:"]
     lines += [f"    - {w}" for w in plan.why] or ["    - (forced)"]
     lines += [f"  optimality map: {fmap}", f"  solver: {solver}"]
