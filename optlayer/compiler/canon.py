@@ -30,8 +30,8 @@ the affine equality rows ``h`` are lowered to batched torch functions of
 :class:`optlayer.solvers.ConvexInteriorPoint` (no graph; ``A, b`` of the
 equalities read off as above), or, for a quadratic objective under one quadratic
 row, Newton on that row's multiplier
-(:func:`optlayer.solvers.secular.solve_one_quadratic_row`); gradients come from ``custom_root`` on the KKT
-map of :func:`optlayer.conditions.kkt`,
+(:func:`optlayer.solvers.secular.solve_one_quadratic_row`); gradients come from
+``custom_root`` on the KKT map of :func:`optlayer.conditions.kkt`,
 ``F(z, nu, lam) = (grad f + dg' lam + dh' nu, h(z), lam * g(z))``,
 differentiated in the parameters (valid under strict complementarity).
 """
