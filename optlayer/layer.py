@@ -57,8 +57,9 @@ class OptLayer(nn.Module):
         solver: accepted for API compatibility; only the default solver of
             each method exists (any other value is an error).
         tol, maxiter: forward solver settings (defaults by dtype / family).
-        on_failure: ``"raise"`` (default), ``"warn"``, ``"mask"`` (NaN rows and
-            zero gradient for failed items) or ``"ignore"``.
+        on_failure: ``"raise"`` (default), ``"warn"``, ``"mask"`` (NaN rows, of the
+            solution and of :meth:`duals`, and zero gradient for failed items) or
+            ``"ignore"``.
         warm_start: reuse the previous solution as the initial point when the
             shapes match.
 
@@ -150,7 +151,13 @@ class OptLayer(nn.Module):
         self.info = LayerInfo(status, iters, res, m)
         report_status(status, self.on_failure, f"OptLayer ({m})")
         if self.on_failure == "mask":
-            z = torch.where(failed_mask(status)[:, None], torch.full_like(z, torch.nan), z)
+            bad = failed_mask(status)[:, None]
+            z = torch.where(bad, torch.full_like(z, torch.nan), z)
+            if m == "kkt":   # the failed items' multipliers are NaN rows too
+                zi, ze, isz, esz = self._duals
+                zi, ze = (None if d is None else torch.where(bad, torch.nan, d)
+                          for d in (zi, ze))
+                self._duals = (zi, ze, isz, esz)
         self._last = z.detach()
         parts = self.program.layout.unpack(z)
         parts = {k: parts[k] for k in self.problem.vars}  # kkt: drop epigraph variables

@@ -163,6 +163,8 @@ def test_convex_path_certifies_infeasible_items_and_masks_them(extra, radius):
     x = layer(c=c, a=torch.tensor(radius, dtype=torch.float64))
     assert layer.info.status.tolist() == [0, int(ol.Status.INFEASIBLE)]
     assert bool(x[1].isnan().all()) and bool(x[0].isfinite().all())
+    dual = layer.duals("q")    # the failed item's multiplier is masked too
+    assert bool(dual[1].isnan().all()) and bool(dual[0].isfinite().all())
     # weighted: with the equality sum(x) == 1, d sum(x) / dc is exactly zero
     (x.nan_to_num() * torch.arange(1.0, 5.0, dtype=torch.float64)).sum().backward()
     assert bool((c.grad[1] == 0).all()) and bool(c.grad[0].abs().sum() > 1e-3)
@@ -271,3 +273,16 @@ def test_a_crossed_curved_row_gets_its_slack_back():
         layer(**random_params(layer.problem, batch=32, seed=1))
     assert bool((layer.info.status == 0).all())
     assert layer.info.iterations <= 16
+
+
+def test_qp_path_masks_the_duals_of_infeasible_items():
+    layer = ol.compile("dim n = 3\nparam c[n]\nparam a\nvar x[n] nonneg\n"
+                       "minimize sum_squares(x - c)\nsubject to\n    cap: sum(x) <= a\n",
+                       method="kkt", on_failure="mask")
+    assert layer.plan.solver != "convex"
+    c = torch.ones(2, 3, dtype=torch.float64)
+    x = layer(c=c, a=torch.tensor([1.0, -1.0], dtype=torch.float64))
+    assert layer.info.status.tolist() == [0, int(ol.Status.INFEASIBLE)]
+    dual = layer.duals("cap")
+    assert bool(x[1].isnan().all()) and bool(dual[1].isnan().all())
+    torch.testing.assert_close(dual[0], torch.tensor([4.0 / 3.0], dtype=torch.float64))

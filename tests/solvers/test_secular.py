@@ -166,3 +166,34 @@ def test_the_rule_reads_the_problem():
         assert layer.plan.solver == "convex"
         assert not canon.one_quadratic_row(layer.program)
     assert "optlayer.solvers.secular" in ol.load(EXAMPLES + "/robust_ls.opt").explain()
+
+
+def test_a_batch_with_declined_items_merges_them_from_the_interior_point(monkeypatch):
+    """Item 1's ``A`` has a zero column (``Q`` singular: declined, solved by the interior
+    point, unique because the row binds); item 3 has no feasible point (INFEASIBLE). The
+    others come from Newton on the multiplier; all match the interior point's run."""
+    src = ("dim m = 5\ndim n = 3\nparam A[m, n]\nparam t[m]\nparam r\nvar x[n]\n"
+           "minimize sum_squares(A @ x - t)\nsubject to\n    ball: sum_squares(x - 1) <= r\n")
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(4, 5, 3, generator=g, dtype=F64)
+    A[1, :, 2] = 0.0
+    t = 5 * torch.randn(4, 5, generator=g, dtype=F64)
+    r = torch.tensor([0.5, 0.5, 0.5, -1.0], dtype=F64)
+    calls = []
+    real = canon.one_quadratic_row
+    out = []
+    for on in (True, False):
+        monkeypatch.setattr(canon, "one_quadratic_row",
+                            (lambda p: calls.append(1) or real(p)) if on else (lambda p: False))
+        layer = ol.compile(src, on_failure="mask")
+        A_, t_ = A.clone().requires_grad_(True), t.clone().requires_grad_(True)
+        x = layer(A=A_, t=t_, r=r)
+        (x[[0, 1, 2]] * torch.tensor([1.0, 2.0, 3.0], dtype=F64)).sum().backward()
+        out.append((x.detach(), layer.info.status.tolist(), A_.grad, t_.grad))
+    assert calls
+    (x1, s1, gA1, gt1), (x2, s2, gA2, gt2) = out
+    assert s1 == s2 == [0, 0, 0, int(Status.INFEASIBLE)]
+    torch.testing.assert_close(x1[:3], x2[:3], atol=1e-8, rtol=0)
+    assert bool(x1[3].isnan().all())
+    torch.testing.assert_close(gA1, gA2, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(gt1, gt2, atol=1e-6, rtol=1e-6)
