@@ -329,14 +329,15 @@ class _OneRowState(NamedTuple):
 
 
 def one_quadratic_row(program) -> bool:
-    """Whether the problem is a quadratic objective under one scalar quadratic row and
-    nothing else, which :func:`_forward` solves by Newton on the row's multiplier."""
+    """Whether the problem is a quadratic objective (not linear) under one scalar quadratic
+    row and nothing else, which :func:`_forward` solves by Newton on the row's
+    multiplier."""
     plan = program.plan
     if plan.eq or len(plan.ineq) != 1:
         return False
     row = plan.ineq[0].expr
-    return row.shape == () and degree(row, {}) == 2 and all(
-        degree(e, {}) <= 2 for _, e in plan.smooth)
+    return row.shape == () and degree(row, {}) == 2 and bool(plan.smooth) and max(
+        degree(e, {}) for _, e in plan.smooth) == 2
 
 
 def _one_row_data(setup):

@@ -156,15 +156,18 @@ def test_robust_ls_agrees_with_the_interior_point(monkeypatch, seed):
 
 def test_the_rule_reads_the_problem():
     """One scalar quadratic row, a quadratic objective, nothing else; an equality, a second
-    row or an elementwise row leaves the interior point."""
+    row, an elementwise row or a linear objective (no Q to factor) leaves the interior
+    point."""
     base = "dim n = 3\nparam c[n]\nvar x[n]\nminimize sum_squares(x - c)\nsubject to\n"
     assert canon.one_quadratic_row(ol.compile(base + "    sum_squares(x) <= 1\n").program)
-    for extra in ("    sum_squares(x) <= 1\n    sum(x) == 1\n",
-                  "    sum_squares(x) <= 1\n    sum_squares(x - 1) <= 2\n",
-                  "    square(x) <= 1\n"):
-        layer = ol.compile(base + extra)
+    for src in (base + "    sum_squares(x) <= 1\n    sum(x) == 1\n",
+                base + "    sum_squares(x) <= 1\n    sum_squares(x - 1) <= 2\n",
+                base + "    square(x) <= 1\n",
+                base.replace("sum_squares(x - c)", "c @ x") + "    sum_squares(x) <= 1\n"):
+        layer = ol.compile(src)
         assert layer.plan.solver == "convex"
         assert not canon.one_quadratic_row(layer.program)
+        assert "optlayer.solvers.secular" not in layer.explain()
     assert "optlayer.solvers.secular" in ol.load(EXAMPLES + "/robust_ls.opt").explain()
 
 
