@@ -118,7 +118,14 @@ def solve_one_quadratic_row(Q: Tensor, p: Tensor, P: Tensor, q: Tensor, c: Tenso
     """
     B = p.shape[0]
     eps = torch.finfo(p.dtype).eps
-    d, a, b, info = _eigen_form(Q, p, P, q)
+    try:
+        d, a, b, info = _eigen_form(Q, p, P, q)
+    except torch.linalg.LinAlgError:    # (eigh did not converge: every item declined)
+        nan = p.new_full((B,), math.nan)
+        return OneRowSolution(torch.full_like(p, math.nan), nan.unsqueeze(-1),
+                              torch.full((B,), int(Status.NUMERICAL_ERROR), dtype=torch.int8,
+                                         device=p.device),
+                              torch.zeros(B, dtype=torch.int64, device=p.device), nan)
     kappa = _kappa(d, b, c)                  # +inf where g is unbounded below
     one = torch.ones_like(d)
     lam = p.new_zeros(B)
@@ -130,11 +137,12 @@ def solve_one_quadratic_row(Q: Tensor, p: Tensor, P: Tensor, q: Tensor, c: Tenso
     active = usable & (g > 0)
     inv_kappa = torch.where(finite, 1.0 / kappa, 0.0)
     # g is converged at its roundoff (eps times its terms, which |c| and kappa bound near
-    # the root) or where lam |g| <= tol / 10 and |g| <= tol / 10
+    # the root) or at |g| <= tol / (10 (1 + lam)), which bounds |g| and lam |g| by tol / 10;
+    # a non-finite g stops its item (declined below)
     noise = 16 * eps * (c.abs() + torch.where(finite, kappa, 0.0))
     iters = torch.zeros(B, dtype=torch.int64, device=p.device)
     for _ in range(maxiter):
-        done = ~active | (g.abs() <= torch.maximum(noise, (0.1 * tol) / (1.0 + lam)))
+        done = ~active | ~(g.abs() > torch.maximum(noise, (0.1 * tol) / (1.0 + lam)))
         if bool(done.all()):
             break
         iters += ~done

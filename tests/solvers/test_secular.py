@@ -200,3 +200,14 @@ def test_a_batch_with_declined_items_merges_them_from_the_interior_point(monkeyp
     assert bool(x1[3].isnan().all())
     torch.testing.assert_close(gA1, gA2, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(gt1, gt2, atol=1e-6, rtol=1e-6)
+
+
+def test_an_eigendecomposition_that_fails_declines_every_item(monkeypatch):
+    def fail(M):
+        raise torch.linalg.LinAlgError("linalg.eigh: the algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", fail)
+    data, _ = _ball(6, B=3)
+    sol = solve_one_quadratic_row(*data, tol=1e-10)
+    assert sol.status.tolist() == [int(Status.NUMERICAL_ERROR)] * 3
+    assert bool(sol.x.isnan().all())
