@@ -315,7 +315,9 @@ def _forward(program, Pd, B, N, dtype, device, gfun, hfun, tol, maxiter, setup):
     state = _OneRowState(sol.status, sol.iterations)
     z, nu, lam = sol.x, sol.x.new_zeros(B, 0), sol.lam
     if not bool(ok.all()):   # (an infeasible row, an indefinite Q, ...)
-        z1, nu1, lam1, st1 = _interior_point(program, Pd, B, N, dtype, device, gfun, hfun,
+        # the interior point runs on the whole batch (its models are the batch's; rare),
+        # and only the declined items take its results
+        z1, _, lam1, st1 = _interior_point(program, Pd, B, N, dtype, device, gfun, hfun,
                                              tol, maxiter, setup)
         z, lam = torch.where(ok.unsqueeze(-1), z, z1), torch.where(ok.unsqueeze(-1), lam, lam1)
         state = _OneRowState(torch.where(ok, state.status, st1.status),
