@@ -41,6 +41,7 @@ __all__ = [
     "IPM_STALL_ITERS",
     "IPM_FAST_LOOP",
     "IPM_POLISH_BELOW",
+    "IPM_POLISH_CORRECTIONS",
     "IPM_POLISH_AT",
     "IPM_REG_BOOST",
     "IPM_REG_RETRIES",
@@ -272,6 +273,12 @@ IPM_FAST_LOOP = True
 #: further hundredfold decrease, if some active set has changed); an item stops
 #: where its polished point passes the KKT check.
 IPM_POLISH_BELOW = 1e-3
+
+#: A polished point of the full-system loop that fails the KKT check gets up to this
+#: many corrections of its active set by the primal-dual active-set rule (rows with a
+#: negative multiplier leave, rows the point violates join; ``_qp_dense._correct``),
+#: each a polish on the new set of the items still failing. 0: none.
+IPM_POLISH_CORRECTIONS = 2
 
 #: The large-problem interior point iterates down to this error (or ``tol`` if
 #: larger) and then polishes on the active set; items whose polished point does

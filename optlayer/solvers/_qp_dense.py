@@ -50,6 +50,7 @@ the batch: one LU of a few items instead of the batch's).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -308,7 +309,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             # the active set is most likely known: try to finish by polishing on it;
             # items whose polished point passes are done (the loop goes on for the others)
             polish_at = worst * 1e-2
-            pol = _repolish(d, v, n, m, me, pol)
+            pol = _correct(d, _repolish(d, v, n, m, me, pol, tol), running, tol)
             passed = pol.err <= tol
             if bool((~active | infeasible | unbounded | (err <= tol) | passed).all()):
                 break
@@ -354,7 +355,8 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         v = torch.where(step.view(-1, 1, 1), torch.addcmul(v, a, dv, value=-1.0), v)
         iters += running
 
-    pol = _repolish(d, v, n, m, me, pol)
+    pol = _correct(d, _repolish(d, v, n, m, me, pol, tol), running & ~infeasible & ~unbounded,
+                   tol)
     # items that stopped without converging: the certificates at their last point
     # (an infeasible or unbounded item may break down between two periodic checks), the
     # ray along the last direction or along the iterate itself (one that ran off along a
@@ -369,7 +371,8 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
                    iters, tol, want_factor)
 
 
-def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | None):
+def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | None,
+              tol: float):
     """The polish (:func:`_polish`) at ``v``; ``pol`` again for the items whose active set
     it was taken on: a polished point depends on the active set alone, but for
     the free directions of a problem whose solution is not unique (the loop
@@ -377,7 +380,10 @@ def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | 
     if pol is None:
         return _polish(d, *_split(v, n, m, me))
     B = v.shape[0]
-    changed = ((v[:, n + m:n + 2 * m] > v[:, n:n + m]) != pol.fac.J).view(B, m).any(dim=1)
+    # (an item whose polished point passed is done; a corrected one (_correct) has an
+    # active set of its own, not its iterate's)
+    changed = ((v[:, n + m:n + 2 * m] > v[:, n:n + m]) != pol.fac.J).view(B, m).any(dim=1) \
+        & ~(pol.err <= tol)
     idx = changed.nonzero().view(-1)
     k = idx.numel()
     if not k:
@@ -388,6 +394,41 @@ def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | 
     # one small batched LU instead of the whole batch's (each item's polish is its own)
     return ipm.scatter(pol, idx,
                        _polish(ipm.take(d, idx), *_split(v.index_select(0, idx), n, m, me)))
+
+
+def _correct(d: ipm.Data, pol: _Polished, todo: Tensor, tol: float) -> _Polished:
+    """``pol`` with the polished points of the items ``todo`` that fail ``tol`` corrected on
+    their active set: the next set keeps the rows of ``J`` whose multiplier is
+    nonnegative (the primal-dual active-set rule of :mod:`_qp_active`) and takes the row
+    the polished point violates most (one row: taking every violated row at once can
+    hold more rows than the solution has, a singular system). A polish on that set
+    replaces the last where its error is lower, and the items whose set changed go on,
+    up to ``defaults.IPM_POLISH_CORRECTIONS`` rounds (one host sync each). Where the
+    iterate's active set is a row or two off, as it often is where the polish is first
+    tried, this finishes the item without more interior point iterations; every point
+    kept is still judged by its residuals."""
+    if pol.u is None:      # no inequalities: the polish had no active set to guess
+        return pol
+    for _ in range(defaults.IPM_POLISH_CORRECTIONS):
+        idx = (todo & ~(pol.err <= tol)).nonzero().view(-1)
+        if not idx.numel():
+            break
+        dk = ipm.take(d, idx)
+        x, s, z, y = (None if t is None else t.index_select(0, idx) for t in pol.point)
+        J, u = pol.fac.J.index_select(0, idx), pol.u.index_select(0, idx)
+        thr = ((0.1 * tol) * (1.0 + ipm.amax(dk.h))).view(-1, 1, 1)   # as _qp_active's
+        viol = ipm.matvec(dk.G, x, dk.Gt) - dk.h
+        top = viol.masked_fill(J, -math.inf).amax(dim=1, keepdim=True)
+        Jn = (J & (u >= 0.0)) | ((viol == top) & (top > thr))
+        new = _polish(dk, x, s, z, y, Jn)
+        better = new.err < pol.err.index_select(0, idx)
+        moved = better & (Jn != J).view(Jn.shape[0], -1).any(dim=1)
+        todo = torch.zeros_like(todo).index_copy(0, idx, moved)
+        keep = better.nonzero().view(-1)
+        if keep.numel() < idx.numel():
+            idx, new = idx.index_select(0, keep), ipm.gather(new, keep)
+        pol = ipm.scatter(pol, idx, new)
+    return pol
 
 
 def _split(v: Tensor, n: int, m: int, me: int):
@@ -423,17 +464,17 @@ def _base(d: ipm.Data) -> Tensor:
     return K
 
 
-def dense_factor(d: ipm.Data, s: Tensor | None, z: Tensor | None) -> DenseFactor:
-    """Factor the active-set KKT matrix at ``(s, z)`` (``J = {z > s}``)."""
+def dense_factor(d: ipm.Data, s: Tensor | None, z: Tensor | None,
+                 J: Tensor | None = None) -> DenseFactor:
+    """Factor the active-set KKT matrix at ``(s, z)`` (``J = {z > s}``, or the ``J`` given)."""
     B, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
     K = _base(d)
     delta = d.reg_abs.view(B, 1)
     reg = [delta.expand(B, n)]
-    J = None
     if m:
-        J = z > s
+        J = z > s if J is None else J
         c = J.to(z.dtype).view(B, m)
         keep = torch.cat([c.new_ones(B, n), c, c.new_ones(B, me)], dim=1)
         K = K * (keep.unsqueeze(2) * keep.unsqueeze(1))
@@ -486,13 +527,14 @@ class _Polished(NamedTuple):
     point: tuple            # (x, s, z, y) solving the active-set KKT system
     r: ipm._Res
     err: Tensor
+    u: Tensor | None        # (B, m, 1) the system's multipliers of J before clamping at 0
 
 
-def _polish(d: ipm.Data, x, s, z, y) -> _Polished:
-    """Solve the KKT system of the active set ``{z > s}`` of the point given."""
+def _polish(d: ipm.Data, x, s, z, y, J: Tensor | None = None) -> _Polished:
+    """Solve the KKT system of the active set ``{z > s}`` of the point given (or of ``J``)."""
     n = d.Q.shape[1]
     m = 0 if z is None else z.shape[1]
-    fac = dense_factor(d, s, z)
+    fac = dense_factor(d, s, z, J)
     rhs = [-d.p]
     if m:
         rhs.append(torch.where(fac.J, d.h, torch.zeros_like(d.h)))
@@ -507,15 +549,16 @@ def _polish(d: ipm.Data, x, s, z, y) -> _Polished:
                       refine=defaults.IPM_BACKWARD_REFINE_STEPS,
                       start=torch.nan_to_num(start, nan=0.0, posinf=0.0, neginf=0.0))
     px = sol[:, :n]
-    pz = ps = py = None
+    pz = ps = py = u = None
     if m:
-        pz = sol[:, n:n + m].clamp(min=0.0)
+        u = sol[:, n:n + m]
+        pz = u.clamp(min=0.0)
         ps = (d.h - d.G @ px).clamp(min=0.0)
     if d.A is not None:
         py = sol[:, n + m:]
     r = ipm.residuals(d, px, ps, pz, py)
     return _Polished(fac, (px, ps, pz, py), r, torch.maximum(torch.maximum(r.dres, r.pres),
-                                                             r.gap))
+                                                             r.gap), u)
 
 
 def _finish(d, point, pol: _Polished, err, active, running, infeasible, unbounded, iters, tol,

@@ -108,7 +108,8 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
                 break
         if worst <= polish_at:     # as in run_dense: finish on the active set where it passes
             polish_at = worst * 1e-2
-            pol = dense._repolish(d, torch.cat([x, w], dim=1), n, m, 0, pol)
+            pol = dense._repolish(d, torch.cat([x, w], dim=1), n, m, 0, pol, tol)
+            pol = dense._correct(d, pol, running, tol)
             running = running & ~(pol.err <= tol)
             if not bool(running.any()):
                 break
@@ -132,7 +133,7 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         iters += running
 
     v = torch.cat([x, w], dim=1)
-    pol = dense._repolish(d, v, n, m, 0, pol)
+    pol = dense._correct(d, dense._repolish(d, v, n, m, 0, pol, tol), running, tol)
     none = torch.zeros_like(running)
     return dense._finish(d, dense._split(v, n, m, 0), pol, err, active, running, none, none,
                          iters, tol, want_factor)

@@ -489,14 +489,16 @@ def merge(res: Result, idx: Tensor, again: Result) -> Result:
                   *(put(a, b) for a, b in zip(res[6:9], again[6:9], strict=True)), fac)
 
 
-def _gather(state, idx):
-    """The items ``idx`` of a tuple of batched tensors (None and nested tuples kept)."""
-    return tuple(None if v is None else _gather(v, idx) if isinstance(v, tuple)
-                 else v.index_select(0, idx) for v in state)
+def gather(state, idx):
+    """The items ``idx`` of a tuple of batched tensors (None and nested tuples kept; a
+    named tuple keeps its type)."""
+    vals = [None if v is None else gather(v, idx) if isinstance(v, tuple)
+            else v.index_select(0, idx) for v in state]
+    return type(state)(*vals) if hasattr(state, "_fields") else tuple(vals)
 
 
 def scatter(full, idx, part):
-    """``full`` with the items ``idx`` replaced by ``part`` (tuples as in :func:`_gather`;
+    """``full`` with the items ``idx`` replaced by ``part`` (tuples as in :func:`gather`;
     a named tuple keeps its type)."""
     vals = [None if f is None else scatter(f, idx, p) if isinstance(f, tuple)
             else f.index_copy(0, idx, p) for f, p in zip(full, part, strict=True)]
@@ -555,7 +557,7 @@ def run_ipm(d: Data, *, active: Tensor, tol: float, maxiter: int,
             running = running | again
             # polish the retried items again (only them: the others keep theirs)
             idx = torch.nonzero(retry).view(-1)
-            p2, r2, e2, f2 = _polish(take(d, idx), _gather(state, idx))
+            p2, r2, e2, f2 = _polish(take(d, idx), gather(state, idx))
             point = scatter(point, idx, p2)
             r = scatter(r, idx, r2)
             err = err.index_copy(0, idx, e2)
@@ -675,7 +677,7 @@ def _iterate(d: Data, state, active: Tensor, stop: float, tol: float, maxiter: i
             keep = torch.nonzero(active).view(-1)
             idx = keep if idx is None else idx[keep]
             d = take(full_d, idx)
-            x, s, z, y, status, iters, boost, track, KAx = _gather(full, idx)
+            x, s, z, y, status, iters, boost, track, KAx = gather(full, idx)
             active = torch.ones(idx.shape[0], dtype=torch.bool, device=idx.device)
             r = residuals(d, x, s, z, y, KAx)
             err = torch.maximum(torch.maximum(r.dres, r.pres), r.gap)

@@ -489,7 +489,7 @@ def test_a_repolish_recomputes_only_the_items_whose_active_set_changed():
     w = v.clone()
     w[1, n:n + m], w[1, n + m:] = v[1, n + m:], v[1, n:n + m]   # item 1: every row flips
     w[5, :n] += 1.0   # item 5: the same active set, a moved iterate
-    again = _qp_dense._repolish(d, w, n, m, 0, pol)
+    again = _qp_dense._repolish(d, w, n, m, 0, pol, 1e-9)
     full = _qp_dense._polish(d, *_qp_dense._split(w, n, m, 0))
 
     def leaves(t):
@@ -501,6 +501,95 @@ def test_a_repolish_recomputes_only_the_items_whose_active_set_changed():
         keep = [i for i in range(B) if i != 1]
         torch.testing.assert_close(got[keep], old[keep], rtol=0, atol=0)
     assert not torch.equal(pol.fac.J[1], again.fac.J[1])
+
+
+def _box_polish(J_rows):
+    """``min 1/2 |x - c|^2 s.t. x <= 0`` for ``c = (1, 2, -1)`` (solution ``(0, 0, -1)``,
+    active rows {0, 1}, multipliers ``(1, 2, 0)``), polished on the active sets given,
+    one item each."""
+    from optlayer.solvers import _qp_dense
+    from optlayer.solvers import _qp_ipm as ipm
+
+    B, n = len(J_rows), 3
+    Q = torch.eye(n, dtype=F64).expand(B, n, n)
+    c = torch.tensor([1.0, 2.0, -1.0], dtype=F64)
+    d = ipm.pack(Q, (-c).expand(B, n).unsqueeze(-1), torch.eye(n, dtype=F64).expand(B, n, n),
+                 torch.zeros(B, n, 1, dtype=F64), None, None, None,
+                 torch.full((B, 1), 1e-12, dtype=F64), 0.0)
+    J = torch.zeros(B, n, 1, dtype=torch.bool)
+    for i, rows in enumerate(J_rows):
+        J[i, rows] = True
+    x = torch.zeros(B, n, 1, dtype=F64)
+    z, s = J.to(F64), (~J).to(F64)            # z > s exactly on J
+    return d, _qp_dense._polish(d, x, s, z, None)
+
+
+def test_a_failed_polish_is_corrected_on_its_active_set(kernel):  # noqa: F811 (the fixture)
+    # item 0 misses the active row 1 (its polished point violates it), item 1 holds row 2
+    # whose multiplier is negative, item 2 has the right set: one correction each finishes
+    # the first two on the true set {0, 1}; the third is left exactly as it was
+    from optlayer.solvers import _qp_dense
+
+    d, pol = _box_polish([[0], [0, 1, 2], [0, 1]])
+    tol = 1e-10
+    assert (pol.err[:2] > 1e-3).all() and pol.err[2] <= tol
+    out = _qp_dense._correct(d, pol, torch.ones(3, dtype=torch.bool), tol)
+    assert (out.err <= tol).all()
+    want = torch.tensor([0.0, 0.0, -1.0], dtype=F64)
+    for i in range(3):
+        torch.testing.assert_close(out.point[0][i, :, 0], want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(out.point[2][i, :, 0], torch.tensor([1.0, 2.0, 0.0],
+                                                                      dtype=F64),
+                                   rtol=0, atol=1e-12)
+        assert out.fac.J[i, :, 0].tolist() == [True, True, False]
+    torch.testing.assert_close(out.point[0][2], pol.point[0][2], rtol=0, atol=0)
+
+
+def test_polish_corrections_can_be_turned_off(monkeypatch, kernel):  # noqa: F811 (the fixture)
+    from optlayer.solvers import _qp_dense
+
+    d, pol = _box_polish([[0]])
+    monkeypatch.setattr(defaults, "IPM_POLISH_CORRECTIONS", 0)
+    out = _qp_dense._correct(d, pol, torch.ones(1, dtype=torch.bool), 1e-10)
+    assert out is pol
+
+
+def test_a_correction_that_does_not_help_is_not_kept(kernel):  # noqa: F811 (the fixture)
+    # two rows short of the solution's set, one correction (one row added) leaves the
+    # point infeasible but closer; with a single round the item stays not passing, its
+    # polish the better of the two (its error is never raised)
+    from optlayer.solvers import _qp_dense
+
+    d, pol = _box_polish([[]])
+    out = _qp_dense._correct(d, pol, torch.ones(1, dtype=torch.bool), 1e-10)
+    assert out.err[0] <= pol.err[0]
+    assert (out.err[0] <= 1e-10) == (defaults.IPM_POLISH_CORRECTIONS >= 2)
+
+
+def test_polish_corrections_spare_interior_point_iterations(monkeypatch, kernel):  # noqa: F811
+    # least absolute deviations (the lad_regression example's QP): at the first polish a
+    # few items' active sets are a row off; the corrections finish them there, where
+    # without them the loop runs on for them (the same solutions either way)
+    g = torch.Generator().manual_seed(0)
+    B, k, m = 32, 3, 10
+    X = torch.randn(B, m, k, generator=g, dtype=F64)
+    t = torch.randn(B, m, generator=g, dtype=F64)
+    n = k + m
+    Q = torch.zeros(B, n, n, dtype=F64)
+    Q[:, :k, :k] = 0.2 * torch.eye(k, dtype=F64)
+    p = torch.cat([torch.zeros(B, k, dtype=F64), torch.ones(B, m, dtype=F64)], -1)
+    eye = torch.eye(m, dtype=F64).expand(B, m, m)
+    G = torch.cat([torch.cat([X, -eye], -1), torch.cat([-X, -eye], -1)], -2)
+    h = torch.cat([t, -t], -1)
+    on = solve_qp(Q, p, G, h, on_failure="raise")
+    monkeypatch.setattr(defaults, "IPM_POLISH_CORRECTIONS", 0)
+    off = solve_qp(Q, p, G, h, on_failure="raise")
+    torch.testing.assert_close(on.x, off.x, rtol=0, atol=1e-8)
+    if kernel in ("reduced", "reduced-schur"):   # (it polishes its own way, uncorrected)
+        assert torch.equal(on.iter_num, off.iter_num)
+        return
+    assert int(on.iter_num.max()) <= int(off.iter_num.max())
+    assert int(on.iter_num.sum()) < int(off.iter_num.sum())
 
 
 def test_kernel_choice_follows_the_work_estimate(monkeypatch):
