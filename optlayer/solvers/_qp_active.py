@@ -130,7 +130,7 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
                 part = tuple(t.index_select(0, idx) for t in part)
             out = _finish(*part, (row, ineq, eye, zero, one, inf, none), maxiter - cap)
             if idx.shape[0] < B:
-                held, v, *fac = (a.index_copy(0, idx, b) for a, b in
+                held, v, *fac = (ipm.put(a, idx, b) for a, b in
                                  zip((held, v, *fac), out[:6], strict=True))
             else:
                 held, v, *fac = out[:6]

@@ -473,20 +473,30 @@ def take(d: Data, idx: Tensor) -> Data:
                   t(d.reg_abs), d.reg_rel, t(d.obj0))
 
 
+def put(full: Tensor, idx: Tensor, part: Tensor) -> Tensor:
+    """``full`` with the items ``idx`` replaced by ``part``, in ``full``'s memory layout: a
+    batch of column-major matrices (LAPACK's factors) stays column-major, which the
+    solves read without a transposed copy (``index_copy`` alone returns a row-major
+    tensor: an LU solve of 32 33 x 33 systems took 110 us instead of 30)."""
+    if full.dim() == 3 and full.stride(-2) == 1 and full.stride(-1) > 1:
+        return full.mT.index_copy(0, idx, part.mT).mT
+    return full.index_copy(0, idx, part)
+
+
 def merge(res: Result, idx: Tensor, again: Result) -> Result:
     """``res`` with the items ``idx`` replaced by ``again`` (``again``'s
     iterations added to theirs; the factors must be of one type)."""
-    def put(a, b):
-        return None if a is None else a.index_copy(0, idx, b)
+    def one(a, b):
+        return None if a is None else put(a, idx, b)
 
     fac = res.factor
     if isinstance(fac, SplitFactor):
         fac = merge_factors(fac, idx, again.factor)
     elif fac is not None:
-        fac = type(fac)(*(put(a, b) for a, b in zip(fac, again.factor, strict=True)))
-    return Result(*(put(a, b) for a, b in zip(res[:5], again[:5], strict=True)),
+        fac = type(fac)(*(one(a, b) for a, b in zip(fac, again.factor, strict=True)))
+    return Result(*(one(a, b) for a, b in zip(res[:5], again[:5], strict=True)),
                   res.iter_num.index_add(0, idx, again.iter_num),
-                  *(put(a, b) for a, b in zip(res[6:9], again[6:9], strict=True)), fac)
+                  *(one(a, b) for a, b in zip(res[6:9], again[6:9], strict=True)), fac)
 
 
 def gather(state, idx):
@@ -501,7 +511,7 @@ def scatter(full, idx, part):
     """``full`` with the items ``idx`` replaced by ``part`` (tuples as in :func:`gather`;
     a named tuple keeps its type)."""
     vals = [None if f is None else scatter(f, idx, p) if isinstance(f, tuple)
-            else f.index_copy(0, idx, p) for f, p in zip(full, part, strict=True)]
+            else put(f, idx, p) for f, p in zip(full, part, strict=True)]
     return type(full)(*vals) if hasattr(full, "_fields") else tuple(vals)
 
 
@@ -851,7 +861,7 @@ def merge_factors(full: SplitFactor, idx: Tensor, part: SplitFactor) -> SplitFac
     if full.Jk is not None:
         k = max(full.Jk.shape[1], part.Jk.shape[1])
         full, part = widen(full, k), widen(part, k)
-    return SplitFactor(*(None if a is None else a.index_copy(0, idx, b)
+    return SplitFactor(*(None if a is None else put(a, idx, b)
                          for a, b in zip(full, part, strict=True)))
 
 

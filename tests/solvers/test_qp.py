@@ -503,6 +503,23 @@ def test_a_repolish_recomputes_only_the_items_whose_active_set_changed():
     assert not torch.equal(pol.fac.J[1], again.fac.J[1])
 
 
+def test_replacing_items_keeps_a_factor_column_major():
+    # LAPACK's factors are column-major; index_copy alone returns a row-major tensor,
+    # which every later solve would first copy back (3-4x the time of an LU solve)
+    from optlayer.solvers import _qp_ipm as ipm
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(5, 4, 4, generator=g, dtype=F64) + 4 * torch.eye(4, dtype=F64)
+    LU, piv = torch.linalg.lu_factor(A)
+    part, _ = torch.linalg.lu_factor(A[[3, 0]] + 1.0)
+    idx = torch.tensor([3, 0])
+    out = ipm.put(LU, idx, part)
+    assert out.stride(-2) == 1 and LU.stride(-2) == 1
+    assert torch.equal(out, LU.index_copy(0, idx, part))
+    col = torch.randn(5, 4, 1, generator=g, dtype=F64)   # a batch of columns: as it was
+    assert torch.equal(ipm.put(col, idx, col[:2] + 1), col.index_copy(0, idx, col[:2] + 1))
+
+
 def _box_polish(J_rows):
     """``min 1/2 |x - c|^2 s.t. x <= 0`` for ``c = (1, 2, -1)`` (solution ``(0, 0, -1)``,
     active rows {0, 1}, multipliers ``(1, 2, 0)``), polished on the active sets given,
