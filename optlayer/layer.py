@@ -61,7 +61,8 @@ class OptLayer(nn.Module):
             solution and of :meth:`duals`, and zero gradient for failed items) or
             ``"ignore"``.
         warm_start: reuse the previous solution as the initial point when the
-            shapes match.
+            shapes match (``kkt`` on the QP path: the previous call's active set is
+            solved for first; the convex interior point starts cold).
 
     Raises:
         OptTypeError: unknown option, or a forced method that does not apply.
@@ -99,6 +100,7 @@ class OptLayer(nn.Module):
         self.warm_start = warm_start
         self.info: LayerInfo | None = None
         self._last = None
+        self._qp_last = None    # (x, z) of the last QP solve: the kkt path's warm start
         self._duals = None
         self._implicit: dict = {}
         names = list(problem.vars)
@@ -260,7 +262,14 @@ class OptLayer(nn.Module):
                                hint="use another applicable method: " +
                                ", ".join(self.plan.applicable)) from None
         Q, p, G, h, A, b, isz, esz = canonicalize_qp(self.program, P, B, dtype, device)
-        sol = solve_qp(Q, p, G, h, A, b, tol=tol, maxiter=self.maxiter, on_failure="ignore")
+        warm = self._qp_last if self.warm_start else None
+        if warm is not None and (warm[0].shape[0] != B or warm[0].dtype != dtype
+                                 or warm[0].device != device):
+            warm = None
+        sol = solve_qp(Q, p, G, h, A, b, tol=tol, maxiter=self.maxiter, on_failure="ignore",
+                       warm_start=warm)
+        self._qp_last = None if sol.ineq_dual is None else (sol.x.detach(),
+                                                             sol.ineq_dual.detach())
         self._duals = (sol.ineq_dual, sol.eq_dual, isz, esz)
         res = getattr(sol, "error", torch.zeros(B, dtype=dtype, device=device))
         x = sol.x if any(t.requires_grad for t in P.values()) else sol.x.detach()

@@ -197,6 +197,23 @@ def _finite_items(ts: list[Tensor], B: int) -> tuple[Tensor, bool]:
     return finite, bool(finite.all())
 
 
+def _warm_args(x, z, bshape, n: int, m: int, B: int, dtype) -> tuple[Tensor, Tensor]:
+    """``(x (B, n), z (B, m))`` of ``solve_qp``'s ``warm_start``, detached and checked."""
+    for name, t, k in (("x", x, n), ("z", z, m)):
+        if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[-1] != k:
+            got = type(t).__name__ if not isinstance(t, Tensor) else tuple(t.shape)
+            raise BindingError(f"solve_qp: warm_start {name} must be a tensor (..., {k}); "
+                               f"got {got}", parameter="warm_start",
+                               hint="pass the x and ineq_dual of an earlier solve")
+        try:
+            torch.broadcast_shapes(t.shape[:-1], tuple(bshape))
+        except RuntimeError:
+            raise BindingError(f"solve_qp: warm_start {name} has batch shape "
+                               f"{tuple(t.shape[:-1])}, the data {tuple(bshape)}",
+                               parameter="warm_start") from None
+    return tuple(_flat(t.detach(), bshape, 1, B, dtype) for t in (x, z))
+
+
 def _flat(t: Tensor | None, bshape, core: int, B: int, dtype) -> Tensor | None:
     if t is None:
         return None
@@ -219,17 +236,25 @@ def _eliminates(n: int, m: int, me: int, B: int) -> bool:
 
 
 def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int,
-         want: bool) -> tuple[ipm.Result, ipm.Data]:
+         want: bool, warm: tuple | None = None) -> tuple[ipm.Result, ipm.Data]:
     """Solve with the active-set methods where they apply (:mod:`_qp_active`: small
     batches, positive definite ``Q``), the interior point taking the items they
     leave; else with the kernel :func:`_qp_dense.kernel_for` picks, equality constraints of full
     row rank eliminated where it says so. Returns the result and the data the
     kernel ran on (``d`` stacked and, for the Cholesky kernels, augmented), or
     ``d`` itself where the equalities were eliminated (then it may be unstacked:
-    the original problem is read only by :func:`_qp_elim.restore` and the backward)."""
+    the original problem is read only by :func:`_qp_elim.restore` and the backward).
+    With ``warm = (x, z)`` (a previous solution), the active set ``{z > h - Gx}`` is
+    polished first (:func:`_warm`); the interior point takes the items it leaves."""
     B, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
+    if warm is not None and m:
+        ds = ipm.stack(d)
+        return _left_to_interior(
+            _warm(ds, warm, finite, tol, want), finite, lambda idx: _interior(
+                ipm.take(ds, idx), torch.ones_like(idx, dtype=torch.bool), tol, maxiter, want,
+                full=True)[0]), ds
     if active_set.applies(n, m, me, B):
         ds = ipm.stack(d)
         res = active_set.run_active(ds, active=finite, tol=tol, maxiter=maxiter,
@@ -244,6 +269,23 @@ def _run(d: ipm.Data, finite: Tensor, tol: float, maxiter: int,
             res = _run_kernel(e.data, "reduced", finite, tol, maxiter, want)
             return elim.restore(d, e, res, tol, want), d
     return _interior(ipm.stack(d), finite, tol, maxiter, want)
+
+
+def _warm(d: ipm.Data, warm: tuple, finite: Tensor, tol: float, want: bool) -> ipm.Result:
+    """The polish (:mod:`_qp_dense`) on the active set ``J = {z > h - Gx}`` of a previous
+    solution ``warm = (x (B, n), z (B, m))`` at this call's data, with the corrections
+    of ``_qp_dense._correct``: OPTIMAL, in 0 iterations, where the polished point passes
+    ``tol`` (the usual case when the data moved a little and the active set did not
+    change, as between steps of training); MAX_ITER (no verdict) elsewhere."""
+    x, z = (t.unsqueeze(-1) for t in warm)
+    s = d.h - ipm.matvec(d.G, x, d.Gt)
+    y = None if d.A is None else x.new_zeros(x.shape[0], d.A.shape[1], 1)
+    pol = dense._correct(d, dense._polish(d, x, s, z, y), finite, tol)
+    ok = finite & pol.fac.ok & (pol.err <= tol)
+    status = torch.where(ok, int(Status.OPTIMAL), int(Status.MAX_ITER)).to(torch.int8)
+    (px, ps, pz, py), r = pol.point, pol.r
+    return ipm.Result(px, py, pz, ps, status, torch.zeros_like(status, dtype=torch.int64),
+                      r.pres, r.dres, r.gap, pol.fac if want else None)
 
 
 def _interior(d: ipm.Data, active: Tensor, tol: float, maxiter: int,
@@ -368,7 +410,7 @@ class _QPFunction(torch.autograd.Function):
     """Inputs (B, ...) tensors; outputs x, y, z, s (differentiable) + diagnostics."""
 
     @staticmethod
-    def forward(ctx, Q, p, G, h, A, b, finite, tol, maxiter):
+    def forward(ctx, Q, p, G, h, A, b, finite, tol, maxiter, warm):
         # The solve runs in inference mode (no version counters or view tracking: a
         # seventh less time at small sizes, where the cost is per tensor operation); its
         # outputs are cloned out of it and what the backward reads is held on ctx
@@ -377,7 +419,7 @@ class _QPFunction(torch.autograd.Function):
         # before the backward is caught).
         ctx.set_materialize_grads(False)     # the backward takes None for unused outputs
         with torch.inference_mode():
-            outs = _QPFunction._solve(ctx, Q, p, G, h, A, b, finite, tol, maxiter)
+            outs = _QPFunction._solve(ctx, Q, p, G, h, A, b, finite, tol, maxiter, warm)
         outs = tuple(t if t is None else t.clone() for t in outs)
         ctx.mark_non_differentiable(*outs[4:])
         if any(ctx.needs_input_grad[:6]):
@@ -385,21 +427,22 @@ class _QPFunction(torch.autograd.Function):
         return outs
 
     @staticmethod
-    def _solve(ctx, Q, p, G, h, A, b, finite, tol, maxiter):
+    def _solve(ctx, Q, p, G, h, A, b, finite, tol, maxiter, warm):
         # in float64 whatever the dtype, to float64's tolerance (solve_qp's docstring)
         ctx.dtype = dtype = Q.dtype
         wide = dtype != torch.float64
         if wide:
             Q, p, G, h, A, b = (None if t is None else t.double() for t in (Q, p, G, h, A, b))
+            warm = None if warm is None else tuple(t.double() for t in warm)
         want = any(ctx.needs_input_grad[:6])
         n = Q.shape[1]
         m = 0 if G is None else G.shape[1]
         me = 0 if A is None else A.shape[1]
-        eliminate = _eliminates(n, m, me, Q.shape[0])
+        eliminate = warm is None and _eliminates(n, m, me, Q.shape[0])
         # _run stacks the data where the kernel needs it, and augments it
         d = ipm.make_data(Q, p, G, h, A, b, augmented=False, stacked=not eliminate)
         res, d = _run(d, finite, min(tol, defaults.tol(torch.float64)) if wide else tol,
-                      maxiter, want)
+                      maxiter, want, warm)
         status = res.status
         if wide:   # the float64 point judged by the caller's tolerances
             err = torch.maximum(torch.maximum(res.primal_residual, res.dual_residual), res.gap)
@@ -512,12 +555,13 @@ def _backward(ctx, gx, gy, gz, gs):
         if need[4]:
             gA = torch.bmm(torch.cat([ys, w], dim=2), left.transpose(1, 2))
         gb = w.squeeze(-1) if need[5] else None
-    return gQ, gp, gG, gh, gA, gb, None, None, None
+    return gQ, gp, gG, gh, gA, gb, None, None, None, None
 
 
 def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = None,
              A: Tensor | None = None, b: Tensor | None = None, *, tol: float | None = None,
-             maxiter: int | None = None, on_failure: str = "warn") -> QPSolution:
+             maxiter: int | None = None, on_failure: str = "warn",
+             warm_start=None) -> QPSolution:
     """Solve a batch of convex QPs and return primal, duals, slacks and a status each.
 
     ``minimize 1/2 x'Qx + p'x  s.t.  Gx <= h,  Ax = b``. Shapes: ``Q (..., n, n)``,
@@ -552,6 +596,12 @@ def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = N
             ``"warn"`` (:class:`~optlayer.status.OptimizationWarning`),
             ``"mask"`` (NaN rows and zero gradient for items not OPTIMAL) or
             ``"ignore"``.
+        warm_start: a previous solution, a :class:`QPSolution` or ``(x, z)`` (its ``x``
+            and ``ineq_dual``, batch shapes broadcasting as the data's). Its active set
+            ``{z > h - Gx}``, taken at this call's data, is solved for first (the
+            polish, with a few corrections of the set): items whose point passes the
+            KKT check are OPTIMAL with ``iter_num`` 0, the others are solved from the
+            interior point's own start. Ignored without inequality constraints.
 
     Returns:
         :class:`QPSolution`.
@@ -587,6 +637,11 @@ def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = N
     args = [Qf, _flat(p, bshape, 1, B, dtype), _flat(G, bshape, 2, B, dtype),
             _flat(h, bshape, 1, B, dtype), _flat(A, bshape, 2, B, dtype),
             _flat(b, bshape, 1, B, dtype)]
+    warm = None
+    if warm_start is not None and G is not None:
+        wx, wz = (warm_start.x, warm_start.ineq_dual) if isinstance(warm_start, QPSolution) \
+            else warm_start
+        warm = _warm_args(wx, wz, bshape, n, G.shape[-2], B, dtype)
     finite, every = _finite_items([t for t in args if t is not None], B)
     clean = args
     if not every:   # zero the data of non-finite items (they are not solved)
@@ -603,7 +658,7 @@ def solve_qp(Q: Tensor, p: Tensor, G: Tensor | None = None, h: Tensor | None = N
         clean = [Qc / scale.view(-1, 1, 1), pc / scale.view(-1, 1), *clean[2:]]
     else:
         scale = None
-    out = _QPFunction.apply(*clean, finite, tol, maxiter)
+    out = _QPFunction.apply(*clean, finite, tol, maxiter, warm)
     x, y, z, s, status, iters, pres, dres, gap = out
     if scale is not None:
         y, z = (None if t is None else t * scale.view(-1, 1) for t in (y, z))

@@ -152,7 +152,7 @@ def test_on_failure_ignore_returns_the_iterate_and_status():
 def test_warm_start_reduces_iterations():
     layer = ol.compile("dim n = 4\nparam A[n, n]\nparam b[n]\nvar x[n]\n"
                        "minimize sum_squares(A @ x - b)\nsubject to\n x >= 0",
-                       method="proj_grad")   # (kkt, the default here, starts cold)
+                       method="proj_grad")   # (kkt warm-starts on its active set: below)
     g = torch.Generator().manual_seed(0)
     A = torch.randn(4, 4, generator=g, dtype=D) + 2 * torch.eye(4, dtype=D)
     b = torch.randn(4, generator=g, dtype=D)
@@ -161,6 +161,35 @@ def test_warm_start_reduces_iterations():
     x2 = layer(A=A, b=b, warm_start=x)
     assert layer.info.iterations < cold
     torch.testing.assert_close(x2, x, atol=1e-8, rtol=0)
+
+
+def test_a_kkt_layer_warm_starts_on_the_previous_active_set():
+    # lad_regression (the QP path): the second call, on data moved a little, finishes
+    # every item at the previous call's active set; the same solution and gradients as a
+    # layer that starts cold
+    from optlayer.layer import random_params
+
+    warm = ol.load("examples/problems/lad_regression.opt", warm_start=True)
+    cold = ol.load("examples/problems/lad_regression.opt")
+    assert warm.method == "kkt"
+    vals = random_params(warm.problem, batch=16, seed=0)
+    warm(**vals)
+    assert warm.info.iterations > 0
+    g = torch.Generator().manual_seed(1)
+    moved = {k: (v + 1e-4 * torch.randn(v.shape, generator=g, dtype=D)).requires_grad_(True)
+             for k, v in vals.items()}
+    outs = []
+    for layer in (warm, cold):
+        w = layer(**moved)
+        (w * torch.tensor([1.0, -2.0, 0.5], dtype=D)).sum().backward()
+        outs.append((w.detach(), [moved[k].grad.clone() for k in sorted(moved)]))
+        for v in moved.values():
+            v.grad = None
+    assert warm.info.iterations == 0 and cold.info.iterations > 0
+    assert (warm.info.status == int(Status.OPTIMAL)).all()
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-9)
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
 
 
 def test_several_variables_return_a_namedtuple():

@@ -503,6 +503,87 @@ def test_a_repolish_recomputes_only_the_items_whose_active_set_changed():
     assert not torch.equal(pol.fac.J[1], again.fac.J[1])
 
 
+def _lad_qp(B, seed=0, k=3, m=10):
+    """Least absolute deviations with a small ridge term as a QP in ``(w, t)``."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(B, m, k, generator=g, dtype=F64)
+    t = torch.randn(B, m, generator=g, dtype=F64)
+    n = k + m
+    Q = torch.zeros(B, n, n, dtype=F64)
+    Q[:, :k, :k] = 0.2 * torch.eye(k, dtype=F64)
+    p = torch.cat([torch.zeros(B, k, dtype=F64), torch.ones(B, m, dtype=F64)], -1)
+    eye = torch.eye(m, dtype=F64).expand(B, m, m)
+    G = torch.cat([torch.cat([X, -eye], -1), torch.cat([-X, -eye], -1)], -2)
+    return Q, p, G, t, g
+
+
+def _lad_h(t):
+    return torch.cat([t, -t], -1)
+
+
+def test_a_warm_start_on_the_solution_takes_no_iteration_and_the_same_gradients(kernel):  # noqa: F811
+    Q, p, G, t, _ = _lad_qp(8)
+    cold = solve_qp(Q, p, G, _lad_h(t), on_failure="raise")
+    assert (cold.iter_num > 0).all()
+    data = [u.clone().requires_grad_(True) for u in (Q, p, G, t)]
+    grads = []
+    for warm in (None, cold, (cold.x, cold.ineq_dual)):
+        for u in data:
+            u.grad = None
+        sol = solve_qp(data[0], data[1], data[2], _lad_h(data[3]), on_failure="raise",
+                       warm_start=warm)
+        if warm is not None:
+            assert (sol.iter_num == 0).all()
+        torch.testing.assert_close(sol.x, cold.x, rtol=0, atol=1e-9)
+        (sol.x * torch.linspace(-1, 1, sol.x.shape[-1], dtype=F64)).sum().backward()
+        grads.append([u.grad.clone() for u in data])
+    for g_warm in grads[1:]:
+        for a, b in zip(grads[0], g_warm, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
+
+
+def test_a_warm_start_from_moved_data_agrees_with_a_cold_solve(kernel):  # noqa: F811
+    # the data moved: most items keep their active set and finish at the warm start;
+    # items whose set changed are solved cold; either way the cold solve's point
+    Q, p, G, t, g = _lad_qp(32)
+    first = solve_qp(Q, p, G, _lad_h(t), on_failure="raise")
+    t2 = t + 0.05 * torch.randn(t.shape, generator=g, dtype=F64)
+    cold = solve_qp(Q, p, G, _lad_h(t2), on_failure="raise")
+    warm = solve_qp(Q, p, G, _lad_h(t2), on_failure="raise", warm_start=first)
+    torch.testing.assert_close(warm.x, cold.x, rtol=0, atol=1e-8)
+    assert (warm.status == int(Status.OPTIMAL)).all()
+    at_start = warm.iter_num == 0
+    assert 0 < int(at_start.sum()) < 32
+    # a warm start far off (x = 0, z = 0: the active set {h < 0}, one row of each pair of
+    # the 13 or so the solutions hold) leaves most items to the interior point (two
+    # corrections add two rows: an item with 12 active rows may finish); the same points
+    junk = solve_qp(Q, p, G, _lad_h(t2), on_failure="raise",
+                    warm_start=(torch.zeros_like(first.x), torch.zeros_like(first.ineq_dual)))
+    torch.testing.assert_close(junk.x, cold.x, rtol=0, atol=1e-8)
+    assert (junk.status == int(Status.OPTIMAL)).all() and int((junk.iter_num > 0).sum()) > 16
+
+
+def test_a_warm_start_in_float32_and_unbatched(kernel):  # noqa: F811
+    Q, p, G, t, _ = _lad_qp(1)
+    args = (Q[0].float(), p[0].float(), G[0].float(), _lad_h(t[0]).float())
+    cold = solve_qp(*args, on_failure="raise")
+    warm = solve_qp(*args, on_failure="raise", warm_start=cold)
+    assert warm.x.dtype == torch.float32 and warm.x.shape == cold.x.shape
+    assert int(warm.iter_num) == 0
+    torch.testing.assert_close(warm.x, cold.x, rtol=0, atol=1e-5)
+
+
+def test_a_bad_warm_start_names_itself():
+    Q, p, G, t, _ = _lad_qp(4)
+    with pytest.raises(BindingError, match="warm_start z must be a tensor") as e:
+        solve_qp(Q, p, G, _lad_h(t), warm_start=(torch.zeros(4, 13, dtype=F64),
+                                                 torch.zeros(4, 7, dtype=F64)))
+    assert e.value.parameter == "warm_start"
+    with pytest.raises(BindingError, match="batch shape"):
+        solve_qp(Q, p, G, _lad_h(t), warm_start=(torch.zeros(3, 13, dtype=F64),
+                                                 torch.zeros(3, 20, dtype=F64)))
+
+
 def test_replacing_items_keeps_a_factor_column_major():
     # LAPACK's factors are column-major; index_copy alone returns a row-major tensor,
     # which every later solve would first copy back (3-4x the time of an LU solve)
@@ -587,17 +668,8 @@ def test_polish_corrections_spare_interior_point_iterations(monkeypatch, kernel)
     # least absolute deviations (the lad_regression example's QP): at the first polish a
     # few items' active sets are a row off; the corrections finish them there, where
     # without them the loop runs on for them (the same solutions either way)
-    g = torch.Generator().manual_seed(0)
-    B, k, m = 32, 3, 10
-    X = torch.randn(B, m, k, generator=g, dtype=F64)
-    t = torch.randn(B, m, generator=g, dtype=F64)
-    n = k + m
-    Q = torch.zeros(B, n, n, dtype=F64)
-    Q[:, :k, :k] = 0.2 * torch.eye(k, dtype=F64)
-    p = torch.cat([torch.zeros(B, k, dtype=F64), torch.ones(B, m, dtype=F64)], -1)
-    eye = torch.eye(m, dtype=F64).expand(B, m, m)
-    G = torch.cat([torch.cat([X, -eye], -1), torch.cat([-X, -eye], -1)], -2)
-    h = torch.cat([t, -t], -1)
+    Q, p, G, t, _ = _lad_qp(32)
+    h = _lad_h(t)
     on = solve_qp(Q, p, G, h, on_failure="raise")
     monkeypatch.setattr(defaults, "IPM_POLISH_CORRECTIONS", 0)
     off = solve_qp(Q, p, G, h, on_failure="raise")
