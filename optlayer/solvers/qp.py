@@ -718,16 +718,25 @@ class InteriorPointQP:
                              "supported; gradients come from the KKT conditions")
 
     def run(self, init=None, params_obj=None, params_eq=None, params_ineq=None) -> OptStep:
-        """Solve; ``init`` is accepted for API parity and ignored (interior point
-        methods start from their own central point)."""
+        """Solve; ``init``: None, or a previous :class:`KKTSolution` (``sol.params`` of an
+        earlier run), whose ``primal`` and ``dual_ineq`` are ``solve_qp``'s
+        ``warm_start`` (its active set is solved for first); anything else is an error."""
         if params_obj is None:
             raise BindingError("InteriorPointQP.run: params_obj=(Q, p) is required",
                                parameter="params_obj")
         Q, p = params_obj
         A, b = (None, None) if params_eq is None else params_eq
         G, h = (None, None) if params_ineq is None else params_ineq
+        warm = None
+        if init is not None:
+            if not isinstance(init, KKTSolution):
+                raise BindingError("InteriorPointQP.run: init must be None or the KKTSolution "
+                                   f"of an earlier run; got {type(init).__name__}",
+                                   parameter="init")
+            if init.dual_ineq is not None and G is not None:
+                warm = (init.primal, init.dual_ineq)
         sol = solve_qp(Q, p, G, h, A, b, tol=self.tol, maxiter=self.maxiter,
-                       on_failure=self.on_failure)
+                       on_failure=self.on_failure, warm_start=warm)
         state = QPState(sol.iter_num, sol.error, sol.status, sol.slack, sol.primal_residual,
                         sol.dual_residual, sol.gap)
         return OptStep(KKTSolution(sol.x, sol.eq_dual, sol.ineq_dual), state)

@@ -394,6 +394,19 @@ def test_interior_point_qp_run_matches_solve_qp():
     assert state.iter_num.item() == ref.iter_num.item() > 0
 
 
+def test_interior_point_qp_run_warm_starts_from_a_kkt_solution(kernel):  # noqa: F811
+    # with equality constraints too: the earlier run's point solves its own active set
+    Q, p, G, h, A, b = _args(_random_qp(30, 5, 6, 2))
+    ip = InteriorPointQP(on_failure="raise")
+    first, _ = ip.run(params_obj=(Q, p), params_eq=(A, b), params_ineq=(G, h))
+    again, state = ip.run(first, params_obj=(Q, p), params_eq=(A, b), params_ineq=(G, h))
+    assert state.iter_num.item() == 0 and state.status.item() == Status.OPTIMAL
+    for a, b_ in zip(again, first, strict=True):
+        torch.testing.assert_close(a, b_, rtol=0, atol=1e-9)
+    with pytest.raises(BindingError, match="init must be None or the KKTSolution"):
+        ip.run(first.primal, params_obj=(Q, p), params_ineq=(G, h))
+
+
 def test_maxiter_is_reported_not_optimal():
     args = _args(_random_qp(31, 6, 8, 2))
     sol = solve_qp(*args, maxiter=1, on_failure="ignore")
