@@ -32,6 +32,8 @@ precomputed ``(Q, p)`` and the step from ``lambda_max(Q)``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from optlayer import defaults
@@ -259,6 +261,8 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
     M = eye - eta[:, None, None] * Q
     prox, penalty, prox_jac = prog.prox_fn(P), prog.penalty_fn(P), prog.prox_jacobian_fn(P)
     reps = _replicas(P)
+    # the line search's pick among the stacked trial steps that pass (below)
+    least_phi = prog.polyhedral and bool(prog.plan.prox)
 
     def make_at(Q, p, eta, prox, penalty):
         eta_c, half_eta = eta[:, None], (0.5 / eta)[:, None]
@@ -371,7 +375,14 @@ def fbn_solve(prog, P, z, tol, maxiter, qp, *, cold=False) -> SolveResult:
         trials = at_k((x + tk[:, None, None] * d).reshape(K * B, N)).reshape(K, B, -1)
         okk = ~accepted & (trials[:, :, -1] <= bound + tk[:, None] * cslope) if first_ls \
             else trials[:, :, -1] <= bound + tk[:, None] * cslope
-        first = okk.to(torch.uint8).argmax(0)  # the largest step that passes
+        # the step that passes: with piecewise affine prox terms (l1, linf) and polyhedral
+        # sets the one of least phi, else the largest. Iterations summed over seeds 0-19
+        # at batch 32, least phi against largest: lasso 107 / 134, elastic_net 86 / 100
+        # (0.82-0.86x and 0.90-0.92x the time, seeds 0-2); with sets alone it does not pay
+        # (svm_dual by proj_grad 114 / 107, constrained_ls and water_filling even), nor
+        # with a curved prox (group_lasso 193 / 163)
+        first = torch.where(okk, trials[:, :, -1], math.inf).argmin(0) if least_phi \
+            else okk.to(torch.uint8).argmax(0)
         ok = okk.any(0)
         trial = trials[first, rows]
         if not first_ls:

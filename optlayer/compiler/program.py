@@ -101,6 +101,14 @@ class Program:
         return out
 
     @property
+    def polyhedral(self) -> bool:
+        """Whether every prox term is piecewise affine and every set a polyhedron: with a
+        quadratic ``f`` the forward-backward envelope is then piecewise quadratic
+        (:func:`optlayer.compiler.iterate.fbn_solve`'s line search reads it)."""
+        return (all(p in _POLYHEDRAL_PROX for p, _w, _h in self.plan.prox.values())
+                and all(get_set(spec.kind).polyhedral for spec in self.plan.sets.values()))
+
+    @property
     def _prox_atoms(self):
         from optlayer.ir import apply
 
@@ -728,6 +736,9 @@ _PENALTY = {
     "group_lasso": lambda x: torch.linalg.vector_norm(x, dim=-1),
     "linf": lambda x: x.abs().amax(-1),
 }
+
+#: the prox terms of _PENALTY that are piecewise affine (their prox is too)
+_POLYHEDRAL_PROX = frozenset({"lasso", "linf"})
 
 
 def _atom_of(prox_name: str) -> str:

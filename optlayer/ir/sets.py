@@ -47,6 +47,8 @@ class SetKind:
         adapt: ``(fn, x, args) -> tensor`` when the catalog function's calling
             convention differs from the member layout (``soc``: the member is
             ``(t, z)`` with ``t`` first; the catalog takes ``(z, t)``), else ``None``.
+        polyhedral: the set is a polyhedron (finitely many affine inequalities), so its
+            projection is piecewise affine.
     """
 
     name: str
@@ -57,6 +59,7 @@ class SetKind:
     doc: str
     kl_projection: str | None = None
     adapt: Callable | None = None
+    polyhedral: bool = False
 
     def project(self, x, *args):
         """Euclidean projection of ``x`` (member layout, batched over leading dims).
@@ -136,14 +139,16 @@ def _register(k: SetKind) -> None:
 
 
 _register(SetKind("simplex", ("value",), (1,), _vector, "simplex",
-                  "{x : x >= 0, sum(x) == value}", kl_projection="kl_simplex"))
+                  "{x : x >= 0, sum(x) == value}", kl_projection="kl_simplex",
+                  polyhedral=True))
 _register(SetKind("box", ("lower", "upper"), (None, None), _any, "box",
-                  "{x : lower <= x <= upper}, elementwise"))
-_register(SetKind("nonneg", (), (), _any, "nonneg", "{x : x >= 0}"))
-_register(SetKind("ball1", ("radius",), (1,), _any, "l1_ball", "{x : norm1(x) <= radius}"))
+                  "{x : lower <= x <= upper}, elementwise", polyhedral=True))
+_register(SetKind("nonneg", (), (), _any, "nonneg", "{x : x >= 0}", polyhedral=True))
+_register(SetKind("ball1", ("radius",), (1,), _any, "l1_ball", "{x : norm1(x) <= radius}",
+                  polyhedral=True))
 _register(SetKind("ball2", ("radius",), (1,), _any, "l2_ball", "{x : norm2(x) <= radius}"))
 _register(SetKind("ballinf", ("radius",), (1,), _any, "linf_ball",
-                  "{x : norm_inf(x) <= radius}"))
+                  "{x : norm_inf(x) <= radius}", polyhedral=True))
 _register(SetKind("soc", (), (), _soc, "soc", "{(t, x) : norm2(x) <= t}", adapt=_soc_adapt))
 _register(SetKind("psd", (), (), _psd, "psd", "{X : X = X', eigenvalues(X) >= 0}"))
 

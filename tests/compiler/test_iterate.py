@@ -112,6 +112,29 @@ def test_forward_backward_newton_matches_cvxpy(src):
         np.testing.assert_allclose(r.z[b].numpy(), x.value, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name, flat", [("lasso", True), ("elastic_net", True),
+                                        ("constrained_ls", True), ("svm_dual", True),
+                                        ("group_lasso", False), ("psd_trace", False),
+                                        ("cone_sets", False)])
+def test_a_program_knows_whether_its_terms_and_sets_are_polyhedral(name, flat):
+    assert ol.load(f"examples/problems/{name}.opt").program.polyhedral is flat
+
+
+def test_a_polyhedral_envelope_takes_the_trial_step_of_least_value(monkeypatch):
+    # lasso at batch 32 (an l1 term): the trial of least envelope value reaches the
+    # solution in fewer iterations than the largest step that passes (the same point)
+    layer = ol.load("examples/problems/lasso.opt")
+    _vals, P, B = _bound(layer, 32, 0)
+    prog = layer.program
+    z0 = torch.zeros(B, prog.layout.size, dtype=D)
+    least = iterate.fbn_solve(prog, P, z0, 1e-12, 500, prog.quad(P))
+    monkeypatch.setattr(type(prog), "polyhedral", property(lambda self: False))
+    largest = iterate.fbn_solve(prog, P, z0, 1e-12, 500, prog.quad(P))
+    assert least.status.tolist() == largest.status.tolist() == [0] * B
+    torch.testing.assert_close(least.z, largest.z, atol=1e-9, rtol=0)
+    assert least.iterations < largest.iterations
+
+
 @pytest.mark.parametrize("name", ["svm_dual", "group_lasso", "portfolio"])
 def test_forward_backward_newton_agrees_with_first_order(name):
     layer = ol.load(f"examples/problems/{name}.opt")
