@@ -275,9 +275,9 @@ IPM_FAST_LOOP = True
 IPM_POLISH_BELOW = 1e-3
 
 #: A polished point of the full-system loop that fails the KKT check gets up to this
-#: many corrections of its active set by the primal-dual active-set rule (rows with a
-#: negative multiplier leave, rows the point violates join; ``_qp_dense._correct``),
-#: each a polish on the new set of the items still failing. 0: none.
+#: many corrections of its active set (rows with a negative multiplier leave, the row
+#: the point violates most joins; ``_qp_dense._correct``), each a polish on the new set
+#: of the items still failing. 0: none.
 IPM_POLISH_CORRECTIONS = 2
 
 #: The large-problem interior point iterates down to this error (or ``tol`` if

@@ -268,8 +268,9 @@ class OptLayer(nn.Module):
             warm = None
         sol = solve_qp(Q, p, G, h, A, b, tol=tol, maxiter=self.maxiter, on_failure="ignore",
                        warm_start=warm)
-        self._qp_last = None if sol.ineq_dual is None else (sol.x.detach(),
-                                                             sol.ineq_dual.detach())
+        if self.warm_start:
+            self._qp_last = None if sol.ineq_dual is None else (sol.x.detach(),
+                                                                 sol.ineq_dual.detach())
         self._duals = (sol.ineq_dual, sol.eq_dual, isz, esz)
         res = getattr(sol, "error", torch.zeros(B, dtype=dtype, device=device))
         x = sol.x if any(t.requires_grad for t in P.values()) else sol.x.detach()
