@@ -2,11 +2,12 @@
 
 Run: ``OMP_NUM_THREADS=1 python examples/benchmarks/qp_warm.py [batch]`` (default 32).
 
-The problem is least absolute deviations with a small ridge term as a QP in ``(w, t)``
-(``d = 3`` coefficients, ``m = 10`` points: 13 unknowns, 20 inequality rows), the QP of
-the lad_regression example. It is solved once; then the targets move by Gaussian noise
-of each scale and the moved problem is solved cold and from the first solution
-(``warm_start``), forward only, alternating the two in one process. Printed: how many
+The problem is the QP of the lad_regression example (least absolute deviations with a
+small ridge term, ``d = 3`` coefficients and ``m = 10`` points: 13 unknowns with the
+epigraph variables, 20 inequality rows), canonicalised from its ``.opt`` file on random
+parameters. It is solved once; then the targets ``t`` move by Gaussian noise of each
+scale and the moved problem is solved cold and from the first solution (``warm_start``),
+forward only, alternating the two in one process. Printed: how many
 items finish at the warm start (``iter_num`` 0), the median times and their ratio, and
 the largest difference between the two solutions.
 """
@@ -23,35 +24,36 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the checkout's optlayer, not another installed copy
 
+import optlayer as ol  # noqa: E402
+from optlayer.compiler import canonicalize_qp, expand_params  # noqa: E402
+from optlayer.layer import random_params  # noqa: E402
 from optlayer.solvers import solve_qp  # noqa: E402
 
 D = torch.float64
 
 
-def lad_qp(batch, d=3, m=10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(batch, m, d, generator=g, dtype=D)
-    t = torch.randn(batch, m, generator=g, dtype=D)
-    n = d + m
-    Q = torch.zeros(batch, n, n, dtype=D)
-    Q[:, :d, :d] = 0.2 * torch.eye(d, dtype=D)
-    p = torch.cat([torch.zeros(batch, d, dtype=D), torch.ones(batch, m, dtype=D)], -1)
-    eye = torch.eye(m, dtype=D).expand(batch, m, m)
-    G = torch.cat([torch.cat([X, -eye], -1), torch.cat([-X, -eye], -1)], -2)
-    return Q, p, G, t, g
+def lad_qp(vals, layer):
+    """``(Q, p, G, h)`` of the lad_regression layer's QP at the parameters ``vals``."""
+    P, B, _ = expand_params(layer.problem, layer.problem.check_params(vals))
+    Q, p, G, h, *_ = canonicalize_qp(layer.program, P, B, D, "cpu")
+    return Q, p, G, h
 
 
 def main(batch=32, rounds=30):
-    Q, p, G, t, g = lad_qp(batch)
-    first = solve_qp(Q, p, G, torch.cat([t, -t], -1), on_failure="raise")
-    print(f"solve_qp, least absolute deviations QP (13 unknowns, 20 rows), batch {batch}, "
-          f"forward only; {torch.get_num_threads()} thread(s)")
+    layer = ol.load(ROOT / "examples" / "problems" / "lad_regression.opt")
+    vals = random_params(layer.problem, batch=batch, seed=0)
+    Q, p, G, h = lad_qp(vals, layer)
+    first = solve_qp(Q, p, G, h, on_failure="raise")
+    print(f"solve_qp, the lad_regression QP ({Q.shape[-1]} unknowns, {G.shape[-2]} rows), "
+          f"batch {batch}, forward only; {torch.get_num_threads()} thread(s)")
+    g = torch.Generator().manual_seed(1)
     for scale in (1e-3, 1e-2, 1e-1):
-        t2 = t + scale * torch.randn(t.shape, generator=g, dtype=D)
-        h2 = torch.cat([t2, -t2], -1)
-        runs = {"cold": lambda h2=h2: solve_qp(Q, p, G, h2, on_failure="raise"),
-                "warm": lambda h2=h2: solve_qp(Q, p, G, h2, on_failure="raise",
-                                               warm_start=first)}
+        moved = dict(vals, t=vals["t"] + scale * torch.randn(vals["t"].shape, generator=g,
+                                                             dtype=D))
+        Q2, p2, G2, h2 = lad_qp(moved, layer)
+        runs = {"cold": lambda a=(Q2, p2, G2, h2): solve_qp(*a, on_failure="raise"),
+                "warm": lambda a=(Q2, p2, G2, h2): solve_qp(*a, on_failure="raise",
+                                                            warm_start=first)}
         times = {k: [] for k in runs}
         out = {k: f() for k, f in runs.items()}
         for _ in range(rounds):
