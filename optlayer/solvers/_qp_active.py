@@ -119,7 +119,7 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         # K0 v - hk on an inequality row i is G_i x - h_i - delta u_i: the violation
         # where i is not in W (u_i = 0); the rows held are not looked at
         hk = torch.where(ineq, rhs0, zero)
-        thr = (0.1 * tol) * (1.0 + ipm.amax(d.h))         # a violation worth a step
+        thr = ipm.violation_floor(d, tol)                  # a violation worth a step
         thr = torch.where(todo, thr, inf).view(B, 1, 1)   # items not to solve never start
         cap = min(defaults.ACTIVE_SET_PDAS_ITERS, maxiter)
         held, v, settled, fac, iters = _pdas(K0, hk + thr, ineq, held, v, cap, eqp, fac)

@@ -416,7 +416,7 @@ def _correct(d: ipm.Data, pol: _Polished, todo: Tensor, tol: float) -> _Polished
         dk = ipm.take(d, idx)
         x, s, z, y = (None if t is None else t.index_select(0, idx) for t in pol.point)
         J, u = pol.fac.J.index_select(0, idx), pol.u.index_select(0, idx)
-        thr = ((0.1 * tol) * (1.0 + ipm.amax(dk.h))).view(-1, 1, 1)   # as _qp_active's
+        thr = ipm.violation_floor(dk, tol).view(-1, 1, 1)
         viol = ipm.matvec(dk.G, x, dk.Gt) - dk.h
         top = viol.masked_fill(J, -math.inf).amax(dim=1, keepdim=True)
         Jn = (J & (u >= 0.0)) | ((viol == top) & (top > thr))

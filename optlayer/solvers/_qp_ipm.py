@@ -473,6 +473,13 @@ def take(d: Data, idx: Tensor) -> Data:
                   t(d.reg_abs), d.reg_rel, t(d.obj0))
 
 
+def violation_floor(d: Data, tol: float) -> Tensor:
+    """Per item ``(B,)``, the violation of an inequality row worth a change of the active
+    set (the active-set rules of ``_qp_active``, ``_qp_schur`` and the polish's
+    corrections): a tenth of ``tol``, relative to ``1 + max |h|``."""
+    return (0.1 * tol) * (1.0 + amax(d.h))
+
+
 def put(full: Tensor, idx: Tensor, part: Tensor) -> Tensor:
     """``full`` with the items ``idx`` replaced by ``part``, in ``full``'s memory layout: a
     batch of column-major matrices (LAPACK's factors) stays column-major, which the

@@ -67,7 +67,7 @@ def run_schur(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     Sd = S.diagonal(dim1=1, dim2=2)
     Sd.add_(Sd.abs() * d.reg_rel + d.reg_abs * d.reg_rel)
     r = ipm.matvec_add(-d.h, d.G, x0, d.Gt)                                 # G x0 - h
-    thr = (0.1 * tol) * (1.0 + ipm.amax(d.h))          # a violation worth a step
+    thr = ipm.violation_floor(d, tol)                   # a violation worth a step
     thr = torch.where(todo, thr, torch.inf).view(B, 1, 1)   # items not to solve never start
     r_thr = r - thr
     held = torch.zeros(B, m, 1, dtype=torch.bool, device=dev)
