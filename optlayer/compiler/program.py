@@ -302,9 +302,10 @@ class Program:
                 elif kind == "group_blocks":  # k equal-size group-l2 variables at once
                     xb = x.reshape(x.shape[0], a.shape[1], -1)
                     nrm = torch.linalg.vector_norm(xb, dim=-1, keepdim=True)
-                    t = (a * step[:, None])[..., None]
+                    t = a.unsqueeze(-1) * step[:, None, None]
                     den = torch.maximum(nrm, t).clamp_min(torch.finfo(x.dtype).tiny)
-                    y = (xb * (1 - t / den)).reshape(x.shape)   # den >= t: no clamp
+                    # xb (1 - t / den); den >= t: no clamp
+                    y = torch.addcmul(xb, xb, t / den, value=-1.0).reshape(x.shape)
                 elif kind == "lasso":
                     t = (a * step)[:, None]
                     y = x - torch.clamp(x, -t, t)
@@ -322,7 +323,7 @@ class Program:
                     nrm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
                     t = (a * step)[:, None]
                     den = torch.maximum(nrm, t).clamp_min(torch.finfo(x.dtype).tiny)
-                    y = x * (1 - t / den)
+                    y = torch.addcmul(x, x, t / den, value=-1.0)
                 outs.append(y)
             return outs[0] if single else torch.cat(outs, dim=-1)
 
@@ -397,6 +398,9 @@ class Program:
         (``copies``: as in :meth:`prox_fn`)."""
         if not self.plan.prox:
             return lambda z: z.new_zeros(z.shape[0])
+        parts = self._prox_parts(P)
+        if parts is not None and all(h == 1.0 for _p, _w, h in self.plan.prox.values()):
+            return _parts_penalty(parts, copies)
         B = next(iter(P.values())).shape[0]
         env, cache = P, dict(self.pvals(P))
         terms = []
@@ -731,11 +735,37 @@ def _simplex(x, value):
     return (x - tau).clamp_min(0)
 
 
+def _parts_penalty(parts, copies: int):
+    """The penalty ``pen(z) -> (B,)`` from :meth:`Program._prox_parts` (weights evaluated,
+    equal-size groups merged: one norm for all of them)."""
+    single = len(parts) == 1
+    terms = [(sl, kind, _repeat(a, copies)) for sl, _shape, kind, a in parts
+             if kind in _PART_NORMS or kind == "group_blocks"]
+
+    def pen(z):
+        out = None
+        for sl, kind, a in terms:
+            x = z if single else z[:, sl]
+            if kind == "group_blocks":   # a (B, k): k groups
+                v = torch.linalg.vecdot(
+                    a, torch.linalg.vector_norm(x.reshape(x.shape[0], a.shape[1], -1), dim=-1))
+            else:
+                v = a * _PART_NORMS[kind](x)
+            out = v if out is None else out + v
+        return out
+
+    return pen
+
+
 _PENALTY = {
     "lasso": lambda x: x.abs().sum(-1),
     "group_lasso": lambda x: torch.linalg.vector_norm(x, dim=-1),
     "linf": lambda x: x.abs().amax(-1),
 }
+
+#: the norms of the prox parts (Program._prox_parts) that carry a penalty
+_PART_NORMS = {"lasso": _PENALTY["lasso"], "nonneg_lasso": _PENALTY["lasso"],
+               "group_lasso": _PENALTY["group_lasso"]}
 
 #: the prox terms of _PENALTY that are piecewise affine (their prox is too)
 _POLYHEDRAL_PROX = frozenset({"lasso", "linf"})

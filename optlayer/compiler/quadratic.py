@@ -76,7 +76,10 @@ def is_quadratic(exprs) -> bool:
 
 
 def bmv(Q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Batched matrix-vector product ``Q z``: ``(B, N, N) x (B, N) -> (B, N)``."""
+    """Batched matrix-vector product ``Q z``: ``(B, N, N) x (B, N) -> (B, N)`` (``Q``
+    may also broadcast, as in ``matmul``)."""
+    if Q.dim() == 3 and z.dim() == 2 and Q.shape[0] == z.shape[0]:
+        return torch.bmm(Q, z.unsqueeze(-1)).squeeze(-1)   # half matmul's dispatch time
     return torch.matmul(Q, z.unsqueeze(-1)).squeeze(-1)
 
 

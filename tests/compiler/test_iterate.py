@@ -281,6 +281,32 @@ def test_prox_jacobian_matches_autograd(name):
         assert bool(cut.any()) and not bool(cut.all())
 
 
+_PENALTY_CASES = {
+    **{k: _PROX_JAC[k] for k in ("group_blocks", "mixed", "group_cut")},
+    # group terms of two sizes (not merged), an l1 term on a nonneg variable
+    "group_sizes": "dim k = 3\nparam y[2 * k + 1]\nparam lam pos\nvar a[k]\nvar b[k + 1]\n"
+                   "var c[2]\nminimize sum_squares(a - y[0:k]) + sum_squares(b - y[k:2 * k + 1])"
+                   " + sum_squares(c - y[0:2]) + lam * norm2(a) + 2 * lam * norm2(b)"
+                   " + lam * norm1(c)\nsubject to\n c >= 0",
+}
+
+
+@pytest.mark.parametrize("name", list(_PENALTY_CASES), ids=list(_PENALTY_CASES))
+def test_specialised_penalty_equals_the_general_one(name):
+    """``penalty_fn`` (weights evaluated once, equal-size groups under one norm) gives
+    ``Program.penalty``'s values, also on stacked copies of the batch."""
+    layer = ol.compile(_PENALTY_CASES[name], method="prox_grad")
+    _vals, P, B = _bound(layer, 5, 0)
+    prog = layer.program
+    assert prog._prox_parts(P) is not None    # the specialised path
+    z = torch.randn(B, prog.layout.size, dtype=D, generator=torch.Generator().manual_seed(2))
+    ref = prog.penalty(z, P)
+    assert bool((ref > 0).all())
+    torch.testing.assert_close(prog.penalty_fn(P)(z), ref, rtol=1e-15, atol=0)
+    torch.testing.assert_close(prog.penalty_fn(P, 3)(z.repeat(3, 1)), ref.repeat(3),
+                               rtol=1e-15, atol=0)
+
+
 def test_entropy_simplex_is_one_newton_step():
     """With the curvature step eta = 1 / tau the mirror-descent map of <c, p> - tau H(p) is
     constant: the solution softmax(-c / tau) in one iteration."""
