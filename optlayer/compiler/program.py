@@ -739,18 +739,13 @@ def _parts_penalty(parts, copies: int):
     """The penalty ``pen(z) -> (B,)`` from :meth:`Program._prox_parts` (weights evaluated,
     equal-size groups merged: one norm for all of them)."""
     single = len(parts) == 1
-    terms = [(sl, kind, _repeat(a, copies)) for sl, _shape, kind, a in parts
-             if kind in _PART_NORMS or kind == "group_blocks"]
+    terms = [(sl, _PART_PENALTY[kind], _repeat(a, copies)) for sl, _shape, kind, a in parts
+             if kind in _PART_PENALTY]
 
     def pen(z):
         out = None
-        for sl, kind, a in terms:
-            x = z if single else z[:, sl]
-            if kind == "group_blocks":   # a (B, k): k groups
-                v = torch.linalg.vecdot(
-                    a, torch.linalg.vector_norm(x.reshape(x.shape[0], a.shape[1], -1), dim=-1))
-            else:
-                v = a * _PART_NORMS[kind](x)
+        for sl, value, a in terms:
+            v = value(z if single else z[:, sl], a)
             out = v if out is None else out + v
         return out
 
@@ -763,9 +758,15 @@ _PENALTY = {
     "linf": lambda x: x.abs().amax(-1),
 }
 
-#: the norms of the prox parts (Program._prox_parts) that carry a penalty
-_PART_NORMS = {"lasso": _PENALTY["lasso"], "nonneg_lasso": _PENALTY["lasso"],
-               "group_lasso": _PENALTY["group_lasso"]}
+#: the penalty of each prox part that carries one (Program._prox_parts), from its
+#: values ``x (B, n)`` and evaluated weight ``a`` (``(B,)``; ``(B, k)`` for k groups)
+_PART_PENALTY = {
+    "lasso": lambda x, a: a * _PENALTY["lasso"](x),
+    "nonneg_lasso": lambda x, a: a * _PENALTY["lasso"](x),
+    "group_lasso": lambda x, a: a * _PENALTY["group_lasso"](x),
+    "group_blocks": lambda x, a: torch.linalg.vecdot(
+        a, _PENALTY["group_lasso"](x.reshape(x.shape[0], a.shape[1], -1))),
+}
 
 #: the prox terms of _PENALTY that are piecewise affine (their prox is too)
 _POLYHEDRAL_PROX = frozenset({"lasso", "linf"})
