@@ -76,8 +76,7 @@ def _fixed(n: int, m: int, me: int, dtype, device):
     number is made a tensor at each use)."""
     k = n + m + me
     row = torch.arange(k, device=device).view(1, k, 1)
-    sign = torch.ones(k, dtype=dtype, device=device)
-    sign[n:] = -1.0
+    sign = dense.reg_signs(n, k, dtype, device)
     consts = tuple(torch.tensor(c, dtype=dtype, device=device) for c in (0.0, 1.0, math.inf))
     return (row, (row >= n) & (row < n + m), torch.eye(k, dtype=dtype, device=device), sign,
             *consts, torch.tensor(-1, dtype=torch.int64, device=device))

@@ -50,10 +50,12 @@ the batch: one LU of a few items instead of the batch's).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor
 
 from optlayer import defaults
@@ -455,35 +457,43 @@ def _unbounded(d: ipm.Data, L: _Layout, dx: Tensor, eps_inf: float) -> Tensor:
 
 def _base(d: ipm.Data) -> Tensor:
     """``[[Q, G', A'], [G, 0, 0], [A, 0, 0]]``."""
-    B, n, _ = d.Q.shape
-    k = d.KA.shape[1]
-    K = d.Q.new_zeros(B, k, k)
-    K[:, :, :n] = d.KA
-    if d.KT is not None:
-        K[:, :n, n:] = d.KT
-    return K
+    n, k = d.Q.shape[1], d.KA.shape[1]
+    if d.KT is None:
+        return d.KA
+    return torch.cat([d.KA, nnf.pad(d.KT, (0, 0, 0, k - n))], dim=2)
+
+
+@functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)    # an ordinary tensor, whichever mode the first call runs in
+def reg_signs(n: int, k: int, dtype, device) -> Tensor:
+    """``(k,)``: the signs of the regularization of a KKT matrix of ``k`` rows, ``n`` of
+    them the unknowns' (+ there, - on the constraint rows)."""
+    sign = torch.ones(k, dtype=dtype, device=device)
+    sign[n:] = -1.0
+    return sign
 
 
 def dense_factor(d: ipm.Data, s: Tensor | None, z: Tensor | None,
                  J: Tensor | None = None) -> DenseFactor:
-    """Factor the active-set KKT matrix at ``(s, z)`` (``J = {z > s}``, or the ``J`` given)."""
+    """Factor the active-set KKT matrix at ``(s, z)`` (``J = {z > s}``, or the ``J`` given).
+
+    A row ``i`` of an inequality outside ``J`` becomes ``u_i = 0`` (zero row, unit
+    diagonal); its column may stay, as it multiplies ``u_i = 0``. The transposed
+    system (the backward) differs from the fully masked one only in the rows outside
+    ``J``, whose values are not used (:func:`dense_grad_solve` masks them)."""
     B, n, _ = d.Q.shape
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
     K = _base(d)
-    delta = d.reg_abs.view(B, 1)
-    reg = [delta.expand(B, n)]
+    reg = d.reg_abs.view(B, 1) * reg_signs(n, K.shape[1], K.dtype, K.device)
     if m:
         J = z > s if J is None else J
-        c = J.to(z.dtype).view(B, m)
-        keep = torch.cat([c.new_ones(B, n), c, c.new_ones(B, me)], dim=1)
-        K = K * (keep.unsqueeze(2) * keep.unsqueeze(1))
-        K[:, n:n + m, n:n + m].diagonal(dim1=1, dim2=2).copy_(1.0 - c)
-        reg.append(-delta * c)
-    if me:
-        reg.append(-delta.expand(B, me))
+        keep = nnf.pad(J.view(B, m).to(K.dtype), (n, me), value=1.0)   # 0 on the rows out
+        K = K * keep.unsqueeze(2)
+        K.diagonal(dim1=1, dim2=2).add_(1.0 - keep)
+        reg = reg * keep
     Kreg = K.clone()
-    Kreg.diagonal(dim1=1, dim2=2).add_(torch.cat(reg, dim=1))
+    Kreg.diagonal(dim1=1, dim2=2).add_(reg)
     LU, piv, info = lu_factor(Kreg)
     return DenseFactor(LU, piv, K, J, info == 0)
 
@@ -493,16 +503,19 @@ def dense_solve(f: DenseFactor, rhs: Tensor, *, adjoint: bool, refine: int,
     """Solve ``K u = rhs`` (or ``K' u = rhs``) with ``refine`` refinement steps; from
     ``start`` (one refinement step more: where ``K`` is singular, the solution found is
     the one nearest ``start``, not the one nearest 0, up to the regularization)."""
-    K = f.K.transpose(1, 2) if adjoint else f.K
+    # (the residual rhs - K u as _qp_ipm.matvec_add computes it: 0.4x the time of
+    # baddbmm at (32, 33, 33), as the row-vector product with the transpose)
+    K, Kt = (f.K.transpose(1, 2), f.K) if adjoint else (f.K, f.K.transpose(1, 2))
+
+    def residual(u):
+        return ipm.matvec_add(rhs, K, u, Kt, alpha=-1.0)
+
     if start is None:
         u = torch.linalg.lu_solve(f.LU, f.pivots, rhs, adjoint=adjoint)
     else:
-        u = start + torch.linalg.lu_solve(f.LU, f.pivots, torch.baddbmm(rhs, K, start,
-                                                                        alpha=-1.0),
-                                          adjoint=adjoint)
+        u = start + torch.linalg.lu_solve(f.LU, f.pivots, residual(start), adjoint=adjoint)
     for _ in range(refine):
-        u = u + torch.linalg.lu_solve(f.LU, f.pivots, torch.baddbmm(rhs, K, u, alpha=-1.0),
-                                      adjoint=adjoint)
+        u = u + torch.linalg.lu_solve(f.LU, f.pivots, residual(u), adjoint=adjoint)
     return u
 
 
@@ -525,7 +538,8 @@ def dense_grad_solve(f: DenseFactor, n: int, m: int, a1, a3, a2, refine: int):
 class _Polished(NamedTuple):
     fac: DenseFactor
     point: tuple            # (x, s, z, y) solving the active-set KKT system
-    r: ipm._Res
+    r: ipm._Res             # its residuals: dres, pres and gap only (the rest None: less
+    #                         to copy where polished points are merged)
     err: Tensor
     u: Tensor | None        # (B, m, 1) the system's multipliers of J before clamping at 0
 
@@ -557,6 +571,7 @@ def _polish(d: ipm.Data, x, s, z, y, J: Tensor | None = None) -> _Polished:
     if d.A is not None:
         py = sol[:, n + m:]
     r = ipm.residuals(d, px, ps, pz, py)
+    r = ipm._Res(None, None, None, None, r.dres, r.pres, r.gap, None, None)
     return _Polished(fac, (px, ps, pz, py), r, torch.maximum(torch.maximum(r.dres, r.pres),
                                                              r.gap), u)
 

@@ -86,7 +86,7 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     best, since = float("inf"), 0
     for it in range(maxiter + 1):
         s, z = w[:, :m], w[:, m:]
-        prod = torch.bmm(d.KA, x)                              # [Qx; Gx]
+        prod = ipm.matvec(d.KA, x, d.KAt)                      # [Qx; Gx]
         rx = torch.baddbmm(prod[:, :n], Gt, z).add_(p)
         rz = (prod[:, n:] + s).sub_(h)
         sz = s * z
