@@ -208,6 +208,8 @@ class _FullNewton:
 def _step_to_boundary(vsz: Tensor, dsz: Tensor, fraction) -> Tensor:
     """Largest ``a <= 1`` with ``vsz - a * dsz >= (1 - fraction) vsz`` (``vsz > 0``)."""
     worst = (dsz / vsz).amax(dim=(1, 2), keepdim=True)
+    if isinstance(fraction, float) and fraction == 1.0:    # (one tensor operation less)
+        return worst.clamp_(min=1.0).reciprocal_()
     return fraction / worst.clamp(min=fraction)
 
 

@@ -80,6 +80,7 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     # the row scales of _qp_dense._error: 1 / (1 + |p|) on the dual rows, 1 / (1 + |h|)
     scale = torch.cat([(1.0 / (1.0 + ipm.amax(t))).view(B, 1, 1).expand(B, k, 1)
                        for t, k in ((p, n), (h, m))], dim=1)
+    c0 = torch.cat([p, -h], dim=1)
     running = active.clone()
     iters = torch.zeros(B, dtype=torch.int64, device=Q.device)
     polish_at, pol = defaults.IPM_POLISH_BELOW, None
@@ -87,15 +88,16 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     for it in range(maxiter + 1):
         s, z = w[:, :m], w[:, m:]
         prod = ipm.matvec(d.KA, x, d.KAt)                      # [Qx; Gx]
-        rx = torch.baddbmm(prod[:, :n], Gt, z).add_(p)
-        rz = (prod[:, n:] + s).sub_(h)
+        r = prod + c0                     # [rx; rz] = [Qx + p + G'z; Gx - h + s], in place
+        rx, rz = r.split_with_sizes((n, m), dim=1)
+        rx.baddbmm_(Gt, z)
+        rz.add_(s)
         sz = s * z
         mu = sz.sum(dim=(1, 2), keepdim=True)
         obj = (x * torch.add(p, prod[:, :n], alpha=0.5)).sum(dim=(1, 2))
         if d.obj0 is not None:
             obj = obj + d.obj0
-        err = torch.maximum(ipm.amax(torch.cat([rx, rz], dim=1) * scale),
-                            mu.view(B) / obj.abs().clamp(min=1.0))
+        err = torch.maximum(ipm.amax(r * scale), mu.view(B) / obj.abs().clamp(min=1.0))
         running = running & (err > tol)        # NaN errors stop too
         worst = float(torch.where(running, err, -1.0).amax())
         if it == maxiter or worst < 0:
