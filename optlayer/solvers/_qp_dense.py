@@ -573,7 +573,7 @@ def _polish(d: ipm.Data, x, s, z, y, J: Tensor | None = None) -> _Polished:
     if d.A is not None:
         py = sol[:, n + m:]
     r = ipm.residuals(d, px, ps, pz, py)
-    r = ipm._Res(None, None, None, None, r.dres, r.pres, r.gap, None, None)
+    r = r._replace(rx=None, ry=None, rz=None, Gtz_Aty=None, sz=None, obj_scale=None)
     return _Polished(fac, (px, ps, pz, py), r, torch.maximum(torch.maximum(r.dres, r.pres),
                                                              r.gap), u)
 
