@@ -14,6 +14,15 @@ point strictly inside a row that the step's linearisation crossed takes
 ``s = -g`` for it). A phase I (minimise ``s`` s.t. ``g(x) ≤ s``) finds a strictly
 feasible start when ``init`` is not one and proves infeasibility when its optimum
 is positive.
+
+Once every running item's error is below ``polish_below`` (on problems whose KKT
+system has at most ``defaults.CONVEX_POLISH_MAX_SIZE`` rows), the iteration tries to
+finish by Newton's method on the KKT equations of the active set ``{λ > s}`` (the
+rows in it held at ``g = 0``, the others at ``λ = 0``): where the set is right, Newton
+converges quadratically, so the interior point's last iterations, about a hundredfold
+each, are skipped. A point that fails the KKT check gets its set corrected once (rows
+whose multiplier came out negative leave, rows it violates join); an item stops where
+a polished point passes, and the others iterate on.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import torch
 from optlayer import defaults
 from optlayer.conditions import kkt
 from optlayer.errors import OptTypeError
-from optlayer.linalg._common import any_all_true, lu_factor
+from optlayer.linalg._common import any_all_true, functorch_active, lu_factor
 from optlayer.solvers._base import RUNNING, IterativeSolver, OptStep, batch_shape_of, norm
 from optlayer.solvers.convex_models import (
     AutogradObjective,
@@ -123,6 +132,9 @@ class ConvexInteriorPoint(IterativeSolver):
             ``τ = max(η̂, ‖r_dual‖, ‖r_pri‖) / (mu r)``, and a tenth of that after a
             step of length ``≥ 0.9`` when the residuals are at most ``3 η̂``.
         alpha, beta: line-search sufficient decrease and shrink factors.
+        polish_below: the error below which the polish on the active set is tried
+            (see the module doc; again after each further hundredfold decrease); None:
+            ``defaults.CONVEX_POLISH_BELOW``; 0: never.
         phase_one_fun: inequality function for phase I only, or None (``ineq_fun``).
             It must describe the same strictly feasible set, e.g. ``norm2(u) - s``
             (defined everywhere) for ``sum_squares(u) / s - s`` (smooth, but defined
@@ -150,6 +162,7 @@ class ConvexInteriorPoint(IterativeSolver):
     alpha: float = 0.01
     beta: float = 0.5
     maxls: int = 50
+    polish_below: float | None = None
     phase_one_fun: Callable | None = None
     objective_model: Callable | None = None
     ineq_model: Callable | None = None
@@ -164,6 +177,9 @@ class ConvexInteriorPoint(IterativeSolver):
         if not isinstance(self.maxls, int) or self.maxls < 1:
             raise ValueError(f"{self.name}: maxls must be a positive int (line-search trials "
                              f"per iteration); got {self.maxls!r}")
+        if self.polish_below is not None and not self.polish_below >= 0:
+            raise ValueError(f"{self.name}: polish_below must be a float >= 0 (0: no polish) "
+                             f"or None; got {self.polish_below!r}")
 
     # -- maps -----------------------------------------------------------------------
     def optimality_fun(self, params, params_obj=None, params_eq=None, params_ineq=None):
@@ -239,12 +255,14 @@ class ConvexInteriorPoint(IterativeSolver):
                          sizes)[0]
         return OptStep(_unpack(out.params[0], sizes)[:3], out.state)
 
-    def _step(self, params, state, obj, rows, params_eq, sizes, derivs=None):
+    def _step(self, params, state, obj, rows, params_eq, sizes, derivs=None, frozen=None):
         """One iteration on ``(v, last step length)``, ``v = (x, nu, lam, s)`` packed (``s > 0``
         the slacks of ``g(x) + s = 0``); ``derivs``: ``(g, Dg, Σλ∇²g, ∇f, ∇²f)`` at ``v`` if
-        known. Returns the step, ``g`` at the new point, the derivatives used at ``v`` and
-        those at the new point (None unless every item took the first trial step, where
-        they are computed in place of the first-order line-search evaluation). The
+        known; ``frozen``: items whose step the caller discards (they take the first
+        trial, so the line search runs for the others alone). Returns the step, ``g`` at
+        the new point, the derivatives used at ``v`` and those at the new point (None
+        unless every item took the first trial step, where they are computed in place of
+        the first-order line-search evaluation). The
         arithmetic is written for few tensor operations: at the sizes where this method
         is used, their count, not their flops, sets the time."""
         v, prev = params
@@ -344,6 +362,8 @@ class ConvexInteriorPoint(IterativeSolver):
                                            dim=-1)
             # (a NaN or infinite residual fails the test: the bound is finite or NaN)
             ok = res <= res0 - slope * step
+            if frozen is not None:
+                ok = ok | frozen
             trial = (vt, gt, rdt, rpt)
             if k == 0 and bool(ok.all()):  # the common case: every item takes the first step
                 best = trial
@@ -384,16 +404,36 @@ class ConvexInteriorPoint(IterativeSolver):
         derivs = None
         codes = {c: torch.tensor(int(c), dtype=state.status.dtype, device=x.device)
                  for c in (Status.OPTIMAL, Status.NUMERICAL_ERROR)}
+        # the polish (module doc): not in phase I, nor under torch.func transforms (its
+        # decisions read values on the host), nor on systems above the size cap
+        polish_at = defaults.CONVEX_POLISH_BELOW if self.polish_below is None \
+            else self.polish_below
+        polish = polish_at > 0 and not phase_one and not functorch_active() \
+            and sum(sizes) <= defaults.CONVEX_POLISH_MAX_SIZE
+        finished = None   # (items the polish finished, their points)
         for k in range(maxiter):
             active = state.status == RUNNING
             # every item running (known at a check): no masking of the step's results
             every = False
             if k % self.check_every == 0:
-                running, every = any_all_true(active)
+                if polish:  # one sync: how many items run, and the worst error among them
+                    count, worst = torch.stack([active.sum().to(state.error.dtype),
+                                                torch.where(active, state.error, -1.0).amax()
+                                                ]).tolist()
+                    running, every = count > 0, count == active.numel()
+                    if running and worst <= polish_at:
+                        polish_at = worst * 1e-2
+                        state, finished = self._finish(params[0], state, active, finished,
+                                                       obj, rows, params_eq, sizes, tol)
+                        active = state.status == RUNNING
+                        running, every = any_all_true(active)
+                else:
+                    running, every = any_all_true(active)
                 if not running:
                     break
             (new_params, new_state), g1, used, nxt = self._step(
-                params, state, obj, rows, params_eq, sizes, derivs)
+                params, state, obj, rows, params_eq, sizes, derivs,
+                frozen=None if every else ~active)
             if phase_one:  # done at the first strictly feasible x: g(x) - s < -s, s < 0
                 s1 = new_params[0][..., sizes[0] - 1:sizes[0]]
                 found = (s1[..., 0] < 0) & ((g1[..., :-1] + s1) < 0).all(-1)
@@ -420,7 +460,108 @@ class ConvexInteriorPoint(IterativeSolver):
                                               codes[Status.NUMERICAL_ERROR]))
             status = verdict if every else torch.where(active, verdict, state.status)
             state = InteriorPointState(state.iter_num + active, error, status, gap, pr, dr)
-        return _unpack(params[0], sizes)[:3], state
+        v = params[0] if finished is None else torch.where(
+            finished[0].unsqueeze(-1), finished[1], params[0])
+        return _unpack(v, sizes)[:3], state
+
+    def _finish(self, v, state, active, finished, obj, rows, params_eq, sizes, tol):
+        """The polish (module doc) of the ``active`` items at ``v``: the state with the
+        items whose polished point passes ``tol`` OPTIMAL (their residuals those of that
+        point), and ``finished`` with those items and points added. The points are kept
+        apart from the iterates (their ``s`` and ``λ`` may be 0, which the interior point's
+        steps, still computed for every item, cannot take)."""
+        out = self._polish(v, sizes, obj, rows, params_eq, tol, active)
+        take = active & (out[1] <= tol)
+        miss = active & ~take
+        if bool(miss.any()):
+            # one correction of the set: rows whose multiplier came out negative leave,
+            # rows the point violates join
+            act, lam_raw, g = out[5:]
+            again = self._polish(v, sizes, obj, rows, params_eq, tol, miss,
+                                 (act & (lam_raw >= 0)) | (g > tol))
+            fixed = miss & (again[1] <= tol)
+            out = tuple(torch.where(_bcast_to(fixed, a), b, a)
+                        for a, b in zip(out[:5], again[:5], strict=True))
+            take = take | fixed
+        vp, err, gap, pr, dr = out[:5]
+        if finished is not None:
+            take_all = finished[0] | take
+            vp = torch.where(take.unsqueeze(-1), vp, finished[1])
+            take_now, take = take, take_all
+        else:
+            take_now = take
+        code = torch.tensor(int(Status.OPTIMAL), dtype=state.status.dtype, device=v.device)
+        new = InteriorPointState(
+            state.iter_num, torch.where(take_now, err, state.error),
+            torch.where(take_now, code, state.status), torch.where(take_now, gap, state.gap),
+            torch.where(take_now, pr, state.primal_residual),
+            torch.where(take_now, dr, state.dual_residual))
+        return new, (take, vp)
+
+    def _polish(self, v, sizes, obj, rows, params_eq, tol, items, act=None):
+        """Newton's method on the KKT equations of an active set ``act`` (default
+        ``{λ > s}`` at ``v``): ``∇f + Dgᵀλ + Aᵀν = 0``, ``g_i = 0`` on the set, ``λ_i = 0``
+        off it, ``Ax = b``; at most ``defaults.CONVEX_POLISH_NEWTON`` steps, fewer where
+        the equations' residual of every item of ``items`` falls below ``tol / 10``.
+
+        Returns:
+            ``(v', error, gap, primal, dual, act, λ before clamping, g)`` with ``v' = (x,
+            ν, max(λ, 0), max(-g, 0))`` packed and its residuals as :meth:`_step` reports
+            them (``+inf`` where not finite).
+        """
+        n, q, r = sizes
+        x, nu, lam, sl = _unpack(v, sizes)
+        act = lam > sl if act is None else act
+        a = act.to(x.dtype)
+        lam = lam * a
+        batch = x.shape[:-1]
+        eq = params_eq is not None
+        if eq:
+            A = params_eq[0].expand(batch + params_eq[0].shape[-2:])
+        off = torch.diag_embed(1.0 - a)       # rows off the set: dλ_i = 0, λ_i stays 0
+        for k in range(defaults.CONVEX_POLISH_NEWTON + 1):
+            g, J, Hg, gf, Hf = (*rows.second(x, lam), *obj.grad_hess(x))
+            rd = gf + _tmv(J, lam)
+            parts = [rd, g * a]
+            if eq:
+                rd = rd + _tmv(A, nu)
+                parts = [rd, g * a, _affine(x, params_eq)]
+            F = torch.cat(parts, -1)
+            if k == defaults.CONVEX_POLISH_NEWTON \
+                    or not bool(((norm(F) > 0.1 * tol) & items).any()):
+                break
+            H = Hf if Hg is None else Hg if Hf is None else Hf + Hg
+            H = x.new_zeros(batch + (n, n)) if H is None else H.clone()
+            diag = torch.diagonal(H, dim1=-2, dim2=-1)   # the ridge of _step
+            diag.add_((1 + diag.detach().abs().amax(-1, keepdim=True)) * torch.finfo(x.dtype).eps)
+            Ja = J * a.unsqueeze(-1)
+            top, mid = [H, Ja.mT], [Ja, off]
+            if eq:
+                top.append(A.mT)
+                mid.append(x.new_zeros(batch + (r, q)))
+            K = [torch.cat(top, -1), torch.cat(mid, -1)]
+            if eq:
+                K.append(torch.cat([A, x.new_zeros(batch + (q, r + q))], -1))
+            LU, piv, _ = lu_factor(torch.cat(K, -2))
+            d = torch.linalg.lu_solve(LU, piv, F.unsqueeze(-1)).squeeze(-1)
+            x = x - d[..., :n]
+            lam = lam - d[..., n:n + r]
+            if eq:
+                nu = nu - d[..., n + r:]
+        lam_raw, lam = lam, lam.clamp_min(0.0)
+        rd = gf + _tmv(J, lam)               # (g, J, ∇f at the final x)
+        if eq:
+            rd = rd + _tmv(A, nu)
+        sl = (-g).clamp_min(0.0)
+        pr = norm(g + sl)
+        if eq:
+            pr = torch.linalg.vector_norm(torch.stack([pr, norm(_affine(x, params_eq))], -1),
+                                          dim=-1)
+        dr = norm(rd)
+        gap = (sl * lam).sum(-1)
+        err = torch.maximum(torch.maximum(pr, dr), gap)
+        err = torch.where(torch.isfinite(err), err, math.inf)
+        return torch.cat([x, nu, lam, sl], -1), err, gap, pr, dr, act, lam_raw, g
 
     def _phase_one(self, x0, status, params_eq, params_ineq, maxiter, tol):
         """Minimise ``s`` s.t. ``g(x) - s ≤ 0``, ``s ≥ -1``, ``Ax = b`` from a feasible (x0, s0)."""
