@@ -28,11 +28,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from optlayer.linalg._common import (
     Packed,
     as_matvec,
     check_common,
+    functorch_active,
     lu_factor,
     materialize,
     physical,
@@ -77,6 +79,17 @@ def _residual(A: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return torch.where(bn > 0, r / torch.where(bn > 0, bn, 1), r)
 
 
+def _differentiated(*ts: torch.Tensor) -> bool:
+    """Whether a result computed from ``ts`` may be differentiated: a graph is being
+    recorded for one of them, one carries a forward-mode tangent, or a ``torch.func``
+    transform is active."""
+    if functorch_active():
+        return True
+    if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
+        return True
+    return any(fwAD.unpack_dual(t).tangent is not None for t in ts)
+
+
 def _lu_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``A⁻¹ b`` by LU with partial pivoting, as ``lu_factor_ex`` + ``lu_unpack`` + two
     triangular solves.
@@ -87,9 +100,14 @@ def _lu_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     through ``lu_solve`` can fail with "Pivots given to lu_solve must all be
     greater or equal to 1". Triangular solves batch and differentiate correctly
     (``tests/implicit/test_review_vmap_hessian.py``). A zero pivot gives
-    Inf/NaN, which the residual check reports.
+    Inf/NaN, which the residual check reports. Where nothing differentiates the
+    solve (no graph, no forward-mode tangent, no ``torch.func`` transform: the
+    backward pass of the layers) ``lu_solve`` on the factors does it in one call
+    (no unpacking, no permutation product).
     """
     LU, piv, _info = lu_factor(A)
+    if not _differentiated(A, b):
+        return torch.linalg.lu_solve(LU, piv, b.unsqueeze(-1)).squeeze(-1)
     P, L, U = torch.lu_unpack(LU, piv)
     y = torch.linalg.solve_triangular(
         L, (P.mT @ b.unsqueeze(-1)), upper=False, unitriangular=True

@@ -47,3 +47,33 @@ def test_convex_interior_point_above_150_unknowns():
         assert bool((layer.info.status == 0).all())
     finally:
         torch.set_num_threads(threads)
+
+
+def test_solve_lu_routes_agree_and_the_graph_route_differentiates():
+    # solve_lu's two routes: lu_solve on the factors where nothing differentiates the
+    # solve (the layers' backward), unpacked factors and triangular solves where a graph,
+    # a forward-mode tangent or a torch.func transform may (lu_solve is wrong or fails
+    # there in torch 2.13); the same solution, and the graph route still differentiates
+    from optlayer.linalg import solve_lu
+    from optlayer.linalg.dense import _differentiated
+
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(4, 6, 6, dtype=D, generator=g) + 6 * torch.eye(6, dtype=D)
+    b = torch.randn(4, 6, dtype=D, generator=g)
+    assert not _differentiated(A, b)
+    plain = solve_lu(A, b)
+    Ag = A.clone().requires_grad_(True)
+    assert _differentiated(Ag, b)
+    graph = solve_lu(Ag, b)
+    torch.testing.assert_close(plain, graph.detach(), rtol=0, atol=1e-13)
+    torch.testing.assert_close((A @ plain.unsqueeze(-1)).squeeze(-1), b, rtol=0, atol=1e-12)
+    (gA,) = torch.autograd.grad(graph.sum(), Ag)
+    # d(sum x)/dA = -A^-T 1 x^T
+    w = torch.linalg.solve(A.mT, torch.ones(4, 6, 1, dtype=D))
+    torch.testing.assert_close(gA, -w @ plain.unsqueeze(-2), rtol=0, atol=1e-12)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(b, torch.ones_like(b))
+        assert _differentiated(A, dual)
+    seen = []
+    torch.func.vmap(lambda v: seen.append(_differentiated(A[0], v)) or v)(b)
+    assert seen == [True]   # under a torch.func transform
