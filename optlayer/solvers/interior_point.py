@@ -20,9 +20,9 @@ system has at most ``defaults.CONVEX_POLISH_MAX_SIZE`` rows), the iteration trie
 finish by Newton's method on the KKT equations of the active set ``{λ > s}`` (the
 rows in it held at ``g = 0``, the others at ``λ = 0``): where the set is right, Newton
 converges quadratically, so the interior point's last iterations, about a hundredfold
-each, are skipped. A point that fails the KKT check gets its set corrected once (rows
-whose multiplier came out negative leave, rows it violates join); an item stops where
-a polished point passes, and the others iterate on.
+each, are skipped. After two Newton steps the set is corrected once (rows whose
+multiplier has turned negative leave, rows the point violates join); an item stops
+where the polished point passes the KKT check, and the others iterate on.
 """
 
 from __future__ import annotations
@@ -470,48 +470,38 @@ class ConvexInteriorPoint(IterativeSolver):
         point), and ``finished`` with those items and points added. The points are kept
         apart from the iterates (their ``s`` and ``λ`` may be 0, which the interior point's
         steps, still computed for every item, cannot take)."""
-        out = self._polish(v, sizes, obj, rows, params_eq, tol, active)
-        take = active & (out[1] <= tol)
-        miss = active & ~take
-        if bool(miss.any()):
-            # one correction of the set: rows whose multiplier came out negative leave,
-            # rows the point violates join
-            act, lam_raw, g = out[5:]
-            again = self._polish(v, sizes, obj, rows, params_eq, tol, miss,
-                                 (act & (lam_raw >= 0)) | (g > tol))
-            fixed = miss & (again[1] <= tol)
-            out = tuple(torch.where(_bcast_to(fixed, a), b, a)
-                        for a, b in zip(out[:5], again[:5], strict=True))
-            take = take | fixed
-        vp, err, gap, pr, dr = out[:5]
-        if finished is not None:
-            take_all = finished[0] | take
-            vp = torch.where(take.unsqueeze(-1), vp, finished[1])
-            take_now, take = take, take_all
+        vp, err, gap, pr, dr = self._polish(v, sizes, obj, rows, params_eq, tol, active)
+        take = active & (err <= tol)
+        if finished is None:
+            finished = (take, vp)
         else:
-            take_now = take
+            finished = (finished[0] | take, torch.where(take.unsqueeze(-1), vp, finished[1]))
         code = torch.tensor(int(Status.OPTIMAL), dtype=state.status.dtype, device=v.device)
         new = InteriorPointState(
-            state.iter_num, torch.where(take_now, err, state.error),
-            torch.where(take_now, code, state.status), torch.where(take_now, gap, state.gap),
-            torch.where(take_now, pr, state.primal_residual),
-            torch.where(take_now, dr, state.dual_residual))
-        return new, (take, vp)
+            state.iter_num, torch.where(take, err, state.error),
+            torch.where(take, code, state.status), torch.where(take, gap, state.gap),
+            torch.where(take, pr, state.primal_residual),
+            torch.where(take, dr, state.dual_residual))
+        return new, finished
 
-    def _polish(self, v, sizes, obj, rows, params_eq, tol, items, act=None):
-        """Newton's method on the KKT equations of an active set ``act`` (default
-        ``{λ > s}`` at ``v``): ``∇f + Dgᵀλ + Aᵀν = 0``, ``g_i = 0`` on the set, ``λ_i = 0``
-        off it, ``Ax = b``; at most ``defaults.CONVEX_POLISH_NEWTON`` steps, fewer where
-        the equations' residual of every item of ``items`` falls below ``tol / 10``.
+    def _polish(self, v, sizes, obj, rows, params_eq, tol, items):
+        """Newton's method on the KKT equations of the active set ``{λ > s}`` at ``v``:
+        ``∇f + Dgᵀλ + Aᵀν = 0``, ``g_i = 0`` on the set, ``λ_i = 0`` off it, ``Ax = b``. After
+        ``defaults.CONVEX_POLISH_SWITCH`` steps the set is corrected once: rows whose
+        multiplier has turned negative leave, rows the point violates by more than ``tol``
+        join (that step's curvature term still holds the multipliers of the rows that
+        left: no second evaluation). At most ``defaults.CONVEX_POLISH_NEWTON`` steps,
+        fewer where the equations' residual of every item of ``items`` falls below
+        ``tol / 10``.
 
         Returns:
-            ``(v', error, gap, primal, dual, act, λ before clamping, g)`` with ``v' = (x,
-            ν, max(λ, 0), max(-g, 0))`` packed and its residuals as :meth:`_step` reports
-            them (``+inf`` where not finite).
+            ``(v', error, gap, primal, dual)`` with ``v' = (x, ν, max(λ, 0), max(-g, 0))``
+            packed and its residuals as :meth:`_step` reports them (``+inf`` where not
+            finite).
         """
         n, q, r = sizes
         x, nu, lam, sl = _unpack(v, sizes)
-        act = lam > sl if act is None else act
+        act = lam > sl
         a = act.to(x.dtype)
         lam = lam * a
         batch = x.shape[:-1]
@@ -521,6 +511,11 @@ class ConvexInteriorPoint(IterativeSolver):
         off = torch.diag_embed(1.0 - a)       # rows off the set: dλ_i = 0, λ_i stays 0
         for k in range(defaults.CONVEX_POLISH_NEWTON + 1):
             g, J, Hg, gf, Hf = (*rows.second(x, lam), *obj.grad_hess(x))
+            if k == defaults.CONVEX_POLISH_SWITCH:
+                act = (act & (lam >= 0)) | (g > tol)
+                a = act.to(x.dtype)
+                lam = lam * a
+                off = torch.diag_embed(1.0 - a)
             rd = gf + _tmv(J, lam)
             parts = [rd, g * a]
             if eq:
@@ -548,7 +543,7 @@ class ConvexInteriorPoint(IterativeSolver):
             lam = lam - d[..., n:n + r]
             if eq:
                 nu = nu - d[..., n + r:]
-        lam_raw, lam = lam, lam.clamp_min(0.0)
+        lam = lam.clamp_min(0.0)
         rd = gf + _tmv(J, lam)               # (g, J, ∇f at the final x)
         if eq:
             rd = rd + _tmv(A, nu)
@@ -561,7 +556,7 @@ class ConvexInteriorPoint(IterativeSolver):
         gap = (sl * lam).sum(-1)
         err = torch.maximum(torch.maximum(pr, dr), gap)
         err = torch.where(torch.isfinite(err), err, math.inf)
-        return torch.cat([x, nu, lam, sl], -1), err, gap, pr, dr, act, lam_raw, g
+        return torch.cat([x, nu, lam, sl], -1), err, gap, pr, dr
 
     def _phase_one(self, x0, status, params_eq, params_ineq, maxiter, tol):
         """Minimise ``s`` s.t. ``g(x) - s ≤ 0``, ``s ≥ -1``, ``Ax = b`` from a feasible (x0, s0)."""

@@ -27,9 +27,10 @@ def _spy(monkeypatch):
     calls = []
     real = ip.ConvexInteriorPoint._polish
 
-    def polish(self, v, sizes, obj, rows, params_eq, tol, items, act=None):
-        calls.append((int(items.sum()), act is not None))
-        return real(self, v, sizes, obj, rows, params_eq, tol, items, act)
+    def polish(self, v, sizes, obj, rows, params_eq, tol, items):
+        out = real(self, v, sizes, obj, rows, params_eq, tol, items)
+        calls.append((int(items.sum()), int(((out[1] <= tol) & items).sum())))
+        return out
 
     monkeypatch.setattr(ip.ConvexInteriorPoint, "_polish", polish)
     return calls
@@ -53,15 +54,19 @@ def test_same_solution_in_fewer_iterations(monkeypatch, name, most, least):
 
 
 def test_a_wrong_active_set_is_corrected(monkeypatch):
-    # sqrt_lasso, seed 0: three items have a weight near 0 whose two l1 rows are both
-    # nearly active at the first polish; their set is guessed wrong, the correction
-    # fixes it and the whole batch finishes there
+    # sqrt_lasso, seed 0: some items have a weight near 0 whose two l1 rows are both
+    # nearly active at the first polish; their set is guessed wrong. The correction after
+    # two Newton steps fixes it and the whole batch finishes in that polish; without it
+    # those items fail the check and the interior point goes on
     calls = _spy(monkeypatch)
     _, info = _solve("sqrt_lasso")
     assert info.status.tolist() == [0] * 32
-    assert calls[0] == (32, False)
-    assert calls[1][1] and 0 < calls[1][0] < 32
-    assert len(calls) == 2
+    assert calls == [(32, 32)]
+    calls.clear()
+    monkeypatch.setattr(defaults, "CONVEX_POLISH_SWITCH", defaults.CONVEX_POLISH_NEWTON + 1)
+    _, info = _solve("sqrt_lasso")
+    assert info.status.tolist() == [0] * 32
+    assert calls[0][0] == 32 and calls[0][1] < 32 and len(calls) > 1
 
 
 def test_off_above_the_size_cap_and_at_zero(monkeypatch):
