@@ -96,6 +96,26 @@ def _pick(mask, new, old):
                  for a, b in zip(new, old, strict=True))
 
 
+def _residuals(g, sl, lam, rd, rp):
+    """``(error, gap, primal, dual)`` of a point with rows ``g``, slacks ``sl``,
+    multipliers ``lam``, dual residual ``rd`` and equality residual ``rp`` (None without
+    equalities): ``error = max(‖(Ax - b, g + s)‖, ‖r_dual‖, sᵀλ)``."""
+    gap = (sl * lam).sum(-1)
+    pr = norm(g + sl)
+    if rp is not None:
+        pr = torch.linalg.vector_norm(torch.stack([pr, norm(rp)], -1), dim=-1)
+    dr = norm(rd)
+    return torch.maximum(torch.maximum(pr, dr), gap), gap, pr, dr
+
+
+def _ridge_(K):
+    """Add in place the ridge of the Newton systems: ``(1 + max|diag K|) eps`` on the
+    diagonal keeps directions that no term curves solvable (the scale is detached: the
+    ridge carries no gradient)."""
+    diag = torch.diagonal(K, dim1=-2, dim2=-1)
+    diag.add_((1 + diag.detach().abs().amax(-1, keepdim=True)) * torch.finfo(K.dtype).eps)
+
+
 def _boundary_step(v, dv, fraction):
     """``min(1, fraction * a)`` per item, ``a`` the largest step with ``v + a dv >= 0``
     (``v > 0``): ``fraction / max(fraction, max_i(-dv_i / v_i))``, finite everywhere (no
@@ -286,11 +306,10 @@ class ConvexInteriorPoint(IterativeSolver):
         H = Hf if Hg is None else Hg if Hf is None else Hf + Hg
         w_ratio = lam / sl
         K = _gram(J, w_ratio, H)
-        # A tiny ridge keeps directions that no term curves (a variable absent from
-        # f and g, as in phase I) solvable; their gradient is zero, so they stay put.
-        # (in place on the fresh K; the scale is detached: the ridge carries no gradient)
-        diag = torch.diagonal(K, dim1=-2, dim2=-1)
-        diag.add_((1 + diag.detach().abs().amax(-1, keepdim=True)) * torch.finfo(x.dtype).eps)
+        # the ridge keeps directions that no term curves (a variable absent from f and
+        # g, as in phase I) solvable; their gradient is zero, so they stay put (on the
+        # fresh K)
+        _ridge_(K)
         if eq:
             K = torch.cat([torch.cat([K, A.mT], -1),
                            torch.cat([A, A.new_zeros(A.shape[:-1] + (q,))], -1)], -2)
@@ -379,12 +398,7 @@ class ConvexInteriorPoint(IterativeSolver):
             step = torch.where(accepted, step, step * self.beta)
         v1, g1, rd1, rp1 = best
         _, _, lam1, sl1 = _unpack(v1, sizes)
-        gap1 = (sl1 * lam1).sum(-1)
-        pr = norm(g1 + sl1)
-        if eq:
-            pr = torch.linalg.vector_norm(torch.stack([pr, norm(rp1)], -1), dim=-1)
-        dr = norm(rd1)
-        error = torch.maximum(torch.maximum(pr, dr), gap1)
+        error, gap1, pr, dr = _residuals(g1, sl1, lam1, rd1, rp1 if eq else None)
         if accepted is not None:
             # An item whose line search failed entirely cannot progress: flag it.
             error = torch.where(accepted, error, math.nan)
@@ -477,12 +491,10 @@ class ConvexInteriorPoint(IterativeSolver):
         else:
             finished = (finished[0] | take, torch.where(take.unsqueeze(-1), vp, finished[1]))
         code = torch.tensor(int(Status.OPTIMAL), dtype=state.status.dtype, device=v.device)
-        new = InteriorPointState(
-            state.iter_num, torch.where(take, err, state.error),
-            torch.where(take, code, state.status), torch.where(take, gap, state.gap),
-            torch.where(take, pr, state.primal_residual),
-            torch.where(take, dr, state.dual_residual))
-        return new, finished
+        err, status, gap, pr, dr = _pick(
+            take, (err, code.expand_as(state.status), gap, pr, dr),
+            (state.error, state.status, state.gap, state.primal_residual, state.dual_residual))
+        return InteriorPointState(state.iter_num, err, status, gap, pr, dr), finished
 
     def _polish(self, v, sizes, obj, rows, params_eq, tol, items):
         """Newton's method on the KKT equations of the active set ``{λ > s}`` at ``v``:
@@ -527,8 +539,7 @@ class ConvexInteriorPoint(IterativeSolver):
                 break
             H = Hf if Hg is None else Hg if Hf is None else Hf + Hg
             H = x.new_zeros(batch + (n, n)) if H is None else H.clone()
-            diag = torch.diagonal(H, dim1=-2, dim2=-1)   # the ridge of _step
-            diag.add_((1 + diag.detach().abs().amax(-1, keepdim=True)) * torch.finfo(x.dtype).eps)
+            _ridge_(H)
             Ja = J * a.unsqueeze(-1)
             top, mid = [H, Ja.mT], [Ja, off]
             if eq:
@@ -548,13 +559,7 @@ class ConvexInteriorPoint(IterativeSolver):
         if eq:
             rd = rd + _tmv(A, nu)
         sl = (-g).clamp_min(0.0)
-        pr = norm(g + sl)
-        if eq:
-            pr = torch.linalg.vector_norm(torch.stack([pr, norm(_affine(x, params_eq))], -1),
-                                          dim=-1)
-        dr = norm(rd)
-        gap = (sl * lam).sum(-1)
-        err = torch.maximum(torch.maximum(pr, dr), gap)
+        err, gap, pr, dr = _residuals(g, sl, lam, rd, _affine(x, params_eq) if eq else None)
         err = torch.where(torch.isfinite(err), err, math.inf)
         return torch.cat([x, nu, lam, sl], -1), err, gap, pr, dr
 
