@@ -68,6 +68,8 @@ __all__ = [
     "MD_STEP_MAX",
     "FBN_LS_BATCH",
     "FP_NEWTON_DECREASE",
+    "NORMAL_NEWTON_MAXITER",
+    "NORMAL_NEWTON_MAXLS",
     "IPM_STEP_LADDER",
     "IPM_GAP_GROWTH",
     "MATVEC_TRANSPOSED_MIN",
@@ -409,6 +411,12 @@ FBN_LS_BATCH = 4
 #: A Newton step on a fixed-point residual is kept where it cuts ||T(z) - z|| at least
 #: by this factor (else first-order iterations go on for the batch).
 FP_NEWTON_DECREASE = 0.9
+#: Newton on the normal map (iterate.normal_newton_solve: a non-quadratic f with a
+#: closed-form model): items still running after this many iterations, or whose step
+#: was halved NORMAL_NEWTON_MAXLS times without cutting the residual, are finished by
+#: FISTA with Newton steps (iterate.prox_grad_solve).
+NORMAL_NEWTON_MAXITER = 30
+NORMAL_NEWTON_MAXLS = 30
 
 #: interior point step lengths tried, as fractions of the step to the boundary,
 #: where the full one would grow the complementarity gap by more than

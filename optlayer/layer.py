@@ -103,6 +103,7 @@ class OptLayer(nn.Module):
         self._qp_last = None    # (x, z) of the last QP solve: the kkt path's warm start
         self._duals = None
         self._implicit: dict = {}
+        self._kkt_layer: dict = {}    # the layer that solves calls whose guards fail
         names = list(problem.vars)
         self._Solution = namedtuple("Solution", names) if len(names) > 1 else None
 
@@ -134,6 +135,9 @@ class OptLayer(nn.Module):
             raise BindingError("the problem has no parameters; there is nothing to bind",
                                hint="declare at least one `param`")
         P, B, batched = expand_params(self.problem, values)
+        if self.plan.guards and not bool(self.program.guards_hold(
+                {k: v.detach() for k, v in P.items()}).all()):
+            return self._by_kkt(warm_start, params)
         t0 = next(iter(values.values()))
         dtype, device = t0.dtype, t0.device
         tol = self.tol if self.tol is not None else defaults.tol(dtype)
@@ -168,6 +172,19 @@ class OptLayer(nn.Module):
         if self._Solution is None:
             return next(iter(parts.values()))
         return self._Solution(**parts)
+
+    def _by_kkt(self, warm_start, params):
+        """The call solved by ``kkt`` (a layer made once): some item's ``norm2`` term that
+        the method treats as smooth may vanish at the solution (:meth:`Program.guards_hold`),
+        where the method's map is not differentiable. ``info.method`` says ``"kkt"``."""
+        layer = self._kkt_layer.get("kkt")
+        if layer is None:
+            layer = self._kkt_layer["kkt"] = OptLayer(
+                self.problem, method="kkt", tol=self.tol, maxiter=self.maxiter,
+                on_failure=self.on_failure)
+        out = layer._forward(warm_start, params)
+        self.info, self._last = layer.info, None
+        return out
 
     def _init(self, warm_start, P, B, dtype, device):
         if warm_start is not None:

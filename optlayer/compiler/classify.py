@@ -89,6 +89,7 @@ class Plan:
     user_vars: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     start: list = field(default_factory=list)
+    guards: list = field(default_factory=list)
 
 
 def _free(e) -> bool:
@@ -234,9 +235,15 @@ def classify(problem, method: str | None = None) -> Plan:
             sets[name] = s
     smooth, prox, why = [], {}, []
     nonsmooth_left = []
+    guards = []
     for t in terms:
         if t.expr.smooth:
             smooth.append((t.coeff, t.expr))
+            continue
+        arg = _smooth_norm(t)
+        if arg is not None:
+            smooth.append((t.coeff, t.expr))
+            guards.append(arg)
             continue
         pt = prox_term(t.expr)
         if pt is not None and t.coeff == 1 and pt.atom.prox and pt.variable.name not in prox:
@@ -245,6 +252,12 @@ def classify(problem, method: str | None = None) -> Plan:
             nonsmooth_left.append(t)
     all_smooth = not nonsmooth_left and not prox
     simple = not rest and not not_simple
+    if guards:
+        why.append("norm2 of an affine argument is smooth where the argument is not 0: "
+                   + ", ".join(f"norm2({u})" for u in guards) + " counted in f; each call "
+                   "checks per item that the argument cannot vanish (its least-squares "
+                   "residual is above sqrt(eps) times its constant part), and solves a call "
+                   "where some item fails by kkt")
     applicable = []
     projection = _projection_pattern(problem, terms, sets) if simple else None
     if projection is not None:
@@ -281,10 +294,12 @@ def classify(problem, method: str | None = None) -> Plan:
         solver = "qp"
         why.append("the objective is quadratic/linear and the constraints are affine: a QP"
                    + (" (after the epigraph rewrite)" if rw.aux else ""))
-    elif rw is not None and not qp_shaped and not applicable:
+    elif rw is not None and not qp_shaped and (guards or not applicable):
         applicable.append("kkt")
         solver = "convex"
-        why.append("the constraints are general smooth convex functions (after the epigraph "
+        why.append("after the epigraph rewrite, kkt with the convex interior point also "
+                   "applies: it solves the calls where that check fails" if applicable[:-1] else
+                   "the constraints are general smooth convex functions (after the epigraph "
                    "rewrite): KKT with the convex interior point method")
     if solver is not None and rw.aux:
         why.append(f"non-smooth atoms became {len(rw.aux)} epigraph variable(s): "
@@ -324,7 +339,8 @@ def classify(problem, method: str | None = None) -> Plan:
     ineq, eq = (rw.ineq, rw.eq) if rw is not None else ([], [])
     plan = Plan(chosen, applicable, smooth, prox, sets, projection, why, ineq, eq, qp_shaped,
                 solver=solver if chosen == "kkt" else None, problem=problem,
-                user_vars=list(problem.vars), notes=rw.notes if rw is not None else [])
+                user_vars=list(problem.vars), notes=rw.notes if rw is not None else [],
+                guards=guards if chosen != "kkt" else [])
     if chosen == "kkt":
         plan.smooth, plan.problem, plan.start = rw.smooth, rw.problem, rw.start
     return plan
@@ -359,3 +375,18 @@ def _has_entropy(e) -> bool:
     from optlayer.ir import postorder
 
     return any(isinstance(n, Apply) and n.atom.name in ("entropy", "kl_div") for n in postorder(e))
+
+
+def _smooth_norm(term):
+    """The argument ``u`` of a term ``norm2(u)`` or ``c * norm2(u)`` (``c`` a variable-free
+    scalar, ``u`` affine in the variables and not a variable itself), else None."""
+    e = term.expr
+    if isinstance(e, Apply) and e.atom.name == "mul":
+        a, b = e.args
+        e = b if _free(a) and a.ndim == 0 else a if _free(b) and b.ndim == 0 else None
+    if not (isinstance(e, Apply) and e.atom.name == "norm2" and len(e.args) == 1):
+        return None
+    u = e.args[0]
+    if isinstance(u, Variable) or not u.variables() or u.degree != 1:
+        return None
+    return u

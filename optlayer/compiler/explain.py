@@ -46,6 +46,9 @@ SOLVERS = {
     "newton": "Newton with Armijo backtracking (one step when f is quadratic)",
     "fbn": "forward-backward Newton (semismooth Newton on the fixed-point residual, Armijo "
            "on the forward-backward envelope)",
+    "normal_newton": "semismooth Newton on the normal map y - prox(y) + eta grad f(prox(y)) "
+                     "(Armijo on its norm; FISTA with Newton steps finishes what it leaves), "
+                     "f and its Hessian in closed form",
     "mirror": None,
     "first_order": None,
 }

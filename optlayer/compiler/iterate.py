@@ -10,6 +10,10 @@ the method's own map ``T`` wherever they pay:
   steps ``(J_prox M - I) d = -F`` with a line search on the forward-backward
   envelope (globally convergent; exact in one step on the right active pieces
   of a polyhedral set or prox).
+* :func:`normal_newton_solve` -- a non-quadratic ``f`` with a closed-form model
+  (:func:`optlayer.compiler.smooth.objective_model`) and a prox with a closed-form
+  Jacobian: semismooth Newton on the normal map ``y - prox(y) + eta grad f(prox(y))``
+  (Armijo on its norm); what it leaves, :func:`prox_grad_solve` finishes.
 * :func:`prox_grad_solve` -- other ``proj_grad`` / ``prox_grad`` problems:
   Newton steps ``z <- z - (dT/dz - I)^{-1} F(z)`` from the start, kept where they
   cut ``||F||`` by ``defaults.FP_NEWTON_DECREASE``; where they do not, FISTA
@@ -42,8 +46,8 @@ from optlayer.linalg._common import functorch_active
 from optlayer.status import Status
 
 __all__ = ["SolveResult", "block_solve", "jacobian", "value_and_jacobian", "replicate",
-           "fbn_solve", "prox_grad_solve", "md_value_and_jacobian", "mirror_solve",
-           "newton_solve", "status_of", "relative_residual"]
+           "fbn_solve", "prox_grad_solve", "normal_newton_solve", "md_value_and_jacobian",
+           "mirror_solve", "newton_solve", "status_of", "relative_residual"]
 
 
 class SolveResult:
@@ -580,6 +584,129 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResul
     res = residual(x, Tx, step)
     status = torch.where(unbounded, int(Status.UNBOUNDED), status_of(res, tol, Tx))
     return SolveResult(Tx, status.to(torch.int8), it, res, step, J)
+
+
+def normal_newton_solve(prog, P, z, tol, maxiter, model, jac) -> SolveResult:
+    """Semismooth Newton on the normal map of ``min f(x) + g(x)`` (``g``: the plan's sets
+    and prox-able terms) for a non-quadratic ``f`` with a closed-form derivative model
+    and a prox with a closed-form Jacobian; what it leaves unsolved
+    :func:`prox_grad_solve` finishes.
+
+    With ``x = prox_{eta g}(y)``, the normal map ``N(y) = y - x + eta grad f(x)`` (Robinson)
+    vanishes exactly where ``x`` solves the problem (then ``y = x - eta grad f(x)``, so
+    ``x = T(x)``). Its generalized Jacobian ``I - Jp + eta H Jp`` (``Jp`` the prox's at
+    ``y``, ``H = grad^2 f(x)``) is nonsingular for convex ``f`` wherever ``H`` is definite
+    on the range of ``Jp``, and the full Newton step is kept where it cuts ``|N|`` (Armijo
+    on ``|N|^2``), else halved. Unlike forward-backward Newton on ``T(x) - x`` the
+    unknown is ``y``, where a curved prox (a group near its threshold) is smooth on each
+    side: on the square-root lasso, 6-7 iterations at batch 32 where FISTA with Newton
+    steps takes 11. ``eta = 1 / lambda_max(H)`` at the start.
+
+    Items whose line search fails, or that are still running after
+    ``defaults.NORMAL_NEWTON_MAXITER`` iterations, go to :func:`prox_grad_solve` from
+    their last point (a FISTA with backtracking, globally convergent), in the
+    iterations left.
+
+    Returns:
+        :class:`SolveResult` with ``z = T(x)``, the step ``eta`` and ``dT/dx`` at ``x``.
+    """
+    B, N = z.shape
+    dt, dev = z.dtype, z.device
+    proxf = prog.prox_fn(P)
+    eye = torch.eye(N, dtype=dt, device=dev)
+    x = z
+    g, H = model.grad_hess(x)
+    if not bool(torch.isfinite(H).all()):   # a start on the boundary of an atom's domain
+        return prox_grad_solve(prog, P, z, tol, maxiter, None, model)
+    eta = 1 / lambda_max(H)
+    eta_c = eta[:, None]
+    y = torch.addcmul(x, eta_c, g, value=-1.0)     # x = prox(y) where x is already T(x)
+
+    def at(y):   # x = prox(y), grad f(x), its Hessian and the normal map at y
+        x = proxf(y, eta)
+        g, H = model.grad_hess(x)
+        return x, g, H, torch.addcmul(y - x, eta_c, g)
+
+    def residual(x, g):
+        # G = (x - T(x)) / eta with T(x) = prox(x - eta g)
+        Tx = proxf(y_of(x, g), eta)
+        G = (x - Tx) / eta_c
+        return Tx, relative_residual(_norm(G), g, G - g)
+
+    def y_of(x, g):
+        return torch.addcmul(x, eta_c, g, value=-1.0)
+
+    # |x - T(x)| <= |N| (the prox is nonexpansive and T(x) = prox(y - N)), so the residual
+    # of G = (x - T(x)) / eta is at most |N| / (eta (1 + |grad f|)): below tol there, no
+    # need to compute it until the end
+    tol_eta = tol * eta
+
+    x, g, H, Nr = at(y)
+    nN = _norm(Nr)
+    done = nN <= tol_eta * (1 + _norm(g))
+    failed = torch.zeros_like(done)
+    it = 0
+    cap = min(maxiter, defaults.NORMAL_NEWTON_MAXITER)
+    while it < cap:
+        stop = done | failed
+        if bool(stop.all()):
+            break
+        it += 1
+        Jp = jac(y, x, eta)
+        d, info = torch.linalg.solve_ex(torch.baddbmm(eye - Jp, eta[:, None, None] * H, Jp),
+                                        Nr)
+        yt = y - torch.where(stop[:, None], 0.0, d)    # the others stay put
+        new = (yt, *at(yt))
+        nt = _norm(new[-1])
+        ok = (nt <= (1 - 1e-4) * nN).logical_and_(info == 0)
+        if not bool((ok | stop).all()):   # halve the step where the full one fails
+            new = _halve(at, (y, x, g, H, Nr, nN), new + (nt,), d, ok | stop, info == 0)
+            failed = failed | ~new[1]
+            new = new[0]
+        else:
+            new = new + (nt,)
+        y, x, g, H, Nr, nN = new
+        done = done | (nN <= tol_eta * (1 + _norm(g)))
+    Tx, res = residual(x, g)
+    done = done | (res <= tol)
+    if bool(done.all()):
+        # dT/dx at x: Jp at x - eta g(x) times (I - eta H(x))
+        Jp = jac(y_of(x, g), Tx, eta)
+        J = Jp - eta[:, None, None] * torch.bmm(Jp, H)
+        return SolveResult(Tx, status_of(res, tol, Tx), it, res, eta, J)
+    rest = prox_grad_solve(prog, P, x, tol, max(maxiter - it, 1), None, model)
+    keep = done[:, None]
+    Tz = torch.where(keep, Tx, rest.z)
+    res = torch.where(done, res, rest.residual)
+    # the backward's step must be the one its point's residual was measured with
+    return SolveResult(Tz, status_of(res, tol, Tz), it + rest.iterations, res,
+                       torch.where(done, eta, rest.step), None)
+
+
+def _halve(at, cur, full, d, accepted, solved):
+    """The normal-map line search past a rejected full step: ``tau = 1/2, 1/4, ...`` along
+    ``d`` for the items not ``accepted``, up to ``defaults.NORMAL_NEWTON_MAXLS`` trials, each
+    kept where it cuts ``|N|`` (Armijo on ``|N|^2``). Returns the new state ``(y, x, g, H,
+    N, |N|)`` (``cur`` where no step was kept; ``full`` where the full step was) and the
+    items that kept one (or needed none)."""
+    def pick(mask, a, b):
+        return tuple(torch.where(mask.view(-1, *([1] * (u.dim() - 1))), v, u)
+                     for u, v in zip(b, a, strict=True))
+
+    y, nN = cur[0], cur[-1]
+    new = pick(accepted, full, cur)
+    tau = torch.full_like(nN, 0.5)
+    for _ in range(defaults.NORMAL_NEWTON_MAXLS - 1):
+        yt = torch.addcmul(y, tau[:, None], d, value=-1.0)
+        trial = (yt, *at(yt))
+        nt = _norm(trial[-1])
+        ok = ~accepted & solved & (nt <= (1 - 1e-4 * tau) * nN)
+        new = pick(ok, trial + (nt,), new)
+        accepted = accepted | ok
+        if bool(accepted.all()):
+            break
+        tau = torch.where(accepted, tau, 0.5 * tau)
+    return new, accepted
 
 
 def _back_off(prog, P, proxf, off, safe, x, y, t, L):

@@ -31,7 +31,7 @@ from optlayer.compiler.coefficients import QuadraticModel
 from optlayer.compiler.iterate import SolveResult
 from optlayer.compiler.lower import Layout, Tape, eval_like, eval_scalar
 from optlayer.compiler.quadratic import bmv, is_quadratic, quadratic_data
-from optlayer.compiler.smooth import objective_model
+from optlayer.compiler.smooth import objective_model, objective_terms
 from optlayer.errors import OptTypeError
 from optlayer.ir import get_set
 from optlayer.linalg._common import functorch_active
@@ -122,6 +122,37 @@ class Program:
         if model is None:
             model = self.derived["quadratic"] = QuadraticModel(self.layout, self.plan.smooth)
         return model
+
+    def guards_hold(self, P) -> torch.Tensor:
+        """Per item ``(B,)``: whether every ``norm2(u)`` term the plan treats as smooth
+        (``plan.guards``, ``u = Jz + c`` affine) is smooth at every point: the least value
+        of ``|Jz + c|`` over all ``z`` (the least-squares residual ``|c - U U'c|``, ``U`` the
+        left singular vectors of ``J`` its rank keeps) is above ``sqrt(eps) |c|``. Then
+        ``f`` is twice differentiable everywhere, with curvature at most ``J'J`` over that
+        floor, and the first-order methods' maps hold at the solution; where it is not,
+        the norm may vanish at the solution, and the layer solves the call by ``kkt``."""
+        from optlayer.compiler.smooth import Rows, bare_row, taylor
+
+        t = next(iter(P.values()))
+        B, N = t.shape[0], self.layout.size
+        rows = self.derived.get("guards")
+        if rows is None:
+            rows = self.derived["guards"] = [Rows(self, [bare_row(u)])
+                                             for u in self.plan.guards]
+        ok = torch.ones(B, dtype=torch.bool, device=t.device)
+        eps = torch.finfo(t.dtype).eps
+        for r in rows:
+            cJ = r.coefficients(P, B, t)
+            c, J = (v.detach() for v in cJ) if cJ is not None else \
+                taylor(r, P, B, N, r.sizes(t.new_zeros(1, N), {k: v[:1] for k, v in
+                                                                  P.items()})[0],
+                       t.dtype, t.device, second=False)[:2]
+            U, S, _ = torch.linalg.svd(J, full_matrices=False)
+            U = U * (S > S[:, :1] * (max(J.shape[-2:]) * eps)).unsqueeze(-2)  # J's range
+            floor = c - (U @ (U.mT @ c.unsqueeze(-1))).squeeze(-1)
+            ok = ok & (torch.linalg.vector_norm(floor, dim=-1)
+                       > eps ** 0.5 * torch.linalg.vector_norm(c, dim=-1))
+        return ok
 
     def quad(self, P):
         """``(Q, p)`` with ``f(z) = 1/2 z'Qz + p'z + c`` (only for :attr:`quadratic`);
@@ -539,13 +570,18 @@ class Program:
     def forward_solver(self) -> str:
         """Which forward solver :meth:`solve` runs at this size: ``"newton"`` (stationary,
         dense Hessians), ``"fbn"`` (forward-backward Newton: quadratic ``f``, dense
-        Jacobians), ``"mirror"`` or ``"first_order"`` (FISTA)."""
+        Jacobians), ``"normal_newton"`` (Newton on the normal map: ``f`` with a closed-form
+        model, :func:`optlayer.compiler.smooth.objective_terms`; FISTA where the model or
+        the prox's closed-form Jacobian is missing at a call), ``"mirror"`` or
+        ``"first_order"`` (FISTA)."""
         m, N = self.plan.method, self.layout.size
         if m == "stationary" and N <= defaults.NEWTON_MAX_SIZE:
             return "newton"
-        if m in ("proj_grad", "prox_grad") and self.quadratic \
-                and N <= defaults.FP_NEWTON_MAX_SIZE:
-            return "fbn"
+        if m in ("proj_grad", "prox_grad") and N <= defaults.FP_NEWTON_MAX_SIZE:
+            if self.quadratic:
+                return "fbn"
+            if objective_terms(self) is not None:
+                return "normal_newton"
         return "mirror" if m == "mirror_descent" else "first_order"
 
     def _solve(self, P, init, tol, maxiter, qp) -> SolveResult:
@@ -569,9 +605,13 @@ class Program:
             if kind == "mirror":
                 return iterate.mirror_solve(self, P, init, tol,
                                             maxiter or defaults.MAXITER["first_order"])
-            return iterate.prox_grad_solve(self, P, init, tol,
-                                           maxiter or defaults.MAXITER["first_order"], qp,
-                                           None if qp is not None else objective_model(self, P))
+            maxiter = maxiter or defaults.MAXITER["first_order"]
+            model = None if qp is not None else objective_model(self, P)
+            jac = self.prox_jacobian_fn(P) if kind == "normal_newton" and model is not None \
+                else None
+            if jac is not None:
+                return iterate.normal_newton_solve(self, P, init, tol, maxiter, model, jac)
+            return iterate.prox_grad_solve(self, P, init, tol, maxiter, qp, model)
 
 
 def _newton(prog, P, init, tol, maxiter, qp) -> SolveResult:

@@ -159,7 +159,8 @@ class SmoothSpec(NamedTuple):
 
 # atoms a smooth-atom row can hold: elementwise, or reduced to one value
 ELEMENTWISE_ATOMS = ("exp", "log", "sqrt", "softplus", "logistic", "power", "huber")
-REDUCED_ATOMS = {"entropy": ("neg_xlogx", "sum"), "logsumexp": ("logsumexp", "logsumexp")}
+REDUCED_ATOMS = {"entropy": ("neg_xlogx", "sum"), "logsumexp": ("logsumexp", "logsumexp"),
+                 "norm2": ("norm2", "norm2")}
 
 
 def smooth_parts(e, memo):
@@ -244,7 +245,7 @@ def smooth_model(spec, c, J, B):
     h = None if spec.rest is None else -parts_c[-1]
     G = J[:, -spec.split[-1]:] if spec.rest_varies else None
     phi = None
-    if spec.name != "logsumexp":
+    if spec.name not in ("logsumexp", "norm2"):
         base = ELEMENTWISE[spec.name]
         static = spec.static if spec.arg is None else \
             (parts_c[1 + (spec.coef is not None)],)       # (B, 1): broadcast over u
@@ -270,13 +271,17 @@ class ObjectiveModel:
     operations per evaluation where autograd would take a forward and ``1 + N``
     backward passes."""
 
-    def __init__(self, Q, p, c, rows, weights) -> None:
+    def __init__(self, Q, p, c, rows, weights, linear: bool = True) -> None:
         from optlayer.solvers.convex_models import QuadraticObjective
 
         self.Q, self.p, self.c, self.rows, self.w = Q, p, c, rows, weights
         self.quad = QuadraticObjective(Q, p)
+        # False: no quadratic or linear term (Q None, p = 0), skipped in the evaluations
+        self.linear = linear or Q is not None
 
     def _quadratic(self, z):
+        if not self.linear:
+            return self.c, None
         g = self.quad.grad(z)      # Qz + p: the value is c + z'(Qz + 2p) / 2
         return self.c + 0.5 * (z * (g + self.p)).sum(-1), g
 
@@ -292,7 +297,12 @@ class ObjectiveModel:
 
     def grad_hess(self, z):
         """``(∇f(z), ∇²f(z))``."""
-        return self.value_grad_hess(z)[1:]
+        g = self.quad.grad(z) if self.linear else None
+        if self.rows is None:
+            return g, self.Q
+        _, J, H = self.rows.second(z, self.w)
+        gz = (self.w.unsqueeze(-1) * J).sum(-2)
+        return gz if g is None else gz + g, H if self.Q is None else self.Q + H
 
     def value_grad(self, z):
         """``(f (B,), ∇f (B, N))`` at ``z``."""
@@ -300,7 +310,7 @@ class ObjectiveModel:
         if self.rows is None:
             return f, g
         vals, jt = self.rows.first(z, self.w)
-        return f + (self.w * vals).sum(-1), g + jt
+        return f + (self.w * vals).sum(-1), jt if g is None else jt + g
 
     def value_grad_hess(self, z):
         """``(f (B,), ∇f (B, N), ∇²f (B, N, N))`` at ``z``."""
@@ -308,7 +318,8 @@ class ObjectiveModel:
         if self.rows is None:
             return f, g, self.Q
         vals, J, H = self.rows.second(z, self.w)
-        return (f + (self.w * vals).sum(-1), g + (self.w.unsqueeze(-1) * J).sum(-2),
+        gz = (self.w.unsqueeze(-1) * J).sum(-2)
+        return (f + (self.w * vals).sum(-1), gz if g is None else gz + g,
                 H if self.Q is None else self.Q + H)
 
 
@@ -418,4 +429,4 @@ def objective_model(program, P) -> ObjectiveModel | None:
         at += k
     model = rows[0] if len(rows) == 1 else StackedRows(rows, [1] * len(rows))
     w = torch.tensor([w for w, _ in specs], **opts).expand(B, len(specs))
-    return ObjectiveModel(Q, p, c0, model, w)
+    return ObjectiveModel(Q, p, c0, model, w, linear=quad_fn is not None)

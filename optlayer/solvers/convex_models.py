@@ -397,23 +397,35 @@ class SmoothAtomRows:
       ``λ Uᵀ diag(c φ'') U``;
     * ``"logsumexp"``: one row ``c log Σᵢ exp(uᵢ)`` (``φ`` unused, ``c (*batch, 1)``):
       with ``p = softmax(u)`` and ``t = Uᵀp``, Jacobian ``c tᵀ``, curvature
-      ``λ c (Uᵀ diag(p) U - t tᵀ)``.
+      ``λ c (Uᵀ diag(p) U - t tᵀ)``;
+    * ``"norm2"``: one row ``c ‖u‖`` (``φ`` unused, ``c (*batch, 1)``): with ``û = u / ‖u‖``
+      and ``t = Uᵀû``, Jacobian ``c tᵀ``, curvature ``λ c (UᵀU - t tᵀ) / ‖u‖``, ``‖u‖``
+      floored at ``sqrt(eps)`` as in :class:`NormRows` (smooth only where ``u ≠ 0``: the
+      layer checks that ``u`` cannot vanish before it uses this model).
 
     ``c`` None: a weight of 1. ``G (*batch, rows, n)`` / ``h (*batch, rows)``: the affine
     part ``Gx - h`` (each None when absent: ``h`` alone for a constant)."""
 
     def __init__(self, phi, reduce, U, u0, c, G=None, h=None) -> None:
-        if reduce not in ("none", "sum", "logsumexp"):
-            raise ValueError(f"SmoothAtomRows: reduce must be 'none', 'sum' or 'logsumexp'; "
-                             f"got {reduce!r}")
+        if reduce not in ("none", "sum", "logsumexp", "norm2"):
+            raise ValueError(f"SmoothAtomRows: reduce must be 'none', 'sum', 'logsumexp' or "
+                             f"'norm2'; got {reduce!r}")
         self.phi, self.reduce = phi, reduce
         self.U, self.u0, self.c, self.G, self.h = U, u0, c, G, h
+        self._UtU = None   # norm2: UᵀU, made at the first second-order evaluation
 
     def _parts(self, x):
-        """``(g, c φ'(u), c φ''(u))``; for logsumexp ``(g, c p, p)`` (``c`` None: 1)."""
+        """``(g, c φ'(u), c φ''(u))``; for logsumexp ``(g, c p, p)``, for norm2
+        ``(g, c û, 1 / ‖u‖)`` (``c`` None: 1)."""
         u = _mv(self.U, x) + self.u0
         c = self.c
-        if self.reduce == "logsumexp":
+        if self.reduce == "norm2":
+            nrm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+            inv = nrm.clamp_min(torch.finfo(u.dtype).eps ** 0.5).reciprocal()
+            uhat = u * inv
+            g, w1, w2 = (nrm, uhat, (uhat, inv)) if c is None else \
+                (c * nrm, c * uhat, (uhat, c * inv))
+        elif self.reduce == "logsumexp":
             v = torch.logsumexp(u, -1, keepdim=True)
             p = torch.exp(u - v)
             g, w1, w2 = (v, p, p) if c is None else (c * v, c * p, p)
@@ -447,6 +459,14 @@ class SmoothAtomRows:
         elif self.reduce == "sum":
             J = _tmv(self.U, w1).unsqueeze(-2)
             H = _gram(self.U, lam * w2, None)
+        elif self.reduce == "norm2":   # λ c (UᵀU - t tᵀ) / ‖u‖, t = Uᵀû
+            uhat, c_inv = w2
+            if self._UtU is None:
+                self._UtU = self.U.mT @ self.U
+            t = _tmv(self.U, uhat)
+            J = (t if self.c is None else self.c * t).unsqueeze(-2)
+            tt = t.unsqueeze(-1) * t.unsqueeze(-2)
+            H = (self._UtU - tt).mul_((lam * c_inv).unsqueeze(-1))
         else:  # λ c (Uᵀ diag(p) U - t tᵀ), t = Uᵀp
             t = _tmv(self.U, w2)
             lc = lam if self.c is None else lam * self.c

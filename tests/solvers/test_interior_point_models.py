@@ -249,7 +249,7 @@ PARTS = {
 
 @pytest.mark.parametrize("name", list(PARTS), ids=list(PARTS))
 def test_compiled_models_match_autograd_of_the_rows(name):
-    layer = ol.load(EXAMPLES / f"{name}.opt")
+    layer = ol.load(EXAMPLES / f"{name}.opt", method="kkt")
     prog = layer.program
     P, b, _ = expand_params(layer.problem, random_params(layer.problem, batch=B, seed=0))
     n = prog.layout.size
