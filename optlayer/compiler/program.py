@@ -245,7 +245,24 @@ class Program:
         self._parts = [(P, parts)] + self._parts[:3]
         return parts
 
+    def prox_specialised(self) -> bool:
+        """Whether :meth:`prox_fn` (and :meth:`prox_jacobian_fn`) has a specialisation
+        for every variable: prox terms of :data:`_SPECIALISED_PROX`, sets of
+        :data:`_SPECIALISED_SETS` (a simplex of a vector only)."""
+        for name in self.layout.names:
+            if name in self.plan.prox:
+                if self.plan.prox[name][0] not in _SPECIALISED_PROX:
+                    return False
+            elif name in self.plan.sets:
+                kind = self.plan.sets[name].kind
+                if kind not in _SPECIALISED_SETS or \
+                        kind == "simplex" and len(self.layout.shapes[name]) != 1:
+                    return False
+        return True
+
     def _compute_prox_parts(self, P):
+        if not self.prox_specialised():
+            return None
         B = next(iter(P.values())).shape[0]
         env, cache = P, dict(self.pvals(P))
         t0 = next(iter(P.values()))
@@ -580,7 +597,7 @@ class Program:
         if m in ("proj_grad", "prox_grad") and N <= defaults.FP_NEWTON_MAX_SIZE:
             if self.quadratic:
                 return "fbn"
-            if objective_terms(self) is not None:
+            if objective_terms(self) is not None and self.prox_specialised():
                 return "normal_newton"
         return "mirror" if m == "mirror_descent" else "first_order"
 
@@ -750,6 +767,10 @@ def _group_rank_one(y, x, m):
     c = ((nx > 0).to(y.dtype) - a).mul_(inv).mul_(inv)
     return a.expand_as(yb).flatten(-2), (c * yb).flatten(-2), y
 
+
+#: prox terms and sets :meth:`Program.prox_fn` specialises (others take :meth:`Program.prox`)
+_SPECIALISED_PROX = ("lasso", "group_lasso")
+_SPECIALISED_SETS = ("nonneg", "box", "simplex", "ball1", "ball2", "ballinf", "psd")
 
 #: prox / projection kinds whose Jacobian is, per group, a diagonal plus a rank-one term
 _RANK_ONE = {"simplex": _simplex_rank_one, "simplex_blocks": _simplex_rank_one,

@@ -27,8 +27,9 @@ def test_explain_prints_method_map_and_solver(capsys, args, solver):
 
 
 @pytest.mark.parametrize("name,solver", [
-    ("softplus_box", "solver: accelerated projected gradient (FISTA, backtracking, adaptive "
-                     "restart), with Newton steps on the fixed-point residual"),
+    ("cone_sets", "solver: accelerated projected gradient (FISTA, backtracking, adaptive "
+                  "restart), with Newton steps on the fixed-point residual"),
+    ("softplus_box", "solver: semismooth Newton on the normal map"),
     ("logistic_regression", "solver: Newton with Armijo backtracking"),
     ("kl_projection", "solver: exponentiated gradient with backtracking, with Newton steps"),
 ])

@@ -164,9 +164,10 @@ def test_huber_row_on_the_convex_path_matches_cvxpy():
 def test_prox_gradient_with_the_model_takes_the_same_steps(name):
     # f, grad f and the Newton steps' dT/dz = J_prox (I - eta H) in closed form: the same
     # iterates and the same Jacobian as the tape with stacked autograd
+    # (the layer's forward is Newton on the normal map; FISTA finishes what it leaves)
     layer = ol.load(f"examples/problems/{name}.opt")
     program = layer.program
-    assert program.forward_solver() == "first_order" and not program.quadratic
+    assert program.forward_solver() == "normal_newton" and not program.quadratic
     P = random_params(layer.problem, batch=8, seed=2)
     z0 = program.init(P, 8, D, torch.device("cpu"))
     model = objective_model(program, P)
@@ -179,6 +180,19 @@ def test_prox_gradient_with_the_model_takes_the_same_steps(name):
     torch.testing.assert_close(with_model.z, without.z, rtol=0, atol=1e-12)
     assert with_model.jacobian is not None and without.jacobian is not None
     torch.testing.assert_close(with_model.jacobian, without.jacobian, rtol=0, atol=1e-10)
+    # Newton on the normal map: the same point, its Jacobian dT/dx that of the map
+    with torch.no_grad():
+        normal = iterate.normal_newton_solve(program, P, z0, 1e-12, 2000, model,
+                                             program.prox_jacobian_fn(P))
+    assert normal.status.tolist() == [0] * 8 and normal.iterations < with_model.iterations
+    torch.testing.assert_close(normal.z, with_model.z, rtol=0, atol=1e-10)
+    x = normal.z.clone().requires_grad_(True)
+    step = normal.step
+    with torch.enable_grad():
+        T = program.fixed_point(x, P, step)
+        rows = torch.stack([torch.autograd.grad(T[:, i].sum(), x, retain_graph=True)[0]
+                            for i in range(x.shape[1])], 1)
+    torch.testing.assert_close(normal.jacobian, rows, rtol=0, atol=1e-8)
 
 
 def test_convex_path_takes_the_objective_model(monkeypatch):
