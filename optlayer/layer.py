@@ -239,7 +239,9 @@ class OptLayer(nn.Module):
 
                 fn = custom_fixed_point(T, solve=solve)(_identity_solver)
             self._implicit[key] = fn
-        if r.jacobian is not None and not stationary:
+        if r.jacobian is not None and not stationary and r.exact:
+            extra = {"jacobian": r.jacobian}   # dT/dz at z* itself
+        elif r.jacobian is not None and not stationary:
             # dT/dx at the last iterate x (z* = T(x), ||z* - x|| within the tolerance)
             extra = {"forward_jacobian": r.jacobian}
         elif r.jacobian is not None:
@@ -341,6 +343,8 @@ def _map_blocks(program, stationary, x, args, kwargs):
     z = x.reshape(step.shape[0], -1)
     if "forward_jacobian" in extra:
         return _minus_eye(extra["forward_jacobian"]), True
+    if "jacobian" in extra:   # at z* itself: exact, no check
+        return _minus_eye(extra["jacobian"]), False
     if "hessian" in extra:   # closed form at z* itself (as Q below): exact, no check
         return extra["hessian"], False
     qp = (extra["Q"], extra["p"]) if "Q" in extra else None

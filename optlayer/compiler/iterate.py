@@ -55,11 +55,13 @@ class SolveResult:
     ``residual (B,)``, the step ``(B,)`` of the fixed-point map at the solution and,
     when the last Newton evaluation gave it, ``jacobian``: ``dT/dx (B, N, N)`` at the
     last iterate ``x`` with ``z = T(x)``, or for the stationary Newton solve with an
-    objective model the Hessian ``∇²f (B, N, N)`` at ``z`` (else None)."""
+    objective model the Hessian ``∇²f (B, N, N)`` at ``z`` (else None); ``exact``: the
+    Jacobian ``dT/dz`` is at ``z`` itself (no check needed)."""
 
-    def __init__(self, z, status, iterations, residual, step, jacobian=None):
+    def __init__(self, z, status, iterations, residual, step, jacobian=None, exact=False):
         self.z, self.status, self.iterations = z, status, iterations
         self.residual, self.step, self.jacobian = residual, step, jacobian
+        self.exact = exact
 
 
 def _norm(t):
@@ -617,7 +619,8 @@ def normal_newton_solve(prog, P, z, tol, maxiter, model, jac) -> SolveResult:
     x = z
     g, H = model.grad_hess(x)
     if not bool(torch.isfinite(H).all()):   # a start on the boundary of an atom's domain
-        return prox_grad_solve(prog, P, z, tol, maxiter, None, model)
+        with torch.inference_mode(False):
+            return prox_grad_solve(prog, P, z.clone(), tol, maxiter, None, model)
     eta = 1 / lambda_max(H)
     eta_c = eta[:, None]
     y = torch.addcmul(x, eta_c, g, value=-1.0)     # x = prox(y) where x is already T(x)
@@ -670,11 +673,13 @@ def normal_newton_solve(prog, P, z, tol, maxiter, model, jac) -> SolveResult:
     Tx, res = residual(x, g)
     done = done | (res <= tol)
     if bool(done.all()):
-        # dT/dx at x: Jp at x - eta g(x) times (I - eta H(x))
+        # x itself (a prox's output: in the sets, with the prox's exact zeros), its
+        # residual and dT/dx there: Jp at x - eta g(x) times (I - eta H(x))
         Jp = jac(y_of(x, g), Tx, eta)
         J = Jp - eta[:, None, None] * torch.bmm(Jp, H)
-        return SolveResult(Tx, status_of(res, tol, Tx), it, res, eta, J)
-    rest = prox_grad_solve(prog, P, x, tol, max(maxiter - it, 1), None, model)
+        return SolveResult(x, status_of(res, tol, x), it, res, eta, J, exact=True)
+    with torch.inference_mode(False):   # (its line search may take autograd)
+        rest = prox_grad_solve(prog, P, x.clone(), tol, max(maxiter - it, 1), None, model)
     keep = done[:, None]
     Tz = torch.where(keep, Tx, rest.z)
     res = torch.where(done, res, rest.residual)

@@ -627,7 +627,8 @@ class Program:
             jac = self.prox_jacobian_fn(P) if kind == "normal_newton" and model is not None \
                 else None
             if jac is not None:
-                return iterate.normal_newton_solve(self, P, init, tol, maxiter, model, jac)
+                return _without_autograd(iterate.normal_newton_solve, self, P, init, tol,
+                                         maxiter, model, jac)
             return iterate.prox_grad_solve(self, P, init, tol, maxiter, qp, model)
 
 
@@ -670,7 +671,8 @@ def _without_autograd(solver, *args, **kwargs) -> SolveResult:
     with torch.inference_mode():
         r = solver(*args, **kwargs)
     return SolveResult(*(t.clone() if isinstance(t, torch.Tensor) else t for t in
-                         (r.z, r.status, r.iterations, r.residual, r.step, r.jacobian)))
+                         (r.z, r.status, r.iterations, r.residual, r.step, r.jacobian)),
+                       exact=r.exact)
 
 
 def _merge_blocks(parts, B, like):
