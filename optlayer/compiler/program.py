@@ -126,32 +126,42 @@ class Program:
     def guards_hold(self, P) -> torch.Tensor:
         """Per item ``(B,)``: whether every ``norm2(u)`` term the plan treats as smooth
         (``plan.guards``, ``u = Jz + c`` affine) is smooth at every point: the least value
-        of ``|Jz + c|`` over all ``z`` (the least-squares residual ``|c - U U'c|``, ``U`` the
-        left singular vectors of ``J`` its rank keeps) is above ``sqrt(eps) |c|``. Then
-        ``f`` is twice differentiable everywhere, with curvature at most ``J'J`` over that
-        floor, and the first-order methods' maps hold at the solution; where it is not,
-        the norm may vanish at the solution, and the layer solves the call by ``kkt``."""
+        of ``|Jz + c|`` over all ``z``, the distance of ``c`` from the range of ``J`` (the
+        last diagonal entry of the QR factor of ``[J c]``, on the columns of the variables
+        ``u`` has), is above ``sqrt(eps) |c|``. Then ``f`` is twice differentiable
+        everywhere, with curvature at most ``J'J`` over that floor, and the first-order
+        methods' maps hold at the solution; where it is not, the norm may vanish at the
+        solution, and the layer solves the call by ``kkt``. (A rank-deficient ``J`` on
+        those columns gives a smaller distance, so it errs toward ``kkt``.)"""
         from optlayer.compiler.smooth import Rows, bare_row, taylor
 
         t = next(iter(P.values()))
         B, N = t.shape[0], self.layout.size
-        rows = self.derived.get("guards")
-        if rows is None:
-            rows = self.derived["guards"] = [Rows(self, [bare_row(u)])
-                                             for u in self.plan.guards]
+        guards = self.derived.get("guards")
+        if guards is None:
+            guards = []
+            for u in self.plan.guards:
+                names = {v.name for v in u.variables()}
+                cols = [i for n in self.layout.names if n in names
+                        for i in range(self.layout.slices[n].start, self.layout.slices[n].stop)]
+                guards.append((Rows(self, [bare_row(u)]),
+                               None if len(cols) == N else torch.tensor(cols)))
+            self.derived["guards"] = guards
         ok = torch.ones(B, dtype=torch.bool, device=t.device)
         eps = torch.finfo(t.dtype).eps
-        for r in rows:
-            cJ = r.coefficients(P, B, t)
+        for rows, cols in guards:
+            cJ = rows.coefficients(P, B, t)
             c, J = (v.detach() for v in cJ) if cJ is not None else \
-                taylor(r, P, B, N, r.sizes(t.new_zeros(1, N), {k: v[:1] for k, v in
-                                                                  P.items()})[0],
+                taylor(rows, P, B, N, rows.sizes(t.new_zeros(1, N), {k: v[:1] for k, v in
+                                                                        P.items()})[0],
                        t.dtype, t.device, second=False)[:2]
-            U, S, _ = torch.linalg.svd(J, full_matrices=False)
-            U = U * (S > S[:, :1] * (max(J.shape[-2:]) * eps)).unsqueeze(-2)  # J's range
-            floor = c - (U @ (U.mT @ c.unsqueeze(-1))).squeeze(-1)
-            ok = ok & (torch.linalg.vector_norm(floor, dim=-1)
-                       > eps ** 0.5 * torch.linalg.vector_norm(c, dim=-1))
+            if cols is not None:
+                J = J.index_select(-1, cols.to(J.device))
+            n = J.shape[-1]
+            if c.shape[-1] <= n:     # as many unknowns as rows: u = 0 is reachable
+                return torch.zeros_like(ok)
+            R = torch.linalg.qr(torch.cat([J, c.unsqueeze(-1)], -1), mode="r")[1]
+            ok = ok & (R[:, n, n].abs() > eps ** 0.5 * torch.linalg.vector_norm(c, dim=-1))
         return ok
 
     def quad(self, P):

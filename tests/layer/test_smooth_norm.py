@@ -78,6 +78,13 @@ def test_the_check_fails_where_the_argument_can_vanish():
     v2 = random_params(two.problem, batch=3, seed=1)
     v2["b"][2] = v2["A"][2] @ torch.tensor([0.5, 0.5, -1.0], dtype=D)
     assert two.program.guards_hold(v2).tolist() == [True, True, False]
+    # as many rows as unknowns: u = 0 is reachable, every call goes to kkt
+    square = ol.compile("dim n = 3\nparam A[n, n]\nparam b[n]\nvar x[n]\n"
+                        "minimize norm2(A @ x - b) + norm1(x)")
+    v3 = random_params(square.problem, batch=2, seed=0)
+    assert square.program.guards_hold(v3).tolist() == [False, False]
+    square(**v3)
+    assert square.info.method == "kkt"
 
 
 def test_a_call_where_the_argument_can_vanish_is_solved_by_kkt():
