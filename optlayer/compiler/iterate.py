@@ -588,7 +588,7 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResul
     return SolveResult(Tx, status.to(torch.int8), it, res, step, J)
 
 
-def normal_newton_solve(prog, P, z, tol, maxiter, model, jac) -> SolveResult:
+def normal_newton_solve(prog, P, z, tol, maxiter, model, jac, qp=None) -> SolveResult:
     """Semismooth Newton on the normal map of ``min f(x) + g(x)`` (``g``: the plan's sets
     and prox-able terms) for a non-quadratic ``f`` with a closed-form derivative model
     and a prox with a closed-form Jacobian; what it leaves unsolved
@@ -601,12 +601,19 @@ def normal_newton_solve(prog, P, z, tol, maxiter, model, jac) -> SolveResult:
     on the range of ``Jp``, and the full Newton step is kept where it cuts ``|N|`` (Armijo
     on ``|N|^2``), else halved. Unlike forward-backward Newton on ``T(x) - x`` the
     unknown is ``y``, where a curved prox (a group near its threshold) is smooth on each
-    side: on the square-root lasso, 6-7 iterations at batch 32 where FISTA with Newton
-    steps takes 11. ``eta = 1 / lambda_max(H)`` at the start.
+    side: on the square-root lasso, 5-7 iterations at batch 32 where FISTA with Newton
+    steps takes 11. ``eta = c / lambda_max(H)`` at the start, ``c`` from
+    ``defaults.NORMAL_NEWTON_STEP`` (a quadratic ``f``, ``qp = (Q, p)``, or a model).
+
+    Args:
+        model: ``f``'s closed-form model (:func:`optlayer.compiler.smooth.objective_model`),
+            or None with ``qp``.
+        jac: the prox's closed-form Jacobian (:meth:`Program.prox_jacobian_fn`).
 
     Items whose line search fails, or that are still running after
-    ``defaults.NORMAL_NEWTON_MAXITER`` iterations, go to :func:`prox_grad_solve` from
-    their last point (a FISTA with backtracking, globally convergent), in the
+    ``defaults.NORMAL_NEWTON_MAXITER`` iterations, go from their last point to
+    :func:`fbn_solve` (a quadratic ``f``: globally convergent, and it certifies
+    unbounded items) or :func:`prox_grad_solve` (FISTA with backtracking), in the
     iterations left.
 
     Returns:
@@ -617,11 +624,25 @@ def normal_newton_solve(prog, P, z, tol, maxiter, model, jac) -> SolveResult:
     proxf = prog.prox_fn(P)
     eye = torch.eye(N, dtype=dt, device=dev)
     x = z
+    if model is None:
+        from optlayer.solvers.convex_models import QuadraticObjective
+
+        model = QuadraticObjective(*qp)
     g, H = model.grad_hess(x)
-    if not bool(torch.isfinite(H).all()):   # a start on the boundary of an atom's domain
+    # only where every item has a finite curvature, not ~0 (a start on the boundary of an
+    # atom's domain; a linear f), and a quadratic f is strictly convex (no item without a
+    # minimiser): else forward-backward Newton (it certifies those) or FISTA
+    usable = bool(torch.isfinite(H).all())
+    if usable:
+        lam = torch.linalg.eigvalsh(H)[..., -1]
+        flat = lam <= torch.finfo(dt).eps ** 0.5 * (1 + H.abs().amax(dim=(-2, -1)))
+        if qp is not None:
+            flat = flat | (torch.linalg.cholesky_ex(H).info != 0)
+        usable = not bool(flat.any())
+    if not usable:
         with torch.inference_mode(False):
-            return prox_grad_solve(prog, P, z.clone(), tol, maxiter, None, model)
-    eta = 1 / lambda_max(H)
+            return _finish(prog, P, z.clone(), tol, maxiter, qp, model)
+    eta = defaults.NORMAL_NEWTON_STEP[qp is not None] / lam
     eta_c = eta[:, None]
     y = torch.addcmul(x, eta_c, g, value=-1.0)     # x = prox(y) where x is already T(x)
 
@@ -679,13 +700,21 @@ def normal_newton_solve(prog, P, z, tol, maxiter, model, jac) -> SolveResult:
         J = Jp - eta[:, None, None] * torch.bmm(Jp, H)
         return SolveResult(x, status_of(res, tol, x), it, res, eta, J, exact=True)
     with torch.inference_mode(False):   # (its line search may take autograd)
-        rest = prox_grad_solve(prog, P, x.clone(), tol, max(maxiter - it, 1), None, model)
-    keep = done[:, None]
-    Tz = torch.where(keep, Tx, rest.z)
-    res = torch.where(done, res, rest.residual)
+        rest = _finish(prog, P, x.clone(), tol, max(maxiter - it, 1), qp, model)
+    z = torch.where(done[:, None], x, rest.z)
     # the backward's step must be the one its point's residual was measured with
-    return SolveResult(Tz, status_of(res, tol, Tz), it + rest.iterations, res,
+    return SolveResult(z, torch.where(done, status_of(res, tol, x), rest.status),
+                       it + rest.iterations, torch.where(done, res, rest.residual),
                        torch.where(done, eta, rest.step), None)
+
+
+def _finish(prog, P, x, tol, maxiter, qp, model) -> SolveResult:
+    """What :func:`normal_newton_solve` leaves: forward-backward Newton for a quadratic
+    ``f`` (``qp``; it certifies items with no minimiser), else FISTA with Newton steps on
+    the model."""
+    if qp is not None:
+        return fbn_solve(prog, P, x, tol, maxiter, qp)
+    return prox_grad_solve(prog, P, x, tol, maxiter, None, model)
 
 
 def _halve(at, cur, full, d, accepted, solved):
