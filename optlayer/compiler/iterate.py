@@ -590,9 +590,8 @@ def prox_grad_solve(prog, P, z, tol, maxiter, qp=None, model=None) -> SolveResul
 
 def normal_newton_solve(prog, P, z, tol, maxiter, model, jac, qp=None) -> SolveResult:
     """Semismooth Newton on the normal map of ``min f(x) + g(x)`` (``g``: the plan's sets
-    and prox-able terms) for a non-quadratic ``f`` with a closed-form derivative model
-    and a prox with a closed-form Jacobian; what it leaves unsolved
-    :func:`prox_grad_solve` finishes.
+    and prox-able terms) for an ``f`` with a closed-form derivative model, or a strictly
+    convex quadratic ``f``, and a prox with a closed-form Jacobian.
 
     With ``x = prox_{eta g}(y)``, the normal map ``N(y) = y - x + eta grad f(x)`` (Robinson)
     vanishes exactly where ``x`` solves the problem (then ``y = x - eta grad f(x)``, so
@@ -616,8 +615,14 @@ def normal_newton_solve(prog, P, z, tol, maxiter, model, jac, qp=None) -> SolveR
     unbounded items) or :func:`prox_grad_solve` (FISTA with backtracking), in the
     iterations left.
 
+    It runs only where every item's curvature at the start is finite and not ~0 and, for
+    a quadratic ``f``, ``Q`` is definite (no item lacks a minimiser); else the solver
+    that finishes runs from the start.
+
     Returns:
-        :class:`SolveResult` with ``z = T(x)``, the step ``eta`` and ``dT/dx`` at ``x``.
+        :class:`SolveResult` with ``z = x = prox(y)``, the step ``eta`` and ``dT/dx`` at
+        ``z`` itself (``exact``); where another solver finished some items, its points,
+        statuses and steps there, and no Jacobian.
     """
     B, N = z.shape
     dt, dev = z.dtype, z.device
