@@ -416,7 +416,7 @@ class SmoothAtomRows:
 
     def _parts(self, x):
         """``(g, c φ'(u), c φ''(u))``; for logsumexp ``(g, c p, p)``, for norm2
-        ``(g, c û, 1 / ‖u‖)`` (``c`` None: 1)."""
+        ``(g, c û, (û, c / ‖u‖))`` (``c`` None: 1)."""
         u = _mv(self.U, x) + self.u0
         c = self.c
         if self.reduce == "norm2":
