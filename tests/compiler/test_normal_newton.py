@@ -19,6 +19,18 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "problems"
 D = torch.float64
 
 
+def _spy(monkeypatch, name) -> list:
+    """A list that gets an entry at each call of ``iterate.<name>``."""
+    calls, real = [], getattr(iterate, name)
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(iterate, name, spy)
+    return calls
+
+
 def _setup(layer, batch, seed):
     P = random_params(layer.problem, batch=batch, seed=seed)
     prog = layer.program
@@ -54,14 +66,7 @@ def test_a_singular_q_goes_to_forward_backward_newton(monkeypatch):
     layer = ol.compile("dim n = 4\nparam y[n]\nvar x[n]\nminimize norm2(x) - y @ x",
                        on_failure="ignore")
     assert layer.program.forward_solver() == "normal_newton"
-    calls = []
-    real = iterate.fbn_solve
-
-    def spy(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(iterate, "fbn_solve", spy)
+    calls = _spy(monkeypatch, "fbn_solve")
     y = torch.tensor([[0.5, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]], dtype=D)
     x = layer(y=y)
     assert calls and layer.info.status.tolist() == [0, int(Status.UNBOUNDED)]
@@ -72,14 +77,7 @@ def test_a_start_where_f_has_no_curvature_goes_to_fista(monkeypatch):
     layer = ol.compile("dim n = 3\nparam c[n]\nvar x[n]\n"
                        "minimize sum(softplus(x - c))\nsubject to\n  x >= -1\n  x <= 1")
     assert layer.program.forward_solver() == "normal_newton"
-    calls = []
-    real = iterate.prox_grad_solve
-
-    def spy(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(iterate, "prox_grad_solve", spy)
+    calls = _spy(monkeypatch, "prox_grad_solve")
     x0 = layer(c=torch.tensor([[0.1, 0.2, -0.3]], dtype=D))
     assert not calls and layer.info.status.tolist() == [0]
     # softplus far in its flat part at the start (c = 1e3): its curvature there is ~0
