@@ -5,15 +5,18 @@ method's optimality map afterwards (``method=`` keeps its meaning). So the
 forward uses Newton steps on the fixed-point residual ``F(z) = T(z) - z`` of
 the method's own map ``T`` wherever they pay:
 
-* :func:`fbn_solve` -- quadratic ``f`` with simple sets / prox-able terms
-  (``proj_grad``, ``prox_grad``): forward-backward Newton, semismooth Newton
+* :func:`fbn_solve` -- quadratic ``f`` with polyhedral sets / prox-able terms, or a
+  prox without a closed-form Jacobian (``proj_grad``, ``prox_grad``): forward-backward
+  Newton, semismooth Newton
   steps ``(J_prox M - I) d = -F`` with a line search on the forward-backward
   envelope (globally convergent; exact in one step on the right active pieces
   of a polyhedral set or prox).
-* :func:`normal_newton_solve` -- a non-quadratic ``f`` with a closed-form model
-  (:func:`optlayer.compiler.smooth.objective_model`) and a prox with a closed-form
+* :func:`normal_newton_solve` -- a strictly convex quadratic ``f`` with a curved set or
+  prox, or a non-quadratic ``f`` with a closed-form model
+  (:func:`optlayer.compiler.smooth.objective_model`), and a prox with a closed-form
   Jacobian: semismooth Newton on the normal map ``y - prox(y) + eta grad f(prox(y))``
-  (Armijo on its norm); what it leaves, :func:`prox_grad_solve` finishes.
+  (Armijo on its norm); what it leaves, :func:`fbn_solve` (quadratic ``f``) or
+  :func:`prox_grad_solve` finishes.
 * :func:`prox_grad_solve` -- other ``proj_grad`` / ``prox_grad`` problems:
   Newton steps ``z <- z - (dT/dz - I)^{-1} F(z)`` from the start, kept where they
   cut ``||F||`` by ``defaults.FP_NEWTON_DECREASE``; where they do not, FISTA
