@@ -652,7 +652,9 @@ def normal_newton_solve(prog, P, z, tol, maxiter, model, jac, qp=None) -> SolveR
             return _finish(prog, P, z.clone(), tol, maxiter, qp, model)
     eta = defaults.NORMAL_NEWTON_STEP[qp is not None] / lam
     eta_c = eta[:, None]
-    y = torch.addcmul(x, eta_c, g, value=-1.0)     # x = prox(y) where x is already T(x)
+
+    def y_of(x, g):   # the gradient step x - eta grad f(x)
+        return torch.addcmul(x, eta_c, g, value=-1.0)
 
     def at(y):   # x = prox(y), grad f(x), its Hessian and the normal map at y
         x = proxf(y, eta)
@@ -665,8 +667,7 @@ def normal_newton_solve(prog, P, z, tol, maxiter, model, jac, qp=None) -> SolveR
         G = (x - Tx) / eta_c
         return Tx, relative_residual(_norm(G), g, G - g)
 
-    def y_of(x, g):
-        return torch.addcmul(x, eta_c, g, value=-1.0)
+    y = y_of(x, g)     # x = prox(y) where x is already T(x)
 
     # |x - T(x)| <= |N| (the prox is nonexpansive and T(x) = prox(y - N)), so the residual
     # of G = (x - T(x)) / eta is at most |N| / (eta (1 + |grad f|)): below tol there, no
