@@ -51,6 +51,7 @@ __all__ = [
     "OBJECTIVE_MODEL_MAX_ELEMENTS",
     "READOFF_MAX_ELEMENTS",
     "READOFF_COEFFICIENTS",
+    "PARAM_AFFINE_MAX_ENTRIES",
     "FP_NEWTON_START",
     "FP_NEWTON_EVERY",
     "FP_NEWTON_MAX_SIZE",
@@ -342,6 +343,13 @@ READOFF_MAX_ELEMENTS = 1_000_000
 #: of evaluating at the N + 1 points above; False forces the points (as the tests of that
 #: path do). lad_regression, batch 32: forward + backward 6.7-6.9 -> 6.1-6.2 ms.
 READOFF_COEFFICIENTS = True
+
+#: The QP data of a problem affine in its parameters are computed as one matrix product
+#: ``m0 + vec(P) @ M`` (:mod:`optlayer.compiler.param_affine`) where ``M`` has at most
+#: this many entries (``(parameter entries + 1) * data entries``; 8 MB in float64); above
+#: it, and with 0, by the coefficients or the read-off as for any problem. At batch 32
+#: the product took a forward and backward of lad_regression from 5.3 to X ms.
+PARAM_AFFINE_MAX_ENTRIES = 1_000_000
 #: Fixed-point methods try Newton steps on T(z) - z after this many first-order iterations,
 FP_NEWTON_START = 0
 #: and again this many iterations after a trial some item rejected (doubled after a trial

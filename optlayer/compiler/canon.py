@@ -38,6 +38,7 @@ differentiated in the parameters (valid under strict complementarity).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -45,6 +46,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from optlayer import defaults
+from optlayer.compiler.param_affine import AffineData
 from optlayer.compiler.program import Program
 from optlayer.compiler.quadratic import degree
 from optlayer.compiler.smooth import (
@@ -152,13 +154,25 @@ def _affine_data(rows: Rows, read: _ReadOff):
 
 
 def canonicalize_qp(program: Program, P, B: int, dtype, device):
-    """The QP data of a KKT-classified problem at parameters ``P`` (batch ``B``).
+    """The QP data of a KKT-classified problem at parameters ``P`` (batch ``B``): one
+    matrix product where they are affine in the parameters
+    (:class:`~optlayer.compiler.param_affine.AffineData`), else from the coefficients
+    of the objective and the rows, or read off at points.
 
     Returns:
         ``(Q, p, G, h, A, b, ineq_sizes, eq_sizes)``; ``G, h`` / ``A, b`` are
         None when there are no such constraints; the sizes give the rows of
         each constraint in order (for the duals).
     """
+    affine = _cached(program, "param_affine",
+                     lambda: AffineData(program, functools.partial(_qp_data, program)))
+    if affine.ok:
+        return affine(P, B, dtype, device)
+    return _qp_data(program, P, B, dtype, device)
+
+
+def _qp_data(program: Program, P, B: int, dtype, device):
+    """:func:`canonicalize_qp` by the coefficients or the read-off."""
     N = program.layout.size
     graph = any(t.requires_grad for t in P.values())
 

@@ -565,14 +565,16 @@ def _polish(d: ipm.Data, x, s, z, y, J: Tensor | None = None) -> _Polished:
                       refine=defaults.IPM_BACKWARD_REFINE_STEPS,
                       start=torch.nan_to_num(start, nan=0.0, posinf=0.0, neginf=0.0))
     px = sol[:, :n]
-    pz = ps = py = u = None
+    pz = ps = py = u = prod = None
     if m:
         u = sol[:, n:n + m]
         pz = u.clamp(min=0.0)
-        ps = (d.h - d.G @ px).clamp(min=0.0)
+        # [Qx; Gx; Ax], shared with the residuals
+        prod = None if d.KA is None else ipm.matvec(d.KA, px, d.KAt)
+        ps = (d.h - ipm.split(d, px, prod)[1]).clamp(min=0.0)
     if d.A is not None:
         py = sol[:, n + m:]
-    r = ipm.residuals(d, px, ps, pz, py)
+    r = ipm.residuals(d, px, ps, pz, py, prod)
     r = r._replace(rx=None, ry=None, rz=None, Gtz_Aty=None, sz=None, obj_scale=None)
     return _Polished(fac, (px, ps, pz, py), r, torch.maximum(torch.maximum(r.dres, r.pres),
                                                              r.gap), u)

@@ -39,9 +39,10 @@ def applies(n: int, m: int, me: int) -> bool:
     return defaults.IPM_FAST_LOOP and m > 0 and me == 0
 
 
-def _start(d: ipm.Data, Qr: Tensor, keep: float):
+def _start(d: ipm.Data, Qr: Tensor, keep: float) -> Tensor:
     """CVXOPT's start, as ``run_dense``'s: ``x`` minimising ``1/2 x'Qx + p'x +
-    1/2 |Gx - h|^2``, ``s = h - Gx`` and ``z = -s``, each shifted inside."""
+    1/2 |Gx - h|^2``, ``s = h - Gx`` and ``z = -s``, each shifted inside; returned as
+    one column ``[x; s; z]``."""
     B, m = d.G.shape[0], d.G.shape[1]
     H = torch.baddbmm(Qr, d.Gt, d.G)
     H.diagonal(dim1=1, dim2=2).mul_(keep)
@@ -51,19 +52,17 @@ def _start(d: ipm.Data, Qr: Tensor, keep: float):
     w = torch.cat([s, -s], dim=1).view(B, 2, m)
     low = -w.amin(dim=2, keepdim=True)
     w = w + torch.where(low >= 0, 1.0 + low, 0.0)
-    return x, w.view(B, 2 * m, 1)
+    return torch.cat([x, w.view(B, 2 * m, 1)], dim=1)
 
 
-def _solve(nt, rc: Tensor):
-    """``(dx, [ds; dz])`` of the Newton system at ``nt = (G, G', L, W, s, z, rx, rz)``
-    (``L`` the Cholesky factor of ``Q + G'WG``) with complementarity rows ``rc``:
-    ``t = (rc - z rz) / s``, ``(Q + G'WG) dx = rx - G't``, ``ds = rz - G dx``,
-    ``dz = t + W G dx``."""
-    G, Gt, L, W, s, z, rx, rz = nt
-    t = torch.addcmul(rc, z, rz, value=-1.0).div_(s)
+def _direction(G: Tensor, Gt: Tensor, L: Tensor, W: Tensor, rx: Tensor, rz: Tensor,
+               t: Tensor) -> Tensor:
+    """``[dx; ds; dz]`` of the Newton system at ``W = z / s`` (``L`` the Cholesky factor
+    of ``Q + G'WG``) for ``t = (rc - z rz) / s``, ``rc`` the complementarity rows:
+    ``(Q + G'WG) dx = rx - G't``, ``ds = rz - G dx``, ``dz = t + W G dx``."""
     dx = torch.cholesky_solve(torch.baddbmm(rx, Gt, t, alpha=-1.0), L)
     Gdx = torch.bmm(G, dx)
-    return dx, torch.cat([rz - Gdx, torch.addcmul(t, W, Gdx)], dim=1)
+    return torch.cat([dx, rz - Gdx, torch.addcmul(t, W, Gdx)], dim=1)
 
 
 def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
@@ -76,17 +75,18 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     Qr = Q.clone()
     Qr.diagonal(dim1=1, dim2=2).add_(d.reg_abs.view(B, 1))
     keep = 1.0 + d.reg_rel            # relative regularization of the diagonal
-    x, w = _start(d, Qr, keep)        # w = [s; z]
+    v = _start(d, Qr, keep)           # [x; s; z]
     # the row scales of _qp_dense._error: 1 / (1 + |p|) on the dual rows, 1 / (1 + |h|)
     scale = torch.cat([(1.0 / (1.0 + ipm.amax(t))).view(B, 1, 1).expand(B, k, 1)
                        for t, k in ((p, n), (h, m))], dim=1)
     c0 = torch.cat([p, -h], dim=1)
+    floor = -0.1 * tol / m            # minus the least centring target
     running = active.clone()
-    iters = torch.zeros(B, dtype=torch.int64, device=Q.device)
+    steps = []                        # the items that stepped, per iteration
     polish_at, pol = defaults.IPM_POLISH_BELOW, None
     best, since = float("inf"), 0
     for it in range(maxiter + 1):
-        s, z = w[:, :m], w[:, m:]
+        x, s, z = v.split_with_sizes((n, m, m), dim=1)
         prod = ipm.matvec(d.KA, x, d.KAt)                      # [Qx; Gx]
         r = prod + c0                     # [rx; rz] = [Qx + p + G'z; Gx - h + s], in place
         rx, rz = r.split_with_sizes((n, m), dim=1)
@@ -94,12 +94,12 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         rz.add_(s)
         sz = s * z
         mu = sz.sum(dim=(1, 2), keepdim=True)
-        obj = (x * torch.add(p, prod[:, :n], alpha=0.5)).sum(dim=(1, 2))
+        obj = torch.bmm(x.transpose(1, 2), torch.add(p, prod[:, :n], alpha=0.5))
         if d.obj0 is not None:
-            obj = obj + d.obj0
-        err = torch.maximum(ipm.amax(r * scale), mu.view(B) / obj.abs().clamp(min=1.0))
-        running = running & (err > tol)        # NaN errors stop too
-        worst = float(torch.where(running, err, -1.0).amax())
+            obj = obj + d.obj0.view(B, 1, 1)
+        err = torch.maximum(ipm.amax(r * scale).view(B, 1, 1), mu / obj.abs().clamp_(min=1.0))
+        running = running & (err.view(B) > tol)          # NaN errors stop too
+        worst = float(torch.where(running, err.view(B), -1.0).amax())
         if it == maxiter or worst < 0:
             break
         if worst < 0.5 * best:
@@ -110,7 +110,7 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
                 break
         if worst <= polish_at:     # as in run_dense: finish on the active set where it passes
             polish_at = worst * 1e-2
-            pol = dense._repolish(d, torch.cat([x, w], dim=1), n, m, 0, pol, tol)
+            pol = dense._repolish(d, v, n, m, 0, pol, tol)
             pol = dense._correct(d, pol, running, tol)
             running = running & ~(pol.err <= tol)
             if not bool(running.any()):
@@ -119,23 +119,28 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         H = torch.baddbmm(Qr, Gt, G * W)
         H.diagonal(dim1=1, dim2=2).mul_(keep)
         L, info = torch.linalg.cholesky_ex(H)
-        nt = (G, Gt, L, W, s, z, rx, rz)
-        dx, dw = _solve(nt, sz)                                     # predictor: w - a dw
+        w = v[:, n:]
+        t = torch.addcmul(z, W, rz, value=-1.0)       # predictor: rc = s z, v - a dv
+        dv = _direction(G, Gt, L, W, rx, rz, t)
+        dw = dv[:, n:]
         a = dense._step_to_boundary(w, dw, 1.0)
-        nxt = torch.addcmul(w, a, dw, value=-1.0)
-        mu_aff = (nxt[:, :m] * nxt[:, m:]).sum(dim=(1, 2), keepdim=True)
-        # Mehrotra's centering sigma = (mu_aff / mu)^3, target floored a decade below tol
-        target = (mu_aff / mu).clamp(0.0, 1.0).pow(3).mul(mu / m).clamp(min=0.1 * tol / m)
-        dx, dw = _solve(nt, torch.addcmul(sz, dw[:, :m], dw[:, m:]).sub_(target))  # corrector
-        a = dense._step_to_boundary(w, dw, ipm.boundary_fraction(err).view(-1, 1, 1))
-        running = running & (info == 0)        # a failed factorization: to the guarded kernel
-        step = running.view(B, 1, 1)
-        x = torch.where(step, torch.addcmul(x, a, dx, value=-1.0), x)
-        w = torch.where(step, torch.addcmul(w, a, dw, value=-1.0), w)
-        iters += running
+        mu_aff = torch.addcmul(w, a, dw, value=-1.0).view(B, 2, m, 1).prod(dim=1) \
+            .sum(dim=1, keepdim=True)
+        # Mehrotra's centering sigma = (mu_aff / mu)^3, target floored a decade below tol;
+        # the corrector's rc = s z + ds dz - target, so t grows by (ds dz - target) / s
+        ntarget = mu_aff.div_(mu).clamp_(0.0, 1.0).pow_(3).mul_(mu).mul_(-1.0 / m) \
+            .clamp_(max=floor)
+        dv = _direction(G, Gt, L, W, rx, rz,
+                        torch.addcdiv(t, torch.addcmul(ntarget, dw[:, :m], dw[:, m:]), s))
+        a = dense._step_to_boundary(w, dv[:, n:], ipm.boundary_fraction(err))
+        step = running & (info == 0)        # a failed factorization: to the guarded kernel
+        running = step
+        v = torch.where(step.view(B, 1, 1), torch.addcmul(v, a, dv, value=-1.0), v)
+        steps.append(step)
 
-    v = torch.cat([x, w], dim=1)
+    iters = torch.stack(steps).sum(dim=0) if steps else \
+        torch.zeros(B, dtype=torch.int64, device=Q.device)
     pol = dense._correct(d, dense._repolish(d, v, n, m, 0, pol, tol), running, tol)
     none = torch.zeros_like(running)
-    return dense._finish(d, dense._split(v, n, m, 0), pol, err, active, running, none, none,
-                         iters, tol, want_factor)
+    return dense._finish(d, dense._split(v, n, m, 0), pol, err.view(B), active, running, none,
+                         none, iters, tol, want_factor)

@@ -23,8 +23,10 @@ D = torch.float64
 @pytest.fixture(autouse=True)
 def _points(monkeypatch):
     """These tests are of the read-off at points: the examples' rows and objectives would
-    otherwise take their coefficients from the IR (compiler.coefficients)."""
+    otherwise take their coefficients from the IR (compiler.coefficients), and the data of
+    those affine in the parameters one matrix product (compiler.param_affine)."""
     monkeypatch.setattr(defaults, "READOFF_COEFFICIENTS", False)
+    monkeypatch.setattr(defaults, "PARAM_AFFINE_MAX_ENTRIES", 0)
 
 # an LP with equalities and inequalities (quantile regression), a QP with absolute
 # values rewritten to epigraph rows (lad regression with a ridge), a general QP
