@@ -351,6 +351,7 @@ READOFF_COEFFICIENTS = True
 #: the product took a forward and backward of lad_regression from 5.42 to 5.10 ms, of lp
 #: from 3.90 to 3.48 ms (one process, medians).
 PARAM_AFFINE_MAX_ENTRIES = 1_000_000
+
 #: Fixed-point methods try Newton steps on T(z) - z after this many first-order iterations,
 FP_NEWTON_START = 0
 #: and again this many iterations after a trial some item rejected (doubled after a trial

@@ -99,7 +99,7 @@ class AffineData:
                     moving.append(t.reshape(K + 1, -1))
                 else:       # the same for every parameter value: no gradient either
                     blocks.append(t[:1].clone())
-            flat = torch.cat(moving, dim=1)
+            flat = torch.cat(moving, dim=1) if moving else probe.new_zeros(K + 1, 0)
             m0 = flat[:1].clone()
             M = flat[1:] - m0
             # only the entries that move with the parameters are computed per call (the

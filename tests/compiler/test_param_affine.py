@@ -129,3 +129,16 @@ def test_float32_reads_its_own_map():
     assert out32.dtype == torch.float32
     assert len(layer.program.derived["param_affine"]._maps) == 2
     torch.testing.assert_close(out32.double(), out64, rtol=0, atol=1e-4)
+
+
+def test_data_no_parameter_moves():
+    # c appears nowhere: every datum is fixed, none in the graph, and the solve is the same
+    layer = ol.compile("param c\nvar x[2]\nminimize sum_squares(x) + sum(x)\nsubject to\n"
+                       "    x >= 0\n    x <= 1", method="kkt")
+    c = torch.tensor([1.0, 2.0], dtype=D, requires_grad=True)
+    P, B, _ = expand_params(layer.problem, {"c": c})
+    data = canonicalize_qp(layer.program, P, B, D, "cpu")
+    assert layer.program.derived["param_affine"].ok
+    assert all(t is None or not t.requires_grad for t in data[:6])
+    torch.testing.assert_close(layer(c=c.detach()), torch.zeros(2, 2, dtype=D),
+                               rtol=0, atol=1e-12)
