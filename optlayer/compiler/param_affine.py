@@ -65,7 +65,7 @@ class AffineData:
     def __init__(self, program, general) -> None:
         plan = program.plan
         roots = [e for _, e in plan.smooth] + [r.expr for r in (*plan.ineq, *plan.eq)]
-        self.program, self.general = program, general
+        self.general = general
         self.names = list(program.problem.params)
         self.shapes = [tuple(int(d) for d in program.problem.params[k].shape)
                        for k in self.names]
