@@ -85,6 +85,7 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     steps = []                        # the items that stepped, per iteration
     polish_at, pol = defaults.IPM_POLISH_BELOW, None
     best, since = float("inf"), 0
+    finished = False                  # every item done in the polish, at the last iterate
     for it in range(maxiter + 1):
         x, s, z = v.split_with_sizes((n, m, m), dim=1)
         prod = ipm.matvec(d.KA, x, d.KAt)                      # [Qx; Gx]
@@ -114,6 +115,7 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             pol = dense._correct(d, pol, running, tol)
             running = running & ~(pol.err <= tol)
             if not bool(running.any()):
+                finished = True
                 break
         W = z / s
         H = torch.baddbmm(Qr, Gt, G * W)
@@ -140,7 +142,8 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
 
     iters = torch.stack(steps).sum(dim=0) if steps else \
         torch.zeros(B, dtype=torch.int64, device=Q.device)
-    pol = dense._correct(d, dense._repolish(d, v, n, m, 0, pol, tol), running, tol)
+    if not finished:     # (else pol is the polish of this v, corrected: nothing to redo)
+        pol = dense._correct(d, dense._repolish(d, v, n, m, 0, pol, tol), running, tol)
     none = torch.zeros_like(running)
     return dense._finish(d, dense._split(v, n, m, 0), pol, err.view(B), active, running, none,
                          none, iters, tol, want_factor)
