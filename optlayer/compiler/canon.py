@@ -352,8 +352,8 @@ def one_quadratic_row(program) -> bool:
     if plan.eq or len(plan.ineq) != 1:
         return False
     row = plan.ineq[0].expr
-    return row.shape == () and degree(row, {}) == 2 and bool(plan.smooth) and max(
-        degree(e, {}) for _, e in plan.smooth) == 2
+    return row.shape == () and degree(row) == 2 and bool(plan.smooth) and max(
+        degree(e) for _, e in plan.smooth) == 2
 
 
 def _one_row_data(setup):
@@ -435,7 +435,7 @@ def _inside_domains(program, P, B, N, dtype, device, z, eq, tol):
     ``infeasible`` (None when no QP ran) marks those where no point of the domains
     satisfies the equalities (``t < -sqrt(tol)``): the problem is infeasible there."""
     rows = _cached(program, "domain", lambda: Rows(program, [
-        r for r in program.plan.ineq if r.domain and degree(r.expr, {}) <= 1]))
+        r for r in program.plan.ineq if r.domain and degree(r.expr) <= 1]))
     if not rows:
         return z, None
     out = ~(rows(z, P) < 0).all(-1)
@@ -692,16 +692,15 @@ def _structure(program, P, N, phase_one):
     key = ("structure", phase_one)
     if key in cache:
         return cache[key]
-    memo: dict = {}
     rows = program.plan.ineq
     exprs = [r.phase_one if phase_one and r.phase_one is not None else r.expr for r in rows]
     kinds, smooth = [], {}
     for i, e in enumerate(exprs):
-        d = degree(e, memo)
-        kind = 1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e, memo) \
-            else 5 if _norm_parts(e, memo) else 4
+        d = degree(e)
+        kind = 1 if d <= 1 else 2 if d <= 2 else 3 if _cone_parts(e) \
+            else 5 if _norm_parts(e) else 4
         if kind == 4:
-            smooth[i] = smooth_parts(e, memo)
+            smooth[i] = smooth_parts(e)
             kind = 4 if smooth[i] is None else 6
         kinds.append(kind)
     like = next(iter(P.values()))
@@ -713,7 +712,7 @@ def _structure(program, P, N, phase_one):
         members = [i for i, k in enumerate(kinds) if k == kind]
         if kind in (3, 5):  # one block per cone row
             for i in members:
-                u, sden = (_cone_parts if kind == 3 else _norm_parts)(exprs[i], memo)
+                u, sden = (_cone_parts if kind == 3 else _norm_parts)(exprs[i])
                 fn = Rows(program, [bare_row(u), bare_row(sden)])
                 blocks.append((kind, fn, fn.sizes(z1, P1)[0] + 1, None))
                 pos[i] = [offset]
@@ -724,7 +723,7 @@ def _structure(program, P, N, phase_one):
                 fn = Rows(program, [bare_row(e) for e in spec_parts(spec)])
                 split = tuple(fn.sizes(z1, P1))
                 spec = spec._replace(rows=sizes[i], split=split, rest_varies=(
-                    spec.rest is not None and degree(spec.rest, {}) > 0))
+                    spec.rest is not None and degree(spec.rest) > 0))
                 blocks.append((kind, fn, sum(split), spec))
                 pos[i] = list(range(offset, offset + sizes[i]))
                 offset += sizes[i]
@@ -738,7 +737,7 @@ def _structure(program, P, N, phase_one):
     order = [j for i in range(len(rows)) for j in pos[i]]
     # the blocks read off to first order, as one function (one autograd pass per call)
     first = [e for kind, fn, _, _ in blocks if kind in _FIRST_ORDER for e in fn.exprs]
-    st = {"quadratic": all(degree(e, memo) <= 2 for _, e in program.plan.smooth),
+    st = {"quadratic": all(degree(e) <= 2 for _, e in program.plan.smooth),
           "blocks": blocks, "order": None if order == list(range(offset)) else order,
           "sizes": sizes, "first": Rows(program, [bare_row(e) for e in first])}
     cache[key] = st
@@ -797,7 +796,7 @@ def _stacked(st, P, B, N, dtype, device, quad=None):
     return StackedRows(parts, sizes, order)
 
 
-def _cone_parts(e, memo):
+def _cone_parts(e):
     """``(u, s)`` when ``e`` is ``sum_squares(u) / s - s`` with ``u`` affine and ``s`` an affine
     scalar (:func:`optlayer.compiler.epigraph.soc_row`), else None."""
     from optlayer.ir import Apply
@@ -811,12 +810,12 @@ def _cone_parts(e, memo):
     if name(quot.args[0]) != "sum_squares" or quot.args[1] is not s:
         return None
     u = quot.args[0].args[0]
-    if degree(u, memo) > 1 or degree(s, memo) > 1 or math.prod(s.shape) != 1:
+    if degree(u) > 1 or degree(s) > 1 or math.prod(s.shape) != 1:
         return None
     return u, s
 
 
-def _norm_parts(e, memo):
+def _norm_parts(e):
     """``(u, s)`` when ``e`` is ``norm2(u) - s`` (the phase I form of a cone row) with ``u``
     affine and ``s`` an affine scalar, else None."""
     from optlayer.ir import Apply
@@ -827,7 +826,7 @@ def _norm_parts(e, memo):
     if not (isinstance(nrm, Apply) and nrm.atom.name == "norm2"):
         return None
     u = nrm.args[0]
-    if degree(u, memo) > 1 or degree(s, memo) > 1 or math.prod(s.shape) != 1:
+    if degree(u) > 1 or degree(s) > 1 or math.prod(s.shape) != 1:
         return None
     return u, s
 

@@ -21,44 +21,13 @@ import torch
 
 __all__ = ["is_quadratic", "quadratic_data", "lambda_max", "bmv", "degree"]
 
-# atoms whose output degree is the largest of their arguments'
-_LINEAR = {"add", "sub", "negate", "sum", "mean", "transpose", "index", "trace", "diag",
-           "reshape", "vec", "hstack", "vstack"}
 
-
-def degree(node, memo) -> float:
-    """Polynomial degree of an expression in the variables (``inf`` when it is
-    not a polynomial); ``memo`` caches per node id across calls."""
-    from optlayer.ir import Apply, Variable
-
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    if isinstance(node, Variable):
-        d = 1.0
-    elif not isinstance(node, Apply):
-        d = 0.0 if not node.variables() else max(degree(a, memo) for a in node.args)
-    else:
-        ds = [degree(a, memo) for a in node.args]
-        name = node.atom.name
-        if max(ds, default=0.0) == 0.0:
-            d = 0.0  # parameter-only: any atom is a constant
-        elif name in _LINEAR:
-            d = max(ds)
-        elif name in ("mul", "matmul", "dot"):
-            d = sum(ds)
-        elif name == "div":
-            d = ds[0] if ds[1] == 0.0 else float("inf")
-        elif name in ("square", "sum_squares"):
-            d = 2 * ds[0]
-        elif name == "power" and node.static[0] in (1, 2):
-            d = node.static[0] * ds[0]
-        elif name == "quad_form":
-            d = 2 * ds[0] if ds[1] == 0.0 else float("inf")
-        else:
-            d = float("inf")
-    memo[key] = d
-    return d
+def degree(node) -> float:
+    """Polynomial degree of an expression in the variables, as the IR computed it
+    when the node was built (:meth:`optlayer.ir.atoms.Atom.degree_of`, one rule per
+    atom): 0, 1 or 2, ``inf`` when it is not a polynomial of degree at most 2."""
+    d = node.degree
+    return float("inf") if d is None else float(d)
 
 
 def is_quadratic(exprs) -> bool:
@@ -71,8 +40,7 @@ def is_quadratic(exprs) -> bool:
         >>> is_quadratic([ir.apply("sum_squares", [x])]), is_quadratic([ir.apply("exp", [x])])
         (True, False)
     """
-    memo: dict = {}
-    return all(degree(e, memo) <= 2 for e in exprs)
+    return all(degree(e) <= 2 for e in exprs)
 
 
 def bmv(Q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -163,7 +163,7 @@ REDUCED_ATOMS = {"entropy": ("neg_xlogx", "sum"), "logsumexp": ("logsumexp", "lo
                  "norm2": ("norm2", "norm2")}
 
 
-def smooth_parts(e, memo):
+def smooth_parts(e):
     """:class:`SmoothSpec` when ``e`` is ``coef φ(u) + rest``: one smooth atom ``φ`` (of
     :data:`ELEMENTWISE_ATOMS`, possibly summed, or of :data:`REDUCED_ATOMS`) of an affine
     ``u``, under sums and differences with affine terms and products or quotients with
@@ -174,36 +174,36 @@ def smooth_parts(e, memo):
         return None
     name, args = e.atom.name, e.args
     if name in ELEMENTWISE_ATOMS or name in REDUCED_ATOMS:
-        if degree(args[0], memo) > 1:
+        if degree(args[0]) > 1:
             return None
         arg = None
         if len(args) > 1:   # huber's M: a parameter-only scalar
             arg = args[1]
-            if len(args) > 2 or degree(arg, memo) > 0 or math.prod(arg.shape) != 1:
+            if len(args) > 2 or degree(arg) > 0 or math.prod(arg.shape) != 1:
                 return None
         key, reduce = REDUCED_ATOMS.get(name, (name, "none"))
         return SmoothSpec(key, tuple(e.static), reduce, args[0], arg=arg)
     if name == "sum":
-        inner = smooth_parts(args[0], memo)
+        inner = smooth_parts(args[0])
         if inner is None or inner.reduce != "none":
             return None
         rest = None if inner.rest is None else functions.sum(inner.rest)
         return inner._replace(reduce="sum", rest=rest)
     if name == "negate":
-        inner = smooth_parts(args[0], memo)
+        inner = smooth_parts(args[0])
         return None if inner is None else inner._replace(
             sign=-inner.sign, rest=None if inner.rest is None else -inner.rest)
     if name not in ("add", "sub", "mul", "div") or len(args) != 2:
         return None
     a, b = args
-    da, db = degree(a, memo), degree(b, memo)
+    da, db = degree(a), degree(b)
     inner_first = da > 1 >= db
     if not (inner_first or db > 1 >= da):
         return None
     child, other = (a, b) if inner_first else (b, a)
     if child.shape != e.shape:  # the atom's value is not broadcast up
         return None
-    inner = smooth_parts(child, memo)
+    inner = smooth_parts(child)
     if inner is None:
         return None
     if name == "add":
@@ -214,7 +214,7 @@ def smooth_parts(e, memo):
         return inner._replace(sign=-inner.sign,
                               rest=other if inner.rest is None else other - inner.rest)
     # a parameter-only factor: a scalar, or of the atom's own shape before a reduction
-    if name == "div" and not inner_first or degree(other, memo) > 0:
+    if name == "div" and not inner_first or degree(other) > 0:
         return None
     if other.shape != () and inner.reduce != "none":
         return None
@@ -331,11 +331,10 @@ def objective_terms(program):
     ``Program.quad``)."""
     cache = program.derived
     if "objective terms" not in cache:
-        memo: dict = {}
         quad, smooth, out = [], [], None
         for w, e in program.plan.smooth:
-            spec = None if degree(e, memo) <= 2 else smooth_parts(e, memo)
-            if spec is None and degree(e, memo) > 2 or math.prod(e.shape) != 1:
+            spec = None if degree(e) <= 2 else smooth_parts(e)
+            if spec is None and degree(e) > 2 or math.prod(e.shape) != 1:
                 break
             if spec is None:
                 quad.append((float(w), e))
@@ -369,7 +368,7 @@ def _objective_structure(program, P):
         for w, spec in smooth:
             k = len(spec_parts(spec))
             specs.append((w, spec._replace(rows=1, split=tuple(sizes[at:at + k]), rest_varies=(
-                spec.rest is not None and degree(spec.rest, {}) > 0))))
+                spec.rest is not None and degree(spec.rest) > 0))))
             at += k
         out = ([w for w, _ in quad], quad_fn, specs, parts_fn, sizes)
     cache["objective structure"] = out
