@@ -149,9 +149,13 @@ class OptLayer(nn.Module):
         else:
             init = self._init(warm_start, P, B, dtype, device)
             Pd = {k: v.detach() for k, v in P.items()}
-            with torch.no_grad():
-                qp = self.program.quad(Pd) if self.program.quadratic else None
-            r = self.program.solve(Pd, init, tol=tol, maxiter=self.maxiter, qp=qp)
+            qp = None
+            if self.program.quadratic:
+                # with a graph where the backward will run: the map of _attach reuses it
+                with torch.set_grad_enabled(_differentiable(P)):
+                    qp = self.program.quad(P)
+            r = self.program.solve(Pd, init, tol=tol, maxiter=self.maxiter,
+                                   qp=None if qp is None else tuple(t.detach() for t in qp))
             z = self._attach(r, P, qp)
             status, iters, res = r.status, r.iterations, r.residual
         self.info = LayerInfo(status, iters, res, m)
@@ -206,20 +210,23 @@ class OptLayer(nn.Module):
     def _attach(self, r, P, qp):
         """Implicit gradients on the solved ``z`` through the method's optimality map.
 
-        The map is the lowered one (the tape, differentiable in ``P``). Its
+        The map is the lowered one (the tape, differentiable in ``P``), with ``grad f``
+        as ``Q z + p`` for a quadratic ``f``: ``qp = (Q, p)``, computed in the forward
+        with a graph in ``P`` and passed to the implicit function, so the backward
+        differentiates that graph once instead of ``f``'s tape twice. Its
         per-item Jacobian block for the backward solve
         (:func:`optlayer.compiler.iterate.block_solve`) is built in the backward
         from the call's saved values: the forward's last Newton Jacobian when there
         is one (checked there against one product of the map), the Hessian at the
         solution from the objective's closed-form model (stationary Newton), else in
-        closed form from ``qp = (Q, p)`` (computed without a graph) for a quadratic
-        smooth part, else from one stacked evaluation. Those values travel as extra arguments of
-        the implicit function (the map ignores them), so they belong to this call
+        closed form from the values of ``qp`` for a quadratic smooth part, else from one
+        stacked evaluation. Those values travel as arguments of the implicit function
+        (the map ignores ``extra``), so they belong to this call
         whatever other calls run before its backward. The decorated identity solver
         is cached per shape, so the eager check of the map in
         :func:`optlayer.custom_root` runs once per shape, not at every call.
         """
-        if not torch.is_grad_enabled() or not any(t.requires_grad for t in P.values()):
+        if not _differentiable(P):
             return r.z
         B, N = r.z.shape
         key = (B, N)
@@ -229,13 +236,13 @@ class OptLayer(nn.Module):
         if fn is None:
             solve = block_solve(B, N, functools.partial(_map_blocks, program, stationary))
             if stationary:
-                def F(z, step, Pa, extra):
-                    return program.grad(z, Pa)
+                def F(z, step, Pa, extra, qp):
+                    return program.grad(z, Pa, qp)
 
                 fn = custom_root(F, solve=solve)(_identity_solver)
             else:
-                def T(z, step, Pa, extra):
-                    return program.fixed_point(z, Pa, step)
+                def T(z, step, Pa, extra, qp):
+                    return program.fixed_point(z, Pa, step, qp)
 
                 fn = custom_fixed_point(T, solve=solve)(_identity_solver)
             self._implicit[key] = fn
@@ -247,11 +254,9 @@ class OptLayer(nn.Module):
         elif r.jacobian is not None:
             # the Hessian at z* from the objective's closed-form model
             extra = {"hessian": r.jacobian}
-        elif qp is not None:
-            extra = {"Q": qp[0].detach(), "p": qp[1].detach()}
         else:
             extra = {}
-        return fn(r.z, r.step.detach(), P, extra)
+        return fn(r.z, r.step.detach(), P, extra, qp)
 
     def _project(self, P, B):
         name, y_expr, _scale = self.plan.projection
@@ -339,7 +344,7 @@ def _map_blocks(program, stationary, x, args, kwargs):
     """``(J, verify)`` for :func:`optlayer.compiler.iterate.block_solve` from the saved
     values of one call: the forward's Jacobian (``dT/dx - I`` near the solution, to be
     verified) or :func:`_map_jacobian` at the solution."""
-    step, P, extra = args
+    step, P, extra, qp = args
     z = x.reshape(step.shape[0], -1)
     if "forward_jacobian" in extra:
         return _minus_eye(extra["forward_jacobian"]), True
@@ -347,7 +352,6 @@ def _map_blocks(program, stationary, x, args, kwargs):
         return _minus_eye(extra["jacobian"]), False
     if "hessian" in extra:   # closed form at z* itself (as Q below): exact, no check
         return extra["hessian"], False
-    qp = (extra["Q"], extra["p"]) if "Q" in extra else None
     return _map_jacobian(program, z, step, P, qp, stationary), False
 
 
@@ -370,6 +374,11 @@ def _map_jacobian(program, z, step, P, qp, stationary):
             return torch.baddbmm(-eye, Jp, eye - step[:, None, None] * Q)
     return jacobian(lambda Z, k: program.fixed_point(Z, replicate(P, k), replicate(step, k),
                                                      replicate(qp, k)), z) - eye
+
+
+def _differentiable(P) -> bool:
+    """Whether this call builds a graph: grad mode on and some parameter requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in P.values())
 
 
 def _minus_eye(J):

@@ -220,6 +220,37 @@ def test_second_order_through_the_layer():
     torch.testing.assert_close(hv[0], fd, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name,data", [("ridge", "X"), ("group_lasso", "X1"),
+                                       ("constrained_ls", "A")])
+def test_second_order_through_a_quadratic_layer(name, data):
+    """A quadratic f's map uses the forward's (Q, p), differentiable in the parameters:
+    a create_graph backward through it (stationary, prox_grad, proj_grad) gives the
+    derivative of the gradient, as a central finite difference of the gradient does."""
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "problems" / f"{name}.opt"
+    layer = ol.load(path, tol=1e-13)
+    assert layer.program.quadratic
+    vals = random_params(layer.problem, batch=2, seed=3)
+
+    def grad_of(t, graph):
+        t = t.detach().requires_grad_()
+        out = layer(**{**vals, data: t})
+        outs = [out] if isinstance(out, torch.Tensor) else list(out)
+        (g,) = torch.autograd.grad(sum((o ** 2).sum() for o in outs), t, create_graph=graph)
+        return t, g
+
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(vals[data].shape, generator=gen, dtype=D)
+    d = torch.randn(vals[data].shape, generator=gen, dtype=D)
+    t, g = grad_of(vals[data], True)
+    (hw,) = torch.autograd.grad((g * w).sum(), t)
+    eps = 1e-6
+    fd = ((grad_of(vals[data] + eps * d, False)[1] - grad_of(vals[data] - eps * d, False)[1])
+          * w).sum() / (2 * eps)
+    torch.testing.assert_close((hw * d).sum(), fd, atol=1e-6 * (1 + float(fd.abs())), rtol=0)
+
+
 def test_value_and_jacobian_matches_jacobian():
     A = torch.randn(4, 4, dtype=D, generator=torch.Generator().manual_seed(2))
 
