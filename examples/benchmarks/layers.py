@@ -2,7 +2,8 @@
 
 Prints, as ratios measured in this process (medians of repeated calls after a warm-up;
 where two things are compared, rounds of calls alternate between them, so a slow spell of
-the machine falls on both, and each round starts with an untimed call):
+the machine falls on both, and each round starts with an untimed call; against
+cvxpylayers, 5 rounds of 5 calls each):
 1. layer construction time (bar <= 20 ms, flat in the dims);
 2. the sparsemax layer vs a sort-based closed form (bar: within 1.5x);
 3. each example's forward+backward at batch 32 vs cvxpylayers (bar: >= 10x faster),
@@ -136,7 +137,9 @@ def cvxpylayers_compare(batch=32, quick=False, names=()):
                 theirs()
             except Exception as e:  # noqa: BLE001 - report what cvxpylayers cannot do
                 theirs, why_not = None, f"{type(e).__name__}: {str(e)[:60]}"
-        (t_ours, c_ours), cvx = timeit_pair(ours, theirs)
+        # 25 timed calls of each: with 9, one slow spell of the machine moved a median by
+        # a third (group_lasso 5.9 ms in a run where it took 4.0-4.7 ms in the others)
+        (t_ours, c_ours), cvx = timeit_pair(ours, theirs, rounds=5, per_round=5)
         line = f"   {path.stem:20s} {layer.method:14s} optlayer {t_ours * 1e3:6.1f} ms"
         if cvx is not None:
             t_cvx, c_cvx = cvx
