@@ -29,6 +29,7 @@ from optlayer.compiler.iterate import block_solve, jacobian, replicate
 from optlayer.compiler.lower import eval_like
 from optlayer.errors import BindingError, OptTypeError, report_status
 from optlayer.implicit import custom_fixed_point, custom_root
+from optlayer.linalg._common import functorch_active
 from optlayer.status import Status, check_on_failure, failed_mask
 from optlayer.tree import tree_ordinary
 
@@ -127,6 +128,18 @@ class OptLayer(nn.Module):
             # out of inference mode and without a graph
             with torch.inference_mode(False), torch.no_grad():
                 return self._forward(*tree_ordinary((warm_start, params)))
+        if functorch_active():
+            try:
+                return self._forward(warm_start, params)
+            except RuntimeError as err:   # torch's own error, from inside a forward solver
+                raise OptTypeError(
+                    f"OptLayer (method {self.method!r}) cannot run under this torch.func "
+                    "transform (jacrev, jacfwd, grad, vmap, ...): its forward solver takes "
+                    "autograd and inference mode inside, which the transform refuses "
+                    f"(torch: {str(err).splitlines()[0][:120]})",
+                    hint="differentiate with loss.backward() or torch.autograd.grad; a "
+                    "Jacobian with torch.autograd.functional.jacobian(f, x) (vectorize=False); "
+                    "batch by a leading batch dimension of the parameters, not vmap") from err
         return self._forward(warm_start, params)
 
     def _forward(self, warm_start, params):

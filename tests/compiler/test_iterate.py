@@ -251,6 +251,31 @@ def test_second_order_through_a_quadratic_layer(name, data):
     torch.testing.assert_close((hw * d).sum(), fd, atol=1e-6 * (1 + float(fd.abs())), rtol=0)
 
 
+def test_torch_func_over_a_layer_refused_clearly_or_exact():
+    """A forward solver that takes autograd inside cannot run under torch.func: an
+    OptTypeError saying so and what to use, not torch's internal error; where the
+    forward can run (ridge's closed-form Newton), jacrev is exact."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[2] / "examples" / "problems"
+    lasso = ol.load(root / "lasso.opt")
+    vals = random_params(lasso.problem, seed=0)
+    with pytest.raises(ol.OptTypeError, match="torch.func transform") as info:
+        torch.func.jacrev(lambda X: lasso(**{**vals, "X": X}))(vals["X"])
+    assert "torch.autograd.functional.jacobian" in info.value.hint
+    J = torch.autograd.functional.jacobian(lambda X: lasso(**{**vals, "X": X}), vals["X"])
+    X = vals["X"].clone().requires_grad_()
+    (row,) = torch.autograd.grad(lasso(**{**vals, "X": X})[0], X)
+    assert J.shape == (5, *X.shape)
+    torch.testing.assert_close(J[0], row, rtol=0, atol=1e-12)
+
+    ridge = ol.load(root / "ridge.opt", tol=1e-13)
+    rv = random_params(ridge.problem, seed=0)
+    Jf = torch.func.jacrev(lambda X: ridge(**{**rv, "X": X}))(rv["X"])
+    Ja = torch.autograd.functional.jacobian(lambda X: ridge(**{**rv, "X": X}), rv["X"])
+    torch.testing.assert_close(Jf, Ja, rtol=0, atol=1e-12)
+
+
 def test_value_and_jacobian_matches_jacobian():
     A = torch.randn(4, 4, dtype=D, generator=torch.Generator().manual_seed(2))
 
