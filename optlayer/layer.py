@@ -308,7 +308,11 @@ class OptLayer(nn.Module):
         if self.warm_start:
             self._qp_last = None if sol.ineq_dual is None else (sol.x.detach(),
                                                                  sol.ineq_dual.detach())
-        self._duals = (sol.ineq_dual, sol.eq_dual, isz, esz)
+        # detached, as the convex path's: the layer keeps them until the next call, and
+        # differentiable duals would keep this call's graph alive with them (the
+        # parameters, the KKT factorization the backward holds)
+        self._duals = tuple(None if t is None else t.detach()
+                            for t in (sol.ineq_dual, sol.eq_dual)) + (isz, esz)
         res = getattr(sol, "error", torch.zeros(B, dtype=dtype, device=device))
         x = sol.x if any(t.requires_grad for t in P.values()) else sol.x.detach()
         return x, sol.status, int(torch.as_tensor(sol.iter_num).max()), res

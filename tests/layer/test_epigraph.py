@@ -221,6 +221,26 @@ def test_a_dropped_kkt_layer_is_freed(name):
     assert ref() is None
 
 
+@pytest.mark.parametrize("name", ["lp", "general_qp", "robust_ls"])
+def test_a_kkt_layer_keeps_no_graph_of_its_last_call(name):
+    # the duals it keeps for duals() are detached: once the caller drops the output, the
+    # parameters and what the backward held (the KKT factorization) are freed
+    import gc
+    import weakref
+
+    layer = ol.load(EXAMPLES / f"{name}.opt")
+    vals = {k: v.requires_grad_(True) for k, v in
+            random_params(layer.problem, batch=3, seed=0).items()}
+    out = layer(**vals)
+    (out if isinstance(out, torch.Tensor) else out[0]).sum().backward()
+    duals = layer.duals()
+    assert duals and not any(d.requires_grad for d in duals.values())
+    refs = [weakref.ref(v) for v in vals.values()]
+    del vals, out
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
 def test_convex_backward_solves_each_call_at_its_own_solution(monkeypatch):
     # the implicit function of the convex path is built once per shape (custom_root's eager
     # check of the map runs once, not per call); each call's backward still solves with its
