@@ -318,7 +318,7 @@ class OptLayer(nn.Module):
         return x, sol.status, int(torch.as_tensor(sol.iter_num).max()), res
 
     def duals(self, label: str | None = None):
-        """Multipliers of labelled constraints from the last call (``kkt`` only).
+        """Multipliers of labelled constraints from the last call (``kkt`` only), detached.
 
         Args:
             label: a constraint label; None returns a dict label -> multipliers.
