@@ -314,7 +314,7 @@ class OptLayer(nn.Module):
         self._duals = tuple(None if t is None else t.detach()
                             for t in (sol.ineq_dual, sol.eq_dual)) + (isz, esz)
         res = getattr(sol, "error", torch.zeros(B, dtype=dtype, device=device))
-        x = sol.x if any(t.requires_grad for t in P.values()) else sol.x.detach()
+        x = sol.x if _differentiable(P) else sol.x.detach()
         return x, sol.status, int(torch.as_tensor(sol.iter_num).max()), res
 
     def duals(self, label: str | None = None):
