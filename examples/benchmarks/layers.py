@@ -3,7 +3,7 @@
 Prints, as ratios measured in this process (medians of repeated calls after a warm-up;
 where two things are compared, rounds of calls alternate between them, so a slow spell of
 the machine falls on both, and each round starts with an untimed call; against
-cvxpylayers, 5 rounds of 5 calls each):
+cvxpylayers, 20 rounds of 3 calls each):
 1. layer construction time (bar <= 20 ms, flat in the dims);
 2. the sparsemax layer vs a sort-based closed form (bar: within 1.5x);
 3. each example's forward+backward at batch 32 vs cvxpylayers (bar: >= 10x faster),
@@ -137,9 +137,12 @@ def cvxpylayers_compare(batch=32, quick=False, names=()):
                 theirs()
             except Exception as e:  # noqa: BLE001 - report what cvxpylayers cannot do
                 theirs, why_not = None, f"{type(e).__name__}: {str(e)[:60]}"
-        # 25 timed calls of each: with 9, one slow spell of the machine moved a median by
-        # a third (group_lasso 5.9 ms in a run where it took 4.0-4.7 ms in the others)
-        (t_ours, c_ours), cvx = timeit_pair(ours, theirs, rounds=5, per_round=5)
+        # 60 timed calls of each, in 20 short rounds: with 9, one slow spell of the machine
+        # moved a median by a third (group_lasso 5.9 ms in a run where it took 4.0-4.7 ms
+        # in the others); with 5 rounds of 5, the ratio of lad_regression had a standard
+        # deviation of 0.78 over 12 repeats in one process, with 20 rounds of 3, 0.41 over
+        # 6 interleaved with them (means 9.70x and 9.67x: as precise, not biased)
+        (t_ours, c_ours), cvx = timeit_pair(ours, theirs, rounds=20, per_round=3)
         line = f"   {path.stem:20s} {layer.method:14s} optlayer {t_ours * 1e3:6.1f} ms"
         if cvx is not None:
             t_cvx, c_cvx = cvx
