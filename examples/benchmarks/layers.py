@@ -141,7 +141,7 @@ def cvxpylayers_compare(batch=32, quick=False, names=()):
         # moved a median by a third (group_lasso 5.9 ms in a run where it took 4.0-4.7 ms
         # in the others); with 5 rounds of 5, the ratio of lad_regression had a standard
         # deviation of 0.78 over 12 repeats in one process, with 20 rounds of 3, 0.41 over
-        # 6 interleaved with them (means 9.70x and 9.67x: as precise, not biased)
+        # 6 interleaved with them (means 9.70x and 9.67x: the same figure, half the spread)
         (t_ours, c_ours), cvx = timeit_pair(ours, theirs, rounds=20, per_round=3)
         line = f"   {path.stem:20s} {layer.method:14s} optlayer {t_ours * 1e3:6.1f} ms"
         if cvx is not None:
