@@ -95,8 +95,12 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     me = 0 if d.A is None else d.A.shape[1]
     dev, dtype = Q.device, Q.dtype
     k = n + m + me
-    pd = torch.linalg.cholesky_ex(Q).info == 0     # strictly convex: the method applies
-    todo = active & pd
+    # strictly convex: the method applies; a zero on the diagonal (the epigraph variables
+    # of an LP-shaped problem) rules an item out without the factorization
+    todo = active & (Q.diagonal(dim1=1, dim2=2).amin(dim=1) > 0)
+    if not bool(todo.any()):
+        return None
+    todo = todo & (torch.linalg.cholesky_ex(Q).info == 0)
     if not bool(todo.any()):
         return None
     # The EQP on a working set W: the rows of the inequalities outside W become
@@ -104,9 +108,7 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     # _qp_dense.dense_factor (+delta on x, -delta on the rows held as equalities).
     # ``held`` (B, k, 1) marks the rows of the system kept: x, W and the equalities.
     row, ineq, eye, sign, zero, one, inf, none = _fixed(n, m, me, dtype, dev)
-    Kb = dense._base(d)
-    K0 = Kb.clone()
-    K0.diagonal(dim1=1, dim2=2).add_(d.reg_abs.view(B, 1) * sign)
+    Kb, K0 = dense.bases(d)
     rhs0 = torch.cat([t for t in (-d.p, d.h, d.b) if t is not None], dim=1)
 
     eqp = functools.partial(_eqp, K0, rhs0, eye, zero)

@@ -278,6 +278,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     v = torch.cat([d.Q.new_zeros(B, n, 1), d.Q.new_ones(B, 2 * m, 1),
                    d.Q.new_zeros(B, me, 1)], dim=1)
     newton = _ReducedNewton if reduced else _FullNewton
+    base = bases(d)                     # of the polishes' matrices
     boost = d.Q.new_ones(B, 1)
     track = None
     R = torch.baddbmm(L.c0, L.J0, v)
@@ -313,7 +314,7 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             # the active set is most likely known: try to finish by polishing on it;
             # items whose polished point passes are done (the loop goes on for the others)
             polish_at = worst * 1e-2
-            pol = _correct(d, _repolish(d, v, n, m, me, pol, tol), running, tol)
+            pol = _correct(d, _repolish(d, v, n, m, me, pol, tol, base), running, tol, base)
             passed = pol.err <= tol
             if bool((~active | infeasible | unbounded | (err <= tol) | passed).all()):
                 break
@@ -359,8 +360,8 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         v = torch.where(step.view(-1, 1, 1), torch.addcmul(v, a, dv, value=-1.0), v)
         iters += running
 
-    pol = _correct(d, _repolish(d, v, n, m, me, pol, tol), running & ~infeasible & ~unbounded,
-                   tol)
+    pol = _correct(d, _repolish(d, v, n, m, me, pol, tol, base),
+                   running & ~infeasible & ~unbounded, tol, base)
     # items that stopped without converging: the certificates at their last point
     # (an infeasible or unbounded item may break down between two periodic checks), the
     # ray along the last direction or along the iterate itself (one that ran off along a
@@ -376,13 +377,15 @@ def run_dense(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
 
 
 def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | None,
-              tol: float):
+              tol: float, base: Bases | None = None):
     """The polish (:func:`_polish`) at ``v``; ``pol`` again for the items whose active set
     it was taken on: a polished point depends on the active set alone, but for
     the free directions of a problem whose solution is not unique (the loop
-    polishes only with inequalities, so a ``pol`` given has ``m > 0``)."""
+    polishes only with inequalities, so a ``pol`` given has ``m > 0``; its tensors are
+    overwritten, as in :func:`_correct`). ``base``: :func:`bases` of ``d`` (made here where
+    not given)."""
     if pol is None:
-        return _polish(d, *_split(v, n, m, me))
+        return _polish(d, *_split(v, n, m, me), base=base)
     B = v.shape[0]
     # (an item whose polished point passed is done; a corrected one (_correct) has an
     # active set of its own, not its iterate's)
@@ -393,14 +396,17 @@ def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | 
     if not k:
         return pol
     if 4 * k > B:
-        return _polish(d, *_split(v, n, m, me))
+        return _polish(d, *_split(v, n, m, me), base=base)
     # few items changed their active set (the last ones to converge): polish just those,
     # one small batched LU instead of the whole batch's (each item's polish is its own)
-    return ipm.scatter(pol, idx,
-                       _polish(ipm.take(d, idx), *_split(v.index_select(0, idx), n, m, me)))
+    return ipm.scatter_(pol, idx, _polish(ipm.take(d, idx), *_split(v.index_select(0, idx), n,
+                                                                   m, me),
+                                         base=None if base is None else
+                                         take_bases(base, idx)))
 
 
-def _correct(d: ipm.Data, pol: _Polished, todo: Tensor, tol: float) -> _Polished:
+def _correct(d: ipm.Data, pol: _Polished, todo: Tensor, tol: float,
+             base: Bases | None = None) -> _Polished:
     """``pol`` with the polished points of the items ``todo`` that fail ``tol`` corrected on
     their active set: the next set keeps the rows of ``J`` whose multiplier is
     nonnegative (the primal-dual active-set rule of :mod:`_qp_active`) and takes the row
@@ -410,7 +416,8 @@ def _correct(d: ipm.Data, pol: _Polished, todo: Tensor, tol: float) -> _Polished
     up to ``defaults.IPM_POLISH_CORRECTIONS`` rounds (one host sync each). Where the
     iterate's active set is a row or two off, as it often is where the polish is first
     tried, this finishes the item without more interior point iterations; every point
-    kept is still judged by its residuals."""
+    kept is still judged by its residuals. ``pol``'s tensors are overwritten (the items
+    corrected) and returned: the caller's ``pol`` is replaced by the result."""
     if pol.u is None:      # no inequalities: the polish had no active set to guess
         return pol
     for _ in range(defaults.IPM_POLISH_CORRECTIONS):
@@ -424,14 +431,14 @@ def _correct(d: ipm.Data, pol: _Polished, todo: Tensor, tol: float) -> _Polished
         viol = ipm.matvec(dk.G, x, dk.Gt) - dk.h
         top = viol.masked_fill(J, -math.inf).amax(dim=1, keepdim=True)
         Jn = (J & (u >= 0.0)) | ((viol == top) & (top > thr))
-        new = _polish(dk, x, s, z, y, Jn)
+        new = _polish(dk, x, s, z, y, Jn, None if base is None else take_bases(base, idx))
         better = new.err < pol.err.index_select(0, idx)
         moved = better & (Jn != J).view(Jn.shape[0], -1).any(dim=1)
         todo = torch.zeros_like(todo).index_copy(0, idx, moved)
         keep = better.nonzero().view(-1)
         if keep.numel() < idx.numel():
             idx, new = idx.index_select(0, keep), ipm.gather(new, keep)
-        pol = ipm.scatter(pol, idx, new)
+        pol = ipm.scatter_(pol, idx, new)
     return pol
 
 
@@ -465,6 +472,26 @@ def _base(d: ipm.Data) -> Tensor:
     return torch.cat([d.KA, nnf.pad(d.KT, (0, 0, 0, k - n))], dim=2)
 
 
+class Bases(NamedTuple):
+    """What every active-set matrix of a batch is made from (:func:`dense_factor`)."""
+
+    K: Tensor       # (B, k, k) :func:`_base`
+    Kreg: Tensor    # K with the regularization on its diagonal (+ on x, - on the rows)
+
+
+def bases(d: ipm.Data) -> Bases:
+    """The :class:`Bases` of ``d`` (stacked), made once for the polishes of a solve."""
+    K = _base(d)
+    Kreg = K.clone()
+    Kreg.diagonal(dim1=1, dim2=2).add_(
+        d.reg_abs.view(-1, 1) * reg_signs(d.Q.shape[1], K.shape[1], K.dtype, K.device))
+    return Bases(K, Kreg)
+
+
+def take_bases(b: Bases, idx: Tensor) -> Bases:
+    return Bases(b.K.index_select(0, idx), b.Kreg.index_select(0, idx))
+
+
 @functools.lru_cache(maxsize=64)
 @torch.inference_mode(False)    # an ordinary tensor, whichever mode the first call runs in
 def reg_signs(n: int, k: int, dtype, device) -> Tensor:
@@ -476,26 +503,26 @@ def reg_signs(n: int, k: int, dtype, device) -> Tensor:
 
 
 def dense_factor(d: ipm.Data, s: Tensor | None, z: Tensor | None,
-                 J: Tensor | None = None) -> DenseFactor:
-    """Factor the active-set KKT matrix at ``(s, z)`` (``J = {z > s}``, or the ``J`` given).
+                 J: Tensor | None = None, base: Bases | None = None) -> DenseFactor:
+    """Factor the active-set KKT matrix at ``(s, z)`` (``J = {z > s}``, or the ``J`` given),
+    from ``base`` (:func:`bases` of ``d``, made here where not given).
 
-    A row ``i`` of an inequality outside ``J`` becomes ``u_i = 0`` (zero row, unit
-    diagonal); its column may stay, as it multiplies ``u_i = 0``. The transposed
-    system (the backward) differs from the fully masked one only in the rows outside
-    ``J``, whose values are not used (:func:`dense_grad_solve` masks them)."""
-    B, n, _ = d.Q.shape
+    A row ``i`` of an inequality outside ``J`` becomes ``u_i = 0`` (a unit row of the
+    identity, unregularized); its column may stay, as it multiplies ``u_i = 0``. The
+    transposed system (the backward) differs from the fully masked one only in the rows
+    outside ``J``, whose values are not used (:func:`dense_grad_solve` masks them)."""
+    n = d.Q.shape[1]
     m = 0 if d.G is None else d.G.shape[1]
     me = 0 if d.A is None else d.A.shape[1]
-    K = _base(d)
-    reg = d.reg_abs.view(B, 1) * reg_signs(n, K.shape[1], K.dtype, K.device)
+    K, Kreg = bases(d) if base is None else base
     if m:
         J = z > s if J is None else J
-        keep = nnf.pad(J.view(B, m).to(K.dtype), (n, me), value=1.0)   # 0 on the rows out
-        K = K * keep.unsqueeze(2)
-        K.diagonal(dim1=1, dim2=2).add_(1.0 - keep)
-        reg = reg * keep
-    Kreg = K.clone()
-    Kreg.diagonal(dim1=1, dim2=2).add_(reg)
+        # (products, not torch.where: where with the identity broadcast took 3x the time)
+        keep = nnf.pad(J.to(K.dtype), (0, 0, n, me), value=1.0)   # (B, k, 1): 0 on rows out
+        out = (1.0 - keep).view(keep.shape[0], -1)
+        K, Kreg = K * keep, Kreg * keep
+        K.diagonal(dim1=1, dim2=2).add_(out)
+        Kreg.diagonal(dim1=1, dim2=2).add_(out)
     LU, piv, info = lu_factor(Kreg)
     return DenseFactor(LU, piv, K, J, info == 0)
 
@@ -546,11 +573,13 @@ class _Polished(NamedTuple):
     u: Tensor | None        # (B, m, 1) the system's multipliers of J before clamping at 0
 
 
-def _polish(d: ipm.Data, x, s, z, y, J: Tensor | None = None) -> _Polished:
-    """Solve the KKT system of the active set ``{z > s}`` of the point given (or of ``J``)."""
+def _polish(d: ipm.Data, x, s, z, y, J: Tensor | None = None,
+            base: Bases | None = None) -> _Polished:
+    """Solve the KKT system of the active set ``{z > s}`` of the point given (or of ``J``;
+    ``base``: :func:`bases` of ``d``, where made already)."""
     n = d.Q.shape[1]
     m = 0 if z is None else z.shape[1]
-    fac = dense_factor(d, s, z, J)
+    fac = dense_factor(d, s, z, J, base)
     rhs = [-d.p]
     if m:
         rhs.append(torch.where(fac.J, d.h, torch.zeros_like(d.h)))

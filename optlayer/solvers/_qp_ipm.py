@@ -41,7 +41,7 @@ __all__ = [
     "split_factor", "split_solve", "run_ipm", "take", "merge", "watch", "residuals", "final_status",
     "infeasibility_certificate", "unbounded_certificate", "split", "amax", "boundary_fraction",
     "pick", "guarded_step", "gap_slope", "step_ladder", "matvec", "matvec_add", "augment", "stack",
-    "widen", "merge_factors", "scatter",
+    "widen", "merge_factors", "scatter", "scatter_",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -520,6 +520,19 @@ def scatter(full, idx, part):
     vals = [None if f is None else scatter(f, idx, p) if isinstance(f, tuple)
             else put(f, idx, p) for f, p in zip(full, part, strict=True)]
     return type(full)(*vals) if hasattr(full, "_fields") else tuple(vals)
+
+
+def scatter_(full, idx, part):
+    """:func:`scatter` in place: the items ``idx`` of ``full``'s tensors are overwritten by
+    ``part``'s and ``full`` is returned. For a batch that nothing else reads: it copies
+    the items, where :func:`scatter` copies every tensor of the batch (the factors
+    included: 80 of the 480 us of lad_regression's correction of two items)."""
+    for f, p in zip(full, part, strict=True):
+        if isinstance(f, tuple):
+            scatter_(f, idx, p)
+        elif f is not None:
+            f.index_copy_(0, idx, p)
+    return full
 
 
 def watch(err: Tensor, track: tuple | None):

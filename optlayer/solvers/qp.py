@@ -280,7 +280,8 @@ def _warm(d: ipm.Data, warm: tuple, finite: Tensor, tol: float, want: bool) -> i
     x, z = (t.unsqueeze(-1) for t in warm)
     s = d.h - ipm.matvec(d.G, x, d.Gt)
     y = None if d.A is None else x.new_zeros(x.shape[0], d.A.shape[1], 1)
-    pol = dense._correct(d, dense._polish(d, x, s, z, y), finite, tol)
+    base = dense.bases(d)
+    pol = dense._correct(d, dense._polish(d, x, s, z, y, base=base), finite, tol, base)
     ok = finite & pol.fac.ok & (pol.err <= tol)
     status = torch.where(ok, int(Status.OPTIMAL), int(Status.MAX_ITER)).to(torch.int8)
     (px, ps, pz, py), r = pol.point, pol.r

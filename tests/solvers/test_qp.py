@@ -467,7 +467,7 @@ def test_a_polish_is_not_repeated_on_the_same_active_set(monkeypatch, kernel):  
 
     calls = []
     real = _qp_dense._polish
-    monkeypatch.setattr(_qp_dense, "_polish", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_qp_dense, "_polish", lambda *a, **k: calls.append(1) or real(*a, **k))
     inst = _weakly_active()
     sol = solve_qp(*_args(inst), on_failure="raise")
     _, x_ref, f_ref = _cvxpy(*inst)
@@ -502,18 +502,20 @@ def test_a_repolish_recomputes_only_the_items_whose_active_set_changed():
     w = v.clone()
     w[1, n:n + m], w[1, n + m:] = v[1, n + m:], v[1, n:n + m]   # item 1: every row flips
     w[5, :n] += 1.0   # item 5: the same active set, a moved iterate
-    again = _qp_dense._repolish(d, w, n, m, 0, pol, 1e-9)
-    full = _qp_dense._polish(d, *_qp_dense._split(w, n, m, 0))
 
     def leaves(t):
         return [u for part in t for u in (leaves(part) if isinstance(part, tuple)
                                             else [part]) if u is not None]
 
-    for got, old, new in zip(leaves(again), leaves(pol), leaves(full), strict=True):
+    before = [t.clone() for t in leaves(pol)]     # (_repolish overwrites pol's tensors)
+    J1 = pol.fac.J[1].clone()
+    again = _qp_dense._repolish(d, w, n, m, 0, pol, 1e-9)
+    full = _qp_dense._polish(d, *_qp_dense._split(w, n, m, 0))
+    for got, old, new in zip(leaves(again), before, leaves(full), strict=True):
         torch.testing.assert_close(got[1], new[1], rtol=0, atol=0)
         keep = [i for i in range(B) if i != 1]
         torch.testing.assert_close(got[keep], old[keep], rtol=0, atol=0)
-    assert not torch.equal(pol.fac.J[1], again.fac.J[1])
+    assert not torch.equal(J1, again.fac.J[1])
 
 
 def _lad_qp(B, seed=0, k=3, m=10):
@@ -644,6 +646,7 @@ def test_a_failed_polish_is_corrected_on_its_active_set(kernel):  # noqa: F811 (
     d, pol = _box_polish([[0], [0, 1, 2], [0, 1]])
     tol = 1e-10
     assert (pol.err[:2] > 1e-3).all() and pol.err[2] <= tol
+    kept = pol.point[0][2].clone()     # (_correct overwrites pol's tensors)
     out = _qp_dense._correct(d, pol, torch.ones(3, dtype=torch.bool), tol)
     assert (out.err <= tol).all()
     want = torch.tensor([0.0, 0.0, -1.0], dtype=F64)
@@ -653,7 +656,7 @@ def test_a_failed_polish_is_corrected_on_its_active_set(kernel):  # noqa: F811 (
                                                                       dtype=F64),
                                    rtol=0, atol=1e-12)
         assert out.fac.J[i, :, 0].tolist() == [True, True, False]
-    torch.testing.assert_close(out.point[0][2], pol.point[0][2], rtol=0, atol=0)
+    torch.testing.assert_close(out.point[0][2], kept, rtol=0, atol=0)
 
 
 def test_polish_corrections_can_be_turned_off(monkeypatch, kernel):  # noqa: F811 (the fixture)
@@ -672,8 +675,9 @@ def test_a_correction_that_does_not_help_is_not_kept(kernel):  # noqa: F811 (the
     from optlayer.solvers import _qp_dense
 
     d, pol = _box_polish([[]])
+    before = pol.err.clone()       # (_correct overwrites pol's tensors)
     out = _qp_dense._correct(d, pol, torch.ones(1, dtype=torch.bool), 1e-10)
-    assert out.err[0] <= pol.err[0]
+    assert out.err[0] <= before[0]
     assert (out.err[0] <= 1e-10) == (defaults.IPM_POLISH_CORRECTIONS >= 2)
 
 
