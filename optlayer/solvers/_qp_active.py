@@ -71,14 +71,12 @@ def applies(n: int, m: int, me: int, batch: int) -> bool:
 @torch.inference_mode(False)    # ordinary tensors, whichever mode the first call runs in
 def _fixed(n: int, m: int, me: int, dtype, device):
     """What every call at these sizes uses, made once: the row index ``(1, k, 1)``, the
-    mask of the inequality rows, the identity, the signs of the regularization (+ on
-    x, - on the constraint rows), and 0, 1, inf and the index -1 as tensors (a Python
-    number is made a tensor at each use)."""
+    mask of the inequality rows, the identity, and 0, 1, inf and the index -1 as
+    tensors (a Python number is made a tensor at each use)."""
     k = n + m + me
     row = torch.arange(k, device=device).view(1, k, 1)
-    sign = dense.reg_signs(n, k, dtype, device)
     consts = tuple(torch.tensor(c, dtype=dtype, device=device) for c in (0.0, 1.0, math.inf))
-    return (row, (row >= n) & (row < n + m), torch.eye(k, dtype=dtype, device=device), sign,
+    return (row, (row >= n) & (row < n + m), torch.eye(k, dtype=dtype, device=device),
             *consts, torch.tensor(-1, dtype=torch.int64, device=device))
 
 
@@ -107,7 +105,7 @@ def run_active(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     # u_i = 0 (their columns may stay: they multiply u_i = 0), regularized as in
     # _qp_dense.dense_factor (+delta on x, -delta on the rows held as equalities).
     # ``held`` (B, k, 1) marks the rows of the system kept: x, W and the equalities.
-    row, ineq, eye, sign, zero, one, inf, none = _fixed(n, m, me, dtype, dev)
+    row, ineq, eye, zero, one, inf, none = _fixed(n, m, me, dtype, dev)
     Kb, K0 = dense.bases(d)
     rhs0 = torch.cat([t for t in (-d.p, d.h, d.b) if t is not None], dim=1)
 

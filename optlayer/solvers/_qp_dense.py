@@ -494,6 +494,7 @@ def bases(d: ipm.Data) -> Bases:
 
 
 def take_bases(b: Bases, idx: Tensor) -> Bases:
+    """The items ``idx`` of ``b`` (for the polish of a few items, ``ipm.take(d, idx)``)."""
     return Bases(b.K.index_select(0, idx), b.Kreg.index_select(0, idx))
 
 
