@@ -384,6 +384,7 @@ def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | 
     polishes only with inequalities, so a ``pol`` given has ``m > 0``; its tensors are
     overwritten, as in :func:`_correct`). ``base``: :func:`bases` of ``d`` (made here where
     not given)."""
+    base = bases(d) if base is None else base
     if pol is None:
         return _polish(d, *_split(v, n, m, me), base=base)
     B = v.shape[0]
@@ -401,8 +402,7 @@ def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | 
     # one small batched LU instead of the whole batch's (each item's polish is its own)
     return ipm.scatter_(pol, idx, _polish(ipm.take(d, idx), *_split(v.index_select(0, idx), n,
                                                                    m, me),
-                                         base=None if base is None else
-                                         take_bases(base, idx)))
+                                         base=take_bases(base, idx)))
 
 
 def _correct(d: ipm.Data, pol: _Polished, todo: Tensor, tol: float,
@@ -420,6 +420,7 @@ def _correct(d: ipm.Data, pol: _Polished, todo: Tensor, tol: float,
     corrected) and returned: the caller's ``pol`` is replaced by the result."""
     if pol.u is None:      # no inequalities: the polish had no active set to guess
         return pol
+    base = bases(d) if base is None else base
     for _ in range(defaults.IPM_POLISH_CORRECTIONS):
         idx = (todo & ~(pol.err <= tol)).nonzero().view(-1)
         if not idx.numel():
@@ -431,7 +432,7 @@ def _correct(d: ipm.Data, pol: _Polished, todo: Tensor, tol: float,
         viol = ipm.matvec(dk.G, x, dk.Gt) - dk.h
         top = viol.masked_fill(J, -math.inf).amax(dim=1, keepdim=True)
         Jn = (J & (u >= 0.0)) | ((viol == top) & (top > thr))
-        new = _polish(dk, x, s, z, y, Jn, None if base is None else take_bases(base, idx))
+        new = _polish(dk, x, s, z, y, Jn, take_bases(base, idx))
         better = new.err < pol.err.index_select(0, idx)
         moved = better & (Jn != J).view(Jn.shape[0], -1).any(dim=1)
         todo = torch.zeros_like(todo).index_copy(0, idx, moved)

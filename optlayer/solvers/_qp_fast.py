@@ -83,7 +83,8 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     floor = -0.1 * tol / m            # minus the least centring target
     running = active.clone()
     steps = []                        # the items that stepped, per iteration
-    polish_at, pol, base = defaults.IPM_POLISH_BELOW, None, None   # base: dense.bases(d)
+    polish_at, pol = defaults.IPM_POLISH_BELOW, None
+    base = dense.bases(d)             # of the polishes' matrices (every run ends with one)
     best, since = float("inf"), 0
     finished = False                  # every item done in the polish, at the last iterate
     for it in range(maxiter + 1):
@@ -111,8 +112,6 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
                 break
         if worst <= polish_at:     # as in run_dense: finish on the active set where it passes
             polish_at = worst * 1e-2
-            if base is None:
-                base = dense.bases(d)
             pol = dense._correct(d, dense._repolish(d, v, n, m, 0, pol, tol, base), running,
                                  tol, base)
             running = running & ~(pol.err <= tol)
@@ -145,7 +144,6 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
     iters = torch.stack(steps).sum(dim=0) if steps else \
         torch.zeros(B, dtype=torch.int64, device=Q.device)
     if not finished:     # (else pol is the polish of this v, corrected: nothing to redo)
-        base = dense.bases(d) if base is None else base
         pol = dense._correct(d, dense._repolish(d, v, n, m, 0, pol, tol, base), running, tol,
                              base)
     none = torch.zeros_like(running)
