@@ -27,6 +27,9 @@ __all__ = [
     "IPM_POLISH_REFINE_STEPS",
     "IPM_REFINE_BELOW",
     "IPM_COMPACT_MIN_BATCH",
+    "IPM_ARROW_MIN_SIZE",
+    "IPM_ARROW_MIN_SHARE",
+    "IPM_ARROW_ROUNDS",
     "IPM_DENSE_MAX_SIZE",
     "IPM_DENSE_MAX_WORK",
     "IPM_DENSE_EQ_SHARE",
@@ -179,6 +182,19 @@ IPM_REFINE_BELOW = 1e-4
 #: The interior point loop drops frozen items (and continues on the active
 #: ones only) once at most half are active, for working batches this large.
 IPM_COMPACT_MIN_BATCH = 8
+
+#: The reduced interior point kernel factors ``Q + G'WG`` by its arrow structure
+#: (``solvers._qp_arrow``: a diagonal block eliminated first, as epigraph variables give)
+#: where the problem has at least IPM_ARROW_MIN_SIZE unknowns and the diagonal block at
+#: least IPM_ARROW_MIN_SHARE of them; IPM_ARROW_ROUNDS bounds the rounds of its search.
+#: solve_qp forward+backward on lad-shaped QPs (``rows`` residuals, ``d`` weights, ``n =
+#: rows + d``), arrow against dense, CPU, one thread: n = 13 batch 128 1.09x, batch 512
+#: 0.96x; n = 23 batch 128 0.80x; n = 45 batch 16 0.90x; n = 66 batch 8 0.80x, batch 128
+#: 0.59x; n = 165 batch 8 0.42x; n = 330 batch 4 0.37x; n = 550 batch 2 0.29x; n = 1100
+#: batch 2 0.22x (1.1 against 5.0 s).
+IPM_ARROW_MIN_SIZE = 20
+IPM_ARROW_MIN_SHARE = 0.5
+IPM_ARROW_ROUNDS = 8
 
 #: Which interior point kernel solves a QP batch (``_qp_dense.kernel_for``),
 #: with ``N = n + 2m + me`` rows in the full Newton system: up to

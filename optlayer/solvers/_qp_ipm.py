@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from optlayer import defaults
+from optlayer.solvers import _qp_arrow as arrow_
 from optlayer.status import Status
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
     "split_factor", "split_solve", "run_ipm", "take", "merge", "watch", "residuals", "final_status",
     "infeasibility_certificate", "unbounded_certificate", "split", "amax", "boundary_fraction",
     "pick", "guarded_step", "gap_slope", "step_ladder", "matvec", "matvec_add", "augment", "stack",
-    "widen", "merge_factors", "scatter", "scatter_",
+    "widen", "merge_factors", "scatter", "scatter_", "with_arrow",
 ]
 
 _RHO = 1.0          # weight of the augmented-Lagrangian term rho A'A
@@ -75,12 +76,14 @@ class Data(NamedTuple):
     KT: Tensor | None      # (B, n, m + me) = [G' A'], a view of KAt (None without G, A)
     obj0: Tensor | None = None  # (B,) constant added to the objective (its scale in the gap)
     KAt: Tensor | None = None   # (B, n, n + m + me) = [Q G' A'], contiguous (see matvec)
+    arrow: arrow_.Arrow | None = None  # the arrow structure of Q + G'WG (with_arrow)
 
 
 class Factor(NamedTuple):
     """The factorization of the reduced KKT operator at one ``W``."""
 
-    L: Tensor                # (B, n, n) Cholesky factor of H + rho A'A + reg
+    L: Tensor | arrow_.ArrowL  # (B, n, n) Cholesky factor of H + rho A'A + reg (or its
+    #                            arrow factorization, where the data has one: _qp_arrow)
     Ls: Tensor | None        # (B, me, me) Cholesky factor of the Schur complement
     HinvAt: Tensor | None    # (B, n, me)
     W: Tensor | float | None  # (B, m, 1) = z / s, or 1.0 (W = I)
@@ -126,6 +129,14 @@ def augment(d: Data) -> Data:
     if d.A is None or d.AtA is not None:
         return d
     return d._replace(AtA=torch.baddbmm(d.Q, d.At, d.A, alpha=_RHO))
+
+
+def with_arrow(d: Data) -> Data:
+    """``d`` with the arrow structure of ``Q + G'WG`` where it pays (:mod:`_qp_arrow`: the
+    factorizations of the reduced kernel then eliminate its diagonal block first)."""
+    if d.G is None or d.arrow is not None:
+        return d
+    return d._replace(arrow=arrow_.detect(_qa(d), d.G))
 
 
 def _qa(d: Data) -> Tensor:
@@ -192,15 +203,19 @@ def factor(d: Data, W: Tensor | float | None, boost: Tensor | None = None) -> Fa
     """Factor ``[[Q + G'WG, A'], [A, 0]]`` (regularized; see the module doc;
     ``W`` is ``(B, m, 1)``, or the number 1.0 for ``W = I``; ``boost`` (B, 1)
     multiplies the absolute regularization per item)."""
-    QA = _qa(d)
-    if W is not None:
-        H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G if isinstance(W, float) else d.G * W)
+    reg_abs = d.reg_abs if boost is None else d.reg_abs * boost
+    if W is not None and d.arrow is not None:
+        L, ok = arrow_.factor(d.arrow, W, reg_abs, d.reg_rel)
     else:
-        H = QA.clone()
-    diag = H.diagonal(dim1=1, dim2=2)
-    diag.add_(diag.abs() * d.reg_rel + (d.reg_abs if boost is None else d.reg_abs * boost))
-    L, info = torch.linalg.cholesky_ex(H)
-    ok = info == 0
+        QA = _qa(d)
+        if W is not None:
+            H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G if isinstance(W, float) else d.G * W)
+        else:
+            H = QA.clone()
+        diag = H.diagonal(dim1=1, dim2=2)
+        diag.add_(diag.abs() * d.reg_rel + reg_abs)
+        L, info = torch.linalg.cholesky_ex(H)
+        ok = info == 0
     Ls = HinvAt = None
     if d.A is not None:
         HinvAt = _chol_solve(L, d.At)
@@ -212,7 +227,9 @@ def factor(d: Data, W: Tensor | float | None, boost: Tensor | None = None) -> Fa
     return Factor(L, Ls, HinvAt, W, ok)
 
 
-def _chol_solve(L: Tensor, r: Tensor) -> Tensor:
+def _chol_solve(L: Tensor | arrow_.ArrowL, r: Tensor) -> Tensor:
+    if isinstance(L, arrow_.ArrowL):
+        return arrow_.solve(L, r)
     t = torch.linalg.solve_triangular(L, r, upper=False)
     return torch.linalg.solve_triangular(L.transpose(1, 2), t, upper=True)
 
@@ -466,11 +483,13 @@ def take(d: Data, idx: Tensor) -> Data:
     def t(v):
         return None if v is None else v.index_select(0, idx)
     if d.KA is None or d.KT is None:
-        return pack(t(d.Q), t(d.p), t(d.G), t(d.h), t(d.A), t(d.b), t(d.AtA), t(d.reg_abs),
-                    d.reg_rel, t(d.obj0), stacked=d.KA is not None)
-    m = 0 if d.G is None else d.G.shape[1]
-    return _views(t(d.KA), t(d.KAt), d.Q.shape[1], m, t(d.p), t(d.h), t(d.b), t(d.AtA),
-                  t(d.reg_abs), d.reg_rel, t(d.obj0))
+        out = pack(t(d.Q), t(d.p), t(d.G), t(d.h), t(d.A), t(d.b), t(d.AtA), t(d.reg_abs),
+                   d.reg_rel, t(d.obj0), stacked=d.KA is not None)
+    else:
+        m = 0 if d.G is None else d.G.shape[1]
+        out = _views(t(d.KA), t(d.KAt), d.Q.shape[1], m, t(d.p), t(d.h), t(d.b), t(d.AtA),
+                     t(d.reg_abs), d.reg_rel, t(d.obj0))
+    return out if d.arrow is None else out._replace(arrow=arrow_.take(d.arrow, idx))
 
 
 def violation_floor(d: Data, tol: float) -> Tensor:

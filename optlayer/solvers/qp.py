@@ -303,6 +303,8 @@ def _interior(d: ipm.Data, active: Tensor, tol: float, maxiter: int,
         kernel = "full-cholesky"
     if kernel != "full-lu":      # the Cholesky factorizations start from Q + rho A'A
         d = ipm.augment(d)
+    if kernel == "reduced":      # epigraph-shaped H: its diagonal block eliminated first
+        d = ipm.with_arrow(d)
     return _run_kernel(d, kernel, active, tol, maxiter, want), d
 
 
