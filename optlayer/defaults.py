@@ -188,10 +188,11 @@ IPM_COMPACT_MIN_BATCH = 8
 #: where the problem has at least IPM_ARROW_MIN_SIZE unknowns and the diagonal block at
 #: least IPM_ARROW_MIN_SHARE of them; IPM_ARROW_ROUNDS bounds the rounds of its search.
 #: solve_qp forward+backward on lad-shaped QPs (``rows`` residuals, ``d`` weights, ``n =
-#: rows + d``), arrow against dense, CPU, one thread: n = 13 batch 128 1.09x, batch 512
-#: 0.96x; n = 23 batch 128 0.80x; n = 45 batch 16 0.90x; n = 66 batch 8 0.80x, batch 128
-#: 0.59x; n = 165 batch 8 0.42x; n = 330 batch 4 0.37x; n = 550 batch 2 0.29x; n = 1100
-#: batch 2 0.22x (1.1 against 5.0 s).
+#: rows + d``), arrow against dense (the iterations' and the active-set factorizations),
+#: CPU, one thread: n = 13 batch 128 1.05x, batch 512 0.96x; n = 23 batch 128 0.81x;
+#: n = 45 batch 16 0.83x; n = 66 batch 8 0.80x, batch 128 0.54x; n = 165 batch 8 0.39x;
+#: n = 330 batch 4 0.25x; n = 550 batch 2 0.19x; n = 1100 batch 2 0.11x (0.53 against
+#: 4.6 s).
 IPM_ARROW_MIN_SIZE = 20
 IPM_ARROW_MIN_SHARE = 0.5
 IPM_ARROW_ROUNDS = 8

@@ -39,7 +39,8 @@ from torch import Tensor
 
 from optlayer import defaults
 
-__all__ = ["Arrow", "ArrowL", "detect", "factor", "solve", "take"]
+__all__ = ["Arrow", "ArrowL", "detect", "factor", "solve", "lower_solve", "upper_solve",
+           "active_gram", "put", "take"]
 
 
 class Arrow(NamedTuple):
@@ -92,11 +93,11 @@ def detect(QA: Tensor, G: Tensor) -> Arrow | None:
         return None
     Ti = T.nonzero().view(-1)
     Fi = (~T).nonzero().view(-1)
-    GT = G.index_select(2, Ti)                              # (B, m, t)
-    hit = nzG.index_select(1, Ti)                           # (m, t): at most one per row
-    row = torch.where(hit.any(dim=1), hit.to(torch.int8).argmax(dim=1), t)
-    g = GT.gather(2, row.clamp(max=t - 1).view(1, m, 1).expand(B, m, 1)) \
-        * hit.any(dim=1).view(1, m, 1)
+    hit = nzG & T                                           # (m, n): at most one per row
+    has = hit.any(dim=1)
+    col = hit.to(torch.int8).argmax(dim=1)                  # each row's T-column (or 0)
+    row = torch.where(has, T.cumsum(0).sub_(1).index_select(0, col), t)
+    g = G.gather(2, col.view(1, m, 1).expand(B, m, 1)) * has.view(1, m, 1)
     QAd = torch.nn.functional.pad(QA.diagonal(dim1=1, dim2=2).index_select(1, Ti), (0, 1))
     QAFF = QA.index_select(1, Fi).index_select(2, Fi)
     return Arrow(Ti, Fi, row, g, G.index_select(2, Fi).contiguous(), QAd, QAFF)
@@ -129,6 +130,54 @@ def solve(L: ArrowL, r: Tensor) -> Tensor:
     xF = torch.cholesky_solve(y, L.LS)
     xT = torch.baddbmm(rT, L.Dinv * L.HTF, xF, alpha=-1.0)
     return torch.empty_like(r).index_copy_(1, L.T, xT).index_copy_(1, L.F, xF)
+
+
+def lower_solve(L: ArrowL, r: Tensor) -> Tensor:
+    """``y = C^-1 r``, ``C`` the Cholesky factor of ``H`` with the columns of ``T`` first
+    (``C = [[D^1/2, 0], [H_FT D^-1/2, L_S]]``); ``y`` in that order (``T``, then ``F``)."""
+    rT = r.index_select(1, L.T)
+    yF = torch.linalg.solve_triangular(
+        L.LS, torch.baddbmm(r.index_select(1, L.F), L.HTF.transpose(1, 2), L.Dinv * rT,
+                            alpha=-1.0), upper=False)
+    return torch.cat([L.Dinv.sqrt() * rT, yF], dim=1)
+
+
+def upper_solve(L: ArrowL, y: Tensor) -> Tensor:
+    """``x = C^-T y`` (``y`` in the order of :func:`lower_solve`, ``x`` in the columns'
+    own): ``H^-1 r = upper_solve(L, lower_solve(L, r))``."""
+    t = L.T.numel()
+    xF = torch.linalg.solve_triangular(L.LS.transpose(1, 2), y[:, t:], upper=True)
+    xT = torch.baddbmm(L.Dinv.sqrt() * y[:, :t], L.Dinv * L.HTF, xF, alpha=-1.0)
+    return torch.empty_like(y).index_copy_(1, L.T, xT).index_copy_(1, L.F, xF)
+
+
+def active_gram(a: Arrow, L: ArrowL, rows: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """``(V, V'V)`` with ``V = C^-1 G_K'`` (``C`` as in :func:`lower_solve`) for the rows
+    ``rows`` ``(B, k)`` of ``G``, each multiplied by ``keep`` ``(B, k, 1)``: the columns of
+    the active-set system's Schur complement (``_qp_ipm.split_factor``). ``V``'s rows on
+    ``T`` hold one entry per column (each row of ``G`` has at most one in ``T``), so its
+    part of ``V'V`` is an outer product on the pairs of rows that share their ``T``
+    column."""
+    B, k = rows.shape
+    t, f = a.T.numel(), a.F.numel()
+    pos = a.row.index_select(0, rows.reshape(-1)).view(B, k)      # T-position (t: none)
+    at = pos.clamp(max=t - 1).unsqueeze(-1)                      # (B, k, 1)
+    gk = a.g.gather(1, rows.unsqueeze(-1)) * keep                # 0 where no T-entry
+    vT = L.Dinv.sqrt().gather(1, at) * gk                        # (B, k, 1)
+    VT = vT.new_zeros(B, t, k).scatter_(1, at.transpose(1, 2), vT.transpose(1, 2))
+    CF = a.GF.gather(1, rows.unsqueeze(-1).expand(B, k, f)) * keep
+    U = (L.Dinv * L.HTF).gather(1, at.expand(B, k, f)) * gk      # rows of H_FT D^-1 C_T'
+    VF = torch.linalg.solve_triangular(L.LS, (CF - U).transpose(1, 2), upper=False)
+    same = (pos.unsqueeze(2) == pos.unsqueeze(1)).to(vT.dtype)
+    S = torch.baddbmm(same * (vT @ vT.transpose(1, 2)), VF.transpose(1, 2), VF)
+    return torch.cat([VT, VF], dim=1), S
+
+
+def put(full: ArrowL, idx: Tensor, part: ArrowL, put_one) -> ArrowL:
+    """``full`` with the items ``idx`` replaced by ``part``'s (``put_one`` on each batched
+    tensor)."""
+    return full._replace(Dinv=put_one(full.Dinv, idx, part.Dinv),
+                         HTF=put_one(full.HTF, idx, part.HTF), LS=put_one(full.LS, idx, part.LS))
 
 
 def take(a: Arrow | None, idx: Tensor) -> Arrow | None:

@@ -234,6 +234,20 @@ def _chol_solve(L: Tensor | arrow_.ArrowL, r: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(L.transpose(1, 2), t, upper=True)
 
 
+def _lower_solve(L: Tensor | arrow_.ArrowL, r: Tensor) -> Tensor:
+    """``L^-1 r`` (with an arrow factorization, in its order of the columns)."""
+    if isinstance(L, arrow_.ArrowL):
+        return arrow_.lower_solve(L, r)
+    return torch.linalg.solve_triangular(L, r, upper=False)
+
+
+def _upper_solve(L: Tensor | arrow_.ArrowL, y: Tensor) -> Tensor:
+    """``L^-T y``: ``H^-1 r = _upper_solve(L, _lower_solve(L, r))``."""
+    if isinstance(L, arrow_.ArrowL):
+        return arrow_.upper_solve(L, y)
+    return torch.linalg.solve_triangular(L.transpose(1, 2), y, upper=True)
+
+
 def _solve_once(d: Data, f: Factor, r1: Tensor, r2: Tensor | None):
     if d.A is None:
         return _chol_solve(f.L, r1), None
@@ -826,9 +840,11 @@ def final_status(r: _Res, *, running: Tensor, infeasible: Tensor, unbounded: Ten
 
 
 class SplitFactor(NamedTuple):
-    L: Tensor              # (B, n, n) Cholesky of Hc + rho A'A + reg
+    L: Tensor | arrow_.ArrowL  # (B, n, n) Cholesky of Hc + rho A'A + reg (or its arrow
+    #                            factorization, _qp_arrow, without equalities)
     Ls: Tensor | None      # (B, k + me, k + me) Cholesky of V'V + E
-    V: Tensor | None       # (B, n, k + me) = L^-1 C', C = [rows of J * G; A]
+    V: Tensor | None       # (B, n, k + me) = L^-1 C', C = [rows of J * G; A] (rows in the
+    #                        order of an arrow factorization's columns)
     c: Tensor | None       # (B, m, 1) = 1.0 on J, else 0.0
     J: Tensor | None       # (B, m, 1) bool, z > s
     order: Tensor | None   # (B, m) the inequality rows, active first; C has the first k
@@ -845,13 +861,17 @@ def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
         B, m, n = d.G.shape
         J = z > s
         c = J.to(z.dtype)
-        H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G * c)
         k = max(1, int(J.sum(dim=1).max()))
         order = torch.sort((~J).view(B, m).to(torch.uint8), dim=1, stable=True).indices
         rows = order[:, :k].unsqueeze(-1)
         Jk = J.gather(1, rows)
-        C = d.G.gather(1, rows.expand(B, k, n)) * Jk
         E = 1.0 - Jk.to(z.dtype)           # 1 on the dummy rows, 0 on active ones
+        if d.arrow is not None and d.A is None:    # (_qp_arrow: its diagonal block first)
+            L, ok = arrow_.factor(d.arrow, c, d.reg_abs, d.reg_rel)
+            V, S = arrow_.active_gram(d.arrow, L, rows.view(B, k), Jk)
+            return _split_schur(d, L, ok, V, S, E, c, J, order, Jk)
+        H = torch.baddbmm(QA, d.G.transpose(1, 2), d.G * c)
+        C = d.G.gather(1, rows.expand(B, k, n)) * Jk
         if d.A is not None:
             C = torch.cat([C, d.A], dim=1)
             E = torch.cat([E, torch.zeros_like(d.b)], dim=1)
@@ -863,16 +883,20 @@ def split_factor(d: Data, s: Tensor | None, z: Tensor | None) -> SplitFactor:
     diag.add_(diag.abs() * d.reg_rel + d.reg_abs)
     L, info = torch.linalg.cholesky_ex(H)
     ok = info == 0
-    Ls = V = None
-    if C is not None:
-        V = torch.linalg.solve_triangular(L, C.transpose(1, 2), upper=False)
-        S = V.transpose(1, 2) @ V
-        sdiag = S.diagonal(dim1=1, dim2=2)
-        sdiag.add_(E.squeeze(-1))
-        sdiag.add_(sdiag.abs() * d.reg_rel + d.reg_abs * d.reg_rel)
-        Ls, info_s = torch.linalg.cholesky_ex(S)
-        ok = ok & (info_s == 0)
-    return SplitFactor(L, Ls, V, c, J, order, Jk, ok)
+    if C is None:
+        return SplitFactor(L, None, None, c, J, order, Jk, ok)
+    V = torch.linalg.solve_triangular(L, C.transpose(1, 2), upper=False)
+    return _split_schur(d, L, ok, V, V.transpose(1, 2) @ V, E, c, J, order, Jk)
+
+
+def _split_schur(d: Data, L, ok, V, S, E, c, J, order, Jk) -> SplitFactor:
+    """:func:`split_factor`'s end: the Schur complement ``S = V'V`` with ``E`` and the
+    regularization on its diagonal, factored."""
+    sdiag = S.diagonal(dim1=1, dim2=2)
+    sdiag.add_(E.squeeze(-1))
+    sdiag.add_(sdiag.abs() * d.reg_rel + d.reg_abs * d.reg_rel)
+    Ls, info_s = torch.linalg.cholesky_ex(S)
+    return SplitFactor(L, Ls, V, c, J, order, Jk, ok & (info_s == 0))
 
 
 def widen(f: SplitFactor, k: int) -> SplitFactor:
@@ -900,7 +924,8 @@ def merge_factors(full: SplitFactor, idx: Tensor, part: SplitFactor) -> SplitFac
     if full.Jk is not None:
         k = max(full.Jk.shape[1], part.Jk.shape[1])
         full, part = widen(full, k), widen(part, k)
-    return SplitFactor(*(None if a is None else put(a, idx, b)
+    return SplitFactor(*(None if a is None else arrow_.put(a, idx, b, put)
+                         if isinstance(a, arrow_.ArrowL) else put(a, idx, b)
                          for a, b in zip(full, part, strict=True)))
 
 
@@ -921,10 +946,9 @@ def _split_once(d: Data, f: SplitFactor, a1, a3, a2):
         parts.append(a2)
     rc = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     # u0 = Hc^-1 r1 = L^-T t; C u0 = V't; dx = u0 - Hc^-1 C' lam = L^-T (t - V lam)
-    t = torch.linalg.solve_triangular(f.L, r1, upper=False)
+    t = _lower_solve(f.L, r1)
     lam = _chol_solve(f.Ls, torch.baddbmm(-rc, f.V.transpose(1, 2), t))
-    dx = torch.linalg.solve_triangular(f.L.transpose(1, 2), torch.baddbmm(t, f.V, lam, alpha=-1.0),
-                                       upper=True)
+    dx = _upper_solve(f.L, torch.baddbmm(t, f.V, lam, alpha=-1.0))
     dz = dy = None
     if d.G is not None:
         lamJ = torch.zeros_like(a3).scatter_(1, rows, torch.where(f.Jk, lam[:, :k], 0.0))

@@ -167,3 +167,37 @@ def test_gradients_with_the_arrow_match_finite_differences(monkeypatch):
         eps = 1e-6
         fd = (loss(h + eps * v) - loss(h - eps * v)) / (2 * eps)
         assert abs(float(fd) - float((grad * v).sum())) <= 1e-6 * (1 + abs(float(fd)))
+
+
+def test_the_active_set_factorization_agrees_with_the_dense_one():
+    """``split_factor`` / ``split_solve`` (the polish and the backward of the reduced
+    kernel) through the arrow factorization: the dense one's solutions, with rows whose
+    epigraph column two active rows share and dummy rows in the Schur complement."""
+    Q, p, G, h = _lad(B=3, rows=40, d=5, seed=2)
+    B, m, n = G.shape
+    g = torch.Generator().manual_seed(7)
+    s = torch.rand(B, m, 1, generator=g, dtype=F64)
+    z = torch.rand(B, m, 1, generator=g, dtype=F64)
+    z[:, :40] = s[:, :40] * 0.5            # at most one row of each u_i active ...
+    for i in range(5):                     # ... but in item 0 both rows of u_0, ..., u_4
+        z[0, i] = z[0, 40 + i] = s[0, i] + s[0, 40 + i] + 1.0
+    d = ipm.make_data(Q, p, G, h, None, None)
+    da = ipm.with_arrow(d)
+    assert da.arrow is not None
+    fa, fd = ipm.split_factor(da, s, z), ipm.split_factor(d, s, z)
+    assert isinstance(fa.L, arrow.ArrowL) and fa.ok.all() and fd.ok.all()
+    a1 = torch.randn(B, n, 1, generator=g, dtype=F64)
+    a3 = torch.randn(B, m, 1, generator=g, dtype=F64)
+    for refine in (0, 1):
+        xa, za, _ = ipm.split_solve(da, fa, a1, a3, None, refine=refine)
+        xd, zd, _ = ipm.split_solve(d, fd, a1, a3, None, refine=refine)
+        scale = float(xd.abs().max()) + float(zd.abs().max())
+        assert torch.allclose(xa, xd, atol=1e-9 * scale)
+        assert torch.allclose(za, zd, atol=1e-9 * scale)
+    # merged items keep the arrow factorization's type (the polish of a few items)
+    idx = torch.tensor([2])
+    part = ipm.split_factor(ipm.take(da, idx), s[idx], z[idx])
+    merged = ipm.merge_factors(fa, idx, part)
+    xm, zm, _ = ipm.split_solve(da, merged, a1, a3, None, refine=0)
+    xa, za, _ = ipm.split_solve(da, fa, a1, a3, None, refine=0)
+    assert torch.allclose(xm, xa, atol=1e-12) and torch.allclose(zm, za, atol=1e-12)
