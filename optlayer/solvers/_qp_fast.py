@@ -96,21 +96,29 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
         rz.add_(s)
         sz = s * z
         mu = sz.sum(dim=(1, 2), keepdim=True)
-        obj = torch.bmm(x.transpose(1, 2), torch.add(p, prod[:, :n], alpha=0.5))
-        if d.obj0 is not None:
-            obj = obj + d.obj0.view(B, 1, 1)
-        err = torch.maximum(ipm.amax(r * scale).view(B, 1, 1), mu / obj.abs().clamp_(min=1.0))
-        running = running & (err.view(B) > tol)          # NaN errors stop too
-        worst = float(torch.where(running, err.view(B), -1.0).amax())
-        if it == maxiter or worst < 0:
-            break
-        if worst < 0.5 * best:
-            best, since = worst, 0
+        if it == 0 and maxiter > 0:
+            # the start is no solution and no point to polish (its error is that of a
+            # least-squares point shifted inside, 1 to 100 on the examples): its first step
+            # takes the far-off fraction to the boundary without computing its error
+            fraction = ipm._STEP_FRACTION
         else:
-            since += 1
-            if since >= defaults.IPM_STALL_ITERS:   # for the guarded kernel
+            obj = torch.bmm(x.transpose(1, 2), torch.add(p, prod[:, :n], alpha=0.5))
+            if d.obj0 is not None:
+                obj = obj + d.obj0.view(B, 1, 1)
+            err = torch.maximum(ipm.amax(r * scale).view(B, 1, 1),
+                                mu / obj.abs().clamp_(min=1.0))
+            running = running & (err.view(B) > tol)          # NaN errors stop too
+            worst = float(torch.where(running, err.view(B), -1.0).amax())
+            if it == maxiter or worst < 0:
                 break
-        if worst <= polish_at:     # as in run_dense: finish on the active set where it passes
+            if worst < 0.5 * best:
+                best, since = worst, 0
+            else:
+                since += 1
+                if since >= defaults.IPM_STALL_ITERS:   # for the guarded kernel
+                    break
+            fraction = ipm.boundary_fraction(err)
+        if it and worst <= polish_at:   # as in run_dense: finish on the active set where it passes
             polish_at = worst * 1e-2
             pol = dense._correct(d, dense._repolish(d, v, n, m, 0, pol, tol, base), running,
                                  tol, base)
@@ -135,7 +143,7 @@ def run_fast(d: ipm.Data, *, active: Tensor, tol: float, maxiter: int,
             .clamp_(max=floor)
         dv = _direction(G, Gt, L, W, rx, rz,
                         torch.addcdiv(t, torch.addcmul(ntarget, dw[:, :m], dw[:, m:]), s))
-        a = dense._step_to_boundary(w, dv[:, n:], ipm.boundary_fraction(err))
+        a = dense._step_to_boundary(w, dv[:, n:], fraction)
         step = running & (info == 0)        # a failed factorization: to the guarded kernel
         running = step
         v = torch.where(step.view(B, 1, 1), torch.addcmul(v, a, dv, value=-1.0), v)
