@@ -90,9 +90,10 @@ def sparsemax(batch=256, n=100):
             f(y).sum().backward()
         return go
 
-    # 20 alternating rounds of 5 calls: with 3 rounds of 7 the ratio moved between 1.31x
-    # and 1.48x from run to run, where medians of 600 finely interleaved pairs gave
-    # 1.21-1.27x (a slow spell of the machine fell on one side of a few rounds)
+    # 20 alternating rounds of 5 calls (3 rounds of 7 before, which gave 1.31x and 1.48x in
+    # two runs). The ratio still moves with the machine's state: 1.29x and 1.42x in two full
+    # runs with 20 rounds, the second in a slow spell (its construction times 1.45 ms
+    # against 1.25); medians of 600 finely interleaved pairs gave 1.21-1.27x
     (t_layer, _), (t_ref, _) = timeit_pair(run(lambda y: layer(y=y)), run(sparsemax_closed),
                                            rounds=20, per_round=5)
     r = t_layer / t_ref
