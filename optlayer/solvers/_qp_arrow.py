@@ -2,8 +2,8 @@
 
 The interior point of :mod:`_qp_ipm` factors ``H = QA + G'WG`` (``QA = Q + rho A'A``,
 ``W = z / s``) every iteration. Forming ``G'WG`` densely costs ``m n^2`` per item, and for
-the QPs that epigraph rows produce (``sum(abs(X @ w - t))``, ``norm_inf``, hinge and pinball
-losses) it dominates: lad_regression at ``m = 1000, d = 100`` has ``n = 1100`` unknowns and
+the QPs that epigraph rows produce (``sum(abs(X @ w - t))``, hinge losses, ``norm1``
+terms) it dominates: lad_regression at ``m = 1000, d = 100`` has ``n = 1100`` unknowns and
 ``2000`` rows, and one such product is 4.8 GFLOP per item, where its ``d`` columns of
 interest need a hundredth of that.
 
@@ -27,7 +27,9 @@ factorization costs ``O(m f^2 + t f^2 + f^3)`` instead of ``O(m n^2 + n^3)``.
 items), once per solve: of the columns whose ``QA`` rows are diagonal, the densest of those
 that share a row of ``G`` are dropped until none do. The epigraph variables of the
 examples are found this way (their columns hold one or two entries each), the
-regression weights they bound are not.
+regression weights they bound are not. Problems whose equality constraints the reduced
+kernel eliminates (quantile_regression's pinball loss, written with ``X w - t = u - v``)
+are solved in a null-space basis that mixes the columns, and are factored densely.
 """
 
 from __future__ import annotations

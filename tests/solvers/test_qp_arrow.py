@@ -201,3 +201,27 @@ def test_the_active_set_factorization_agrees_with_the_dense_one():
     xm, zm, _ = ipm.split_solve(da, merged, a1, a3, None, refine=0)
     xa, za, _ = ipm.split_solve(da, fa, a1, a3, None, refine=0)
     assert torch.allclose(xm, xa, atol=1e-12) and torch.allclose(zm, za, atol=1e-12)
+
+
+def test_the_iterations_factor_with_equalities_on_the_other_columns():
+    """Equality rows that meet only the weights keep the epigraph block diagonal in
+    ``Q + rho A'A``: the reduced system ``[[H, A'], [A, 0]]`` solved through the arrow
+    factorization (its Schur complement of ``A`` included) equals the dense solve."""
+    Q, p, G, h = _lad(B=2, rows=40, d=5, seed=8)
+    B, m, n = G.shape
+    g = torch.Generator().manual_seed(9)
+    A = torch.zeros(B, 2, n, dtype=F64)
+    A[:, :, :5] = torch.randn(B, 2, 5, generator=g, dtype=F64)
+    b = torch.randn(B, 2, generator=g, dtype=F64)
+    d = ipm.make_data(Q, p, G, h, A, b)
+    da = ipm.with_arrow(d)
+    assert da.arrow is not None and da.arrow.F.tolist() == list(range(5))
+    W = 10.0 ** (8 * torch.rand(B, m, 1, generator=g, dtype=F64) - 4)
+    fa, fd = ipm.factor(da, W), ipm.factor(d, W)
+    assert isinstance(fa.L, arrow.ArrowL) and fa.ok.all() and fd.ok.all()
+    r1 = torch.randn(B, n, 1, generator=g, dtype=F64)
+    r2 = torch.randn(B, 2, 1, generator=g, dtype=F64)
+    ua, wa = ipm.kkt_solve(da, fa, r1, r2, refine=1)
+    ud, wd = ipm.kkt_solve(d, fd, r1, r2, refine=1)
+    assert torch.allclose(ua, ud, rtol=1e-9, atol=1e-9 * float(ud.abs().max()))
+    assert torch.allclose(wa, wd, rtol=1e-9, atol=1e-9 * float(wd.abs().max()))
