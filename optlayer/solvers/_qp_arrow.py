@@ -82,14 +82,14 @@ def detect(QA: Tensor, G: Tensor) -> Arrow | None:
     nzG = (G != 0).any(dim=0)                               # (m, n), the batch's pattern
     nnz = nzG.sum(dim=0)
     T = cand
-    for _ in range(defaults.IPM_ARROW_ROUNDS):
+    for dropped in range(defaults.IPM_ARROW_ROUNDS + 1):   # rounds of dropping columns
         shared = (nzG & T).sum(dim=1) >= 2                  # rows with two T-entries
         if not bool(shared.any()):
             break
+        if dropped == defaults.IPM_ARROW_ROUNDS:
+            return None
         clash = T & (nzG & shared.unsqueeze(1)).any(dim=0)
         T = T & ~(clash & (nnz >= nnz.masked_fill(~clash, -1).amax()))
-    else:
-        return None
     t = int(T.sum())
     if t == 0 or t < defaults.IPM_ARROW_MIN_SHARE * n:
         return None
