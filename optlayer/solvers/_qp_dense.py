@@ -382,9 +382,8 @@ def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | 
     it was taken on: a polished point depends on the active set alone, but for
     the free directions of a problem whose solution is not unique (the loop
     polishes only with inequalities, so a ``pol`` given has ``m > 0``; its tensors are
-    overwritten, as in :func:`_correct`). ``base``: :func:`bases` of ``d`` (made here where
-    not given)."""
-    base = bases(d) if base is None else base
+    overwritten, as in :func:`_correct`). ``base``: :func:`bases` of ``d`` (where not given,
+    the polish makes it for the items it polishes)."""
     if pol is None:
         return _polish(d, *_split(v, n, m, me), base=base)
     B = v.shape[0]
@@ -402,7 +401,7 @@ def _repolish(d: ipm.Data, v: Tensor, n: int, m: int, me: int, pol: _Polished | 
     # one small batched LU instead of the whole batch's (each item's polish is its own)
     return ipm.scatter_(pol, idx, _polish(ipm.take(d, idx), *_split(v.index_select(0, idx), n,
                                                                    m, me),
-                                         base=take_bases(base, idx)))
+                                         base=None if base is None else take_bases(base, idx)))
 
 
 def _correct(d: ipm.Data, pol: _Polished, todo: Tensor, tol: float,
